@@ -1,0 +1,14 @@
+"""acsleuth: fast, scalable detection, correction and subtyping of anomalous cells."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import ops
+
+try:
+    __version__ = version("acsleuth")
+except PackageNotFoundError:  # running from a source tree without installation
+    __version__ = "0.1.0"
+
+__all__ = ["__version__", "ops"]
