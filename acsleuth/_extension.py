@@ -3,6 +3,7 @@
 Order: the library built by ``setup.py`` next to this file; else a ninja JIT build of
 ``csrc/`` (source checkouts only) into ``$ACSLEUTH_CACHE`` (default
 ``~/.cache/acsleuth``); else one warning and the pure-PyTorch fallbacks. Never raises.
+``ACSLEUTH_PREBUILT=0`` ignores the installed library (e.g. to rebuild edited sources);
 ``ACSLEUTH_JIT=0`` skips the JIT build.
 """
 
@@ -28,6 +29,8 @@ LOAD_ERROR: str | None = None
 
 
 def _prebuilt_library() -> Path | None:
+    if os.environ.get("ACSLEUTH_PREBUILT", "1") == "0":
+        return None
     for suffix in importlib.machinery.EXTENSION_SUFFIXES:
         candidate = _PACKAGE_DIR / f"_C{suffix}"
         if candidate.exists():

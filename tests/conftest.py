@@ -1,0 +1,44 @@
+"""Shared fixtures: the backends present on this machine, and a way to force one."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from acsleuth import _extension
+
+_extension.load()
+
+
+def available_backends() -> list[str]:
+    found = ["torch"]
+    if _extension.HAS_OPS:
+        found.append("cpu")
+    if _extension.HAS_CUDA_OPS and torch.cuda.is_available():
+        found.append("cuda")
+    return found
+
+
+def device_of(backend: str) -> str:
+    return "cuda" if backend == "cuda" else "cpu"
+
+
+@pytest.fixture(params=["torch", "cpu", "cuda"])
+def backend(request, monkeypatch) -> str:
+    """Run the test once per backend, forcing it through ACSLEUTH_BACKEND."""
+    name = request.param
+    if name not in available_backends():
+        if name == "cuda":
+            pytest.skip("no CUDA GPU or CUDA kernels")
+        pytest.fail(f"backend {name} is not available: {_extension.LOAD_ERROR}")
+    monkeypatch.setenv("ACSLEUTH_BACKEND", name)
+    return name
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available() and _extension.HAS_CUDA_OPS:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU and the CUDA kernels")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
