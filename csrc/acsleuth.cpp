@@ -8,6 +8,12 @@ TORCH_LIBRARY(acsleuth, m) {
   m.def(
       "_gaussian_pair_form_backward(Tensor grad, Tensor x, Tensor phi, float[] bandwidths)"
       " -> (Tensor, Tensor)");
+  // Linear kernel in closed form, one pass over x: (S, A = x^T phi, sq_i = |x_i|^2), where
+  // S = A^T A - phi^T diag(sq) phi = sum_{i != j} (x_i . x_j) phi_i phi_j^T.
+  m.def("linear_pair_form(Tensor x, Tensor phi) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "_linear_pair_form_backward(Tensor grad, Tensor x, Tensor phi, Tensor a, Tensor sq,"
+      " bool[2] output_mask) -> (Tensor, Tensor)");
   // (out, probs): out = normalize_l1(hard_shrink(softmax(z M^T / t))) M; probs = the softmax.
   m.def(
       "memory_attention(Tensor z, Tensor memory, float temperature, float shrink)"

@@ -14,6 +14,17 @@ def register() -> None:
     def _(grad, x, phi, bandwidths):
         return torch.empty_like(x), torch.empty_like(phi)
 
+    @torch.library.register_fake("acsleuth::linear_pair_form")
+    def _(x, phi):
+        r = phi.shape[1]
+        return phi.new_empty(r, r), x.new_empty(x.shape[1], r), x.new_empty(x.shape[0])
+
+    @torch.library.register_fake("acsleuth::_linear_pair_form_backward")
+    def _(grad, x, phi, a, sq, output_mask):
+        grad_x = torch.empty_like(x) if output_mask[0] else x.new_empty(0)
+        grad_phi = torch.empty_like(phi) if output_mask[1] else x.new_empty(0)
+        return grad_x, grad_phi
+
     @torch.library.register_fake("acsleuth::memory_attention")
     def _(z, memory, temperature, shrink):
         return z.new_empty(z.shape[0], memory.shape[1]), z.new_empty(z.shape[0], memory.shape[0])

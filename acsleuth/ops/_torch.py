@@ -10,6 +10,18 @@ import torch
 from torch import Tensor
 
 _TILE = 1024
+_ROWS = 16384
+
+
+def linear_pair_form(x: Tensor, phi: Tensor) -> Tensor:
+    """``A^T A - Phi^T diag(|x_i|^2) Phi`` with ``A = X^T Phi``, summed over row chunks."""
+    a = x.new_zeros(phi.shape[1], x.shape[1])
+    diag = x.new_zeros(phi.shape[1], phi.shape[1])
+    for i0 in range(0, x.shape[0], _ROWS):
+        xc, pc = x[i0 : i0 + _ROWS], phi[i0 : i0 + _ROWS]
+        a = a + pc.T @ xc
+        diag = diag + pc.T @ (pc * (xc * xc).sum(1, keepdim=True))
+    return a @ a.T - diag
 
 
 def _kernel_tile(xi: Tensor, sqi: Tensor, xj: Tensor, sqj: Tensor, coeffs: list[float]):

@@ -26,10 +26,28 @@ _SLEUTH_CHUNK = 1024
 
 
 def linear_pair_form(x: Tensor, phi: Tensor) -> Tensor:
-    """``Phi^T (X X^T - diag) Phi`` in closed form, without the N x N matrix."""
-    a = x.T @ phi
-    sq = torch.einsum("ij,ij->i", x, x)
-    return a.T @ a - phi.T @ (phi * sq[:, None])
+    """``Phi^T (X X^T - diag X X^T) Phi`` in closed form: one pass over ``x``, no N x N matrix.
+
+    Parameters
+    ----------
+    x
+        ``(N, G)`` points.
+    phi
+        ``(N, r)`` thin matrix.
+
+    Returns
+    -------
+    ``(r, r)`` symmetric matrix; differentiable in ``x`` and ``phi``.
+    """
+    op = "linear_pair_form"
+    _checks.matrix("x", op, x)
+    _checks.matrix("phi", op, phi)
+    _checks.same_device_dtype(op, x=x, phi=phi)
+    if x.shape[0] != phi.shape[0]:
+        raise ValueError(f"{op}: x has {x.shape[0]} rows but phi has {phi.shape[0]}")
+    if route(x) == "torch":
+        return _torch.linear_pair_form(x, phi)
+    return torch.ops.acsleuth.linear_pair_form(x, phi)[0]
 
 
 def gaussian_pair_form(x: Tensor, phi: Tensor, bandwidths: list[float]) -> Tensor:

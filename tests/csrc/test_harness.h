@@ -11,8 +11,10 @@
 //                                        relative to the reference's largest magnitude
 //   CHECK_THROWS(stmt)                   stmt must throw c10::Error
 //   REQUIRE(cond)                        like CHECK, but ends the test case on failure
+//   SCOPED_CONTEXT(a, b, ...)            until the end of the scope, failures also print the
+//                                        streamed a, b, ... (e.g. the shape being tested)
 //
-// Include this header in exactly one translation unit per executable: it defines main(),
+// Include this header last (after the torch headers) in exactly one translation unit per executable: it defines main(),
 // which runs every registered case (or those whose name contains argv[1]), prints
 // "name ... ok" / "name ... FAILED" per case and a final "N passed, M failed" line, and
 // returns non-zero if any case failed. An exception escaping a case fails that case.
@@ -55,9 +57,32 @@ inline int& current_failures() {
 // Thrown by REQUIRE to end the running case; caught by the runner.
 struct AbortCase {};
 
+// Stack of context lines (SCOPED_CONTEXT) printed with every failure.
+inline std::vector<std::string>& context_stack() {
+  static std::vector<std::string> stack;
+  return stack;
+}
+
+struct ScopedContext {
+  explicit ScopedContext(std::string what) { context_stack().push_back(std::move(what)); }
+  ~ScopedContext() { context_stack().pop_back(); }
+  ScopedContext(const ScopedContext&) = delete;
+  ScopedContext& operator=(const ScopedContext&) = delete;
+};
+
+// Builds a context line from stream pieces: ctx("n=", n, " dtype=", dtype).
+template <typename... Args>
+std::string ctx(const Args&... args) {
+  std::ostringstream os;
+  (os << ... << args);
+  return os.str();
+}
+
 inline void report_failure(const char* file, int line, const std::string& what) {
   ++current_failures();
-  std::cerr << "    " << file << ":" << line << ": " << what << std::endl;
+  std::cout << "    " << file << ":" << line << ": " << what << "\n";
+  for (const auto& c : context_stack()) std::cout << "      in " << c << "\n";
+  std::cout << std::flush;
 }
 
 inline std::string describe(const at::Tensor& t) {
@@ -118,6 +143,7 @@ inline int run_all(int argc, char** argv) {
   for (const auto& tc : registry()) {
     if (!filter.empty() && tc.name.find(filter) == std::string::npos) continue;
     current_failures() = 0;
+    context_stack().clear();
     const auto t0 = std::chrono::steady_clock::now();
     try {
       tc.fn();
@@ -141,7 +167,7 @@ inline int run_all(int argc, char** argv) {
   }
   std::cout << passed << " passed, " << failed << " failed" << std::endl;
   if (passed + failed == 0) {
-    std::cerr << "no test case matched '" << filter << "'" << std::endl;
+    std::cout << "no test case matched '" << filter << "'" << std::endl;
     return 1;
   }
   return failed == 0 ? 0 : 1;
@@ -159,6 +185,11 @@ inline int run_all(int argc, char** argv) {
       #name, &ACSLEUTH_TEST_CONCAT(acsleuth_test_fn_, name));                        \
   static void ACSLEUTH_TEST_CONCAT(acsleuth_test_fn_, name)()
 
+// c10/util/Logging.h defines a glog-style CHECK; this header takes the name over, so include
+// it after every torch header.
+#ifdef CHECK
+#undef CHECK
+#endif
 #define CHECK(cond)                                                                  \
   do {                                                                               \
     if (!(cond)) ::acsleuth_test::report_failure(__FILE__, __LINE__, "CHECK(" #cond ") failed"); \
@@ -171,6 +202,10 @@ inline int run_all(int argc, char** argv) {
       throw ::acsleuth_test::AbortCase{};                                            \
     }                                                                                \
   } while (0)
+
+#define SCOPED_CONTEXT(...)                                                          \
+  const ::acsleuth_test::ScopedContext ACSLEUTH_TEST_CONCAT(acsleuth_test_ctx_, __LINE__)( \
+      ::acsleuth_test::ctx(__VA_ARGS__))
 
 #define CHECK_CLOSE(actual, expected, rtol, atol)                                    \
   ::acsleuth_test::check_close((actual), (expected), (rtol), (atol), #actual, #expected, \

@@ -143,6 +143,55 @@ def test_gradcheck_gaussian_pair_form_float64(backend):
     assert torch.autograd.gradcheck(lambda a, b: gaussian_pair_form(a, b, [0.9, 1.7]), (x, phi))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize(("n", "g", "r"), [(1, 3, 2), (2, 1, 1), (7, 5, 2), (130, 33, 2), (67, 9, 3)])
+def test_linear_pair_form_and_gradients_match_reference(backend, dtype, n, g, r):
+    gen = torch.Generator().manual_seed(n + r)
+    x = torch.randn(n, g, generator=gen, dtype=dtype)
+    phi = torch.rand(n, r, generator=gen, dtype=dtype)
+    upstream = torch.randn(r, r, generator=gen, dtype=dtype)
+    dev = device_of(backend)
+
+    def run(fn, xs, ps, device):
+        xs = xs.detach().clone().to(device).requires_grad_()
+        ps = ps.detach().clone().to(device).requires_grad_()
+        out = fn(xs, ps)
+        (out * upstream.to(device)).sum().backward()
+        return out.detach().cpu(), xs.grad.cpu(), ps.grad.cpu()
+
+    got = run(linear_pair_form, x, phi, dev)
+    want = run(lambda a, b: _reference.pair_form(a, b, "linear"), x.double(), phi.double(), "cpu")
+    tol = 1e-4 if dtype == torch.float32 else 1e-11
+    for g_, w_ in zip(got, want, strict=True):
+        assert g_.dtype == dtype
+        torch.testing.assert_close(g_.double(), w_, rtol=tol, atol=tol * (w_.abs().max().item() + 1))
+
+
+def test_linear_pair_form_skips_the_gradient_nobody_needs(backend):
+    # delta is fixed while the predictor trains: only phi (through p) needs a gradient.
+    dev = device_of(backend)
+    x = torch.randn(50, 6, device=dev)
+    phi = torch.rand(50, 2, device=dev, requires_grad=True)
+    out = linear_pair_form(x, phi)
+    (grad_phi,) = torch.autograd.grad(out.sum(), phi)
+    want = torch.autograd.grad(_reference.pair_form(x, phi, "linear").sum(), phi)[0]
+    torch.testing.assert_close(grad_phi, want, rtol=1e-4, atol=1e-4)
+
+
+def test_expanded_upstream_gradient(backend):
+    dev = device_of(backend)
+    x = torch.randn(30, 4, device=dev, dtype=torch.float64, requires_grad=True)
+    phi = torch.rand(30, 2, device=dev, dtype=torch.float64, requires_grad=True)
+    grad = torch.ones((), dtype=torch.float64, device=dev).expand(2, 2)  # stride (0, 0)
+    for fn in (linear_pair_form, lambda a, b: gaussian_pair_form(a, b, [1.0])):
+        got = torch.autograd.grad(fn(x, phi), (x, phi), grad)
+        ref = (lambda a, b: _reference.pair_form(a, b, "linear")) if fn is linear_pair_form else (
+            lambda a, b: _reference.pair_form(a, b, "gaussian", [1.0]))
+        want = torch.autograd.grad(ref(x, phi), (x, phi), grad)
+        for g_, w_ in zip(got, want, strict=True):
+            torch.testing.assert_close(g_, w_)
+
+
 def test_linear_pair_form_needs_no_quadratic_memory():
     # 200k x 64 would need a 160 GB dense kernel; the closed form touches O(N G) memory.
     x = torch.randn(200_000, 64)

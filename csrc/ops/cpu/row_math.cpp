@@ -69,4 +69,69 @@ float exp_shifted_inplace(float* x, int64_t n, float shift, float scale) {
   return sum;
 }
 
+ACSLEUTH_CLONES
+float dot(const float* x, const float* y, int64_t n) {
+  constexpr int kLanes = 16;
+  float lanes[kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    for (int t = 0; t < kLanes; ++t) lanes[t] += x[j + t] * y[j + t];
+  }
+  float s = 0.0f;
+  for (int t = 0; t < kLanes; ++t) s += lanes[t];
+  for (; j < n; ++j) s += x[j] * y[j];
+  return s;
+}
+
+ACSLEUTH_CLONES
+void axpy(float a, const float* __restrict__ x, int64_t n, float* __restrict__ y) {
+  for (int64_t j = 0; j < n; ++j) y[j] += a * x[j];
+}
+
+ACSLEUTH_CLONES
+void accumulate_4rows_r2(const float* x, int64_t stride, const float* phi4, int64_t n,
+                         float* b0_, float* b1_) {
+  const float* __restrict__ x0 = x;
+  const float* __restrict__ x1 = x + stride;
+  const float* __restrict__ x2 = x + 2 * stride;
+  const float* __restrict__ x3 = x + 3 * stride;
+  float* __restrict__ b0 = b0_;
+  float* __restrict__ b1 = b1_;
+  const float p00 = phi4[0], p01 = phi4[1], p10 = phi4[2], p11 = phi4[3];
+  const float p20 = phi4[4], p21 = phi4[5], p30 = phi4[6], p31 = phi4[7];
+  for (int64_t j = 0; j < n; ++j) {
+    b0[j] += p00 * x0[j] + p10 * x1[j] + p20 * x2[j] + p30 * x3[j];
+    b1[j] += p01 * x0[j] + p11 * x1[j] + p21 * x2[j] + p31 * x3[j];
+  }
+}
+
+ACSLEUTH_CLONES
+void dot_4rows_2cols(const float* x, int64_t stride, const float* y0, const float* y1,
+                     int64_t n, float* d) {
+  constexpr int kLanes = 8;
+  float acc[8][kLanes] = {};
+  int64_t j = 0;
+  for (; j + kLanes <= n; j += kLanes) {
+    for (int l = 0; l < kLanes; ++l) {
+      const float a = y0[j + l], b = y1[j + l];
+      for (int t = 0; t < 4; ++t) {
+        const float v = x[t * stride + j + l];
+        acc[2 * t][l] += v * a;
+        acc[2 * t + 1][l] += v * b;
+      }
+    }
+  }
+  for (int e = 0; e < 8; ++e) {
+    float s = 0.0f;
+    for (int l = 0; l < kLanes; ++l) s += acc[e][l];
+    d[e] = s;
+  }
+  for (; j < n; ++j) {
+    for (int t = 0; t < 4; ++t) {
+      d[2 * t] += x[t * stride + j] * y0[j];
+      d[2 * t + 1] += x[t * stride + j] * y1[j];
+    }
+  }
+}
+
 }  // namespace acsleuth::cpu

@@ -20,4 +20,19 @@ float row_max(const float* x, int64_t n);
 // x[j] = exp((x[j] - shift) * scale) for j < n, returning the sum; requires x[j] <= shift.
 float exp_shifted_inplace(float* x, int64_t n, float shift, float scale);
 
+// sum_j x[j] y[j] (float accumulation in 16 independent lanes).
+float dot(const float* x, const float* y, int64_t n);
+
+// y[j] += a x[j] for j < n.
+void axpy(float a, const float* x, int64_t n, float* y);
+
+// For 4 rows x_t = x + t * stride (t < 4) and phi4 = their 4 x 2 weights, row-major:
+// b0[j] += sum_t phi4[t][0] x_t[j] and b1[j] += sum_t phi4[t][1] x_t[j] for j < n.
+void accumulate_4rows_r2(const float* x, int64_t stride, const float* phi4, int64_t n,
+                         float* b0, float* b1);
+
+// d[2 t + q] = x_t . y_q for 4 rows x_t = x + t * stride and the two vectors y_0, y_1.
+void dot_4rows_2cols(const float* x, int64_t stride, const float* y0, const float* y1,
+                     int64_t n, float* d);
+
 }  // namespace acsleuth::cpu
