@@ -25,6 +25,14 @@ Gamma = Literal["interp", "reference"]
 _SLEUTH_CHUNK = 1024
 
 
+def _check_pair_form_inputs(op: str, x: Tensor, phi: Tensor) -> None:
+    _checks.matrix("x", op, x)
+    _checks.matrix("phi", op, phi)
+    _checks.same_device_dtype(op, x=x, phi=phi)
+    if x.shape[0] != phi.shape[0]:
+        raise ValueError(f"{op}: x has {x.shape[0]} rows but phi has {phi.shape[0]}")
+
+
 def linear_pair_form(x: Tensor, phi: Tensor) -> Tensor:
     """``Phi^T (X X^T - diag X X^T) Phi`` in closed form: one pass over ``x``, no N x N matrix.
 
@@ -39,12 +47,7 @@ def linear_pair_form(x: Tensor, phi: Tensor) -> Tensor:
     -------
     ``(r, r)`` symmetric matrix; differentiable in ``x`` and ``phi``.
     """
-    op = "linear_pair_form"
-    _checks.matrix("x", op, x)
-    _checks.matrix("phi", op, phi)
-    _checks.same_device_dtype(op, x=x, phi=phi)
-    if x.shape[0] != phi.shape[0]:
-        raise ValueError(f"{op}: x has {x.shape[0]} rows but phi has {phi.shape[0]}")
+    _check_pair_form_inputs("linear_pair_form", x, phi)
     if route(x) == "torch":
         return _torch.linear_pair_form(x, phi)
     return torch.ops.acsleuth.linear_pair_form(x, phi)[0]
@@ -69,11 +72,7 @@ def gaussian_pair_form(x: Tensor, phi: Tensor, bandwidths: list[float]) -> Tenso
     ``(r, r)`` symmetric matrix.
     """
     op = "gaussian_pair_form"
-    _checks.matrix("x", op, x)
-    _checks.matrix("phi", op, phi)
-    _checks.same_device_dtype(op, x=x, phi=phi)
-    if x.shape[0] != phi.shape[0]:
-        raise ValueError(f"{op}: x has {x.shape[0]} rows but phi has {phi.shape[0]}")
+    _check_pair_form_inputs(op, x, phi)
     bandwidths = [_checks.positive(op, "each bandwidth", s) for s in bandwidths]
     if not bandwidths:
         raise ValueError(f"{op}: give at least one bandwidth")
