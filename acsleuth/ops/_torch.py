@@ -99,8 +99,31 @@ class GaussianPairForm(torch.autograd.Function):
         return grad_x, grad_phi, None
 
 
+def _ranked(values: Tensor, indices: Tensor) -> tuple[Tensor, Tensor]:
+    """Order candidates by value descending, then index ascending."""
+    indices, order = indices.sort(dim=1)
+    values = values.gather(1, order)
+    values, order = values.sort(dim=1, descending=True, stable=True)
+    return values, indices.gather(1, order)
+
+
+def _tile_topk(sims: Tensor, first: int, k: int) -> tuple[Tensor, Tensor]:
+    """Top-k of a tile with ties broken by lower index.
+
+    ``torch.topk`` picks arbitrarily among values equal to the k-th one; rows with such a tie
+    are redone with a stable sort, which keeps the lowest indices.
+    """
+    k = min(k, sims.shape[1])
+    values, cols = torch.topk(sims, k, dim=1)
+    tied = (sims >= values[:, -1:]).sum(1) > k
+    if bool(tied.any()):
+        redo_v, redo_c = torch.sort(sims[tied], dim=1, descending=True, stable=True)
+        values[tied], cols[tied] = redo_v[:, :k], redo_c[:, :k]
+    return values, cols + first
+
+
 def kin_topk(query: Tensor, keys: Tensor, k: int, metric: str) -> tuple[Tensor, Tensor]:
-    """Query blocks x key tiles with a running top-k (stable sort keeps lower indices first)."""
+    """Query blocks x key tiles with a running top-k; ties keep the lower key index."""
     if metric == "cosine":
         query = torch.nn.functional.normalize(query, dim=1, eps=1e-12)
         keys = torch.nn.functional.normalize(keys, dim=1, eps=1e-12)
@@ -110,13 +133,10 @@ def kin_topk(query: Tensor, keys: Tensor, k: int, metric: str) -> tuple[Tensor, 
         best_v = q.new_empty(q.shape[0], 0)
         best_i = torch.empty(q.shape[0], 0, dtype=torch.long, device=q.device)
         for k0 in range(0, keys.shape[0], 4 * _TILE):
-            sims = q @ keys[k0 : k0 + 4 * _TILE].T
-            cand_i = torch.arange(k0, k0 + sims.shape[1], device=q.device).expand_as(sims)
-            merged_v = torch.cat([best_v, sims], dim=1)
-            merged_i = torch.cat([best_i, cand_i], dim=1)
-            merged_v, order = torch.sort(merged_v, dim=1, descending=True, stable=True)
-            best_v = merged_v[:, :k]
-            best_i = torch.gather(merged_i, 1, order[:, :k])
+            tile_v, tile_i = _tile_topk(q @ keys[k0 : k0 + 4 * _TILE].T, k0, k)
+            # Running entries have lower indices than the tile's, so they win ties.
+            merged_v, merged_i = _ranked(torch.cat([best_v, tile_v], 1), torch.cat([best_i, tile_i], 1))
+            best_v, best_i = merged_v[:, :k], merged_i[:, :k]
         values.append(best_v)
         indices.append(best_i)
     return torch.cat(values), torch.cat(indices)
