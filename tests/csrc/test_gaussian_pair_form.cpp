@@ -295,8 +295,9 @@ TEST_CASE(bad_inputs_throw) {
   CHECK_THROWS(acsleuth::gaussian_pair_form(x, phi, Bandwidths{INFINITY}));
   CHECK_THROWS(acsleuth::gaussian_pair_form(x, phi, Bandwidths{NAN}));
   // Backward: the upstream gradient must be r x r.
-  CHECK_THROWS(acsleuth::gaussian_pair_form_backward(at::ones({3, 3}, opts(at::kDouble)), x, phi, bw));
-  CHECK_THROWS(acsleuth::gaussian_pair_form_backward(at::ones({2}, opts(at::kDouble)), x, phi, bw));
-  CHECK_THROWS(acsleuth::gaussian_pair_form_backward(at::ones({2, 2}, opts(at::kDouble)), x, phi,
-                                                     Bandwidths{0.0}));
+  const auto o = opts(at::kDouble);
+  CHECK_THROWS(acsleuth::gaussian_pair_form_backward(at::ones({3, 3}, o), x, phi, bw));
+  CHECK_THROWS(acsleuth::gaussian_pair_form_backward(at::ones({2}, o), x, phi, bw));
+  CHECK_THROWS(
+      acsleuth::gaussian_pair_form_backward(at::ones({2, 2}, o), x, phi, Bandwidths{0.0}));
 }

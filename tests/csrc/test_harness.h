@@ -14,22 +14,24 @@
 //   SCOPED_CONTEXT(a, b, ...)            until the end of the scope, failures also print the
 //                                        streamed a, b, ... (e.g. the shape being tested)
 //
-// Include this header last (after the torch headers) in exactly one translation unit per executable: it defines main(),
-// which runs every registered case (or those whose name contains argv[1]), prints
-// "name ... ok" / "name ... FAILED" per case and a final "N passed, M failed" line, and
-// returns non-zero if any case failed. An exception escaping a case fails that case.
+// Include this header last (after the torch headers; it takes over c10's CHECK macro) in
+// exactly one translation unit per executable: it defines main(), which runs every registered
+// case (or those whose name contains argv[1]), prints "name ... ok" / "name ... FAILED" per
+// case and a final "N passed, M failed" line, and returns non-zero if any case failed. An
+// exception escaping a case fails that case. Define ACSLEUTH_TEST_NO_MAIN to supply your own.
 #pragma once
 
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
 #include <chrono>
-#include <cstdio>
 #include <exception>
 #include <functional>
+#include <iomanip>
 #include <iostream>
 #include <sstream>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace acsleuth_test {
@@ -118,12 +120,14 @@ inline void check_close(const at::Tensor& actual, const at::Tensor& expected, do
   const auto flat = diff.reshape({-1});
   // NaN differences first: they make the max meaningless.
   const int64_t n_nan = diff.isnan().sum().item<int64_t>();
-  const int64_t worst = n_nan > 0 ? diff.isnan().reshape({-1}).to(at::kLong).argmax().item<int64_t>()
-                                  : flat.argmax().item<int64_t>();
+  const int64_t worst = n_nan > 0
+                            ? diff.isnan().reshape({-1}).to(at::kLong).argmax().item<int64_t>()
+                            : flat.argmax().item<int64_t>();
   const int64_t n_bad = (diff > atol + rtol * e.abs()).sum().item<int64_t>() + n_nan;
   std::ostringstream os;
-  os << head.str() << " failed: max abs diff " << flat[worst].item<double>() << " at flat index "
-     << worst << " (actual " << a.reshape({-1})[worst].item<double>() << ", expected "
+  os << std::setprecision(12) << head.str() << " failed: max abs diff "
+     << flat[worst].item<double>() << " at flat index " << worst << " (actual "
+     << a.reshape({-1})[worst].item<double>() << ", expected "
      << e.reshape({-1})[worst].item<double>() << "), " << n_bad << " of " << a.numel()
      << " elements outside atol=" << atol << " rtol=" << rtol << "; " << describe(actual)
      << " vs " << describe(expected);

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <tuple>
 #include <vector>
 
@@ -43,13 +44,17 @@ double rtol_for(at::ScalarType t) { return t == at::kDouble ? 1e-10 : 1e-5; }
 
 at::TensorOptions opts(at::ScalarType t) { return at::TensorOptions().dtype(t); }
 
-// rtol of `scale` (the float64 reference's largest magnitude, or a larger error scale); for
-// float32 at least 4x the error of the same reference evaluated in float32 (`ref32`).
+// rtol of the float64 reference's largest magnitude, and at least 16 ulp of `noise_scale` (the
+// size of the terms that cancel into the result); for float32 also at least 4x the error of
+// the same reference evaluated in float32 (`ref32`).
 double tolerance(const at::Tensor& actual, const at::Tensor& ref64, const at::Tensor& ref32,
-                 double scale = 0.0) {
-  const double rtol = rtol_for(actual.scalar_type());
-  const double tol = std::max(acsleuth_test::scaled_atol(ref64, rtol), rtol * scale);
-  if (actual.scalar_type() == at::kDouble || !ref32.defined() || ref32.numel() == 0) return tol;
+                 double noise_scale = 0.0) {
+  const auto dtype = actual.scalar_type();
+  const double ulp = dtype == at::kDouble ? std::numeric_limits<double>::epsilon()
+                                          : std::numeric_limits<float>::epsilon();
+  const double tol =
+      std::max(acsleuth_test::scaled_atol(ref64, rtol_for(dtype)), 16 * ulp * noise_scale);
+  if (dtype == at::kDouble || !ref32.defined() || ref32.numel() == 0) return tol;
   const double baseline =
       (ref32.detach().to(at::kDouble) - ref64.detach()).abs().max().item<double>();
   return std::max(tol, 4 * baseline);
@@ -109,9 +114,9 @@ void compare_with_reference(const Shape& s, double temperature, double shrink,
   const auto& probs64 = ref.probs;
   const auto grads64 = torch::autograd::grad({out64}, {z64, m64}, {g64});
   // grad_z and grad_memory can cancel to exactly zero (when each row keeps at most one slot,
-  // out is that slot whatever z is), leaving only rounding noise in both op and reference.
-  // Their error scale is then the size of the chain before cancellation: |g| |M|^T / t for
-  // the logits gradient, times |M| (grad_z) or |z| (grad_memory).
+  // out is that slot whatever z is), leaving only rounding noise in both op and reference,
+  // relative to the size of the chain before cancellation: |g| |M|^T / t for the logits
+  // gradient, times |M| (grad_z) or |z| (grad_memory).
   const double chain = abs_product_max(g64, m64.t()) / temperature;
   const double scale_z = chain * (m64.numel() ? m64.detach().abs().max().item<double>() : 0.0);
   const double scale_m =
