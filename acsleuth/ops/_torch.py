@@ -88,6 +88,9 @@ class GaussianPairForm(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, phi: Tensor, coeffs: list[float]) -> Tensor:
+        # Centring leaves S and the gradients unchanged (k depends on differences only) and
+        # keeps |xi|^2 + |xj|^2 - 2 xi.xj accurate in float32 far from the origin.
+        x = x - x.mean(0, keepdim=True)
         ctx.save_for_backward(x, phi)
         ctx.coeffs = coeffs
         return gaussian_pair_form_forward(x, phi, coeffs)

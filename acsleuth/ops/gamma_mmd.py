@@ -141,7 +141,11 @@ def _sleuth_weighted_sum(
     Each chunk is recomputed in the backward pass (checkpointing), so memory stays
     O(chunk x N) instead of N x N.
     """
-    sq = torch.einsum("ij,ij->i", delta, delta) if kernel == "gaussian" else None
+    if kernel == "gaussian":
+        delta = delta - delta.mean(0, keepdim=True)  # same kernel, no float32 cancellation
+        sq = torch.einsum("ij,ij->i", delta, delta)
+    else:
+        sq = None
 
     def chunk(rows: Tensor, p_rows: Tensor, sq_rows: Tensor | None) -> Tensor:
         if kernel == "linear":

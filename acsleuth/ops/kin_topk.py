@@ -24,7 +24,7 @@ def kin_topk(
     """The ``k`` most similar keys of every query, streamed over key tiles.
 
     Never allocates the ``N_q x N_k`` similarity matrix. Not differentiable: the result
-    carries no gradient (inputs are detached).
+    carries no gradient (inputs are detached). Inputs must be finite.
 
     Parameters
     ----------
@@ -59,6 +59,12 @@ def kin_topk(
         raise ValueError(f"{op}: k must be an integer in [1, {MAX_K}], got {k!r}")
     if k > keys.shape[0]:
         raise ValueError(f"{op}: k = {k} but there are only {keys.shape[0]} keys; lower k")
+    for name, t in (("query", query), ("keys", keys)):
+        bad = int((~torch.isfinite(t)).any(1).sum())
+        if bad:
+            raise ValueError(
+                f"{op}: {name} has {bad} rows with NaN or inf values; drop or impute them first"
+            )
     query, keys = query.detach(), keys.detach()
     if route(query) == "torch":
         return _torch.kin_topk(query, keys, k, metric)

@@ -42,6 +42,11 @@ void check_gaussian_pair_form_inputs(const at::Tensor& x, const at::Tensor& phi,
   }
 }
 
+at::Tensor centered(const at::Tensor& x) {
+  const auto acc = x.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  return (x - x.mean({0}, /*keepdim=*/true, acc).to(x.scalar_type())).contiguous();
+}
+
 std::vector<double> gaussian_coefficients(at::ArrayRef<double> bandwidths) {
   std::vector<double> c;
   c.reserve(bandwidths.size());

@@ -29,6 +29,10 @@ namespace detail {
 // Shape/dtype/device checks shared by every backend.
 void check_gaussian_pair_form_inputs(const at::Tensor& x, const at::Tensor& phi,
                                      at::ArrayRef<double> bandwidths);
+// x minus its column means, contiguous. k depends only on differences, so S and both
+// gradients are unchanged, while |x_i|^2 + |x_j|^2 - 2 x_i.x_j no longer cancels away the
+// precision of float32 inputs far from the origin.
+at::Tensor centered(const at::Tensor& x);
 // c_b = 1 / (2 s_b^2) for each bandwidth s_b.
 std::vector<double> gaussian_coefficients(at::ArrayRef<double> bandwidths);
 }  // namespace detail

@@ -102,6 +102,29 @@ def test_gaussian_pair_form_matches_reference(backend, dtype, n, g, r):
     torch.testing.assert_close(got.double().cpu(), want, rtol=tol, atol=tol * scale)
 
 
+@pytest.mark.parametrize("offset", [0.0, 30.0])
+def test_gaussian_pair_form_float32_is_accurate_far_from_the_origin(backend, offset):
+    # |xi|^2 + |xj|^2 - 2 xi.xj cancels catastrophically in float32 unless x is centred.
+    gen = torch.Generator().manual_seed(12)
+    x = 0.5 * torch.randn(512, 16, generator=gen, dtype=torch.float64) + offset
+    phi = torch.rand(512, 2, generator=gen, dtype=torch.float64)
+    upstream = torch.randn(2, 2, generator=gen, dtype=torch.float64)
+    bw = default_bandwidths(x)
+    dev = device_of(backend)
+
+    def run(dtype, fn, device):
+        xs = x.to(device, dtype).requires_grad_()
+        ps = phi.to(device, dtype).requires_grad_()
+        out = fn(xs, ps)
+        (out * upstream.to(device, dtype)).sum().backward()
+        return [t.detach().double().cpu() for t in (out, xs.grad, ps.grad)]
+
+    got = run(torch.float32, lambda a, b: gaussian_pair_form(a, b, bw), dev)
+    want = run(torch.float64, lambda a, b: _reference.pair_form(a, b, "gaussian", bw), "cpu")
+    for g_, w_ in zip(got, want, strict=True):
+        assert (g_ - w_).abs().max() <= 2e-5 * w_.abs().max()
+
+
 def test_gaussian_pair_form_gradients_match_reference(backend):
     gen = torch.Generator().manual_seed(5)
     x = torch.randn(300, 5, generator=gen, dtype=torch.float64)

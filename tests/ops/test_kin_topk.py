@@ -123,6 +123,8 @@ def test_result_carries_no_gradient(backend):
         (torch.randn(4, 3), torch.randn(8, 3).double(), {}, "cast them to one dtype"),
         (torch.randn(4, 3), torch.randn(8, 3), {"metric": "l2"}, "metric must be one of"),
         (torch.ones(4, 3, dtype=torch.long), torch.ones(8, 3, dtype=torch.long), {}, "floating-point"),
+        (torch.tensor([[1.0, float("nan")], [1.0, 2.0]]), torch.randn(8, 2), {}, "query has 1 rows with NaN or inf"),
+        (torch.randn(4, 2), torch.tensor([[float("inf"), 0.0]] * 3), {}, "keys has 3 rows with NaN or inf"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(backend, query, keys, kwargs, message):

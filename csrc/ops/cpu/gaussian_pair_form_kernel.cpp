@@ -211,7 +211,7 @@ at::Tensor gaussian_pair_form_cpu(const at::Tensor& x, const at::Tensor& phi,
   if (x.size(0) < 2 || r == 0) return at::zeros({r, r}, x.options());
   at::Tensor out;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gaussian_pair_form_cpu", [&] {
-    out = forward_impl<scalar_t>(x.contiguous(), phi.contiguous(),
+    out = forward_impl<scalar_t>(detail::centered(x), phi.contiguous(),
                                  detail::gaussian_coefficients(bandwidths));
   });
   return out;
@@ -228,7 +228,7 @@ std::tuple<at::Tensor, at::Tensor> gaussian_pair_form_backward_cpu(
   if (x.size(0) < 2 || r == 0) return {at::zeros_like(x), at::zeros_like(phi)};
   std::tuple<at::Tensor, at::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "gaussian_pair_form_backward_cpu", [&] {
-    out = backward_impl<scalar_t>(grad.to(x.scalar_type()).contiguous(), x.contiguous(),
+    out = backward_impl<scalar_t>(grad.to(x.scalar_type()).contiguous(), detail::centered(x),
                                   phi.contiguous(), detail::gaussian_coefficients(bandwidths));
   });
   return out;

@@ -100,7 +100,7 @@ at::Tensor gaussian_pair_form_kernel(const at::Tensor& x, const at::Tensor& phi,
   const int64_t r = phi.size(1);
   if (n == 0 || r == 0) return at::zeros({r, r}, phi.options());
 
-  auto x_ = x.contiguous();
+  auto x_ = detail::centered(x);
   auto phi_ = phi.contiguous();
   const int device = x.get_device();
   const int64_t tiles = ceil_div<int64_t>(n, kTile);
@@ -150,7 +150,7 @@ std::tuple<at::Tensor, at::Tensor> gaussian_pair_form_backward_kernel(
   const int64_t g = x.size(1);
   if (n == 0 || r == 0) return {at::zeros_like(x), at::zeros_like(phi)};
 
-  auto x_ = x.contiguous();
+  auto x_ = detail::centered(x);
   auto phi_ = phi.contiguous();
   const int device = x.get_device();
   const auto acc_type = at::toAccumulateType(x.scalar_type(), /*is_cuda=*/true);
