@@ -36,6 +36,23 @@ void check_linear_pair_form_inputs(const at::Tensor& x, const at::Tensor& phi) {
               " but phi is on ", phi.device());
 }
 
+void check_linear_pair_form_backward_inputs(const at::Tensor& grad, const at::Tensor& x,
+                                            const at::Tensor& phi, const at::Tensor& a,
+                                            const at::Tensor& sq) {
+  check_linear_pair_form_inputs(x, phi);
+  const int64_t n = x.size(0), g = x.size(1), r = phi.size(1);
+  TORCH_CHECK(grad.dim() == 2 && grad.size(0) == r && grad.size(1) == r,
+              "linear_pair_form backward: grad must be ", r, " x ", r, ", got ", grad.sizes());
+  TORCH_CHECK(a.dim() == 2 && a.size(0) == g && a.size(1) == r,
+              "linear_pair_form backward: a must be ", g, " x ", r, ", got ", a.sizes());
+  TORCH_CHECK(sq.dim() == 1 && sq.size(0) == n, "linear_pair_form backward: sq must have ", n,
+              " entries, got ", sq.sizes());
+  for (const auto* t : {&grad, &a, &sq}) {
+    TORCH_CHECK(t->device() == x.device(), "linear_pair_form backward: all inputs must be on ",
+                x.device());
+  }
+}
+
 at::Tensor linear_pair_form_from_stats(const at::Tensor& a, const at::Tensor& phi,
                                        const at::Tensor& sq) {
   const auto a64 = a.to(at::kDouble);

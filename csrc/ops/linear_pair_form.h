@@ -24,6 +24,10 @@ std::tuple<at::Tensor, at::Tensor> linear_pair_form_backward(
 
 namespace detail {
 void check_linear_pair_form_inputs(const at::Tensor& x, const at::Tensor& phi);
+// Also checks grad (r x r), a (G x r) and sq (N) against x and phi.
+void check_linear_pair_form_backward_inputs(const at::Tensor& grad, const at::Tensor& x,
+                                            const at::Tensor& phi, const at::Tensor& a,
+                                            const at::Tensor& sq);
 // S = A^T A - phi^T diag(sq) phi, accumulated in float64 and returned in x's dtype.
 at::Tensor linear_pair_form_from_stats(const at::Tensor& a, const at::Tensor& phi,
                                        const at::Tensor& sq);

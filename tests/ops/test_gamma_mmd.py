@@ -215,6 +215,18 @@ def test_expanded_upstream_gradient(backend):
             torch.testing.assert_close(g_, w_)
 
 
+@pytest.mark.parametrize("bad", ["grad", "a", "sq"])
+def test_linear_pair_form_backward_op_rejects_mismatched_shapes(bad):
+    x, phi = torch.randn(6, 5, dtype=torch.float64), torch.rand(6, 3, dtype=torch.float64)
+    _, a, sq = torch.ops.acsleuth.linear_pair_form(x, phi)
+    args = {"grad": torch.ones(3, 3, dtype=torch.float64), "a": a, "sq": sq}
+    args[bad] = {"grad": torch.ones(1, 3), "a": a[:2], "sq": sq[:2]}[bad].double()
+    with pytest.raises(RuntimeError, match=f"{bad} must"):
+        torch.ops.acsleuth._linear_pair_form_backward(
+            args["grad"], x, phi, args["a"], args["sq"], [True, True]
+        )
+
+
 def test_linear_pair_form_needs_no_quadratic_memory():
     # 200k x 64 would need a 160 GB dense kernel; the closed form touches O(N G) memory.
     x = torch.randn(200_000, 64)

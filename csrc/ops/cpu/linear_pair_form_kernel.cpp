@@ -147,7 +147,7 @@ void backward_rows(const at::Tensor& x, const at::Tensor& phi, const at::Tensor&
 std::tuple<at::Tensor, at::Tensor> linear_pair_form_backward_cpu(
     const at::Tensor& grad, const at::Tensor& x_in, const at::Tensor& phi_in,
     const at::Tensor& a, const at::Tensor& sq_in, std::array<bool, 2> output_mask) {
-  detail::check_linear_pair_form_inputs(x_in, phi_in);
+  detail::check_linear_pair_form_backward_inputs(grad, x_in, phi_in, a, sq_in);
   const auto x = x_in.contiguous();
   const auto phi = phi_in.contiguous();
   const auto sq = sq_in.contiguous();

@@ -24,7 +24,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> linear_pair_form_cuda(const at::T
 std::tuple<at::Tensor, at::Tensor> linear_pair_form_backward_cuda(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& phi, const at::Tensor& a,
     const at::Tensor& sq, std::array<bool, 2> output_mask) {
-  detail::check_linear_pair_form_inputs(x, phi);
+  detail::check_linear_pair_form_backward_inputs(grad, x, phi, a, sq);
   c10::cuda::CUDAGuard guard(x.device());
   const auto gr = grad.to(x.scalar_type());
   const auto h = gr + gr.t();
