@@ -23,7 +23,7 @@
 
 namespace {
 
-constexpr int64_t kQueryBlock = 256;  // CPU kernel: query rows per block
+constexpr int64_t kQueryBlock = 512;  // CPU kernel: query rows per block
 constexpr int64_t kKeyTile = 1024;    // CPU kernel: key rows per tile
 
 at::TensorOptions opts(at::ScalarType t) { return at::TensorOptions().dtype(t); }
@@ -93,7 +93,7 @@ struct Case {
   int64_t nq, nk, d;
 };
 
-// Query counts around the 256-row block and key counts around the 1024-row tile (d = 7), one
+// Query counts around the 512-row block and key counts around the 1024-row tile (d = 7), one
 // three-block x three-tile case, and the extreme feature sizes on two shapes.
 std::vector<Case> sweep_cases() {
   std::vector<Case> cases;

@@ -15,7 +15,7 @@
 namespace acsleuth {
 namespace {
 
-constexpr int64_t kQueryBlock = 256;
+constexpr int64_t kQueryBlock = 512;
 constexpr int64_t kKeyTile = 1024;
 
 template <typename scalar_t>
