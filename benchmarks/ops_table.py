@@ -25,6 +25,7 @@ at torch's and faiss's defaults. Nothing is asserted: targets are reported as me
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
 import gc
 import importlib.util
@@ -489,12 +490,10 @@ def _peak_rss() -> int:
 
 def _set_threads(n: int) -> None:
     torch.set_num_threads(n)
-    try:
+    with contextlib.suppress(ImportError):
         import faiss
 
         faiss.omp_set_num_threads(n)
-    except ImportError:
-        pass
 
 
 def run_worker(args) -> dict:
@@ -563,13 +562,10 @@ def run_worker(args) -> dict:
 
 
 def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
     return platform.processor() or platform.machine()
 
 

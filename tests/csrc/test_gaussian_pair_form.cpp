@@ -18,6 +18,10 @@
 
 namespace {
 
+using acsleuth_test::opts;
+using acsleuth_test::rtol_for;
+using acsleuth_test::tolerance;
+
 using Bandwidths = std::vector<double>;
 
 constexpr int64_t kTile = 256;  // CPU kernel tile (csrc/ops/cpu/gaussian_pair_form_kernel.cpp)
@@ -29,21 +33,6 @@ at::Tensor reference(const at::Tensor& x, const at::Tensor& phi, const Bandwidth
   for (double s : bw) k = k + at::exp(d * (-0.5 / (s * s)));
   const auto off_diagonal = at::ones_like(d) - at::eye(x.size(0), d.options());
   return phi.t().mm(k * off_diagonal).mm(phi);
-}
-
-double rtol_for(at::ScalarType t) { return t == at::kDouble ? 1e-10 : 1e-5; }
-
-at::TensorOptions opts(at::ScalarType t) { return at::TensorOptions().dtype(t); }
-
-// Absolute tolerance for comparing `actual` with the float64 reference `ref64`: rtol of the
-// reference's largest magnitude; for float32 at least 4x the error of the same dense reference
-// evaluated in float32 (`ref32`), which is larger in cancellation-prone cases such as N = 2.
-double tolerance(const at::Tensor& actual, const at::Tensor& ref64, const at::Tensor& ref32) {
-  const double tol = acsleuth_test::scaled_atol(ref64, rtol_for(actual.scalar_type()));
-  if (actual.scalar_type() == at::kDouble || !ref32.defined() || ref32.numel() == 0) return tol;
-  const double baseline =
-      (ref32.detach().to(at::kDouble) - ref64.detach()).abs().max().item<double>();
-  return std::max(tol, 4 * baseline);
 }
 
 struct Shape {

@@ -24,11 +24,13 @@
 #include <ATen/ATen.h>
 #include <c10/util/Exception.h>
 
+#include <algorithm>
 #include <chrono>
 #include <exception>
 #include <functional>
 #include <iomanip>
 #include <iostream>
+#include <limits>
 #include <sstream>
 #include <string>
 #include <utility>
@@ -139,6 +141,26 @@ inline double scaled_atol(const at::Tensor& expected, double rtol) {
   if (!expected.defined() || expected.numel() == 0) return rtol;
   const double m = expected.detach().abs().max().to(at::kDouble).item<double>();
   return rtol * (m > 0 ? m : 1.0);
+}
+
+inline at::TensorOptions opts(at::ScalarType t) { return at::TensorOptions().dtype(t); }
+
+inline double rtol_for(at::ScalarType t) { return t == at::kDouble ? 1e-10 : 1e-5; }
+
+// Absolute tolerance for `actual` against the float64 reference `ref64`: rtol of the
+// reference's largest magnitude, and at least 16 ulp of `noise_scale` (the size of the terms
+// that cancel into the result); for float32 also at least 4x the error of the same dense
+// reference evaluated in float32 (`ref32`), larger in cancellation-prone cases such as N = 2.
+inline double tolerance(const at::Tensor& actual, const at::Tensor& ref64, const at::Tensor& ref32,
+                        double noise_scale = 0.0) {
+  const auto dtype = actual.scalar_type();
+  const double ulp = dtype == at::kDouble ? std::numeric_limits<double>::epsilon()
+                                          : std::numeric_limits<float>::epsilon();
+  const double tol = std::max(scaled_atol(ref64, rtol_for(dtype)), 16 * ulp * noise_scale);
+  if (dtype == at::kDouble || !ref32.defined() || ref32.numel() == 0) return tol;
+  const double baseline =
+      (ref32.detach().to(at::kDouble) - ref64.detach()).abs().max().item<double>();
+  return std::max(tol, 4 * baseline);
 }
 
 inline int run_all(int argc, char** argv) {

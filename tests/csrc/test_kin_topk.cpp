@@ -23,10 +23,11 @@
 
 namespace {
 
+using acsleuth_test::opts;
+using acsleuth_test::rtol_for;
+
 constexpr int64_t kQueryBlock = 512;  // CPU kernel: query rows per block
 constexpr int64_t kKeyTile = 1024;    // CPU kernel: key rows per tile
-
-at::TensorOptions opts(at::ScalarType t) { return at::TensorOptions().dtype(t); }
 
 // Dense similarities in float64: q k^T, rows normalised by max(|row|, 1e-12) for cosine.
 at::Tensor similarities(const at::Tensor& query, const at::Tensor& keys,
@@ -86,8 +87,6 @@ void check_result(const at::Tensor& values, const at::Tensor& indices, const Ref
   CHECK_CLOSE(indices.index_select(0, rows), ref.indices.narrow(1, 0, k).index_select(0, rows),
               0.0, 0.0);
 }
-
-double rtol_for(at::ScalarType t) { return t == at::kDouble ? 1e-10 : 1e-5; }
 
 struct Case {
   int64_t nq, nk, d;

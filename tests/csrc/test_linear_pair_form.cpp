@@ -22,6 +22,10 @@
 
 namespace {
 
+using acsleuth_test::opts;
+using acsleuth_test::rtol_for;
+using acsleuth_test::tolerance;
+
 // CPU kernel blocking (csrc/ops/cpu/linear_pair_form_kernel.cpp): rows are summed in blocks of
 // kRowBlock, and for float32 with r = 2 four rows at a time.
 constexpr int64_t kRowBlock = 64;
@@ -31,26 +35,6 @@ at::Tensor reference(const at::Tensor& x, const at::Tensor& phi) {
   const auto k = x.mm(x.t());
   const auto off_diagonal = at::ones_like(k) - at::eye(x.size(0), k.options());
   return phi.t().mm(k * off_diagonal).mm(phi);
-}
-
-double rtol_for(at::ScalarType t) { return t == at::kDouble ? 1e-10 : 1e-5; }
-
-at::TensorOptions opts(at::ScalarType t) { return at::TensorOptions().dtype(t); }
-
-// rtol of the float64 reference's largest magnitude, and at least 16 ulp of `noise_scale` (the
-// size of the terms that cancel into the result); for float32 also at least 4x the error of
-// the same reference evaluated in float32 (`ref32`).
-double tolerance(const at::Tensor& actual, const at::Tensor& ref64, const at::Tensor& ref32,
-                 double noise_scale = 0.0) {
-  const auto dtype = actual.scalar_type();
-  const double ulp = dtype == at::kDouble ? std::numeric_limits<double>::epsilon()
-                                          : std::numeric_limits<float>::epsilon();
-  const double tol =
-      std::max(acsleuth_test::scaled_atol(ref64, rtol_for(dtype)), 16 * ulp * noise_scale);
-  if (dtype == at::kDouble || !ref32.defined() || ref32.numel() == 0) return tol;
-  const double baseline =
-      (ref32.detach().to(at::kDouble) - ref64.detach()).abs().max().item<double>();
-  return std::max(tol, 4 * baseline);
 }
 
 double max_or_zero(const at::Tensor& t) {
