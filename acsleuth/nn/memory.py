@@ -1,0 +1,56 @@
+"""The memory bank: a ring-buffer queue of embeddings read by shrunk softmax attention."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .. import ops
+
+
+class MemoryBank(nn.Module):
+    """A queue ``Q (N_mem, p)`` read with :func:`acsleuth.ops.memory_attention` (SPEC §1).
+
+    The queue and its write position are buffers: they are saved with the model and are
+    not trained by gradient descent; :meth:`enqueue` overwrites the oldest rows.
+    """
+
+    queue: Tensor
+    position: Tensor
+
+    def __init__(
+        self, n_items: int = 512, dim: int = 256, *, temperature: float = 0.05, shrink: float = 0.01
+    ) -> None:
+        super().__init__()
+        if n_items < 1 or dim < 1:
+            raise ValueError(f"MemoryBank needs n_items >= 1 and dim >= 1, got {n_items}, {dim}")
+        self.temperature = temperature
+        self.shrink = shrink
+        bound = 1.0 / math.sqrt(dim)
+        self.register_buffer("queue", torch.empty(n_items, dim).uniform_(-bound, bound))
+        self.register_buffer("position", torch.zeros((), dtype=torch.long))
+
+    def forward(self, z: Tensor) -> Tensor:
+        return ops.memory_attention(
+            z, self.queue.to(z.dtype), temperature=self.temperature, shrink=self.shrink
+        )
+
+    @torch.no_grad()
+    def enqueue(self, z: Tensor) -> None:
+        """Write ``z (B, p)`` over the oldest items, wrapping around the end of the queue."""
+        z = z.detach().to(self.queue.dtype)
+        n_items = self.queue.shape[0]
+        if z.shape[0] >= n_items:  # only the newest n_items survive
+            z = z[-n_items:]
+            start = 0
+        else:
+            start = int(self.position)
+        rows = (start + torch.arange(z.shape[0], device=z.device)) % n_items
+        self.queue[rows.to(self.queue.device)] = z.to(self.queue.device)
+        self.position.fill_((start + z.shape[0]) % n_items)
+
+    def extra_repr(self) -> str:
+        n_items, dim = self.queue.shape
+        return f"n_items={n_items}, dim={dim}, temperature={self.temperature}, shrink={self.shrink}"

@@ -1,0 +1,123 @@
+"""One WGAN-GP loop for every adversarial stage.
+
+A stage supplies its batches and a ``step`` that runs its generator on a batch and returns
+the real samples, the generated ones and the generator's own (non-adversarial) loss. The loop
+then does ``critic_steps`` critic updates on that batch and one generator update, whose loss is
+``own - beta * E[C(fake)]``. The generator's forward pass is shared by the critic and generator
+updates: the critic sees it detached, and the generator's parameters do not change in between.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from .._logging import progress
+
+
+@dataclass(frozen=True)
+class AdversarialConfig:
+    """Optimiser and loss settings of a WGAN-GP stage (SPEC §1 defaults)."""
+
+    epochs: int
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    critic_steps: int = 2
+    adversarial_weight: float = 1.0
+    gp_weight: float = 10.0
+    cosine: bool = False
+
+
+class AdversarialStep(NamedTuple):
+    """What a stage's generator produced for one batch."""
+
+    real: Tensor
+    fake: Tensor
+    own_loss: Tensor
+    aux: Any = None  # anything else ``after_step`` needs (the encoder embeddings)
+
+
+def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor) -> Tensor:
+    """``E[(||grad C(x_bar)||_2 - 1)^2]`` at ``x_bar = eps x + (1 - eps) x_hat``, eps ~ U(0,1) per cell."""
+    eps = torch.rand(real.shape[0], 1, device=real.device, dtype=real.dtype)
+    mixed = (eps * real + (1.0 - eps) * fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(mixed).mean(1).sum(), mixed, create_graph=True)
+    return ((grad.norm(dim=1) - 1.0) ** 2).mean()
+
+
+def _cosine_factor(epoch: int, epochs: int) -> float:
+    return 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
+
+
+def train_adversarial(
+    generator_params: Sequence[nn.Parameter],
+    critic: nn.Module,
+    batches: Callable[[], Iterable[Any]],
+    step: Callable[[Any], AdversarialStep],
+    config: AdversarialConfig,
+    *,
+    after_step: Callable[[Any, AdversarialStep], None] | None = None,
+    desc: str = "train",
+    verbose: bool = True,
+) -> list[dict[str, float]]:
+    """Train a generator against ``critic`` for ``config.epochs`` epochs.
+
+    Parameters
+    ----------
+    generator_params
+        The parameters the generator update optimises.
+    critic
+        ``(B, G) -> (B, k)``; its mean over the k outputs is the critic value.
+    batches
+        Called once per epoch; yields the batches ``step`` understands.
+    step
+        Runs the generator (with gradients) on a batch.
+    after_step
+        Called with the batch and the step's output after each generator update (the
+        memory bank's enqueue).
+
+    Returns
+    -------
+    Per-epoch means of ``critic``, ``gp``, ``generator`` and ``own`` losses.
+    """
+    generator_params = list(generator_params)
+    critic_params = [p for p in critic.parameters() if p.requires_grad]
+    opt_g = torch.optim.Adam(generator_params, lr=config.lr, betas=config.betas)
+    opt_c = torch.optim.Adam(critic_params, lr=config.lr, betas=config.betas)
+    history: list[dict[str, float]] = []
+    bar = progress(range(config.epochs), desc=desc, verbose=verbose)
+    for epoch in bar:
+        if config.cosine:
+            for opt in (opt_g, opt_c):
+                for group in opt.param_groups:
+                    group["lr"] = config.lr * _cosine_factor(epoch, config.epochs)
+        losses: list[Tensor] = []
+        for batch in batches():
+            out = step(batch)
+            fake = out.fake.detach()
+            for _ in range(config.critic_steps):
+                gp = gradient_penalty(critic, out.real, fake)
+                loss_c = critic(fake).mean() - critic(out.real).mean() + config.gp_weight * gp
+                opt_c.zero_grad(set_to_none=True)
+                loss_c.backward()
+                opt_c.step()
+            critic.requires_grad_(False)
+            loss_g = out.own_loss - config.adversarial_weight * critic(out.fake).mean()
+            opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            opt_g.step()
+            critic.requires_grad_(True)
+            if after_step is not None:
+                after_step(batch, out)
+            losses.append(torch.stack([loss_c, gp, loss_g, out.own_loss]).detach())
+        if not losses:
+            raise ValueError(f"{desc}: an epoch produced no batch; the data set is too small")
+        means = torch.stack(losses).float().mean(0).tolist()  # one host sync per epoch
+        history.append(dict(zip(("critic", "gp", "generator", "own"), means, strict=True)))
+        bar.set_postfix({k: f"{v:.3g}" for k, v in history[-1].items()})
+    return history
