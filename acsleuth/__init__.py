@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import ops
+from . import data, datasets, metrics, ops, tl
+from .model import ACsleuth
 
 try:
     __version__ = version("acsleuth")
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.1.0"
 
-__all__ = ["__version__", "ops"]
+__all__ = ["ACsleuth", "__version__", "data", "datasets", "metrics", "ops", "tl"]

@@ -1,46 +1,82 @@
-"""Command-line interface: ``acsleuth demo``."""
+"""Command-line interface: ``acsleuth demo`` (``python -m acsleuth``)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 import time
+from pathlib import Path
 
 from . import __version__
 
+DEMO_MARKER = ".acsleuth_demo"
+
+
+def _demo_folder(out: Path) -> Path:
+    """The demo's output folder; an existing folder the demo did not make is refused."""
+    if out.exists() and not (out / DEMO_MARKER).exists():
+        raise SystemExit(
+            f"acsleuth demo: {out} exists and was not written by the demo; "
+            "choose another folder with --out"
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / DEMO_MARKER).touch()
+    return out
+
 
 def _demo(args: argparse.Namespace) -> int:
-    """Kin matching and MMD group separation on scanpy's bundled PBMC data, with the fused ops."""
-    import numpy as np
-    import scanpy as sc
-    import torch
+    """Held-out cell type on scanpy's bundled pbmc68k_reduced: fit, score, evaluate, write."""
+    import matplotlib
 
-    from . import ops
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from . import ACsleuth, datasets, metrics, ops, pl, tl
+    from ._atomic import atomic_path
 
     start = time.perf_counter()
-    adata = sc.datasets.pbmc68k_reduced()
-    labels = adata.obs["bulk_labels"].astype(str).to_numpy()
-    rng = np.random.default_rng(args.seed)
-    order = rng.permutation(adata.n_obs)
-    ref, tgt = order[: adata.n_obs // 2], order[adata.n_obs // 2 :]
-    emb = torch.as_tensor(adata.obsm["X_pca"], dtype=torch.float32)
-    print(f"acsleuth {__version__} | backend {ops.backend()} | {adata.n_obs} PBMCs, "
-          f"{len(ref)} reference / {len(tgt)} target")
+    out = _demo_folder(Path(args.out))
+    reference, target = datasets.pbmc_holdout(args.held_out, reference_fraction=0.5, seed=args.seed)
+    truth = target.obs["is_anomaly"].to_numpy()
+    print(
+        f"acsleuth {__version__} | ops backend {ops.backend()} | pbmc68k_reduced, held out "
+        f"{args.held_out!r}: {reference.n_obs} reference cells, {target.n_obs} target cells "
+        f"({truth.sum()} anomalous)"
+    )
+    epochs = dict(zip(("prepare_epochs", "train_epochs", "score_epochs"), args.epochs, strict=True))
+    model = ACsleuth(**epochs, random_state=args.seed, device=args.device).fit(reference)
+    tl.score_anomalies(target, model)
+    table = target.obsm["acsleuth_scores"]
+    rows = {name: metrics.detection_report(truth, table[name].to_numpy()) for name in table}
+    report = pd.DataFrame(rows).T[["auroc", "ap", "f1_at_ratio"]]
+    report.columns = ["AUROC", "AP", "F1 (top-n at the true ratio)"]
+    print(report.round(3).to_string())
+    called = metrics.f1(truth, target.obs["acsleuth_anomaly"].to_numpy())
+    print(f"default score {model.params['score']!r}: {int(target.obs['acsleuth_anomaly'].sum())} "
+          f"cells called anomalous, F1 of the calls {called:.3f}")
 
-    _, kin = ops.kin_topk(emb[tgt], emb[ref], k=1, metric="cosine")
-    transferred = labels[ref][kin[:, 0].numpy()]
-    print(f"kin matching (cosine, PCA): label agreement {np.mean(transferred == labels[tgt]):.3f}")
-
-    expr = torch.as_tensor(adata.raw.to_adata().X.toarray() if hasattr(adata.raw.X, "toarray")
-                           else adata.raw.X, dtype=torch.float32)
-    is_b = torch.as_tensor(labels == args.held_out, dtype=torch.float32)
-    shuffled = is_b[torch.randperm(len(is_b), generator=torch.Generator().manual_seed(args.seed))]
-    for kernel in ("linear", "gaussian"):
-        true_mmd = -ops.gamma_mmd_loss(expr, is_b, kernel=kernel).item()
-        null_mmd = -ops.gamma_mmd_loss(expr, shuffled, kernel=kernel).item()
-        print(f"gamma_c MMD ({kernel}): '{args.held_out}' vs rest {true_mmd:.4g} | "
-              f"random split of the same size {null_mmd:.4g}")
-    print(f"runtime {time.perf_counter() - start:.2f} s")
+    with atomic_path(out / "target.h5ad", overwrite=True) as tmp:
+        target.write_h5ad(tmp)
+    cells = pd.DataFrame(
+        {"cell_type": target.obs["cell_type"], "is_anomaly": truth,
+         "score": target.obs["acsleuth_score"], "anomaly": target.obs["acsleuth_anomaly"]}
+    ).join(table.add_prefix("score_"))
+    with atomic_path(out / "cells.csv", overwrite=True) as tmp:
+        cells.to_csv(tmp, index_label="cell")
+    target.obs["truth"] = pd.Categorical(
+        ["anomalous (" + args.held_out + ")" if t else "normal" for t in truth]
+    )
+    fig, axes = plt.subplots(1, len(table.columns), figsize=(4 * len(table.columns), 3.4))
+    for ax, name in zip(axes, table.columns, strict=True):
+        pl.scores(target, score=name, groupby="truth", ax=ax, show=False)
+        ax.set_title(f"{name}: AUROC {rows[name]['auroc']:.3f}")
+    fig.tight_layout()
+    with atomic_path(out / "scores.png", overwrite=True) as tmp:
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
+    print(f"wrote {out}/target.h5ad, {out}/cells.csv, {out}/scores.png")
+    print(f"runtime {time.perf_counter() - start:.1f} s")
     return 0
 
 
@@ -48,9 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="acsleuth", description=__doc__)
     parser.add_argument("--version", action="version", version=f"acsleuth {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the ops on scanpy's bundled pbmc68k_reduced")
+    demo = sub.add_parser(
+        "demo", help="detect a held-out cell type in scanpy's bundled pbmc68k_reduced"
+    )
     demo.add_argument("--held-out", default="CD19+ B", help="cell type treated as the anomaly")
     demo.add_argument("--seed", type=int, default=2024)
+    demo.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    demo.add_argument("--out", default="acsleuth_demo", help="output folder")
+    demo.add_argument(
+        "--epochs", type=int, nargs=3, default=(50, 20, 20), metavar=("PREPARE", "TRAIN", "SCORE"),
+        help="epochs of the two module I stages and of the MMD predictor (default: 50 20 20)",
+    )
     demo.set_defaults(func=_demo)
     return parser
 

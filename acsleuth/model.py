@@ -1,0 +1,390 @@
+"""The user-facing model: ``ACsleuth(...).fit(reference)``, then score / predict target cells."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from anndata import AnnData
+
+from . import ops
+from ._logging import logger, stage_timer
+from .data import ExpressionSource, MinibatchLoader, highly_variable_genes, prepare
+from .nn import Critic, Generator
+from .stages.detect import (
+    DetectorConfig,
+    chunk_scores,
+    reconstruct,
+    residual_scale,
+    train_detector,
+)
+from .stages.mmd import ScorerConfig, fit_predictor, predict_logits
+
+Score = Literal["mmd", "scaled", "residual", "cosine", "critic"]
+SCORES: tuple[Score, ...] = ("mmd", "scaled", "residual", "cosine", "critic")
+N_ANCHORS = 2048
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.pt"
+
+
+@dataclass
+class ScoreResult:
+    """Everything one scoring pass produces for a target (one row per target cell)."""
+
+    scores: dict[str, np.ndarray]
+    score: np.ndarray
+    anomaly: np.ndarray
+    embedding: np.ndarray
+    threshold: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` is CUDA when available, else CPU; a CUDA request without CUDA is an error."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device='cuda' was requested but torch sees no CUDA GPU; use 'cpu' or 'auto'")
+    return device
+
+
+class ACsleuth:
+    """Anomalous-cell detection with ACsleuth (SPEC §1): fit on normal reference cells, score targets.
+
+    Parameters
+    ----------
+    n_top_genes
+        Highly variable genes chosen on the reference (all genes when there are fewer).
+    prepare_epochs, train_epochs
+        Epochs of module I without, then with, the memory bank.
+    score_epochs
+        Epochs of the MMD predictor (``score="mmd"``).
+    batch_size
+        Training minibatch size.
+    score
+        ``"mmd"`` (the gamma_c predictor on scaled residuals), ``"scaled"`` (``||(x - x_hat) /
+        s||`` with ``s`` the reference's per-gene residual scale), ``"residual"``
+        (``||x - x_hat||``), ``"cosine"`` (``1 - cos(E(x), E(x_hat))``) or ``"critic"``
+        (``||C(x) - C(x_hat)||``).
+    kernel, gamma
+        Kernel and weight function of the MMD predictor (SPEC §1.1).
+    anomaly_ratio
+        Expected fraction of anomalies: the top ``ratio * N`` cells are called anomalous
+        (and the MMD group sizes are fixed). ``None``: ``p > 0.5`` for ``"mmd"``, a
+        two-component Gaussian mixture on log scores otherwise.
+    score_batch_size, warm_epochs, anchor
+        Minibatch size of the MMD predictor (``None``: one full pass per epoch), the epochs
+        it first spends learning the scaled-residual ranking, and whether reference
+        residuals join its minibatches as known normal cells.
+    device
+        ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    random_state
+        Seed of every random choice (weights, minibatches, dropout).
+    verbose
+        Progress bars and per-stage log lines.
+    """
+
+    def __init__(
+        self,
+        *,
+        n_top_genes: int = 3000,
+        prepare_epochs: int = 50,
+        train_epochs: int = 20,
+        score_epochs: int = 20,
+        batch_size: int = 128,
+        score: Score = "mmd",
+        kernel: Literal["linear", "gaussian"] = "linear",
+        gamma: Literal["interp", "reference"] = "interp",
+        anomaly_ratio: float | None = None,
+        score_batch_size: int | None = None,
+        warm_epochs: int = 0,
+        anchor: bool = False,
+        n_memory: int = 512,
+        learning_rate: float = 1e-4,
+        eval_batch_size: int = 4096,
+        device: str = "auto",
+        random_state: int = 2024,
+        verbose: bool = True,
+    ) -> None:
+        self.params: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        self._check_params()
+        self.device = resolve_device(device)
+        self.genes_: list[str] | None = None
+        self.generator_: Generator | None = None
+        self.critic_: Critic | None = None
+        self.residual_scale_: torch.Tensor | None = None
+        self.anchors_: torch.Tensor | None = None
+        self.history_: dict[str, list[dict[str, float]]] = {}
+        self.timings_: dict[str, float] = {}
+
+    def _check_params(self) -> None:
+        p = self.params
+        for name in ("n_top_genes", "batch_size", "n_memory", "eval_batch_size"):
+            if int(p[name]) < 1:
+                raise ValueError(f"ACsleuth: {name} must be a positive integer, got {p[name]}")
+        for name in ("prepare_epochs", "train_epochs", "score_epochs", "warm_epochs"):
+            if int(p[name]) < 0:
+                raise ValueError(f"ACsleuth: {name} must be >= 0, got {p[name]}")
+        if p["score"] not in SCORES:
+            raise ValueError(f"ACsleuth: score must be one of {SCORES}, got {p['score']!r}")
+        if p["kernel"] not in ("linear", "gaussian"):
+            raise ValueError(f"ACsleuth: kernel must be 'linear' or 'gaussian', got {p['kernel']!r}")
+        if p["gamma"] not in ("interp", "reference"):
+            raise ValueError(f"ACsleuth: gamma must be 'interp' or 'reference', got {p['gamma']!r}")
+        ratio = p["anomaly_ratio"]
+        if ratio is not None and not 0.0 < float(ratio) < 1.0:
+            raise ValueError(
+                f"ACsleuth: anomaly_ratio must be in (0, 1) or None (estimate), got {ratio}"
+            )
+        if p["learning_rate"] <= 0:
+            raise ValueError(f"ACsleuth: learning_rate must be > 0, got {p['learning_rate']}")
+
+    # ------------------------------------------------------------------ training
+    @property
+    def is_fitted(self) -> bool:
+        return self.generator_ is not None
+
+    def _detector_config(self) -> DetectorConfig:
+        p = self.params
+        return DetectorConfig(
+            prepare_epochs=p["prepare_epochs"], train_epochs=p["train_epochs"], lr=p["learning_rate"]
+        )
+
+    def _scorer_config(self) -> ScorerConfig:
+        p = self.params
+        return ScorerConfig(
+            epochs=p["score_epochs"], kernel=p["kernel"], gamma=p["gamma"],
+            batch_size=p["score_batch_size"], warm_epochs=p["warm_epochs"], lr=p["learning_rate"],
+        )
+
+    def fit(self, reference: AnnData | str | os.PathLike) -> ACsleuth:
+        """Train module I on ``reference`` (normal cells only; AnnData, backed AnnData or a path)."""
+        timings: dict[str, float] = {}
+        p = self.params
+        with stage_timer(timings, "prepare data"):
+            source = prepare(reference, name="reference")
+            genes = highly_variable_genes(source, p["n_top_genes"])
+            source = source.with_genes(genes)
+        if source.n_obs < 2:
+            raise ValueError(
+                f"reference: {source.n_obs} cell(s); module I needs at least 2 normal cells "
+                "(BatchNorm statistics)"
+            )
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(p["random_state"])
+            generator = Generator(len(genes), n_memory=p["n_memory"]).to(self.device)
+            critic = Critic(len(genes)).to(self.device)
+            loader = MinibatchLoader(
+                source, batch_size=min(p["batch_size"], source.n_obs), shuffle=True,
+                drop_last=True, seed=p["random_state"], device=self.device,
+            )
+            with stage_timer(timings, "module I"):
+                history = train_detector(
+                    generator, critic, loader, self._detector_config(), verbose=p["verbose"],
+                    timings=timings,
+                )
+            with stage_timer(timings, "reference residuals"):
+                scale, anchors = self._reference_residuals(source, generator)
+        self.genes_, self.generator_, self.critic_ = genes, generator, critic
+        self.residual_scale_, self.anchors_ = scale, anchors
+        self.history_, self.timings_ = history, timings
+        logger.info("fitted module I on %d reference cells x %d genes", source.n_obs, len(genes))
+        return self
+
+    def _reference_residuals(
+        self, source: ExpressionSource, generator: Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-gene residual scale of the reference, and scaled residuals of up to 2048 of its cells."""
+        loader = MinibatchLoader(source, batch_size=self.params["eval_batch_size"], device=self.device)
+        scale = residual_scale(generator, loader)
+        rng = np.random.default_rng(self.params["random_state"])
+        rows = np.sort(rng.choice(source.n_obs, min(N_ANCHORS, source.n_obs), replace=False))
+        x = torch.as_tensor(source.rows(rows), device=self.device)
+        with torch.inference_mode():
+            x_hat, _ = generator(x, use_memory=True)
+        return scale, ((x - x_hat) / scale).clone()
+
+    # ------------------------------------------------------------------ scoring
+    def _require_fitted(self) -> None:
+        if not self.is_fitted:
+            raise RuntimeError("ACsleuth: call fit(reference) (or ACsleuth.load(dir)) before scoring")
+
+    def evaluate(self, target: AnnData | str | os.PathLike, *, score: Score | None = None) -> ScoreResult:
+        """Score every target cell and call anomalies; returns every score type computed."""
+        self._require_fitted()
+        p = self.params
+        score = score or p["score"]
+        if score not in SCORES:
+            raise ValueError(f"ACsleuth: score must be one of {SCORES}, got {score!r}")
+        timings: dict[str, float] = {}
+        with stage_timer(timings, "prepare target"):
+            source = prepare(target, genes=self.genes_, name="target")
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(p["random_state"])
+            with stage_timer(timings, "reconstruct"):
+                scores, residuals, embedding = self.reconstruct(source, keep_residuals=score == "mmd")
+            if score == "mmd":
+                with stage_timer(timings, "mmd score"):
+                    scores["mmd"] = self._mmd_scores(residuals, scores["scaled"])
+        chosen = scores[score]
+        anomaly, threshold = self._call(chosen, score)
+        return ScoreResult(
+            scores={k: v.numpy().astype(np.float64) for k, v in scores.items()},
+            score=chosen.numpy().astype(np.float64), anomaly=anomaly,
+            embedding=embedding, threshold=threshold, timings=timings,
+        )
+
+    def reconstruct(
+        self, source: ExpressionSource, *, keep_residuals: bool = False
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, np.ndarray]:
+        """Per-cell scores that need no training, scaled residuals (optional) and embeddings."""
+        self._require_fitted()
+        loader = MinibatchLoader(source, batch_size=self.params["eval_batch_size"], device=self.device)
+        parts: dict[str, list[torch.Tensor]] = {}
+        residuals, embedding = [], []
+        for chunk in reconstruct(self.generator_, loader):
+            values = chunk_scores(self.generator_, self.critic_, chunk, self.residual_scale_)
+            for name, value in values.items():
+                parts.setdefault(name, []).append(value.float().cpu())
+            if keep_residuals:
+                residuals.append(((chunk.x - chunk.x_hat) / self.residual_scale_).clone())
+            embedding.append(chunk.z.float().cpu())
+        scores = {name: torch.cat(values) for name, values in parts.items()}
+        return scores, (torch.cat(residuals) if keep_residuals else None), torch.cat(embedding).numpy()
+
+    def _mmd_scores(self, residuals: torch.Tensor, ranking: torch.Tensor) -> torch.Tensor:
+        p = self.params
+        if residuals.shape[0] < 4:
+            raise ValueError(
+                f"target: {residuals.shape[0]} cell(s); the MMD score needs at least 4 target "
+                "cells (two groups of two); use score='residual' for fewer"
+            )
+        predictor = fit_predictor(
+            residuals, ratio=p["anomaly_ratio"], config=self._scorer_config(),
+            ranking=ranking.to(residuals.device), anchors=self.anchors_ if p["anchor"] else None,
+            seed=p["random_state"], verbose=p["verbose"],
+        )
+        return predict_logits(predictor, residuals).float().cpu()
+
+    def _call(self, scores: torch.Tensor, score: Score) -> tuple[np.ndarray, float]:
+        """Anomaly calls: top ``ratio * N``, else ``p > 0.5`` (mmd) or a 2-Gaussian mixture."""
+        values = scores.numpy().astype(np.float64)
+        ratio = self.params["anomaly_ratio"]
+        if ratio is not None:
+            n_top = round(ratio * len(values))
+            if n_top == 0:
+                return np.zeros(len(values), dtype=bool), float("inf")
+            order = np.argsort(-values, kind="stable")
+            anomaly = np.zeros(len(values), dtype=bool)
+            anomaly[order[:n_top]] = True
+            return anomaly, float(values[order[n_top - 1]])
+        if score == "mmd":
+            return values > 0.0, 0.0
+        return mixture_threshold(values)
+
+    def score(self, target: AnnData | str | os.PathLike) -> np.ndarray:
+        """One anomaly score per target cell (higher = more anomalous)."""
+        return self.evaluate(target).score
+
+    def predict(self, target: AnnData | str | os.PathLike) -> np.ndarray:
+        """Boolean anomaly calls, one per target cell."""
+        return self.evaluate(target).anomaly
+
+    # ------------------------------------------------------------------ persistence
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write ``config.json`` (parameters, genes, version) and ``weights.pt`` into ``path``.
+
+        The folder is written under a temporary name and renamed; an existing ``path`` is
+        refused unless ``overwrite=True``.
+        """
+        from . import __version__
+
+        self._require_fitted()
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+        try:
+            config = {
+                "format": 1, "acsleuth_version": __version__, "params": self.params,
+                "genes": self.genes_, "history": self.history_, "timings": self.timings_,
+            }
+            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1))
+            torch.save(
+                {
+                    "generator": self.generator_.state_dict(), "critic": self.critic_.state_dict(),
+                    "residual_scale": self.residual_scale_, "anchors": self.anchors_,
+                },
+                tmp / WEIGHTS_FILE,
+            )
+            if path.exists():
+                old = path.with_name(f".{path.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                path.rename(old)
+                tmp.rename(path)
+                shutil.rmtree(old)
+            else:
+                tmp.rename(path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, device: str | None = None) -> ACsleuth:
+        """A model saved by :meth:`save`; ``device`` overrides the saved one."""
+        path = Path(path)
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (path / name).is_file():
+                raise FileNotFoundError(f"{path} is not a saved ACsleuth model: {name} is missing")
+        config = json.loads((path / CONFIG_FILE).read_text())
+        params = dict(config["params"])
+        if device is not None:
+            params["device"] = device
+        model = cls(**params)
+        genes = list(config["genes"])
+        state = torch.load(path / WEIGHTS_FILE, map_location=model.device, weights_only=True)
+        model.generator_ = Generator(len(genes), n_memory=params["n_memory"]).to(model.device)
+        model.critic_ = Critic(len(genes)).to(model.device)
+        model.generator_.load_state_dict(state["generator"])
+        model.critic_.load_state_dict(state["critic"])
+        model.residual_scale_, model.anchors_ = state["residual_scale"], state["anchors"]
+        model.generator_.eval()
+        model.critic_.eval()
+        model.genes_, model.history_ = genes, config.get("history", {})
+        model.timings_ = config.get("timings", {})
+        return model
+
+    def __repr__(self) -> str:
+        state = f"fitted on {len(self.genes_)} genes" if self.is_fitted else "not fitted"
+        return f"ACsleuth(score={self.params['score']!r}, device={self.device.type!r}, {state})"
+
+
+def mixture_threshold(values: np.ndarray) -> tuple[np.ndarray, float]:
+    """Calls from a two-component Gaussian mixture on ``log1p`` of non-negative scores."""
+    from sklearn.mixture import GaussianMixture
+
+    x = np.log1p(np.maximum(values, 0.0))[:, None]
+    if len(x) < 2 or np.ptp(x) == 0:
+        return np.zeros(len(values), dtype=bool), float("inf")
+    gmm = GaussianMixture(2, random_state=0).fit(x)
+    high = int(np.argmax(gmm.means_[:, 0]))
+    anomaly = gmm.predict(x) == high
+    threshold = float(values[anomaly].min()) if anomaly.any() else float("inf")
+    return anomaly, threshold
+
+
+def backend_name() -> str:
+    """The ops backend in use (recorded in ``uns``)."""
+    return ops.backend()
+
+
+__all__ = ["SCORES", "ACsleuth", "ScoreResult"]

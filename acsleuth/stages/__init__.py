@@ -1,0 +1,1 @@
+"""The ACsleuth stages: detection (I); kin matching, style transfer and subtyping follow."""

@@ -1,0 +1,142 @@
+"""Stage I: train the reconstruction GAN on the reference, reconstruct target cells (SPEC §1)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .._logging import stage_timer
+from ..nn import Critic, Generator
+from ..train import AdversarialConfig, AdversarialStep, train_adversarial
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Module I training settings (SPEC §1 defaults)."""
+
+    prepare_epochs: int = 50
+    train_epochs: int = 20
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    critic_steps: int = 2
+    reconstruction_weight: float = 30.0  # alpha
+    adversarial_weight: float = 1.0  # beta
+    gp_weight: float = 10.0  # lambda
+
+    def stage(self, epochs: int, *, cosine: bool) -> AdversarialConfig:
+        return AdversarialConfig(
+            epochs=epochs, lr=self.lr, betas=self.betas, critic_steps=self.critic_steps,
+            adversarial_weight=self.adversarial_weight, gp_weight=self.gp_weight, cosine=cosine,
+        )
+
+
+def train_detector(
+    generator: Generator,
+    critic: Critic,
+    loader: Iterable[tuple[np.ndarray, Tensor]],
+    config: DetectorConfig,
+    *,
+    verbose: bool = True,
+    timings: dict[str, float] | None = None,
+) -> dict[str, list[dict[str, float]]]:
+    """Stage "prepare" (no memory), then stage "train" (memory on, cosine schedule).
+
+    After every generator update of stage "train" the batch's encoder embeddings are
+    enqueued into the memory bank. When ``timings`` is given, the seconds each stage took
+    are added to ``timings["prepare"]`` and ``timings["train"]`` (0.0 for a skipped stage).
+    """
+    if timings is None:
+        timings = {}
+    generator.train()
+    critic.train()
+
+    def batches() -> Iterator[Tensor]:
+        return (x for _, x in loader)
+
+    def step(x: Tensor, *, use_memory: bool) -> AdversarialStep:
+        x_hat, z = generator(x, use_memory=use_memory)
+        own = config.reconstruction_weight * F.l1_loss(x_hat, x)
+        return AdversarialStep(x, x_hat, own, aux=z)
+
+    history = {}
+    for name, epochs, use_memory in (
+        ("prepare", config.prepare_epochs, False),
+        ("train", config.train_epochs, True),
+    ):
+        if epochs == 0:
+            history[name] = []
+            timings.setdefault(name, 0.0)
+            continue
+        with stage_timer(timings, name):  # ends after the epoch's loss read-back (a host sync)
+            history[name] = train_adversarial(
+                list(generator.parameters()),
+                critic,
+                batches,
+                lambda x, use_memory=use_memory: step(x, use_memory=use_memory),
+                config.stage(epochs, cosine=use_memory),
+                after_step=(
+                    (lambda _, out: generator.memory.enqueue(out.aux)) if use_memory else None
+                ),
+                desc=name,
+                verbose=verbose,
+            )
+    generator.eval()
+    critic.eval()
+    return history
+
+
+class Reconstruction(NamedTuple):
+    """One chunk of target cells: rows, input, reconstruction and both embeddings."""
+
+    rows: np.ndarray
+    x: Tensor
+    x_hat: Tensor
+    z: Tensor
+
+
+@torch.inference_mode()
+def reconstruct(
+    generator: Generator, loader: Iterable[tuple[np.ndarray, Tensor]]
+) -> Iterator[Reconstruction]:
+    """``x_hat = D(mem(E(x)))`` chunk by chunk, in eval mode."""
+    generator.eval()
+    for rows, x in loader:
+        x_hat, z = generator(x, use_memory=True)
+        yield Reconstruction(rows, x, x_hat, z)
+
+
+@torch.inference_mode()
+def residual_scale(generator: Generator, loader: Iterable[tuple[np.ndarray, Tensor]]) -> Tensor:
+    """Per-gene residual scale on (reference) cells: ``sqrt(mean_i delta_ig^2) + 0.1 rms(delta)``.
+
+    Dividing residuals by it stops a few highly expressed, noisy genes from dominating
+    the residual norm; the floor keeps genes the generator reconstructs perfectly from
+    blowing up.
+    """
+    sum_sq, n_cells = None, 0
+    for chunk in reconstruct(generator, loader):
+        sq = (chunk.x - chunk.x_hat).double().pow(2).sum(0)
+        sum_sq = sq if sum_sq is None else sum_sq + sq
+        n_cells += chunk.x.shape[0]
+    mean_sq = sum_sq / n_cells
+    return (mean_sq.sqrt() + 0.1 * mean_sq.mean().sqrt()).float()
+
+
+@torch.inference_mode()
+def chunk_scores(
+    generator: Generator, critic: Critic, chunk: Reconstruction, scale: Tensor
+) -> dict[str, Tensor]:
+    """The per-cell scores that need only the chunk (SPEC §1, plus the scaled residual)."""
+    delta = chunk.x - chunk.x_hat
+    return {
+        "residual": delta.norm(dim=1),
+        "scaled": (delta / scale).norm(dim=1),
+        "cosine": 1.0 - F.cosine_similarity(chunk.z, generator.encoder(chunk.x_hat), dim=1),
+        "critic": (critic(chunk.x) - critic(chunk.x_hat)).norm(dim=1),
+    }

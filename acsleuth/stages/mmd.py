@@ -1,0 +1,135 @@
+"""The MMD anomaly predictor (SPEC §1.1): a classifier of residuals trained to maximise gamma_c MMD."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .._logging import progress
+from ..nn import Predictor
+from ..ops import gamma_mmd_loss
+
+Kernel = Literal["linear", "gaussian"]
+Gamma = Literal["interp", "reference"]
+MIN_BATCH = 4  # two cells per group
+
+
+@dataclass(frozen=True)
+class ScorerConfig:
+    """How the predictor is trained.
+
+    ``batch_size=None`` takes one full pass over the target per epoch (one step, as the
+    paper); an integer trains on shuffled minibatches of that size. ``warm_epochs`` first
+    fits the predictor to pseudo-labels from a ranking (its top ``ratio``, or its top half
+    when the ratio is unknown) before the ``epochs`` of MMD training. Reference residuals
+    passed as ``anchors`` join every minibatch as known normal cells (``p = 0``), which
+    breaks the symmetry between the two groups of the MMD objective.
+    """
+
+    epochs: int = 20
+    kernel: Kernel = "linear"
+    gamma: Gamma = "interp"
+    batch_size: int | None = None
+    warm_epochs: int = 0
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+
+
+def pseudo_labels(ranking: Tensor, fraction: float) -> Tensor:
+    """1.0 for the top ``fraction`` of ``ranking``, 0.0 elsewhere."""
+    n_top = min(max(1, round(fraction * ranking.shape[0])), ranking.shape[0])
+    labels = torch.zeros_like(ranking, dtype=torch.float32)
+    labels[torch.topk(ranking, n_top).indices] = 1.0
+    return labels
+
+
+def minibatches(n: int, batch_size: int | None, generator: torch.Generator) -> list[Tensor]:
+    """Shuffled row batches; a tail too small for two groups of two joins no batch."""
+    if batch_size is None or batch_size >= n:
+        return [torch.randperm(n, generator=generator)]
+    order = torch.randperm(n, generator=generator)
+    tail = n % batch_size
+    return list((order[: n - tail] if 0 < tail < MIN_BATCH else order).split(batch_size))
+
+
+def _anchor_rows(anchors: Tensor | None, size: int, generator: torch.Generator) -> Tensor | None:
+    if anchors is None:
+        return None
+    pick = torch.randint(anchors.shape[0], (min(size, anchors.shape[0]),), generator=generator)
+    return anchors[pick.to(anchors.device)]
+
+
+def fit_predictor(
+    residuals: Tensor,
+    *,
+    ratio: float | None,
+    config: ScorerConfig,
+    ranking: Tensor | None = None,
+    anchors: Tensor | None = None,
+    seed: int = 0,
+    verbose: bool = True,
+) -> Predictor:
+    """Train a :class:`~acsleuth.nn.Predictor` on ``residuals (N, G)`` of every target cell.
+
+    Parameters
+    ----------
+    ratio
+        Known anomaly fraction: fixes ``n = ratio * (target cells in the batch)``; ``None``
+        uses the soft count ``n = sum p``.
+    ranking
+        ``(N,)`` scores (higher = more anomalous) giving the warm-start pseudo-labels;
+        needed when ``config.warm_epochs > 0``.
+    anchors
+        ``(A, G)`` residuals of known normal (reference) cells, or ``None``.
+    """
+    n_cells, n_genes = residuals.shape
+    device = residuals.device
+    predictor = Predictor(n_genes).to(device).train()
+    opt = torch.optim.Adam(predictor.parameters(), lr=config.lr, betas=config.betas)
+    gen = torch.Generator().manual_seed(seed)
+    if config.warm_epochs:
+        if ranking is None:
+            raise ValueError("fit_predictor: warm_epochs > 0 needs a ranking")
+        targets = pseudo_labels(ranking, ratio if ratio is not None else 0.5).to(device)
+        for _ in progress(range(config.warm_epochs), desc="warm start", verbose=verbose):
+            for rows in minibatches(n_cells, config.batch_size or 128, gen):
+                rows = rows.to(device)
+                x, y = residuals[rows], targets[rows]
+                extra = _anchor_rows(anchors, len(rows), gen)
+                if extra is not None:
+                    x, y = torch.cat([x, extra]), torch.cat([y, y.new_zeros(len(extra))])
+                loss = F.binary_cross_entropy_with_logits(predictor(x), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+    total = config.epochs * len(minibatches(n_cells, config.batch_size, gen))
+    step = 0
+    for _ in progress(range(config.epochs), desc="mmd score", verbose=verbose):
+        for rows in minibatches(n_cells, config.batch_size, gen):
+            for group in opt.param_groups:  # cosine schedule over all steps
+                group["lr"] = config.lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
+            delta = residuals[rows.to(device)]
+            n_target = delta.shape[0]
+            p = torch.sigmoid(predictor(delta))
+            extra = _anchor_rows(anchors, n_target, gen)
+            if extra is not None:  # known normal cells: p = 0
+                delta, p = torch.cat([delta, extra]), torch.cat([p, p.new_zeros(len(extra))])
+            n = None if ratio is None else max(ratio * n_target, 1.5)
+            loss = gamma_mmd_loss(delta, p, n=n, kernel=config.kernel, gamma=config.gamma)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+    return predictor.eval()
+
+
+@torch.inference_mode()
+def predict_logits(predictor: Predictor, residuals: Tensor, chunk: int = 8192) -> Tensor:
+    """Anomaly logits of every row, in chunks."""
+    predictor.eval()
+    return torch.cat([predictor(part) for part in residuals.split(chunk)])

@@ -1,0 +1,133 @@
+"""Evaluation suite that chooses the default anomaly score by evidence (issue 3).
+
+For every scenario (held-out cell types of pbmc68k_reduced at several anomaly ratios, and
+synthetic data) and seed, module I is trained once; every score variant is then computed
+from the same reconstruction, so variants differ only in the scorer. Prints a table of mean
+AUROC / AP / F1 (top-n at the true ratio) per variant and group of scenarios, and writes the
+per-run rows to a CSV.
+
+    python benchmarks/eval_detection.py --out benchmarks/eval_detection.csv
+    python benchmarks/eval_detection.py --quick          # 2 scenarios, 1 seed, few epochs
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+
+import pandas as pd
+import torch
+
+from acsleuth import ACsleuth, datasets, metrics
+from acsleuth.data import prepare
+from acsleuth.stages.mmd import ScorerConfig, fit_predictor, predict_logits
+
+SINGLE = ["CD19+ B", "CD14+ Monocyte", "CD56+ NK", "CD8+ Cytotoxic T", "CD4+/CD25 T Reg"]
+MULTI = [
+    ("CD19+ B", "CD56+ NK"),
+    ("CD14+ Monocyte", "CD8+ Cytotoxic T"),
+    ("CD19+ B", "CD14+ Monocyte", "CD56+ NK"),
+    ("Dendritic", "CD34+"),
+]
+RATIO_SWEEPS = {("CD19+ B",): [0.05, 0.2, 0.6], ("CD14+ Monocyte", "CD56+ NK"): [0.05, 0.4, 0.6]}
+
+PAPER = ScorerConfig(epochs=20, kernel="linear", gamma="interp", batch_size=None)
+MB = replace(PAPER, batch_size=128)
+WARM = replace(MB, warm_epochs=10)
+# name -> (scorer config, whether the true ratio is given, whether reference anchors are used)
+VARIANTS: dict[str, tuple[ScorerConfig, bool, bool]] = {
+    "mmd paper (full pass, linear, soft n)": (PAPER, False, False),
+    "mmd paper, true ratio": (PAPER, True, False),
+    "mmd reference gamma, true ratio": (replace(PAPER, gamma="reference"), True, False),
+    "mmd gauss mb128 soft": (replace(MB, kernel="gaussian"), False, False),
+    "warm start only": (replace(WARM, epochs=0), False, False),
+    "warm start only + anchors": (replace(WARM, epochs=0), False, True),
+    "mmd lin warm soft": (WARM, False, False),
+    "mmd gauss warm soft": (replace(WARM, kernel="gaussian"), False, False),
+    "mmd lin warm anchors soft": (WARM, False, True),
+    "mmd gauss warm anchors soft": (replace(WARM, kernel="gaussian"), False, True),
+    "mmd gauss warm anchors ratio": (replace(WARM, kernel="gaussian"), True, True),
+}
+
+
+def scenarios(quick: bool) -> list[dict]:
+    out = [{"group": "single", "held_out": (t,), "ratio": None} for t in SINGLE]
+    out += [{"group": "multi", "held_out": t, "ratio": None} for t in MULTI]
+    out += [{"group": "ratio", "held_out": held, "ratio": r}
+            for held, ratios in RATIO_SWEEPS.items() for r in ratios]
+    out += [{"group": "synthetic", "held_out": (), "ratio": r} for r in (0.05, 0.3)]
+    return out[:1] + out[5:6] if quick else out
+
+
+def load(scenario: dict, seed: int):
+    if scenario["group"] == "synthetic":
+        return datasets.synthetic(1000, 1000, 1000, anomaly_ratio=scenario["ratio"], seed=seed)
+    return datasets.pbmc_holdout(list(scenario["held_out"]), anomaly_ratio=scenario["ratio"],
+                                 seed=seed)
+
+
+def run_one(scenario: dict, seed: int, epochs: tuple[int, int, int]) -> list[dict]:
+    reference, target = load(scenario, seed)
+    truth = target.obs["is_anomaly"].to_numpy()
+    ratio = float(truth.mean())
+    model = ACsleuth(prepare_epochs=epochs[0], train_epochs=epochs[1], random_state=seed,
+                     verbose=False, device="cpu")
+    t0 = time.perf_counter()
+    model.fit(reference)
+    fit_s = time.perf_counter() - t0
+    source = prepare(target, genes=model.genes_, name="target")
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        scores, residuals, _ = model.reconstruct(source, keep_residuals=True)
+    results = {name: values.numpy() for name, values in scores.items()}
+    for name, (config, known_ratio, anchored) in VARIANTS.items():
+        config = replace(config, epochs=epochs[2] if config.epochs else 0)
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            predictor = fit_predictor(residuals, ratio=ratio if known_ratio else None, config=config,
+                                      ranking=scores["scaled"], seed=seed, verbose=False,
+                                      anchors=model.anchors_ if anchored else None)
+        results[name] = predict_logits(predictor, residuals).numpy()
+    label = "+".join(scenario["held_out"]) or "synthetic"
+    rows = []
+    for name, values in results.items():
+        report = metrics.detection_report(truth, values)
+        rows.append({"group": scenario["group"], "held_out": label, "ratio": round(ratio, 3),
+                     "seed": seed, "score": name, "fit_s": fit_s, **report})
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--epochs", type=int, nargs=3, default=(50, 20, 20),
+                        metavar=("PREPARE", "TRAIN", "SCORE"))
+    parser.add_argument("--out", default="benchmarks/eval_detection.csv")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    epochs = (5, 2, 5) if args.quick else tuple(args.epochs)
+    seeds = range(1 if args.quick else args.seeds)
+    rows = []
+    start = time.perf_counter()
+    for scenario in scenarios(args.quick):
+        for seed in seeds:
+            rows += run_one(scenario, seed, epochs)
+            print(f"[{time.perf_counter() - start:7.1f} s] {scenario['group']} "
+                  f"{'+'.join(scenario['held_out'])} ratio={scenario['ratio']} seed={seed}",
+                  flush=True)
+            pd.DataFrame(rows).to_csv(args.out, index=False)
+    table = pd.DataFrame(rows)
+    summary = table.groupby(["score", "group"])[["auroc", "ap", "f1_at_ratio"]].mean().unstack("group")
+    overall = table.groupby("score")[["auroc", "ap", "f1_at_ratio"]].mean()
+    overall.columns = pd.MultiIndex.from_product([overall.columns, ["all"]])
+    summary = summary.join(overall).sort_values(("auroc", "all"), ascending=False)
+    pd.set_option("display.width", 250)
+    print(summary.round(3).to_string())
+    print(f"total {time.perf_counter() - start:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
