@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .._logging import progress
+from .._logging import progress, stage_timer
 from ..nn import Predictor
 from ..ops import gamma_mmd_loss
 
@@ -28,7 +28,9 @@ class ScorerConfig:
     fits the predictor to pseudo-labels from a ranking (its top ``ratio``, or its top half
     when the ratio is unknown) before the ``epochs`` of MMD training. Reference residuals
     passed as ``anchors`` join every minibatch as known normal cells (``p = 0``), which
-    breaks the symmetry between the two groups of the MMD objective.
+    breaks the symmetry between the two groups of the MMD objective. ``supervision`` keeps
+    the warm start's cross-entropy (pseudo-labels, anchors as 0) in the MMD epochs with
+    that weight, so the MMD refines the ranking instead of replacing it.
     """
 
     epochs: int = 20
@@ -36,6 +38,7 @@ class ScorerConfig:
     gamma: Gamma = "interp"
     batch_size: int | None = None
     warm_epochs: int = 0
+    supervision: float = 0.0
     lr: float = 1e-4
     betas: tuple[float, float] = (0.5, 0.999)
 
@@ -64,6 +67,11 @@ def _anchor_rows(anchors: Tensor | None, size: int, generator: torch.Generator) 
     return anchors[pick.to(anchors.device)]
 
 
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def fit_predictor(
     residuals: Tensor,
     *,
@@ -73,6 +81,7 @@ def fit_predictor(
     anchors: Tensor | None = None,
     seed: int = 0,
     verbose: bool = True,
+    timings: dict[str, float] | None = None,
 ) -> Predictor:
     """Train a :class:`~acsleuth.nn.Predictor` on ``residuals (N, G)`` of every target cell.
 
@@ -86,45 +95,68 @@ def fit_predictor(
         needed when ``config.warm_epochs > 0``.
     anchors
         ``(A, G)`` residuals of known normal (reference) cells, or ``None``.
+    timings
+        When given, the seconds of the warm start and of the MMD epochs are added to
+        ``timings["mmd warm start"]`` (when ``warm_epochs > 0``) and ``timings["mmd train"]``
+        (each ends with a device sync on CUDA).
     """
+    timings = {} if timings is None else timings
     n_cells, n_genes = residuals.shape
+    if anchors is not None and anchors.shape[1] != n_genes:
+        raise ValueError(
+            f"fit_predictor: anchors have {anchors.shape[1]} genes but residuals {n_genes}"
+        )
     device = residuals.device
     predictor = Predictor(n_genes).to(device).train()
     opt = torch.optim.Adam(predictor.parameters(), lr=config.lr, betas=config.betas)
     gen = torch.Generator().manual_seed(seed)
-    if config.warm_epochs:
-        if ranking is None:
-            raise ValueError("fit_predictor: warm_epochs > 0 needs a ranking")
+    need_labels = config.warm_epochs > 0 or config.supervision > 0
+    if need_labels and ranking is None:
+        raise ValueError("fit_predictor: warm_epochs > 0 or supervision > 0 needs a ranking")
+    targets = None
+    if need_labels:
         targets = pseudo_labels(ranking, ratio if ratio is not None else 0.5).to(device)
-        for _ in progress(range(config.warm_epochs), desc="warm start", verbose=verbose):
-            for rows in minibatches(n_cells, config.batch_size or 128, gen):
-                rows = rows.to(device)
-                x, y = residuals[rows], targets[rows]
-                extra = _anchor_rows(anchors, len(rows), gen)
-                if extra is not None:
-                    x, y = torch.cat([x, extra]), torch.cat([y, y.new_zeros(len(extra))])
-                loss = F.binary_cross_entropy_with_logits(predictor(x), y)
+
+    def forward(rows: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Residuals of the batch (+ anchors), their logits, and the cross-entropy."""
+        delta = residuals[rows]
+        extra = _anchor_rows(anchors, len(rows), gen)
+        if extra is not None:
+            delta = torch.cat([delta, extra])
+        logits = predictor(delta)
+        if targets is None:
+            return delta, logits, None
+        labels = torch.cat([targets[rows], targets.new_zeros(delta.shape[0] - len(rows))])
+        return delta, logits, F.binary_cross_entropy_with_logits(logits, labels)
+
+    if config.warm_epochs:
+        with stage_timer(timings, "mmd warm start"):
+            for _ in progress(range(config.warm_epochs), desc="warm start", verbose=verbose):
+                for rows in minibatches(n_cells, config.batch_size or 128, gen):
+                    _, _, loss = forward(rows.to(device))
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+            _sync(device)
+    total = config.epochs * len(minibatches(n_cells, config.batch_size, gen))
+    step = 0
+    with stage_timer(timings, "mmd train"):
+        for _ in progress(range(config.epochs), desc="mmd score", verbose=verbose):
+            for rows in minibatches(n_cells, config.batch_size, gen):
+                for group in opt.param_groups:  # cosine schedule over all steps
+                    group["lr"] = config.lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
+                delta, logits, bce = forward(rows.to(device))
+                p = torch.sigmoid(logits)
+                p = torch.cat([p[: len(rows)], p.new_zeros(len(p) - len(rows))])  # anchors: p = 0
+                n = None if ratio is None else max(ratio * len(rows), 1.5)
+                loss = gamma_mmd_loss(delta, p, n=n, kernel=config.kernel, gamma=config.gamma)
+                if config.supervision > 0:
+                    loss = loss + config.supervision * bce
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
-    total = config.epochs * len(minibatches(n_cells, config.batch_size, gen))
-    step = 0
-    for _ in progress(range(config.epochs), desc="mmd score", verbose=verbose):
-        for rows in minibatches(n_cells, config.batch_size, gen):
-            for group in opt.param_groups:  # cosine schedule over all steps
-                group["lr"] = config.lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
-            delta = residuals[rows.to(device)]
-            n_target = delta.shape[0]
-            p = torch.sigmoid(predictor(delta))
-            extra = _anchor_rows(anchors, n_target, gen)
-            if extra is not None:  # known normal cells: p = 0
-                delta, p = torch.cat([delta, extra]), torch.cat([p, p.new_zeros(len(extra))])
-            n = None if ratio is None else max(ratio * n_target, 1.5)
-            loss = gamma_mmd_loss(delta, p, n=n, kernel=config.kernel, gamma=config.gamma)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
+                step += 1
+        _sync(device)
     return predictor.eval()
 
 
