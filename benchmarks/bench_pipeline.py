@@ -38,7 +38,6 @@ import inspect
 import json
 import os
 import platform
-import resource
 import shlex
 import sys
 import time
@@ -52,6 +51,7 @@ if importlib.util.find_spec("acsleuth") is None:  # source checkout without PYTH
 
 from acsleuth import ops
 from acsleuth._atomic import atomic_path
+from acsleuth._resources import current_rss, peak_rss, reset_peak_rss
 from acsleuth.datasets import synthetic
 from acsleuth.model import ACsleuth, resolve_device
 
@@ -75,26 +75,7 @@ def _device_name(device: torch.device) -> str:
     return _cpu_model()
 
 
-def _current_rss() -> int:
-    """Resident set size now, in bytes."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-
-def _reset_peak_rss() -> bool:
-    """Reset the RSS high-water mark (Linux >= 4.0); False when that is not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss() -> int:
-    """The process's RSS high-water mark in bytes (``getrusage``)."""
-    scale = 1 if sys.platform == "darwin" else 1024  # KiB on Linux
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 def _sync(device: torch.device) -> None:
@@ -138,8 +119,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         del small_ref, small_tgt
         _sync(device)
 
-    rss_data = _current_rss()
-    peak_reset = _reset_peak_rss()
+    rss_data = current_rss()
+    peak_reset = reset_peak_rss()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
@@ -204,7 +185,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "fit_s": fit_s,
         "score_s": score_s,
         "rss_after_data_bytes": rss_data,
-        "peak_rss_bytes": _peak_rss(),
+        "peak_rss_bytes": peak_rss(),
         "peak_rss_reset_after_data": peak_reset,
         "cuda_peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),

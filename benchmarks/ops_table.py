@@ -32,7 +32,6 @@ import importlib.util
 import json
 import os
 import platform
-import resource
 import shlex
 import statistics
 import subprocess
@@ -47,6 +46,8 @@ import torch
 
 if importlib.util.find_spec("acsleuth") is None:  # source checkout without PYTHONPATH
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from acsleuth._resources import current_rss, peak_rss, reset_peak_rss
 
 ACS = "acsleuth"
 MMD_RATIO = 0.1
@@ -467,25 +468,7 @@ def build_cases(quick: bool, device: str) -> list[Case]:
 # --------------------------------------------------------------------------- worker
 
 
-def _current_rss() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
-
-def _reset_peak_rss() -> bool:
-    """Reset the RSS high-water mark (Linux >= 4.0); False when that is not possible."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss() -> int:
-    # ru_maxrss is in KiB on Linux and in bytes on macOS.
-    scale = 1 if sys.platform == "darwin" else 1024
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
 
 
 def _set_threads(n: int) -> None:
@@ -514,8 +497,8 @@ def run_worker(args) -> dict:
         return {**result, "skipped": str(why)}
     gc.collect()
     _sync(device)
-    rss_base = _current_rss()
-    reset_ok = _reset_peak_rss()
+    rss_base = current_rss()
+    reset_ok = reset_peak_rss()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
         dev_base = torch.cuda.memory_allocated(device)
@@ -553,7 +536,7 @@ def run_worker(args) -> dict:
         if impl.startswith("faiss"):
             result["peak_extra_bytes"] = None  # faiss allocates outside torch's allocator
     else:
-        result["peak_extra_bytes"] = max(0, _peak_rss() - rss_base)
+        result["peak_extra_bytes"] = max(0, peak_rss() - rss_base)
         result["memory_kind"] = "RSS" if reset_ok else "RSS (upper bound: includes setup peak)"
     return result
 
