@@ -35,19 +35,17 @@ RATIO_SWEEPS = {("CD19+ B",): [0.05, 0.2, 0.6], ("CD14+ Monocyte", "CD56+ NK"): 
 PAPER = ScorerConfig(epochs=20, kernel="linear", gamma="interp", batch_size=None)
 MB = replace(PAPER, batch_size=128)
 WARM = replace(MB, warm_epochs=10)
+WARM_ANCHORS = replace(WARM, kernel="gaussian")
 # name -> (scorer config, whether the true ratio is given, whether reference anchors are used)
 VARIANTS: dict[str, tuple[ScorerConfig, bool, bool]] = {
     "mmd paper (full pass, linear, soft n)": (PAPER, False, False),
-    "mmd paper, true ratio": (PAPER, True, False),
     "mmd reference gamma, true ratio": (replace(PAPER, gamma="reference"), True, False),
-    "mmd gauss mb128 soft": (replace(MB, kernel="gaussian"), False, False),
-    "warm start only": (replace(WARM, epochs=0), False, False),
     "warm start only + anchors": (replace(WARM, epochs=0), False, True),
-    "mmd lin warm soft": (WARM, False, False),
-    "mmd gauss warm soft": (replace(WARM, kernel="gaussian"), False, False),
-    "mmd lin warm anchors soft": (WARM, False, True),
-    "mmd gauss warm anchors soft": (replace(WARM, kernel="gaussian"), False, True),
-    "mmd gauss warm anchors ratio": (replace(WARM, kernel="gaussian"), True, True),
+    "warm start only (20 epochs) + anchors": (replace(WARM, epochs=0, warm_epochs=20), False, True),
+    "mmd gauss warm anchors soft": (WARM_ANCHORS, False, True),
+    "mmd gauss warm anchors soft + supervision": (replace(WARM_ANCHORS, supervision=1.0), False, True),
+    "mmd lin warm anchors soft + supervision": (replace(WARM, supervision=1.0), False, True),
+    "mmd gauss warm anchors ratio + supervision": (replace(WARM_ANCHORS, supervision=1.0), True, True),
 }
 
 
@@ -105,9 +103,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, nargs=3, default=(50, 20, 20),
                         metavar=("PREPARE", "TRAIN", "SCORE"))
     parser.add_argument("--out", default="benchmarks/eval_detection.csv")
+    parser.add_argument("--summarize", metavar="CSV", help="print the table of an earlier run and exit")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.summarize:
+        print(markdown_summary(pd.read_csv(args.summarize)))
+        return
     epochs = (5, 2, 5) if args.quick else tuple(args.epochs)
     seeds = range(1 if args.quick else args.seeds)
     rows = []
@@ -119,14 +121,26 @@ def main() -> None:
                   f"{'+'.join(scenario['held_out'])} ratio={scenario['ratio']} seed={seed}",
                   flush=True)
             pd.DataFrame(rows).to_csv(args.out, index=False)
-    table = pd.DataFrame(rows)
-    summary = table.groupby(["score", "group"])[["auroc", "ap", "f1_at_ratio"]].mean().unstack("group")
-    overall = table.groupby("score")[["auroc", "ap", "f1_at_ratio"]].mean()
-    overall.columns = pd.MultiIndex.from_product([overall.columns, ["all"]])
-    summary = summary.join(overall).sort_values(("auroc", "all"), ascending=False)
-    pd.set_option("display.width", 250)
-    print(summary.round(3).to_string())
+    print(markdown_summary(pd.DataFrame(rows)))
     print(f"total {time.perf_counter() - start:.0f} s")
+
+
+def markdown_summary(table: pd.DataFrame) -> str:
+    """Mean AUROC / AP / F1 per score and scenario group (and over all runs), best AUROC first."""
+    metrics_ = ["auroc", "ap", "f1_at_ratio"]
+    groups = [g for g in ("single", "multi", "ratio", "synthetic") if g in set(table["group"])]
+    means = table.groupby(["score", "group"])[metrics_].mean()
+    overall = table.groupby("score")[metrics_].mean().sort_values("auroc", ascending=False)
+    header = ["score"] + [f"{g} AUROC / AP / F1" for g in groups] + ["all AUROC / AP / F1"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for score, row in overall.iterrows():
+        cells = [" / ".join(f"{means.loc[(score, g), m]:.3f}" for m in metrics_) for g in groups]
+        cells.append(" / ".join(f"{row[m]:.3f}" for m in metrics_))
+        lines.append(f"| {score} | " + " | ".join(cells) + " |")
+    runs = table.groupby("group")[["held_out", "ratio", "seed"]].apply(len) // table["score"].nunique()
+    lines.append("")
+    lines.append("runs per group: " + ", ".join(f"{g} {runs[g]}" for g in groups))
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

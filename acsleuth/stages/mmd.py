@@ -85,6 +85,9 @@ def fit_predictor(
 ) -> Predictor:
     """Train a :class:`~acsleuth.nn.Predictor` on ``residuals (N, G)`` of every target cell.
 
+    ``residuals`` may be stored in a lower precision (float16); minibatches are computed in
+    float32.
+
     Parameters
     ----------
     ratio
@@ -119,7 +122,7 @@ def fit_predictor(
 
     def forward(rows: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """Residuals of the batch (+ anchors), their logits, and the cross-entropy."""
-        delta = residuals[rows]
+        delta = residuals[rows].float()
         extra = _anchor_rows(anchors, len(rows), gen)
         if extra is not None:
             delta = torch.cat([delta, extra])
@@ -164,4 +167,4 @@ def fit_predictor(
 def predict_logits(predictor: Predictor, residuals: Tensor, chunk: int = 8192) -> Tensor:
     """Anomaly logits of every row, in chunks."""
     predictor.eval()
-    return torch.cat([predictor(part) for part in residuals.split(chunk)])
+    return torch.cat([predictor(part.float()) for part in residuals.split(chunk)])
