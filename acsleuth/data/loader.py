@@ -45,6 +45,9 @@ class MinibatchLoader:
         and batches are gathered from it; otherwise batches are streamed.
     prefetch
         Streamed batches prepared ahead by a background thread (pinned memory on CUDA).
+    rows
+        ``(n,)`` integer positions of the cells to iterate over (in this order when not
+        shuffled); all cells when None. Batches still yield positions in ``source``.
     """
 
     def __init__(
@@ -58,6 +61,7 @@ class MinibatchLoader:
         device: str | torch.device = "cpu",
         resident_bytes: int = 1 << 28,
         prefetch: int = 2,
+        rows: np.ndarray | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -70,27 +74,34 @@ class MinibatchLoader:
         self.device = _resolve(torch.device(device))
         self.prefetch = int(prefetch)
         self.resident = source.n_obs * source.n_genes * 4 <= resident_bytes
+        self.rows = _check_rows(rows, source.n_obs)
         self._rng = np.random.default_rng(seed)
         self._cache: torch.Tensor | None = None
 
     def __len__(self) -> int:
         """Batches per epoch."""
-        n = self.source.n_obs
+        n = self.rows.size
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         """Yield ``(row_indices, x)``: int64 positions and a float32 ``(b, n_genes)`` tensor."""
-        n = self.source.n_obs
-        order = self._rng.permutation(n) if self.shuffle else np.arange(n)
+        order = self._rng.permutation(self.rows) if self.shuffle else self.rows
         batches = [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(len(self))]
         if self.resident:
             return self._gather(batches)
         return self._stream(batches)
 
+    def take(self, rows: np.ndarray) -> torch.Tensor:
+        """Source rows ``rows`` (integer positions; any order, repeats allowed) as a float32
+        ``(len(rows), n_genes)`` tensor on ``device``, gathered from the resident matrix if any."""
+        if self.resident:
+            index = torch.as_tensor(rows, dtype=torch.long).to(self.device)
+            return self._resident_matrix().index_select(0, index)
+        return torch.from_numpy(self.source.rows(_as_slice(rows))).to(self.device)
+
     def _gather(self, batches: list[np.ndarray]) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-        cache = self._resident_matrix()
         for rows in batches:
-            yield rows, cache.index_select(0, torch.from_numpy(rows).to(self.device))
+            yield rows, self.take(rows)
 
     def _resident_matrix(self) -> torch.Tensor:
         if self._cache is None:
@@ -131,6 +142,18 @@ class MinibatchLoader:
             _put(ready, _Failure(error), stop)
         else:
             _put(ready, _DONE, stop)
+
+
+def _check_rows(rows: np.ndarray | None, n_obs: int) -> np.ndarray:
+    """``rows`` as int64 positions in ``[0, n_obs)``; all positions when None."""
+    if rows is None:
+        return np.arange(n_obs)
+    rows = np.asarray(rows)
+    if rows.ndim != 1 or (rows.size and rows.dtype.kind not in "iu"):
+        raise ValueError(f"rows must be a 1-D array of integer positions, got {rows.ndim}-D {rows.dtype}")
+    if rows.size and (rows.min() < 0 or rows.max() >= n_obs):
+        raise ValueError(f"rows must lie in [0, {n_obs}), got [{rows.min()}, {rows.max()}]")
+    return rows.astype(np.int64, copy=False)
 
 
 def _resolve(device: torch.device) -> torch.device:

@@ -1,1 +1,1 @@
-"""The ACsleuth stages: detection (I); kin matching, style transfer and subtyping follow."""
+"""The ACsleuth stages: detection (I), kin matching (II), style transfer (III); subtyping follows."""

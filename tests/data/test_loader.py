@@ -61,6 +61,27 @@ def test_drop_last(source, resident_bytes):
     assert len(MinibatchLoader(source, batch_size=61)) == 1
 
 
+@pytest.mark.parametrize("resident_bytes", [0, 1 << 20])
+def test_a_subset_of_rows_and_take(source, lognorm, resident_bytes):
+    subset = np.array([9, 2, 40, 7, 33])
+    loader = MinibatchLoader(source, batch_size=2, rows=subset, resident_bytes=resident_bytes)
+    assert len(loader) == 3
+    batches = list(loader)
+    np.testing.assert_array_equal(np.concatenate([rows for rows, _ in batches]), subset)
+    for rows, x in batches:
+        np.testing.assert_array_equal(x.numpy(), lognorm[rows])
+    shuffled = MinibatchLoader(source, batch_size=2, rows=subset, shuffle=True, seed=0)
+    assert sorted(np.concatenate([rows for rows, _ in shuffled]).tolist()) == sorted(subset.tolist())
+    picks = np.array([5, 5, 0, 59, 3])  # any order, repeats allowed
+    np.testing.assert_array_equal(loader.take(picks).numpy(), lognorm[picks])
+
+
+@pytest.mark.parametrize("rows", [np.array([0, 60]), np.array([-1]), np.zeros((2, 2), int), np.array([0.5])])
+def test_bad_rows(source, rows):
+    with pytest.raises(ValueError, match="rows must"):
+        MinibatchLoader(source, rows=rows)
+
+
 @pytest.mark.parametrize("fmt", ["dense", "csc", "backed-dense", "backed-csr"])
 def test_resident_and_streamed_batches_agree(make_adata, counts, fmt):
     source = prepare(make_adata(counts, fmt)).with_genes(["gene4", "gene0", "gene29"])

@@ -1,0 +1,198 @@
+"""Stage III: style transfer of target cells into the reference's space (SPEC §3)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..data import ExpressionSource, MinibatchLoader
+from ..nn import Critic, Decoder, Encoder, Generator
+from ..nn.generator import EMBEDDING
+from ..train import AdversarialConfig, AdversarialStep, train_adversarial
+
+
+@dataclass(frozen=True)
+class StyleConfig(AdversarialConfig):
+    """Module III training settings (SPEC §3 defaults)."""
+
+    epochs: int = 50
+    critic_steps: int = 3
+    batch_size: int = 128
+    reconstruction_weight: float = 30.0  # alpha
+
+
+class StyleTransfer(nn.Module):
+    """``(x, batch) -> D(E(x) - S[batch])``: ``(B, G)`` and ``(B,)`` batch codes to ``(B, G)``.
+
+    Encoder and decoder are module I's (no memory); the style matrix ``S (n_batches, p)``
+    starts uniform in ``±1/sqrt(p)``.
+
+    Parameters
+    ----------
+    n_genes, n_batches
+        Genes of the panel and number of target batches (rows of ``S``).
+    init
+        A trained module I generator whose encoder and decoder weights are copied.
+    """
+
+    def __init__(self, n_genes: int, n_batches: int, *, init: Generator | None = None) -> None:
+        super().__init__()
+        if n_batches < 1:
+            raise ValueError(f"StyleTransfer needs n_batches >= 1, got {n_batches}")
+        self.encoder = Encoder(n_genes)
+        self.decoder = Decoder(n_genes)
+        bound = 1.0 / math.sqrt(EMBEDDING)
+        self.style = nn.Parameter(torch.empty(n_batches, EMBEDDING).uniform_(-bound, bound))
+        if init is not None:
+            self.encoder.load_state_dict(init.encoder.state_dict())
+            self.decoder.load_state_dict(init.decoder.state_dict())
+
+    def forward(self, x: Tensor, batch: Tensor) -> Tensor:
+        return self.decoder(self.encoder(x) - self.style[batch])
+
+
+def _batch_codes(batch_codes: np.ndarray, n_obs: int, n_styles: int, device: torch.device) -> Tensor:
+    """Validated ``(n_obs,)`` int64 codes in ``[0, n_styles)`` as a tensor on ``device``."""
+    codes = np.asarray(batch_codes)
+    if codes.shape != (n_obs,) or (codes.size and codes.dtype.kind not in "iu"):
+        raise ValueError(
+            f"batch_codes must be {n_obs} integers (one per target cell), got shape "
+            f"{codes.shape} of dtype {codes.dtype}"
+        )
+    if codes.size and (codes.min() < 0 or codes.max() >= n_styles):
+        raise ValueError(
+            f"batch_codes must lie in [0, {n_styles}) (the generator has {n_styles} style "
+            f"rows), got [{codes.min()}, {codes.max()}]"
+        )
+    return torch.as_tensor(codes, dtype=torch.long).to(device)
+
+
+def _kin_pairs(
+    normal_rows: np.ndarray, kin_rows: np.ndarray, n_target: int, n_reference: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Validated ``(n,)`` int64 target rows (distinct, ``n >= 2``) and their kin rows."""
+    normal_rows, kin_rows = np.asarray(normal_rows), np.asarray(kin_rows)
+    if normal_rows.ndim != 1 or normal_rows.shape != kin_rows.shape:
+        raise ValueError(
+            f"train_style: normal_rows {normal_rows.shape} and kin_rows {kin_rows.shape} must "
+            "be 1-D arrays of the same length (one kin per normal cell)"
+        )
+    for name, rows, n in (("normal_rows", normal_rows, n_target), ("kin_rows", kin_rows, n_reference)):
+        if rows.size and (rows.dtype.kind not in "iu" or rows.min() < 0 or rows.max() >= n):
+            raise ValueError(f"train_style: {name} must be integer positions in [0, {n})")
+    n_distinct = np.unique(normal_rows).size
+    if n_distinct < 2 or n_distinct != normal_rows.size:
+        raise ValueError(
+            f"train_style: needs at least 2 distinct normal target cells (BatchNorm), got "
+            f"{normal_rows.size} rows of which {n_distinct} are distinct"
+        )
+    return normal_rows.astype(np.int64, copy=False), kin_rows.astype(np.int64, copy=False)
+
+
+def train_style(
+    generator: StyleTransfer,
+    target: ExpressionSource,
+    normal_rows: np.ndarray,
+    kin_rows: np.ndarray,
+    reference: ExpressionSource,
+    batch_codes: np.ndarray,
+    *,
+    config: StyleConfig | None = None,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    verbose: bool = True,
+) -> list[dict[str, float]]:
+    """Train ``generator`` to turn target normal cells into their kin reference cells.
+
+    Generator loss ``alpha E|x_kin - x_hat|_1 - beta E[C_3(x_hat)]``, WGAN-GP critic on
+    ``(x_kin, x_hat)``, through :func:`~acsleuth.train.train_adversarial`. Minibatches of
+    normal cells are shuffled with ``seed``; the critic's weights and dropout use the global
+    torch RNG, as in the other stages. Leaves ``generator`` on ``device`` in eval mode.
+
+    Parameters
+    ----------
+    target, reference
+        Sources on the same gene panel.
+    normal_rows
+        ``(n,)`` distinct target rows of the cells called normal.
+    kin_rows
+        ``(n,)`` the reference row of each normal cell's kin (stage II).
+    batch_codes
+        ``(target.n_obs,)`` integer batch of every target cell, in ``[0, n_batches)``.
+
+    Returns
+    -------
+    Per-epoch means of the ``critic``, ``gp``, ``generator`` and ``own`` losses.
+    """
+    config = config or StyleConfig()
+    device = torch.device(device)
+    if target.genes != reference.genes:
+        raise ValueError(
+            "train_style: target and reference are on different gene panels; prepare the "
+            "target with genes=reference.genes"
+        )
+    normal_rows, kin_rows = _kin_pairs(normal_rows, kin_rows, target.n_obs, reference.n_obs)
+    codes = _batch_codes(batch_codes, target.n_obs, generator.style.shape[0], device)
+    cells = MinibatchLoader(
+        target, batch_size=min(config.batch_size, normal_rows.size), shuffle=True,
+        drop_last=True, seed=seed, device=device, rows=normal_rows,
+    )
+    kin_cells = MinibatchLoader(reference, device=device)
+    kin_of = np.zeros(target.n_obs, dtype=np.int64)
+    kin_of[normal_rows] = kin_rows
+
+    def batches() -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        for rows, x in cells:
+            yield x, codes[torch.from_numpy(rows).to(device)], kin_cells.take(kin_of[rows])
+
+    def step(batch: tuple[Tensor, Tensor, Tensor]) -> AdversarialStep:
+        x, code, x_kin = batch
+        x_hat = generator(x, code)
+        return AdversarialStep(x_kin, x_hat, config.reconstruction_weight * F.l1_loss(x_hat, x_kin))
+
+    generator.to(device).train()
+    critic = Critic(target.n_genes).to(device).train()
+    history = train_adversarial(
+        list(generator.parameters()), critic, batches, step, config, desc="style", verbose=verbose
+    )
+    generator.eval()
+    return history
+
+
+def apply_style(
+    generator: StyleTransfer,
+    target: ExpressionSource,
+    batch_codes: np.ndarray,
+    *,
+    device: str | torch.device = "cpu",
+    chunk: int = 4096,
+) -> Iterator[tuple[np.ndarray, Tensor]]:
+    """Batch-corrected expression of every target cell, normal or anomalous, in order.
+
+    Moves ``generator`` to ``device`` in eval mode and checks ``batch_codes`` (one per
+    target cell) before the first chunk.
+
+    Yields
+    ------
+    rows, corrected
+        ``(b,)`` int64 target rows and their float32 ``(b, G)`` output ``D(E(x) - S[batch])``
+        on ``device``.
+    """
+    device = torch.device(device)
+    codes = _batch_codes(batch_codes, target.n_obs, generator.style.shape[0], device)
+    generator.to(device).eval()  # outside inference mode: moved weights stay trainable
+    return _corrected(generator, MinibatchLoader(target, batch_size=chunk, device=device), codes)
+
+
+@torch.inference_mode()
+def _corrected(
+    generator: StyleTransfer, loader: MinibatchLoader, codes: Tensor
+) -> Iterator[tuple[np.ndarray, Tensor]]:
+    for rows, x in loader:
+        yield rows, generator(x, codes[torch.from_numpy(rows).to(codes.device)])
