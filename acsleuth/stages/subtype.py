@@ -1,0 +1,459 @@
+"""Stage IV: subtype the anomalies with a transformer fusion encoder and DESC (SPEC §4).
+
+Each anomaly gives two tokens, ``z = E(x)`` of its corrected expression and ``zeta = E(r)`` of
+its module-I residual ``r = x - x_hat``; a small transformer fuses them into ``z*``. DESC then
+clusters ``z*`` while fine-tuning the fusion encoder: centroids start from k-means, the loss
+is ``KL(P || Q)`` between a sharpened target ``P`` (refreshed once per epoch) and the Student-t
+soft assignment ``Q``, and training stops once fewer than ``tol`` of the hard assignments
+change in an epoch.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.cluster import KMeans
+from sklearn.metrics import silhouette_score
+from torch import Tensor, nn
+
+from .._logging import progress, stage_timer
+from ..nn.generator import EMBEDDING
+
+N_TOKENS = 2  # z and zeta
+
+
+@dataclass(frozen=True)
+class SubtypeConfig:
+    """Stage IV settings (SPEC §4 defaults).
+
+    ``dof`` is the Student-t degrees of freedom ``nu``; ``tol`` the fraction of hard
+    assignments whose change stops DESC; ``n_init`` the k-means restarts of the centroid
+    initialisation and of each candidate ``k`` of ``"auto"``. ``max_subtypes`` bounds the
+    ``"auto"`` search (``k`` in ``2..max_subtypes``), whose silhouettes are computed on at
+    most ``silhouette_cells`` cells (a seeded sample) to keep them ``O(N)``.
+    ``pretrain_epochs > 0`` first trains the encoder copy with a copy of module I's decoder as
+    an autoencoder on the anomalies (L1, Adam at ``pretrain_lr``), DESC's own pretraining
+    step; 0 follows SPEC §4.
+    """
+
+    epochs: int = 100
+    batch_size: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    dof: float = 1.0
+    tol: float = 1e-3
+    n_init: int = 20
+    n_layers: int = 3
+    n_heads: int = 4
+    feedforward: int = 512
+    dropout: float = 0.1
+    max_subtypes: int = 10
+    silhouette_cells: int = 5000
+    eval_batch_size: int = 4096
+    pretrain_epochs: int = 0
+    pretrain_lr: float = 1e-3
+
+
+class FusionEncoder(nn.Module):
+    """``x (B, G), r (B, G) -> z* (B, p)``: tokens ``E(x)``, ``E(r)`` fused by a transformer.
+
+    ``E`` is a deep copy of ``encoder`` (module I is left untouched) and is fine-tuned with
+    the rest, except that its BatchNorm layers keep module I's running statistics: batch
+    statistics would mix the expression and residual tokens and differ between training
+    and evaluation.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        *,
+        dim: int = EMBEDDING,
+        n_layers: int = 3,
+        n_heads: int = 4,
+        feedforward: int = 512,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.encoder = copy.deepcopy(encoder)
+        self.token_type = nn.Parameter(torch.empty(N_TOKENS, dim).normal_(std=0.02))
+        layer = nn.TransformerEncoderLayer(dim, n_heads, feedforward, dropout, batch_first=True)
+        self.transformer = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+
+    def train(self, mode: bool = True) -> FusionEncoder:
+        super().train(mode)
+        freeze_batchnorm(self.encoder)
+        return self
+
+    def tokens(self, x: Tensor, r: Tensor) -> Tensor:
+        """``(B, 2, p)``: ``[E(x), E(r)]`` plus the token-type embeddings."""
+        n = x.shape[0]
+        z = self.encoder(torch.cat([x, r])).view(N_TOKENS, n, -1).transpose(0, 1)
+        return z + self.token_type
+
+    def forward(self, x: Tensor, r: Tensor) -> Tensor:
+        return self.transformer(self.tokens(x, r)).mean(dim=1)
+
+
+@dataclass
+class DescResult:
+    """DESC's output for ``N`` cells and ``K`` clusters.
+
+    ``labels (N,)`` int64 (cluster 0 is the largest), ``centroids (K, d)`` and ``embedding
+    (N, d)`` float32 after the last epoch (eval mode), and per epoch the mean KL ``loss`` and
+    the fraction of hard assignments ``changed``.
+    """
+
+    labels: np.ndarray
+    centroids: np.ndarray
+    embedding: np.ndarray
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def n_epochs(self) -> int:
+        return len(self.history)
+
+
+@dataclass
+class SubtypeResult:
+    """Stage IV's output for ``N`` anomalies.
+
+    ``labels (N,)`` int64 subtypes (0 is the largest), ``embedding (N, p)`` float32 fused
+    embeddings ``z*``, the number of subtypes, the ``"auto"`` curve ``{k: silhouette}``
+    (``None`` when the number was given) and DESC's per-epoch ``history``.
+    """
+
+    labels: np.ndarray
+    embedding: np.ndarray
+    n_subtypes: int
+    silhouette_curve: dict[int, float] | None
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def freeze_batchnorm(module: nn.Module) -> None:
+    """Put every BatchNorm layer of ``module`` in eval mode (running statistics, no updates)."""
+    for layer in module.modules():
+        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+            layer.eval()
+
+
+@contextmanager
+def _seeded(seed: int, device: torch.device) -> Iterator[None]:
+    """Seed torch's global RNG (weights, dropout) inside, restore it outside."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        yield
+
+
+def student_t_logits(z: Tensor, centroids: Tensor, dof: float = 1.0) -> Tensor:
+    """``(N, K)`` logs of the Student-t kernel ``(1 + ||z_i - mu_j||^2 / nu)^-(nu+1)/2``.
+
+    Their row-wise softmax is the soft assignment ``Q``.
+    """
+    sq = (
+        z.pow(2).sum(1, keepdim=True) - 2.0 * z @ centroids.T + centroids.pow(2).sum(1)
+    ).clamp_min(0.0)
+    return -0.5 * (dof + 1.0) * torch.log1p(sq / dof)
+
+
+def soft_assignment(z: Tensor, centroids: Tensor, dof: float = 1.0) -> Tensor:
+    """``Q (N, K)``: ``q_ij`` proportional to ``(1 + ||z_i - mu_j||^2 / nu)^-(nu+1)/2``."""
+    return student_t_logits(z, centroids, dof).softmax(dim=1)
+
+
+def target_distribution(q: Tensor) -> Tensor:
+    """``P (N, K)``: ``p_ij`` proportional to ``q_ij^2 / sum_i q_ij``; rows sum to 1."""
+    weight = q.pow(2) / q.sum(0)
+    return weight / weight.sum(1, keepdim=True)
+
+
+@torch.no_grad()
+def embed(
+    model: nn.Module, inputs: Sequence[Tensor], *, device: torch.device, batch_size: int = 4096
+) -> Tensor:
+    """``model(*rows)`` of every row of ``inputs`` (each ``(N, ...)``), in eval mode: ``(N, d)``."""
+    model.eval()
+    n = inputs[0].shape[0]
+    return torch.cat(
+        [
+            model(*(t[start : start + batch_size].to(device, torch.float32) for t in inputs))
+            for start in range(0, n, batch_size)
+        ]
+    )
+
+
+def _by_size(labels: np.ndarray, n_clusters: int) -> np.ndarray:
+    """The cluster order that makes cluster 0 the largest (ties: lower index first)."""
+    return np.argsort(-np.bincount(labels, minlength=n_clusters), kind="stable")
+
+
+def kmeans(z: np.ndarray, n_clusters: int, *, n_init: int = 20, seed: int = 0) -> KMeans:
+    """sklearn k-means on ``z (N, d)``."""
+    return KMeans(n_clusters, n_init=n_init, random_state=seed).fit(z)
+
+
+def desc(
+    model: nn.Module,
+    inputs: Sequence[Tensor],
+    n_clusters: int,
+    *,
+    config: SubtypeConfig = SubtypeConfig(),
+    device: str | torch.device | None = None,
+    seed: int = 0,
+    verbose: bool = True,
+) -> DescResult:
+    """DESC: cluster ``model(*inputs)`` while training ``model`` and the centroids.
+
+    Parameters
+    ----------
+    model
+        Maps minibatch rows of ``inputs`` to embeddings ``(B, d)``; all its parameters that
+        require gradients are trained (none for ``nn.Identity()``: only the centroids move).
+    inputs
+        Tensors ``(N, ...)`` whose rows are the cells; minibatches are moved to ``device``
+        (default: that of ``inputs[0]``) as float32.
+    n_clusters
+        ``K``, in ``1..N``.
+    seed
+        Seeds k-means, the minibatch order and dropout; the result is a function of it on CPU.
+
+    Returns
+    -------
+    DescResult
+        Its ``history`` has one entry per epoch run: at most ``config.epochs``, fewer when
+        fewer than ``config.tol`` of the hard assignments changed in the last one.
+    """
+    n = inputs[0].shape[0]
+    if not 1 <= n_clusters <= n:
+        raise ValueError(f"desc: n_clusters must be in 1..{n} (cells given), got {n_clusters}")
+    device = inputs[0].device if device is None else torch.device(device)
+    model.to(device)
+    with _seeded(seed, device):
+        z = embed(model, inputs, device=device, batch_size=config.eval_batch_size)
+        init = kmeans(z.cpu().numpy(), n_clusters, n_init=config.n_init, seed=seed)
+        centroids = nn.Parameter(torch.as_tensor(init.cluster_centers_, device=device))
+        params = [p for p in model.parameters() if p.requires_grad] + [centroids]
+        opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        order = torch.Generator().manual_seed(seed)
+        q = soft_assignment(z, centroids.detach(), config.dof)
+        labels = q.argmax(1)
+        history = []
+        for _ in progress(range(config.epochs), desc="desc", verbose=verbose):
+            p = target_distribution(q)
+            model.train()
+            total = torch.zeros((), device=device)
+            for rows in torch.randperm(n, generator=order).split(config.batch_size):
+                batch = (t[rows.to(t.device)].to(device, torch.float32) for t in inputs)
+                log_q = student_t_logits(model(*batch), centroids, config.dof).log_softmax(1)
+                loss = F.kl_div(log_q, p[rows.to(device)], reduction="batchmean")
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += loss.detach() * len(rows)
+            z = embed(model, inputs, device=device, batch_size=config.eval_batch_size)
+            q = soft_assignment(z, centroids.detach(), config.dof)
+            changed = (q.argmax(1) != labels).float().mean().item()
+            labels = q.argmax(1)
+            history.append({"loss": total.item() / n, "changed": changed})
+            if changed < config.tol:
+                break
+    labels = labels.cpu().numpy()
+    order_by_size = _by_size(labels, n_clusters)
+    return DescResult(
+        labels=np.argsort(order_by_size)[labels].astype(np.int64),
+        centroids=centroids.detach()[torch.as_tensor(order_by_size)].cpu().numpy(),
+        embedding=z.cpu().numpy().astype(np.float32),
+        history=history,
+    )
+
+
+def desc_cluster(
+    z: Tensor,
+    n_clusters: int,
+    *,
+    config: SubtypeConfig = SubtypeConfig(),
+    seed: int = 0,
+    verbose: bool = True,
+) -> DescResult:
+    """DESC on fixed embeddings ``z (N, d)``: only the centroids are trained."""
+    return desc(nn.Identity(), (z,), n_clusters, config=config, seed=seed, verbose=verbose)
+
+
+def choose_n_subtypes(
+    z: np.ndarray,
+    k_range: Sequence[int] = range(2, 11),
+    *,
+    n_init: int = 20,
+    max_cells: int = 5000,
+    seed: int = 0,
+) -> tuple[int, dict[int, float]]:
+    """The ``k`` of ``k_range`` whose k-means on ``z (N, d)`` has the highest silhouette.
+
+    Only ``2 <= k < N`` are tried (silhouette needs it); with fewer than 3 cells, or when no
+    clustering has a finite silhouette (e.g. identical cells), the answer is 1 with an empty
+    curve. Silhouettes use a seeded sample of ``max_cells`` cells when ``N`` is larger.
+
+    Returns
+    -------
+    k, curve
+        The chosen ``k`` and ``{k: silhouette}`` of every ``k`` tried.
+    """
+    n = len(z)
+    sample = max_cells if n > max_cells else None
+    curve = {}
+    for k in (k for k in k_range if 2 <= k < n):
+        labels = kmeans(z, k, n_init=n_init, seed=seed).labels_
+        if len(np.unique(labels)) < 2:
+            continue
+        curve[k] = float(silhouette_score(z, labels, sample_size=sample, random_state=seed))
+    finite = {k: s for k, s in curve.items() if np.isfinite(s)}
+    return (max(finite, key=finite.get) if finite else 1), curve
+
+
+def pretrain_encoder(
+    encoder: nn.Module,
+    decoder: nn.Module,
+    x: Tensor,
+    *,
+    config: SubtypeConfig = SubtypeConfig(),
+    device: torch.device,
+    seed: int = 0,
+    verbose: bool = True,
+) -> list[float]:
+    """Train ``encoder`` in place, with a copy of ``decoder``, to reconstruct ``x (N, G)`` (L1).
+
+    BatchNorm layers keep their running statistics. Returns the mean loss of each epoch.
+    """
+    decoder = copy.deepcopy(decoder).to(device)
+    params = [*encoder.parameters(), *decoder.parameters()]
+    opt = torch.optim.Adam(params, lr=config.pretrain_lr)
+    order = torch.Generator().manual_seed(seed)
+    losses = []
+    for _ in progress(range(config.pretrain_epochs), desc="pretrain", verbose=verbose):
+        for module in (encoder, decoder):
+            module.train()
+            freeze_batchnorm(module)
+        total = torch.zeros((), device=device)
+        for rows in torch.randperm(x.shape[0], generator=order).split(config.batch_size):
+            batch = x[rows.to(x.device)].to(device, torch.float32)
+            loss = F.l1_loss(decoder(encoder(batch)), batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach() * len(rows)
+        losses.append(total.item() / x.shape[0])
+    encoder.eval()
+    return losses
+
+
+@torch.no_grad()
+def residuals(generator: nn.Module, x: Tensor, *, device: torch.device, batch_size: int) -> Tensor:
+    """``r = x - x_hat (N, G)``, ``x_hat`` from ``generator(x) -> (x_hat, z)`` in eval mode."""
+    generator.eval()
+    parts = []
+    for part in x.split(batch_size):
+        part = part.to(device, torch.float32)
+        parts.append((part - generator(part)[0]).to(x.device, x.dtype))
+    return torch.cat(parts)
+
+
+def subtype_anomalies(
+    encoder: nn.Module,
+    generator: nn.Module,
+    x: Tensor,
+    *,
+    n_subtypes: int | Literal["auto"] = "auto",
+    config: SubtypeConfig = SubtypeConfig(),
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+    verbose: bool = True,
+    timings: dict[str, float] | None = None,
+) -> SubtypeResult:
+    """Subtype anomalies from their corrected expression ``x (N, G)`` (SPEC §4).
+
+    Parameters
+    ----------
+    encoder
+        Module I's encoder ``(B, G) -> (B, p)``; a copy of it is fine-tuned.
+    generator
+        Module I's generator ``x -> (x_hat, z)``, on ``device``; it is only evaluated (its
+        ``decoder`` is copied when ``config.pretrain_epochs > 0``).
+    x
+        Corrected expression of the anomalies, on any device; minibatches move to ``device``.
+    n_subtypes
+        An integer in ``1..N``, or ``"auto"``: the ``k`` in ``2..config.max_subtypes`` (and
+        ``< N``) with the best silhouette of k-means on the initial ``z*``. Fewer than 3
+        anomalies make a single subtype.
+    seed
+        Seeds the fusion encoder's weights, k-means, minibatch order and dropout.
+    timings
+        When given, seconds are added under ``"subtype pretrain"`` (``pretrain_epochs > 0``
+        only), ``"subtype embed"``, ``"subtype choose k"`` (``"auto"`` only) and
+        ``"subtype desc"``.
+    """
+    timings = {} if timings is None else timings
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"subtype_anomalies: x must be (N >= 1, G), got shape {tuple(x.shape)}")
+    n = x.shape[0]
+    is_int = isinstance(n_subtypes, (int, np.integer)) and not isinstance(n_subtypes, bool)
+    if n_subtypes != "auto" and not (is_int and 1 <= n_subtypes <= n):
+        raise ValueError(
+            f"subtype_anomalies: n_subtypes must be 'auto' or an integer in 1..{n} (the number "
+            f"of anomalies), got {n_subtypes!r}"
+        )
+    device = torch.device(device)
+    with _seeded(seed, device):
+        fusion = FusionEncoder(
+            encoder, n_layers=config.n_layers, n_heads=config.n_heads,
+            feedforward=config.feedforward, dropout=config.dropout,
+        ).to(device)
+        if config.pretrain_epochs:
+            with stage_timer(timings, "subtype pretrain"):
+                pretrain_encoder(
+                    fusion.encoder, generator.decoder, x, config=config, device=device,
+                    seed=seed, verbose=verbose,
+                )
+    with stage_timer(timings, "subtype embed"):
+        r = residuals(generator, x, device=device, batch_size=config.eval_batch_size)
+        z = embed(fusion, (x, r), device=device, batch_size=config.eval_batch_size).cpu().numpy()
+    curve = None
+    if n_subtypes == "auto":
+        with stage_timer(timings, "subtype choose k"):
+            n_subtypes, curve = choose_n_subtypes(
+                z, range(2, config.max_subtypes + 1), n_init=config.n_init,
+                max_cells=config.silhouette_cells, seed=seed,
+            )
+    n_subtypes = int(n_subtypes)
+    if n_subtypes == 1:
+        return SubtypeResult(np.zeros(n, dtype=np.int64), z.astype(np.float32), 1, curve)
+    with stage_timer(timings, "subtype desc"):
+        result = desc(
+            fusion, (x, r), n_subtypes, config=config, device=device, seed=seed, verbose=verbose
+        )
+    return SubtypeResult(result.labels, result.embedding, n_subtypes, curve, result.history)
+
+
+__all__ = [
+    "DescResult",
+    "FusionEncoder",
+    "SubtypeConfig",
+    "SubtypeResult",
+    "choose_n_subtypes",
+    "desc",
+    "desc_cluster",
+    "embed",
+    "freeze_batchnorm",
+    "kmeans",
+    "pretrain_encoder",
+    "residuals",
+    "soft_assignment",
+    "student_t_logits",
+    "subtype_anomalies",
+    "target_distribution",
+]
