@@ -44,7 +44,8 @@ def _demo(args: argparse.Namespace) -> int:
         f"{args.held_out!r}: {reference.n_obs} reference cells, {target.n_obs} target cells "
         f"({truth.sum()} anomalous)"
     )
-    epochs = dict(zip(("prepare_epochs", "train_epochs", "score_epochs"), args.epochs, strict=True))
+    names = ("prepare_epochs", "train_epochs", "score_epochs")
+    epochs = dict(zip(names, args.epochs, strict=True)) if args.epochs else {}
     model = ACsleuth(**epochs, random_state=args.seed, device=args.device).fit(reference)
     tl.score_anomalies(target, model)
     table = target.obsm["acsleuth_scores"]
@@ -92,8 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     demo.add_argument("--out", default="acsleuth_demo", help="output folder")
     demo.add_argument(
-        "--epochs", type=int, nargs=3, default=(50, 20, 20), metavar=("PREPARE", "TRAIN", "SCORE"),
-        help="epochs of the two module I stages and of the MMD predictor (default: 50 20 20)",
+        "--epochs", type=int, nargs=3, metavar=("PREPARE", "TRAIN", "SCORE"),
+        help="epochs of the two module I stages and of the MMD predictor (default: the "
+        "model's, 50 20 5)",
     )
     demo.set_defaults(func=_demo)
     return parser

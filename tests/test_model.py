@@ -145,3 +145,13 @@ def test_mmd_score_needs_four_target_cells(fitted, data) -> None:
     with pytest.raises(ValueError, match="at least 4 target"):
         fitted.score(data[1][:3].copy())
     assert fitted.evaluate(data[1][:3].copy(), score="scaled").score.shape == (3,)
+
+
+def test_mixture_calls_pick_the_top_component() -> None:
+    from acsleuth.model import mixture_calls
+
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.normal(0, 0.3, 200), rng.normal(3, 0.3, 100), rng.normal(8, 0.3, 40)])
+    calls = mixture_calls(values, 3)
+    assert calls[-40:].all() and not calls[:-40].any()
+    assert not mixture_calls(np.ones(10), 2).any()  # no spread: nothing called
