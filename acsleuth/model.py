@@ -6,14 +6,18 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 import torch
 from anndata import AnnData
 
+from . import tl
 from ._logging import logger, stage_timer
 from .data import ExpressionSource, MinibatchLoader, highly_variable_genes, prepare
 from .nn import Critic, Generator
@@ -24,7 +28,10 @@ from .stages.detect import (
     residual_scale,
     train_detector,
 )
+from .stages.kin import KinConfig, learned_kin, nearest_kin
 from .stages.mmd import ScorerConfig, fit_predictor, predict_logits
+from .stages.style import StyleConfig, StyleTransfer, apply_style, train_style
+from .stages.subtype import SubtypeConfig, SubtypeResult, subtype_anomalies
 
 Score = Literal["mmd", "scaled", "residual", "cosine", "critic"]
 SCORES: tuple[Score, ...] = ("mmd", "scaled", "residual", "cosine", "critic")
@@ -86,6 +93,9 @@ class ACsleuth:
         Minibatch size of the MMD predictor (``None``: one full pass per epoch), the epochs
         it first spends learning the scaled-residual ranking, and whether reference
         residuals join its minibatches as known normal cells.
+    kin_epochs, style_epochs, subtype_epochs
+        Epochs of the learned kin mapping (module II, ``kin="learned"``), of the style
+        transfer (module III) and the most epochs of DESC (module IV), used by :meth:`run`.
     device
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
     random_state
@@ -112,6 +122,9 @@ class ACsleuth:
         n_memory: int = 512,
         learning_rate: float = 1e-4,
         eval_batch_size: int = 4096,
+        kin_epochs: int = 20,
+        style_epochs: int = 50,
+        subtype_epochs: int = 100,
         device: str = "auto",
         random_state: int = 2024,
         verbose: bool = True,
@@ -132,7 +145,10 @@ class ACsleuth:
         for name in ("n_top_genes", "batch_size", "n_memory", "eval_batch_size"):
             if int(p[name]) < 1:
                 raise ValueError(f"ACsleuth: {name} must be a positive integer, got {p[name]}")
-        for name in ("prepare_epochs", "train_epochs", "score_epochs", "warm_epochs"):
+        for name in (
+            "prepare_epochs", "train_epochs", "score_epochs", "warm_epochs", "kin_epochs",
+            "style_epochs", "subtype_epochs",
+        ):
             if int(p[name]) < 0:
                 raise ValueError(f"ACsleuth: {name} must be >= 0, got {p[name]}")
         if p["score"] not in SCORES:
@@ -180,8 +196,7 @@ class ACsleuth:
                 f"reference: {source.n_obs} cell(s); module I needs at least 2 normal cells "
                 "(BatchNorm statistics)"
             )
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(p["random_state"])
+        with self._seeded():
             generator = Generator(len(genes), n_memory=p["n_memory"]).to(self.device)
             critic = Critic(len(genes)).to(self.device)
             loader = MinibatchLoader(
@@ -200,6 +215,13 @@ class ACsleuth:
         self.history_, self.timings_ = history, timings
         logger.info("fitted module I on %d reference cells x %d genes", source.n_obs, len(genes))
         return self
+
+    @contextmanager
+    def _seeded(self) -> Iterator[None]:
+        """Seed torch's global RNG with ``random_state`` inside, restore it outside."""
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            torch.manual_seed(self.params["random_state"])
+            yield
 
     def _reference_residuals(
         self, source: ExpressionSource, generator: Generator
@@ -229,8 +251,7 @@ class ACsleuth:
         timings: dict[str, float] = {}
         with stage_timer(timings, "prepare target"):
             source = prepare(target, genes=self.genes_, name="target")
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(p["random_state"])
+        with self._seeded():
             with stage_timer(timings, "reconstruct"):
                 scores, residuals, embedding = self.reconstruct(source, keep_residuals=score == "mmd")
             if score == "mmd":
@@ -307,6 +328,165 @@ class ACsleuth:
         """Boolean anomaly calls, one per target cell."""
         return self.evaluate(target).anomaly
 
+    # ------------------------------------------------------------------ stages II-IV
+    def run(
+        self,
+        reference: AnnData | str | os.PathLike,
+        target: AnnData,
+        *,
+        batch_key: str | None = None,
+        anomaly_ratio: float | None = None,
+        n_subtypes: int | Literal["auto"] = "auto",
+        kin: Literal["nearest", "learned"] = "nearest",
+        correct: bool = True,
+        key_added: str = "acsleuth",
+    ) -> AnnData:
+        """The whole pipeline: detect, batch-correct and subtype the anomalies of ``target``.
+
+        Fits module I on ``reference`` unless fitted; scores ``target`` (:meth:`evaluate`);
+        matches its normal cells to reference kin and trains the style transfer on them
+        (:meth:`correct`, skipped with ``correct=False``); subtypes the anomalies from the
+        corrected (else the uncorrected) expression (:meth:`subtype`).
+
+        Parameters
+        ----------
+        reference
+            Normal reference cells (AnnData, backed AnnData or a path).
+        target
+            The AnnData to screen; written into in place.
+        batch_key
+            ``obs`` column of the target batches; one batch when None.
+        anomaly_ratio
+            Overrides the model's ``anomaly_ratio`` for this call only (None: the model's).
+        n_subtypes
+            Number of subtypes, or ``"auto"``.
+        kin
+            ``"nearest"`` or ``"learned"`` kin matching (SPEC §2).
+        correct
+            Run stages II-III; False subtypes the uncorrected expression.
+        key_added
+            Prefix of every key written.
+
+        Returns
+        -------
+        ``target``, having the keys of :func:`acsleuth.tl.score_anomalies`, plus
+
+        - ``layers[f"{key_added}_corrected"]`` (``target``'s genes are the model's panel in
+          order) or ``obsm[f"{key_added}_corrected"]``: corrected expression (``correct=True``)
+        - ``obs[f"{key_added}_subtype"]``: categorical subtype, NaN for normal cells
+        - ``obsm[f"X_{key_added}_fused"]``: fused ``z*`` of the anomalies, NaN rows for normal
+          cells (``obsm[f"X_{key_added}"]`` keeps module I's embedding of every cell)
+        - ``uns[key_added]``: also ``n_subtypes``, ``silhouette_curve`` and the ``"kin"``,
+          ``"style"`` and ``"subtype"`` timings
+        """
+        if not isinstance(target, AnnData):
+            raise TypeError(f"run: target must be an AnnData, got {type(target).__name__}")
+        if not self.is_fitted:
+            self.fit(reference)
+        saved = self.params["anomaly_ratio"]
+        try:
+            if anomaly_ratio is not None:
+                self.params["anomaly_ratio"] = anomaly_ratio
+                self._check_params()
+            tl._write_scores(target, self, self.evaluate(target), None, key_added)
+        finally:
+            self.params["anomaly_ratio"] = saved
+        anomaly = target.obs[f"{key_added}_anomaly"].to_numpy(dtype=bool)
+        timings: dict[str, float] = {}
+        if correct:
+            corrected = self.correct(
+                target, reference, normal=~anomaly, batch_key=batch_key, kin=kin, timings=timings
+            )
+            tl._write_corrected(target, self, corrected, key_added)
+        x = tl._corrected_expression(target, self, key_added, np.flatnonzero(anomaly))
+        result = self.subtype(x, n_subtypes=n_subtypes, timings=timings)
+        tl._write_subtypes(target, anomaly, result, key_added)
+        tl._add_timings(target, key_added, timings)
+        return target
+
+    def correct(
+        self,
+        target: AnnData | str | os.PathLike,
+        reference: AnnData | str | os.PathLike,
+        *,
+        normal: np.ndarray,
+        batch_key: str | None = None,
+        kin: Literal["nearest", "learned"] = "nearest",
+        timings: dict[str, float] | None = None,
+    ) -> np.ndarray:
+        """Batch-corrected expression of every target cell (modules II-III, SPEC §2-§3).
+
+        ``normal`` (one bool per target cell) selects the cells matched to reference kin by
+        their encoder embeddings and used to train the style transfer; ``batch_key`` names
+        the ``obs`` column of target batches (one batch when None). Seconds go to
+        ``timings["kin"]`` and ``timings["style"]``. Returns float32 ``(n_obs, n_genes_)``.
+        """
+        self._require_fitted()
+        if kin not in ("nearest", "learned"):
+            raise ValueError(f"ACsleuth: kin must be 'nearest' or 'learned', got {kin!r}")
+        p = self.params
+        timings = {} if timings is None else timings
+        target_source = prepare(target, genes=self.genes_, name="target")
+        reference_source = prepare(reference, genes=self.genes_, name="reference")
+        normal = np.asarray(normal, dtype=bool)
+        if normal.shape != (target_source.n_obs,):
+            raise ValueError(f"normal must be {target_source.n_obs} booleans, got shape {normal.shape}")
+        codes, n_batches = batch_codes(target_source.adata, batch_key)
+        normal_rows = np.flatnonzero(normal)
+        with self._seeded():
+            with stage_timer(timings, "kin"):
+                z_target = torch.as_tensor(self.reconstruct(target_source)[2][normal_rows])
+                z_reference = torch.as_tensor(self.reconstruct(reference_source)[2])
+                z_target, z_reference = z_target.to(self.device), z_reference.to(self.device)
+                if kin == "nearest":
+                    kin_rows = nearest_kin(z_target, z_reference)
+                else:
+                    kin_rows = learned_kin(
+                        z_target, z_reference, config=KinConfig(epochs=p["kin_epochs"]), seed=p["random_state"],
+                        verbose=p["verbose"],
+                    )
+            with stage_timer(timings, "style"):
+                style = StyleTransfer(len(self.genes_), n_batches, init=self.generator_)
+                config = StyleConfig(
+                    epochs=p["style_epochs"], batch_size=p["batch_size"], lr=p["learning_rate"]
+                )
+                train_style(
+                    style, target_source, normal_rows, kin_rows, reference_source, codes,
+                    config=config, device=self.device, seed=p["random_state"], verbose=p["verbose"],
+                )
+                corrected = np.empty((target_source.n_obs, len(self.genes_)), dtype=np.float32)
+                for rows, x in apply_style(
+                    style, target_source, codes, device=self.device, chunk=p["eval_batch_size"]
+                ):
+                    corrected[rows] = x.cpu().numpy()
+        return corrected
+
+    def subtype(
+        self,
+        x: np.ndarray,
+        *,
+        n_subtypes: int | Literal["auto"] = "auto",
+        timings: dict[str, float] | None = None,
+    ) -> SubtypeResult | None:
+        """Subtypes of the anomalies from their (corrected) expression ``x (N, n_genes_)``.
+
+        None (logged) when ``N == 0``; one subtype when ``N < 3``. Seconds go to
+        ``timings["subtype"]`` (and its sub-stages).
+        """
+        self._require_fitted()
+        p = self.params
+        if len(x) == 0:
+            logger.info("subtype: no anomaly was called; nothing to subtype")
+            return None
+        timings = {} if timings is None else timings
+        with stage_timer(timings, "subtype"):
+            return subtype_anomalies(
+                self.generator_.encoder, self.generator_, torch.as_tensor(x),
+                n_subtypes=1 if len(x) < 3 else n_subtypes,
+                config=SubtypeConfig(epochs=p["subtype_epochs"], eval_batch_size=p["eval_batch_size"]),
+                device=self.device, seed=p["random_state"], verbose=p["verbose"], timings=timings,
+            )
+
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write ``config.json`` (parameters, genes, version) and ``weights.pt`` into ``path``.
@@ -375,6 +555,20 @@ class ACsleuth:
     def __repr__(self) -> str:
         state = f"fitted on {len(self.genes_)} genes" if self.is_fitted else "not fitted"
         return f"ACsleuth(score={self.params['score']!r}, device={self.device.type!r}, {state})"
+
+
+def batch_codes(adata: AnnData, batch_key: str | None) -> tuple[np.ndarray, int]:
+    """``(n_obs,)`` int64 codes of ``adata.obs[batch_key]`` (its categories) and their number."""
+    if batch_key is None:
+        return np.zeros(adata.n_obs, dtype=np.int64), 1
+    if batch_key not in adata.obs:
+        raise KeyError(
+            f"target: batch_key {batch_key!r} is not an obs column (columns: {list(adata.obs.columns)})"
+        )
+    batches = pd.Categorical(adata.obs[batch_key])
+    if (batches.codes < 0).any():
+        raise ValueError(f"target: obs[{batch_key!r}] has missing values; every cell needs a batch")
+    return batches.codes.astype(np.int64), len(batches.categories)
 
 
 def mixture_calls(values: np.ndarray, n_components: int) -> np.ndarray:
