@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import data, datasets, metrics, ops, pl, tl
+from . import data, datasets, metrics, ops, pl, report, tl
 from .model import ACsleuth
 
 try:
@@ -12,4 +12,4 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.1.0"
 
-__all__ = ["ACsleuth", "__version__", "data", "datasets", "metrics", "ops", "pl", "tl"]
+__all__ = ["ACsleuth", "__version__", "data", "datasets", "metrics", "ops", "pl", "report", "tl"]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -18,6 +16,7 @@ import torch
 from anndata import AnnData
 
 from . import tl
+from ._atomic import atomic_dir
 from ._logging import logger, stage_timer
 from .data import ExpressionSource, MinibatchLoader, highly_variable_genes, prepare
 from .nn import Critic, Generator
@@ -497,12 +496,7 @@ class ACsleuth:
         from . import __version__
 
         self._require_fitted()
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-        try:
+        with atomic_dir(path, overwrite=overwrite) as tmp:
             config = {
                 "format": 1, "acsleuth_version": __version__, "params": self.params,
                 "genes": self.genes_, "history": self.history_, "timings": self.timings_,
@@ -515,17 +509,7 @@ class ACsleuth:
                 },
                 tmp / WEIGHTS_FILE,
             )
-            if path.exists():
-                old = path.with_name(f".{path.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                path.rename(old)
-                tmp.rename(path)
-                shutil.rmtree(old)
-            else:
-                tmp.rename(path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        return path
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, *, device: str | None = None) -> ACsleuth:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+import pandas as pd
 from anndata import AnnData
 
 if TYPE_CHECKING:
@@ -35,14 +36,9 @@ def scores(
     groupby
         Categorical ``obs`` column to split by (e.g. true labels); default: the anomaly call.
     """
-    import matplotlib.pyplot as plt
-
     values, threshold = _score_values(adata, score, key)
     groups = adata.obs[groupby if groupby is not None else f"{key}_anomaly"]
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-    else:
-        fig = ax.figure
+    fig, ax, own = _figure(ax, (5, 3.5))
     edges = np.histogram_bin_edges(values[np.isfinite(values)], bins=bins)
     for group in groups.astype("category").cat.categories:
         mask = (groups == group).to_numpy()
@@ -52,11 +48,96 @@ def scores(
     ax.set_xlabel(f"{score or 'anomaly'} score")
     ax.set_ylabel("cells")
     ax.legend(fontsize="small", title=groupby)
-    if show or (show is None and ax is None and not return_fig):
+    return _finish(fig, ax, own=own, show=show, return_fig=return_fig)
+
+
+def subtypes(
+    adata: AnnData,
+    *,
+    key: str = "acsleuth",
+    kind: Literal["sizes", "confusion"] = "sizes",
+    label_key: str | None = None,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    return_fig: bool = False,
+) -> Figure | Axes | None:
+    """Bar chart of anomaly subtype sizes, or a subtype x label count heatmap.
+
+    Parameters
+    ----------
+    adata
+        Annotated by :func:`acsleuth.tl.subtype_anomalies` (or :meth:`ACsleuth.run`).
+    kind
+        ``"sizes"``: cells per subtype; ``"confusion"``: counts of subtype x ``obs[label_key]``
+        over the predicted anomalies (the cells with a subtype).
+    label_key
+        Categorical ``obs`` column of labels (e.g. true cell types); needed by ``"confusion"``.
+    """
+    column = f"{key}_subtype"
+    if column not in adata.obs:
+        raise KeyError(
+            f"obs[{column!r}] is missing; run acsleuth.tl.subtype_anomalies(adata, model) or "
+            "ACsleuth.run first"
+        )
+    subtype = adata.obs[column].astype("category")
+    if kind == "sizes":
+        counts = subtype.value_counts(sort=False)
+        fig, ax, own = _figure(ax, (4, 3))
+        ax.bar([str(c) for c in counts.index], counts.to_numpy())
+        ax.set_xlabel("subtype")
+        ax.set_ylabel("cells")
+    elif kind == "confusion":
+        table = _confusion(adata, subtype, label_key)
+        fig, ax, own = _figure(ax, (1.5 + 0.6 * table.shape[1], 1.5 + 0.5 * table.shape[0]))
+        image = ax.imshow(table.to_numpy(), cmap="Blues", aspect="auto")
+        for (row, col), count in np.ndenumerate(table.to_numpy()):
+            ax.text(col, row, str(count), ha="center", va="center", fontsize="small")
+        ax.set_xticks(range(table.shape[1]), table.columns, rotation=45, ha="right")
+        ax.set_yticks(range(table.shape[0]), table.index)
+        ax.set_xlabel(label_key)
+        ax.set_ylabel("subtype")
+        fig.colorbar(image, ax=ax, label="cells")
+    else:
+        raise ValueError(f"kind must be 'sizes' or 'confusion', got {kind!r}")
+    return _finish(fig, ax, own=own, show=show, return_fig=return_fig)
+
+
+def _confusion(adata: AnnData, subtype: pd.Series, label_key: str | None) -> pd.DataFrame:
+    """Counts of subtype (rows, every category) x label (columns) over the subtyped cells."""
+    if label_key is None:
+        raise ValueError("kind='confusion' needs label_key, the obs column of labels to compare")
+    if label_key not in adata.obs:
+        raise KeyError(f"label_key {label_key!r} is not an obs column")
+    typed = subtype.notna().to_numpy()
+    if not typed.any():
+        raise ValueError("no cell has a subtype (no predicted anomalies); nothing to compare")
+    labels = adata.obs[label_key][typed].astype(str)
+    table = pd.crosstab(subtype[typed].astype(str), labels)
+    return table.reindex([str(c) for c in subtype.cat.categories], fill_value=0)
+
+
+def _figure(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes, bool]:
+    """The figure of ``ax``, or a new figure and axes; the flag says whether it is new."""
+    import matplotlib.pyplot as plt
+
+    if ax is None:
+        fig, ax = plt.subplots(figsize=figsize)
+        return fig, ax, True
+    return ax.figure, ax, False
+
+
+def _finish(
+    fig: Figure, ax: Axes, *, own: bool, show: bool | None, return_fig: bool
+) -> Figure | Axes | None:
+    """scanpy's ending: show when asked (or by default on a new figure), then return."""
+    import matplotlib.pyplot as plt
+
+    shown = show or (show is None and own and not return_fig)
+    if shown:
         plt.show()
     if return_fig:
         return fig
-    return None if show else ax
+    return None if shown else ax
 
 
 def _score_values(adata: AnnData, score: str | None, key: str) -> tuple[np.ndarray, float | None]:
