@@ -31,7 +31,6 @@ peak is reported too.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as _dt
 import importlib.util
 import inspect
@@ -51,7 +50,7 @@ if importlib.util.find_spec("acsleuth") is None:  # source checkout without PYTH
 
 from acsleuth import ops
 from acsleuth._atomic import atomic_path
-from acsleuth._resources import current_rss, peak_rss, reset_peak_rss
+from acsleuth._resources import cpu_model, current_rss, peak_rss, reset_peak_rss
 from acsleuth.datasets import synthetic
 from acsleuth.model import ACsleuth, resolve_device
 
@@ -59,23 +58,11 @@ QUICK_CELLS = 1000
 WARMUP_CELLS = 256
 
 
-def _cpu_model() -> str:
-    """The CPU's model name from ``/proc/cpuinfo`` (else what ``platform`` knows)."""
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def _device_name(device: torch.device) -> str:
     """The GPU's name on CUDA, the CPU model otherwise."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return _cpu_model()
-
-
-
+    return cpu_model()
 
 
 def _sync(device: torch.device) -> None:
@@ -172,7 +159,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         },
         "device": device.type,
         "device_name": _device_name(device),
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "logical_cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "threads_pinned": bool(args.threads),

@@ -47,7 +47,7 @@ import torch
 if importlib.util.find_spec("acsleuth") is None:  # source checkout without PYTHONPATH
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from acsleuth._resources import current_rss, peak_rss, reset_peak_rss
+from acsleuth._resources import cpu_model, current_rss, peak_rss, reset_peak_rss
 
 ACS = "acsleuth"
 MMD_RATIO = 0.1
@@ -468,9 +468,6 @@ def build_cases(quick: bool, device: str) -> list[Case]:
 # --------------------------------------------------------------------------- worker
 
 
-
-
-
 def _set_threads(n: int) -> None:
     torch.set_num_threads(n)
     with contextlib.suppress(ImportError):
@@ -544,14 +541,6 @@ def run_worker(args) -> dict:
 # --------------------------------------------------------------------------- parent
 
 
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def _device_name(device: str) -> str:
     if device == "cuda" and torch.cuda.is_available():
         return torch.cuda.get_device_name(0)
@@ -622,7 +611,7 @@ def render(args, cases: list[Case], results: dict, command: str) -> str:
     header = [
         "# acsleuth fused ops: timings",
         "",
-        f"- machine: {_cpu_model()}, {os.cpu_count()} logical cores, torch threads "
+        f"- machine: {cpu_model()}, {os.cpu_count()} logical cores, torch threads "
         f"{args.threads or torch.get_num_threads()}"
         + (" (--threads)" if args.threads else " (default)")
         + f", device {_device_name(args.device)}",
