@@ -283,6 +283,19 @@ class ACsleuth:
         scores = {name: torch.cat(values) for name, values in parts.items()}
         return scores, (torch.cat(residuals) if keep_residuals else None), torch.cat(embedding).numpy()
 
+    @torch.inference_mode()
+    def embed(self, source: ExpressionSource, rows: np.ndarray | None = None) -> torch.Tensor:
+        """Module I encoder embeddings ``(n, 256)`` of ``rows`` (all cells when None), in chunks.
+
+        Only the encoder runs: cheaper than :meth:`reconstruct` when no score is needed.
+        """
+        self._require_fitted()
+        encoder = self.generator_.encoder.eval()
+        loader = MinibatchLoader(
+            source, batch_size=self.params["eval_batch_size"], device=self.device, rows=rows
+        )
+        return torch.cat([encoder(x) for _, x in loader])
+
     def _mmd_scores(
         self, residuals: torch.Tensor, ranking: torch.Tensor, *, timings: dict[str, float] | None = None
     ) -> torch.Tensor:
@@ -434,9 +447,8 @@ class ACsleuth:
         normal_rows = np.flatnonzero(normal)
         with self._seeded():
             with stage_timer(timings, "kin"):
-                z_target = torch.as_tensor(self.reconstruct(target_source)[2][normal_rows])
-                z_reference = torch.as_tensor(self.reconstruct(reference_source)[2])
-                z_target, z_reference = z_target.to(self.device), z_reference.to(self.device)
+                z_target = self.embed(target_source, normal_rows)
+                z_reference = self.embed(reference_source)
                 if kin == "nearest":
                     kin_rows = nearest_kin(z_target, z_reference)
                 else:

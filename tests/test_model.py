@@ -155,3 +155,13 @@ def test_mixture_calls_pick_the_top_component() -> None:
     calls = mixture_calls(values, 3)
     assert calls[-40:].all() and not calls[:-40].any()
     assert not mixture_calls(np.ones(10), 2).any()  # no spread: nothing called
+
+
+def test_embed_equals_the_reconstruction_embedding_on_any_rows(fitted, data) -> None:
+    from acsleuth.data import prepare
+
+    source = prepare(data[1], genes=fitted.genes_)
+    full = fitted.reconstruct(source)[2]
+    rows = np.array([0, 3, 7, 40])
+    np.testing.assert_allclose(fitted.embed(source, rows).numpy(), full[rows], rtol=1e-5, atol=1e-6)
+    assert fitted.embed(source).shape == full.shape
