@@ -62,6 +62,13 @@ def _check_fraction(name: str, value: float, *, allow_zero: bool) -> float:
     return value
 
 
+def _check_batch_effect(value: float) -> float:
+    value = float(value)
+    if not (np.isfinite(value) and value >= 0.0):
+        raise ValueError(f"batch_effect must be finite and >= 0, got {value}")
+    return value
+
+
 def _type_programs(rng: np.random.Generator, n_types: int, n_genes: int) -> np.ndarray:
     """Log-fold changes ``(n_types, n_genes)``: each type raises ~5% of genes, lowers ~2%."""
     n_up = max(1, round(_UP_FRACTION * n_genes))
@@ -179,9 +186,7 @@ def synthetic(
     n_anomaly_types = _check_int("n_anomaly_types", n_anomaly_types, 0)
     n_batches = _check_int("n_batches", n_batches, 1)
     anomaly_ratio = _check_fraction("anomaly_ratio", anomaly_ratio, allow_zero=True)
-    batch_effect = float(batch_effect)
-    if not (np.isfinite(batch_effect) and batch_effect >= 0.0):
-        raise ValueError(f"batch_effect must be finite and >= 0, got {batch_effect}")
+    batch_effect = _check_batch_effect(batch_effect)
     if anomaly_ratio > 0.0 and n_anomaly_types == 0:
         raise ValueError("anomaly_ratio > 0 needs n_anomaly_types >= 1")
     n_anomalies = round(anomaly_ratio * n_target)
@@ -281,6 +286,8 @@ def pbmc_holdout(
     *,
     reference_fraction: float = 0.5,
     anomaly_ratio: float | None = None,
+    n_batches: int = 1,
+    batch_effect: float = 0.5,
     seed: int = 0,
 ) -> tuple[AnnData, AnnData]:
     """Split scanpy's ``pbmc68k_reduced`` into a reference and a target with held-out types.
@@ -301,15 +308,22 @@ def pbmc_holdout(
         If given, subsample the target's anomalies or its normal cells (whichever is in excess,
         keeping the target as large as possible) so that exactly
         ``round(anomaly_ratio * n_target)`` target cells are anomalous.
+    n_batches, batch_effect
+        Target cells are split at random, evenly, over batches ``"target_0"``, ``"target_1"``,
+        ... (``obs["batch"]``; the reference is batch ``"reference"``). ``target_0`` is left
+        as measured; each further batch scales the normalised expression of every gene by its
+        own ``exp(s_g)``, ``s ~ N(0, batch_effect)`` centred to mean 0, i.e.
+        ``x' = log1p(expm1(x) * exp(s_g))``, which keeps zeros at zero.
     seed
         Seed of ``numpy.random.default_rng``.
 
     Returns
     -------
     reference, target
-        Independent AnnData objects with ``obs["cell_type"]`` (categorical) and
-        ``obs["is_anomaly"]`` (bool) besides the source's ``obs`` columns, and
-        ``uns["pbmc_holdout"]`` holding the parameters.
+        Independent AnnData objects with ``obs["cell_type"]`` (categorical),
+        ``obs["is_anomaly"]`` (bool) and ``obs["batch"]`` (categorical) besides the source's
+        ``obs`` columns, and ``uns["pbmc_holdout"]`` holding the parameters and the per-batch
+        log-shifts (``batch_shift``, batches x genes).
     """
     import scanpy as sc  # slow to import; only this loader needs it
 
@@ -324,6 +338,8 @@ def pbmc_holdout(
     reference_fraction = _check_fraction("reference_fraction", reference_fraction, allow_zero=False)
     if anomaly_ratio is not None:
         anomaly_ratio = _check_fraction("anomaly_ratio", anomaly_ratio, allow_zero=False)
+    n_batches = _check_int("n_batches", n_batches, 1)
+    batch_effect = _check_batch_effect(batch_effect)
 
     source = sc.datasets.pbmc68k_reduced()
     labels = source.obs["bulk_labels"].astype(str).to_numpy()
@@ -346,18 +362,33 @@ def pbmc_holdout(
     target_idx = np.sort(np.concatenate([normal_idx, anomalous_idx]))
 
     expression = source.raw.to_adata()
+    shift = np.zeros((n_batches, expression.n_vars))
+    target_batch = np.zeros(len(target_idx), dtype=np.int64)
+    if n_batches > 1:  # drawn last: one batch leaves the split of earlier versions unchanged
+        shift[1:] = rng.normal(0.0, batch_effect, (n_batches - 1, expression.n_vars))
+        shift[1:] -= shift[1:].mean(axis=1, keepdims=True)
+        target_batch = rng.permutation(np.arange(len(target_idx)) % n_batches)
+    params = {
+        "held_out": list(held),
+        "reference_fraction": reference_fraction,
+        "anomaly_ratio": anomaly_ratio,
+        "n_batches": n_batches,
+        "batch_effect": batch_effect,
+        "seed": seed,
+    }
 
-    def build(idx: np.ndarray) -> AnnData:
+    def build(idx: np.ndarray, batch: np.ndarray, batch_names: list[str]) -> AnnData:
+        x = sp.csr_matrix(expression.X[idx], dtype=np.float32)
+        scale = np.exp(shift[batch]).astype(np.float32)  # (cells, genes); row 0 is all ones
+        rows = np.repeat(np.arange(x.shape[0]), np.diff(x.indptr))
+        x.data = np.log1p(np.expm1(x.data) * scale[rows, x.indices])
         obs = expression.obs.iloc[idx].copy()
         obs["cell_type"] = pd.Categorical(labels[idx])
         obs["is_anomaly"] = np.isin(labels[idx], held)
-        params = {
-            "held_out": list(held),
-            "reference_fraction": reference_fraction,
-            "anomaly_ratio": anomaly_ratio,
-            "seed": seed,
-        }
-        uns = {"pbmc_holdout": params}
-        return AnnData(X=expression.X[idx], obs=obs, var=expression.var.copy(), uns=uns)
+        obs["batch"] = pd.Categorical(np.array(batch_names)[batch], categories=batch_names)
+        uns = {"pbmc_holdout": {**params, "batch_shift": shift.astype(np.float32)}}
+        return AnnData(X=x, obs=obs, var=expression.var.copy(), uns=uns)
 
-    return build(reference_idx), build(target_idx)
+    target_names = [f"target_{b}" for b in range(n_batches)]
+    reference = build(reference_idx, np.zeros(len(reference_idx), dtype=np.int64), ["reference"])
+    return reference, build(target_idx, target_batch, target_names)

@@ -173,6 +173,24 @@ def test_pbmc_holdout_is_deterministic():
     assert not first[0].obs_names.equals(third[0].obs_names)
 
 
+def test_pbmc_holdout_batches_scale_the_second_batch_per_gene():
+    _, plain = datasets.pbmc_holdout("CD19+ B", seed=3)
+    _, target = datasets.pbmc_holdout("CD19+ B", n_batches=2, batch_effect=0.7, seed=3)
+    assert target.obs_names.equals(plain.obs_names)  # one batch more changes no split
+    assert (plain.obs["batch"] == "target_0").all()
+    batch = target.obs["batch"].to_numpy()
+    assert abs((batch == "target_0").sum() - (batch == "target_1").sum()) <= 1
+    shift = target.uns["pbmc_holdout"]["batch_shift"]
+    assert shift.shape == (2, 765) and not shift[0].any()
+    assert abs(shift[1].mean()) < 1e-5 and 0.6 < shift[1].std() < 0.8
+    x, x0 = target.X.toarray(), plain.X.toarray()
+    first = batch == "target_0"
+    np.testing.assert_array_equal(x[first], x0[first])
+    expected = np.log1p(np.expm1(x0[~first]) * np.exp(shift[1]))
+    np.testing.assert_allclose(x[~first], expected, rtol=1e-5, atol=1e-5)
+    assert ((x == 0) == (x0 == 0)).all()
+
+
 @pytest.mark.parametrize("ratio", [0.05, 0.5, 0.9])
 def test_pbmc_holdout_anomaly_ratio(ratio):
     _, full = datasets.pbmc_holdout("CD19+ B", seed=0)
@@ -196,6 +214,8 @@ def test_pbmc_holdout_anomaly_ratio(ratio):
         ({"held_out": list(datasets.PBMC_CELL_TYPES)}, "every cell type"),
         ({"reference_fraction": 1.0}, "reference_fraction"),
         ({"anomaly_ratio": 0.001}, "cannot reach"),
+        ({"n_batches": 0}, "n_batches"),
+        ({"batch_effect": -1.0}, "batch_effect"),
         ({"held_out": "CD34+", "anomaly_ratio": 0.99}, "cannot reach"),
     ],
 )
