@@ -9,75 +9,13 @@ from pathlib import Path
 
 from . import __version__
 
-DEMO_MARKER = ".acsleuth_demo"
-
-
-def _demo_folder(out: Path) -> Path:
-    """The demo's output folder; an existing folder the demo did not make is refused."""
-    if out.exists() and not (out / DEMO_MARKER).exists():
-        raise SystemExit(
-            f"acsleuth demo: {out} exists and was not written by the demo; "
-            "choose another folder with --out"
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    (out / DEMO_MARKER).touch()
-    return out
-
 
 def _demo(args: argparse.Namespace) -> int:
-    """Held-out cell type on scanpy's bundled pbmc68k_reduced: fit, score, evaluate, write."""
-    import matplotlib
+    """The whole pipeline on scanpy's pbmc68k_reduced, with and without batch correction."""
+    from .demo import run_demo
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
-    from . import ACsleuth, datasets, metrics, ops, pl, tl
-    from ._atomic import atomic_path
-
-    start = time.perf_counter()
-    out = _demo_folder(Path(args.out))
-    reference, target = datasets.pbmc_holdout(args.held_out, reference_fraction=0.5, seed=args.seed)
-    truth = target.obs["is_anomaly"].to_numpy()
-    print(
-        f"acsleuth {__version__} | ops backend {ops.backend()} | pbmc68k_reduced, held out "
-        f"{args.held_out!r}: {reference.n_obs} reference cells, {target.n_obs} target cells "
-        f"({truth.sum()} anomalous)"
-    )
-    names = ("prepare_epochs", "train_epochs", "score_epochs")
-    epochs = dict(zip(names, args.epochs, strict=True)) if args.epochs else {}
-    model = ACsleuth(**epochs, random_state=args.seed, device=args.device).fit(reference)
-    tl.score_anomalies(target, model)
-    table = target.obsm["acsleuth_scores"]
-    rows = {name: metrics.detection_report(truth, table[name].to_numpy()) for name in table}
-    report = pd.DataFrame(rows).T[["auroc", "ap", "f1_at_ratio"]]
-    report.columns = ["AUROC", "AP", "F1 (top-n at the true ratio)"]
-    print(report.round(3).to_string())
-    called = metrics.f1(truth, target.obs["acsleuth_anomaly"].to_numpy())
-    print(f"default score {model.params['score']!r}: {int(target.obs['acsleuth_anomaly'].sum())} "
-          f"cells called anomalous, F1 of the calls {called:.3f}")
-
-    with atomic_path(out / "target.h5ad", overwrite=True) as tmp:
-        target.write_h5ad(tmp)
-    cells = pd.DataFrame(
-        {"cell_type": target.obs["cell_type"], "is_anomaly": truth,
-         "score": target.obs["acsleuth_score"], "anomaly": target.obs["acsleuth_anomaly"]}
-    ).join(table.add_prefix("score_"))
-    with atomic_path(out / "cells.csv", overwrite=True) as tmp:
-        cells.to_csv(tmp, index_label="cell")
-    target.obs["truth"] = pd.Categorical(
-        ["anomalous (" + args.held_out + ")" if t else "normal" for t in truth]
-    )
-    fig, axes = plt.subplots(1, len(table.columns), figsize=(4 * len(table.columns), 3.4))
-    for ax, name in zip(axes, table.columns, strict=True):
-        pl.scores(target, score=name, groupby="truth", ax=ax, show=False)
-        ax.set_title(f"{name}: AUROC {rows[name]['auroc']:.3f}")
-    fig.tight_layout()
-    with atomic_path(out / "scores.png", overwrite=True) as tmp:
-        fig.savefig(tmp, dpi=110, format="png")
-    plt.close(fig)
-    print(f"wrote {out}/target.h5ad, {out}/cells.csv, {out}/scores.png")
-    print(f"runtime {time.perf_counter() - start:.1f} s")
+    run_demo(args.out, held_out=args.held_out, seed=args.seed, device=args.device,
+             epochs=args.epochs)
     return 0
 
 
@@ -151,16 +89,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"acsleuth {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser(
-        "demo", help="detect a held-out cell type in scanpy's bundled pbmc68k_reduced"
+        "demo", help="the whole pipeline on scanpy's bundled pbmc68k_reduced, two batches"
     )
-    demo.add_argument("--held-out", default="CD19+ B", help="cell type treated as the anomaly")
+    demo.add_argument("--held-out", nargs="+", default=["CD19+ B", "Dendritic"],
+                      help="cell types treated as anomalies")
     demo.add_argument("--seed", type=int, default=2024)
     demo.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     demo.add_argument("--out", default="acsleuth_demo", help="output folder")
+    demo.add_argument("--debug", action="store_true", help="show tracebacks")
     demo.add_argument(
-        "--epochs", type=int, nargs=3, metavar=("PREPARE", "TRAIN", "SCORE"),
-        help="epochs of the two module I stages and of the MMD predictor (default: the "
-        "model's, 50 20 5)",
+        "--epochs", type=int, nargs=5, metavar=("PREPARE", "TRAIN", "SCORE", "STYLE", "SUBTYPE"),
+        help="epochs of the two module I stages, the MMD predictor, the style transfer and "
+        "DESC (default: the model's, 50 20 5 50 100)",
     )
     demo.set_defaults(func=_demo)
 
@@ -184,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "demo" or getattr(args, "debug", False):
+    if getattr(args, "debug", False):
         return args.func(args)
     try:
         return args.func(args)

@@ -22,6 +22,7 @@ from .data import ExpressionSource, MinibatchLoader, highly_variable_genes, prep
 from .nn import Critic, Generator
 from .stages.detect import (
     DetectorConfig,
+    center_by_batch,
     chunk_scores,
     reconstruct,
     residual_scale,
@@ -95,6 +96,10 @@ class ACsleuth:
     kin_epochs, style_epochs, subtype_epochs
         Epochs of the learned kin mapping (module II, ``kin="learned"``), of the style
         transfer (module III) and the most epochs of DESC (module IV), used by :meth:`run`.
+    subtype_embedding
+        What DESC clusters (module IV): ``"pca"``, principal components of the anomalies'
+        expression (default: the higher F1 x NMI on the two-batch PBMC evaluation), or
+        ``"fusion"``, the SPEC's transformer fusion of ``E(x)`` and ``E(x - x_hat)``.
     device
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
     random_state
@@ -124,6 +129,7 @@ class ACsleuth:
         kin_epochs: int = 20,
         style_epochs: int = 50,
         subtype_epochs: int = 100,
+        subtype_embedding: Literal["pca", "fusion"] = "pca",
         device: str = "auto",
         random_state: int = 2024,
         verbose: bool = True,
@@ -160,6 +166,10 @@ class ACsleuth:
         if ratio is not None and not 0.0 < float(ratio) < 1.0:
             raise ValueError(
                 f"ACsleuth: anomaly_ratio must be in (0, 1) or None (estimate), got {ratio}"
+            )
+        if p["subtype_embedding"] not in ("pca", "fusion"):
+            raise ValueError(
+                f"ACsleuth: subtype_embedding must be 'pca' or 'fusion', got {p['subtype_embedding']!r}"
             )
         if p["learning_rate"] <= 0:
             raise ValueError(f"ACsleuth: learning_rate must be > 0, got {p['learning_rate']}")
@@ -240,8 +250,19 @@ class ACsleuth:
         if not self.is_fitted:
             raise RuntimeError("ACsleuth: call fit(reference) (or ACsleuth.load(dir)) before scoring")
 
-    def evaluate(self, target: AnnData | str | os.PathLike, *, score: Score | None = None) -> ScoreResult:
-        """Score every target cell and call anomalies; returns every score type computed."""
+    def evaluate(
+        self,
+        target: AnnData | str | os.PathLike,
+        *,
+        score: Score | None = None,
+        batch_key: str | None = None,
+    ) -> ScoreResult:
+        """Score every target cell and call anomalies; returns every score type computed.
+
+        With ``batch_key`` (an ``obs`` column of target batches) the scaled residuals behind
+        the ``"scaled"`` and ``"mmd"`` scores are centred per batch on their per-gene median,
+        so that a batch measured unlike the reference is not called anomalous as a whole.
+        """
         self._require_fitted()
         p = self.params
         score = score or p["score"]
@@ -250,9 +271,17 @@ class ACsleuth:
         timings: dict[str, float] = {}
         with stage_timer(timings, "prepare target"):
             source = prepare(target, genes=self.genes_, name="target")
+        by_batch = batch_key is not None
+        codes, _ = batch_codes(source.adata, batch_key)
         with self._seeded():
             with stage_timer(timings, "reconstruct"):
-                scores, residuals, embedding = self.reconstruct(source, keep_residuals=score == "mmd")
+                scores, residuals, embedding = self.reconstruct(
+                    source, keep_residuals=score == "mmd" or by_batch
+                )
+            if by_batch:
+                with stage_timer(timings, "batch centring"):
+                    residuals = center_by_batch(residuals, codes)
+                    scores["scaled"] = residuals.float().norm(dim=1).cpu()
             if score == "mmd":
                 with stage_timer(timings, "mmd score"):
                     scores["mmd"] = self._mmd_scores(residuals, scores["scaled"], timings=timings)
@@ -386,7 +415,7 @@ class ACsleuth:
         - ``layers[f"{key_added}_corrected"]`` (``target``'s genes are the model's panel in
           order) or ``obsm[f"{key_added}_corrected"]``: corrected expression (``correct=True``)
         - ``obs[f"{key_added}_subtype"]``: categorical subtype, NaN for normal cells
-        - ``obsm[f"X_{key_added}_fused"]``: fused ``z*`` of the anomalies, NaN rows for normal
+        - ``obsm[f"X_{key_added}_subtype"]``: the embedding DESC clustered, NaN rows for normal
           cells (``obsm[f"X_{key_added}"]`` keeps module I's embedding of every cell)
         - ``uns[key_added]``: also ``n_subtypes``, ``silhouette_curve`` and the ``"kin"``,
           ``"style"`` and ``"subtype"`` timings
@@ -400,7 +429,8 @@ class ACsleuth:
             if anomaly_ratio is not None:
                 self.params["anomaly_ratio"] = anomaly_ratio
                 self._check_params()
-            tl._write_scores(target, self, self.evaluate(target), None, key_added)
+            result = self.evaluate(target, batch_key=batch_key)
+            tl._write_scores(target, self, result, None, key_added)
         finally:
             self.params["anomaly_ratio"] = saved
         anomaly = target.obs[f"{key_added}_anomaly"].to_numpy(dtype=bool)
@@ -424,18 +454,27 @@ class ACsleuth:
         normal: np.ndarray,
         batch_key: str | None = None,
         kin: Literal["nearest", "learned"] = "nearest",
+        anomalies: Literal["shift", "generator"] = "shift",
         timings: dict[str, float] | None = None,
     ) -> np.ndarray:
         """Batch-corrected expression of every target cell (modules II-III, SPEC §2-§3).
 
         ``normal`` (one bool per target cell) selects the cells matched to reference kin by
         their encoder embeddings and used to train the style transfer; ``batch_key`` names
-        the ``obs`` column of target batches (one batch when None). Seconds go to
-        ``timings["kin"]`` and ``timings["style"]``. Returns float32 ``(n_obs, n_genes_)``.
+        the ``obs`` column of target batches (one batch when None). Normal cells get the
+        style transfer's output. With ``anomalies="shift"`` anomalous cells get their own
+        expression plus their batch's mean correction (output minus input over its normal
+        cells): the generator, trained on normal cells only, maps an unseen cell type onto a
+        normal one, and subtyping its output lost much of the subtype signal
+        (benchmarks/RESULTS.md, issue 4); ``"generator"`` gives them its output (SPEC §3).
+        Seconds go to ``timings["kin"]`` and ``timings["style"]``. Returns float32
+        ``(n_obs, n_genes_)``.
         """
         self._require_fitted()
         if kin not in ("nearest", "learned"):
             raise ValueError(f"ACsleuth: kin must be 'nearest' or 'learned', got {kin!r}")
+        if anomalies not in ("shift", "generator"):
+            raise ValueError(f"ACsleuth: anomalies must be 'shift' or 'generator', got {anomalies!r}")
         p = self.params
         timings = {} if timings is None else timings
         target_source = prepare(target, genes=self.genes_, name="target")
@@ -466,10 +505,19 @@ class ACsleuth:
                     config=config, device=self.device, seed=p["random_state"], verbose=p["verbose"],
                 )
                 corrected = np.empty((target_source.n_obs, len(self.genes_)), dtype=np.float32)
+                shift = np.zeros((n_batches, len(self.genes_)))
                 for rows, x in apply_style(
                     style, target_source, codes, device=self.device, chunk=p["eval_batch_size"]
                 ):
                     corrected[rows] = x.cpu().numpy()
+                    kept = rows[normal[rows]]
+                    for batch in np.unique(codes[kept]):
+                        cells = kept[codes[kept] == batch]
+                        shift[batch] += (corrected[cells] - target_source.rows(cells)).sum(0)
+                if anomalies == "shift":
+                    shift /= np.maximum(np.bincount(codes[normal], minlength=n_batches), 1)[:, None]
+                    anomalous = np.flatnonzero(~normal)
+                    corrected[anomalous] = target_source.rows(anomalous) + shift[codes[anomalous]]
         return corrected
 
     def subtype(
@@ -494,7 +542,10 @@ class ACsleuth:
             return subtype_anomalies(
                 self.generator_.encoder, self.generator_, torch.as_tensor(x),
                 n_subtypes=1 if len(x) < 3 else n_subtypes,
-                config=SubtypeConfig(epochs=p["subtype_epochs"], eval_batch_size=p["eval_batch_size"]),
+                config=SubtypeConfig(
+                    embedding=p["subtype_embedding"], epochs=p["subtype_epochs"],
+                    eval_batch_size=p["eval_batch_size"],
+                ),
                 device=self.device, seed=p["random_state"], verbose=p["verbose"], timings=timings,
             )
 

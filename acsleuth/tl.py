@@ -20,6 +20,7 @@ def score_anomalies(
     model: ACsleuth,
     *,
     score: Score | None = None,
+    batch_key: str | None = None,
     key_added: str = "acsleuth",
     copy: bool = False,
 ) -> AnnData | None:
@@ -33,6 +34,9 @@ def score_anomalies(
         A fitted (or loaded) model.
     score
         Score type; default: the model's.
+    batch_key
+        ``obs`` column of target batches: the residuals behind the ``"scaled"`` and
+        ``"mmd"`` scores are centred per batch (see :meth:`ACsleuth.evaluate`).
     key_added
         Prefix of every key written.
     copy
@@ -50,7 +54,8 @@ def score_anomalies(
       ``seed`` and ``timings`` (seconds per stage)
     """
     adata = _annotated(target, copy, "score_anomalies")
-    _write_scores(adata, model, model.evaluate(adata, score=score), score, key_added)
+    result = model.evaluate(adata, score=score, batch_key=batch_key)
+    _write_scores(adata, model, result, score, key_added)
     return adata if copy else None
 
 
@@ -139,8 +144,8 @@ def subtype_anomalies(
 
     - ``obs[f"{key_added}_subtype"]``: categorical of ``"0"``, ``"1"``, ... (``"0"`` the
       largest), NaN for normal cells
-    - ``obsm[f"X_{key_added}_fused"]``: fused embedding ``z*`` of the anomalies, NaN rows
-      for normal cells
+    - ``obsm[f"X_{key_added}_subtype"]``: the embedding DESC clustered (principal components
+      or fused ``z*``, see ``subtype_embedding``), NaN rows for normal cells
     - ``uns[key_added]``: ``n_subtypes``, ``silhouette_curve`` (``{"k": silhouette}``, empty
       unless ``"auto"``) and ``"subtype"`` timings
     """
@@ -224,17 +229,16 @@ def _write_subtypes(
     adata: AnnData, anomaly: np.ndarray, result: SubtypeResult | None, key_added: str
 ) -> None:
     """Subtypes of the anomalies (``result`` None: no anomaly, nothing subtyped)."""
-    from .nn.generator import EMBEDDING
-
     n_subtypes = 0 if result is None else result.n_subtypes
     codes = np.full(adata.n_obs, -1, dtype=np.int64)
-    fused = np.full((adata.n_obs, EMBEDDING), np.nan, dtype=np.float32)
+    width = 0 if result is None else result.embedding.shape[1]
+    embedding = np.full((adata.n_obs, width), np.nan, dtype=np.float32)
     if result is not None:
         codes[anomaly] = result.labels
-        fused[anomaly] = result.embedding
+        embedding[anomaly] = result.embedding
     categories = [str(k) for k in range(n_subtypes)]
     adata.obs[f"{key_added}_subtype"] = pd.Categorical.from_codes(codes, categories=categories)
-    adata.obsm[f"X_{key_added}_fused"] = fused
+    adata.obsm[f"X_{key_added}_subtype"] = embedding
     curve = {} if result is None or result.silhouette_curve is None else result.silhouette_curve
     uns = adata.uns.setdefault(key_added, {})
     uns["n_subtypes"] = n_subtypes

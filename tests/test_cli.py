@@ -4,28 +4,38 @@ from __future__ import annotations
 
 import anndata as ad
 import pandas as pd
-import pytest
 
 from acsleuth.cli import main
 
+QUICK = ["--epochs", "2", "1", "2", "2", "3", "--device", "cpu"]
 
-def test_demo_writes_annotated_outputs(tmp_path, capsys) -> None:
+
+def test_demo_runs_the_pipeline_with_and_without_correction(tmp_path, capsys) -> None:
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--epochs", "2", "1", "2", "--device", "cpu"]) == 0
+    assert main(["demo", "--out", str(out), *QUICK]) == 0
     printed = capsys.readouterr().out
-    for name in ("residual", "scaled", "cosine", "critic", "mmd", "AUROC", "runtime"):
-        assert name in printed
+    for text in ("without batch correction", "with batch correction", "F1 x NMI", "NMI", "wrote"):
+        assert text in printed
     target = ad.read_h5ad(out / "target.h5ad")
-    assert {"acsleuth_score", "acsleuth_anomaly"} <= set(target.obs)
+    assert {"acsleuth_score", "acsleuth_anomaly", "acsleuth_subtype", "batch"} <= set(target.obs)
+    assert "acsleuth_corrected" in target.layers
+    assert set(target.obs["batch"]) == {"target_0", "target_1"}
     cells = pd.read_csv(out / "cells.csv", index_col="cell")
-    assert len(cells) == target.n_obs and cells["is_anomaly"].sum() == 95
-    assert (out / "scores.png").read_bytes()[:4] == b"\x89PNG"
+    assert len(cells) == target.n_obs
+    assert set(cells.loc[cells["is_anomaly"], "cell_type"]) == {"CD19+ B", "Dendritic"}
+    table = pd.read_csv(out / "metrics.csv", index_col="run")
+    assert list(table.index) == ["without batch correction", "with batch correction"]
+    assert ((table["F1 x NMI"] >= 0) & (table["F1 x NMI"] <= 1)).all()
+    for name in ("report.md", "scores.png", "umap.png", "subtypes.png", "confusion.png"):
+        assert (out / name).exists(), name
     # a second run replaces its own outputs
-    assert main(["demo", "--out", str(out), "--epochs", "1", "1", "1", "--device", "cpu"]) == 0
+    assert main(["demo", "--out", str(out), "--held-out", "CD19+ B", *QUICK]) == 0
+    cells = pd.read_csv(out / "cells.csv", index_col="cell")
+    assert set(cells.loc[cells["is_anomaly"], "cell_type"]) == {"CD19+ B"}
 
 
-def test_demo_refuses_a_folder_it_did_not_write(tmp_path) -> None:
+def test_demo_refuses_a_folder_it_did_not_write(tmp_path, capsys) -> None:
     (tmp_path / "mine.txt").write_text("keep")
-    with pytest.raises(SystemExit, match="was not written by the demo"):
-        main(["demo", "--out", str(tmp_path), "--epochs", "1", "1", "1"])
+    assert main(["demo", "--out", str(tmp_path), *QUICK]) == 2
+    assert "was not written by the demo" in capsys.readouterr().err
     assert (tmp_path / "mine.txt").read_text() == "keep"

@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from acsleuth import ACsleuth, datasets, tl
+from acsleuth.data import prepare
 
 FAST = {"prepare_epochs": 2, "train_epochs": 1, "score_epochs": 2, "batch_size": 32,
         "n_memory": 50, "kin_epochs": 1, "style_epochs": 1, "subtype_epochs": 2, "score": "scaled",
@@ -44,27 +45,44 @@ def test_run_writes_the_documented_keys(annotated, data, tmp_path) -> None:
     adata.write_h5ad(tmp_path / "annotated.h5ad")  # every key is h5ad-serialisable
 
 
-def test_subtypes_and_fused_embedding_cover_only_the_anomalies(annotated) -> None:
+def test_subtypes_and_their_embedding_cover_only_the_anomalies(annotated) -> None:
     anomaly = annotated.obs["acsleuth_anomaly"].to_numpy()
     subtype = annotated.obs["acsleuth_subtype"]
     assert isinstance(subtype.dtype, pd.CategoricalDtype)
     assert list(subtype.cat.categories) == [str(k) for k in range(annotated.uns["acsleuth"]["n_subtypes"])]
     np.testing.assert_array_equal(subtype.isna().to_numpy(), ~anomaly)
-    fused = annotated.obsm["X_acsleuth_fused"]
-    assert fused.shape == (annotated.n_obs, 256)
-    assert np.isfinite(fused[anomaly]).all() and np.isnan(fused[~anomaly]).all()
+    embedding = annotated.obsm["X_acsleuth_subtype"]
+    assert embedding.shape == (annotated.n_obs, 30)  # principal components, the default
+    assert np.isfinite(embedding[anomaly]).all() and np.isnan(embedding[~anomaly]).all()
+
+
+def test_anomalies_get_their_batch_mean_correction(fitted, data, annotated) -> None:
+    x = prepare(data[1], genes=fitted.genes_).rows(np.arange(data[1].n_obs))
+    delta = annotated.layers["acsleuth_corrected"] - x
+    anomaly = annotated.obs["acsleuth_anomaly"].to_numpy()
+    batch = annotated.obs["batch"].to_numpy()
+    for name in np.unique(batch):
+        normal = (batch == name) & ~anomaly
+        expected = delta[normal].mean(0)
+        np.testing.assert_allclose(delta[(batch == name) & anomaly], np.broadcast_to(
+            expected, delta[(batch == name) & anomaly].shape), atol=1e-4)
+    spec = fitted.correct(data[1], data[0], normal=~anomaly, batch_key="batch", anomalies="generator")
+    np.testing.assert_array_equal(spec[~anomaly], annotated.layers["acsleuth_corrected"][~anomaly])
+    assert not np.allclose(spec[anomaly], annotated.layers["acsleuth_corrected"][anomaly])
+    with pytest.raises(ValueError, match="'shift' or 'generator'"):
+        fitted.correct(data[1], data[0], normal=~anomaly, anomalies="mean")
 
 
 def test_same_seed_gives_the_same_outputs(fitted, data, annotated) -> None:
     again = fitted.run(data[0], data[1].copy(), batch_key="batch")
     np.testing.assert_array_equal(again.layers["acsleuth_corrected"], annotated.layers["acsleuth_corrected"])
-    np.testing.assert_array_equal(again.obsm["X_acsleuth_fused"], annotated.obsm["X_acsleuth_fused"])
+    np.testing.assert_array_equal(again.obsm["X_acsleuth_subtype"], annotated.obsm["X_acsleuth_subtype"])
     pd.testing.assert_series_equal(again.obs["acsleuth_subtype"], annotated.obs["acsleuth_subtype"])
 
 
 def test_tools_reproduce_run(fitted, data, annotated) -> None:
     target = data[1].copy()
-    tl.score_anomalies(target, fitted)
+    tl.score_anomalies(target, fitted, batch_key="batch")
     out = tl.correct_batches(target, fitted, reference=data[0], batch_key="batch", copy=True)
     assert "acsleuth_corrected" not in target.layers
     assert tl.subtype_anomalies(out, fitted, n_subtypes=2) is None

@@ -1,6 +1,8 @@
-"""Stage IV: subtype the anomalies with a transformer fusion encoder and DESC (SPEC §4).
+"""Stage IV: subtype the anomalies with DESC (SPEC §4).
 
-Each anomaly gives two tokens, ``z = E(x)`` of its corrected expression and ``zeta = E(r)`` of
+DESC clusters an embedding of the anomalies: their principal components
+(``embedding="pca"``), or the SPEC's fused embedding (``embedding="fusion"``). For the
+latter, each anomaly gives two tokens, ``z = E(x)`` of its corrected expression and ``zeta = E(r)`` of
 its module-I residual ``r = x - x_hat``; a small transformer fuses them into ``z*``. DESC then
 clusters ``z*`` while fine-tuning the fusion encoder: centroids start from k-means, the loss
 is ``KL(P || Q)`` between a sharpened target ``P`` (refreshed once per epoch) and the Student-t
@@ -40,9 +42,14 @@ class SubtypeConfig:
     most ``silhouette_cells`` cells (a seeded sample) to keep them ``O(N)``.
     ``pretrain_epochs > 0`` first trains the encoder copy with a copy of module I's decoder as
     an autoencoder on the anomalies (L1, Adam at ``pretrain_lr``), DESC's own pretraining
-    step; 0 follows SPEC §4.
+    step; 0 follows SPEC §4. ``embedding`` picks what DESC clusters: ``"fusion"`` (SPEC §4,
+    the fusion encoder is fine-tuned) or ``"pca"``, the first ``n_components`` principal
+    components of the anomalies' expression (only the centroids are trained); ``"pca"`` is
+    the default because it scored the higher F1 x NMI (benchmarks/RESULTS.md, issue 4).
     """
 
+    embedding: Literal["pca", "fusion"] = "pca"
+    n_components: int = 30
     epochs: int = 100
     batch_size: int = 64
     lr: float = 1e-4
@@ -363,6 +370,40 @@ def residuals(generator: nn.Module, x: Tensor, *, device: torch.device, batch_si
     return torch.cat(parts)
 
 
+def principal_components(x: Tensor, n_components: int, *, seed: int = 0) -> np.ndarray:
+    """The first ``min(n_components, N, G)`` principal components of ``x (N, G)``, float32."""
+    from sklearn.decomposition import PCA
+
+    values = x.detach().cpu().numpy().astype(np.float32, copy=False)
+    n = min(n_components, *values.shape)
+    return PCA(n, random_state=seed).fit_transform(values).astype(np.float32)
+
+
+def _fusion_encoder(
+    encoder: nn.Module,
+    generator: nn.Module,
+    x: Tensor,
+    config: SubtypeConfig,
+    device: torch.device,
+    seed: int,
+    verbose: bool,
+    timings: dict[str, float],
+) -> FusionEncoder:
+    """A seeded fusion encoder on ``device``, autoencoder-pretrained when configured."""
+    with _seeded(seed, device):
+        fusion = FusionEncoder(
+            encoder, n_layers=config.n_layers, n_heads=config.n_heads,
+            feedforward=config.feedforward, dropout=config.dropout,
+        ).to(device)
+        if config.pretrain_epochs:
+            with stage_timer(timings, "subtype pretrain"):
+                pretrain_encoder(
+                    fusion.encoder, generator.decoder, x, config=config, device=device,
+                    seed=seed, verbose=verbose,
+                )
+    return fusion
+
+
 def subtype_anomalies(
     encoder: nn.Module,
     generator: nn.Module,
@@ -375,20 +416,21 @@ def subtype_anomalies(
     verbose: bool = True,
     timings: dict[str, float] | None = None,
 ) -> SubtypeResult:
-    """Subtype anomalies from their corrected expression ``x (N, G)`` (SPEC §4).
+    """Subtype anomalies from their expression ``x (N, G)`` (SPEC §4).
 
     Parameters
     ----------
     encoder
-        Module I's encoder ``(B, G) -> (B, p)``; a copy of it is fine-tuned.
+        Module I's encoder ``(B, G) -> (B, p)``; with ``config.embedding == "fusion"`` a copy
+        of it is fine-tuned (unused with ``"pca"``).
     generator
-        Module I's generator ``x -> (x_hat, z)``, on ``device``; it is only evaluated (its
-        ``decoder`` is copied when ``config.pretrain_epochs > 0``).
+        Module I's generator ``x -> (x_hat, z)``, on ``device``; with ``"fusion"`` it is
+        evaluated (its ``decoder`` is copied when ``config.pretrain_epochs > 0``).
     x
         Corrected expression of the anomalies, on any device; minibatches move to ``device``.
     n_subtypes
         An integer in ``1..N``, or ``"auto"``: the ``k`` in ``2..config.max_subtypes`` (and
-        ``< N``) with the best silhouette of k-means on the initial ``z*``. Fewer than 3
+        ``< N``) with the best silhouette of k-means on the initial embedding. Fewer than 3
         anomalies make a single subtype.
     seed
         Seeds the fusion encoder's weights, k-means, minibatch order and dropout.
@@ -408,20 +450,18 @@ def subtype_anomalies(
             f"of anomalies), got {n_subtypes!r}"
         )
     device = torch.device(device)
-    with _seeded(seed, device):
-        fusion = FusionEncoder(
-            encoder, n_layers=config.n_layers, n_heads=config.n_heads,
-            feedforward=config.feedforward, dropout=config.dropout,
-        ).to(device)
-        if config.pretrain_epochs:
-            with stage_timer(timings, "subtype pretrain"):
-                pretrain_encoder(
-                    fusion.encoder, generator.decoder, x, config=config, device=device,
-                    seed=seed, verbose=verbose,
-                )
-    with stage_timer(timings, "subtype embed"):
-        r = residuals(generator, x, device=device, batch_size=config.eval_batch_size)
-        z = embed(fusion, (x, r), device=device, batch_size=config.eval_batch_size).cpu().numpy()
+    if config.embedding not in ("pca", "fusion"):
+        raise ValueError(f"subtype_anomalies: embedding must be 'pca' or 'fusion', got {config.embedding!r}")
+    if config.embedding == "pca":
+        with stage_timer(timings, "subtype embed"):
+            z = principal_components(x, config.n_components, seed=seed)
+        model, inputs = nn.Identity(), (torch.as_tensor(z, device=device),)
+    else:
+        model = _fusion_encoder(encoder, generator, x, config, device, seed, verbose, timings)
+        with stage_timer(timings, "subtype embed"):
+            r = residuals(generator, x, device=device, batch_size=config.eval_batch_size)
+            z = embed(model, (x, r), device=device, batch_size=config.eval_batch_size).cpu().numpy()
+        inputs = (x, r)
     curve = None
     if n_subtypes == "auto":
         with stage_timer(timings, "subtype choose k"):
@@ -434,7 +474,7 @@ def subtype_anomalies(
         return SubtypeResult(np.zeros(n, dtype=np.int64), z.astype(np.float32), 1, curve)
     with stage_timer(timings, "subtype desc"):
         result = desc(
-            fusion, (x, r), n_subtypes, config=config, device=device, seed=seed, verbose=verbose
+            model, inputs, n_subtypes, config=config, device=device, seed=seed, verbose=verbose
         )
     return SubtypeResult(result.labels, result.embedding, n_subtypes, curve, result.history)
 
@@ -451,6 +491,7 @@ __all__ = [
     "freeze_batchnorm",
     "kmeans",
     "pretrain_encoder",
+    "principal_components",
     "residuals",
     "soft_assignment",
     "student_t_logits",

@@ -110,21 +110,24 @@ def anomalies() -> tuple[acsleuth.ACsleuth, torch.Tensor, np.ndarray]:
     return model, x, target.obs["cell_type"].to_numpy()[rows]
 
 
-def test_subtype_anomalies_finds_the_planted_types(anomalies) -> None:
+@pytest.mark.parametrize(("embedding", "width"), [("pca", 30), ("fusion", 256)])
+def test_subtype_anomalies_finds_the_planted_types(anomalies, embedding, width) -> None:
     model, x, truth = anomalies
     gen = model.generator_
-    result = subtype_anomalies(gen.encoder, gen, x, n_subtypes=3, config=FAST, verbose=False)
+    config = replace(FAST, embedding=embedding)
+    result = subtype_anomalies(gen.encoder, gen, x, n_subtypes=3, config=config, verbose=False)
     assert result.labels.shape == (90,) and result.labels.dtype == np.int64
-    assert result.embedding.shape == (90, 256) and result.embedding.dtype == np.float32
+    assert result.embedding.shape == (90, width) and result.embedding.dtype == np.float32
     assert result.n_subtypes == 3 and result.silhouette_curve is None
     assert 1 <= len(result.history) <= FAST.epochs
     assert nmi(truth, result.labels) > 0.6  # chance is ~0
 
 
-def test_subtype_anomalies_is_deterministic_given_the_seed(anomalies) -> None:
+@pytest.mark.parametrize("embedding", ["pca", "fusion"])
+def test_subtype_anomalies_is_deterministic_given_the_seed(anomalies, embedding) -> None:
     model, x, _ = anomalies
     gen = model.generator_
-    config = replace(FAST, epochs=2)
+    config = replace(FAST, epochs=2, embedding=embedding)
     runs = [subtype_anomalies(gen.encoder, gen, x, n_subtypes="auto", config=config, seed=3,
                               verbose=False) for _ in range(2)]
     np.testing.assert_array_equal(runs[0].labels, runs[1].labels)
@@ -159,3 +162,6 @@ def test_few_anomalies_make_one_subtype_and_bad_counts_are_refused() -> None:
         subtype_anomalies(gen.encoder, gen, x, n_subtypes=3, verbose=False)
     with pytest.raises(ValueError, match=r"\(N >= 1, G\)"):
         subtype_anomalies(gen.encoder, gen, x[:0], verbose=False)
+    with pytest.raises(ValueError, match="'pca' or 'fusion'"):
+        subtype_anomalies(gen.encoder, gen, torch.rand(5, 10), n_subtypes=2,
+                          config=replace(FAST, embedding="umap"), verbose=False)
