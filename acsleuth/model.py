@@ -506,18 +506,21 @@ class ACsleuth:
                 )
                 corrected = np.empty((target_source.n_obs, len(self.genes_)), dtype=np.float32)
                 shift = np.zeros((n_batches, len(self.genes_)))
-                for rows, x in apply_style(
+                for rows, x, out in apply_style(
                     style, target_source, codes, device=self.device, chunk=p["eval_batch_size"]
                 ):
-                    corrected[rows] = x.cpu().numpy()
-                    kept = rows[normal[rows]]
-                    for batch in np.unique(codes[kept]):
-                        cells = kept[codes[kept] == batch]
-                        shift[batch] += (corrected[cells] - target_source.rows(cells)).sum(0)
+                    x, out = x.cpu().numpy(), out.cpu().numpy()
+                    if anomalies == "shift":
+                        kept, chunk_codes = normal[rows], codes[rows]
+                        for batch in np.unique(chunk_codes[kept]):
+                            cells = kept & (chunk_codes == batch)
+                            shift[batch] += (out[cells] - x[cells]).sum(0)
+                        out[~kept] = x[~kept]  # the batch's mean correction is added below
+                    corrected[rows] = out
                 if anomalies == "shift":
                     shift /= np.maximum(np.bincount(codes[normal], minlength=n_batches), 1)[:, None]
                     anomalous = np.flatnonzero(~normal)
-                    corrected[anomalous] = target_source.rows(anomalous) + shift[codes[anomalous]]
+                    corrected[anomalous] += shift[codes[anomalous]].astype(np.float32)
         return corrected
 
     def subtype(

@@ -172,7 +172,7 @@ def apply_style(
     *,
     device: str | torch.device = "cpu",
     chunk: int = 4096,
-) -> Iterator[tuple[np.ndarray, Tensor]]:
+) -> Iterator[tuple[np.ndarray, Tensor, Tensor]]:
     """Batch-corrected expression of every target cell, normal or anomalous, in order.
 
     Moves ``generator`` to ``device`` in eval mode and checks ``batch_codes`` (one per
@@ -180,9 +180,9 @@ def apply_style(
 
     Yields
     ------
-    rows, corrected
-        ``(b,)`` int64 target rows and their float32 ``(b, G)`` output ``D(E(x) - S[batch])``
-        on ``device``.
+    rows, x, corrected
+        ``(b,)`` int64 target rows, their float32 ``(b, G)`` input ``x`` and output
+        ``D(E(x) - S[batch])``, both on ``device``.
     """
     device = torch.device(device)
     codes = _batch_codes(batch_codes, target.n_obs, generator.style.shape[0], device)
@@ -193,6 +193,6 @@ def apply_style(
 @torch.inference_mode()
 def _corrected(
     generator: StyleTransfer, loader: MinibatchLoader, codes: Tensor
-) -> Iterator[tuple[np.ndarray, Tensor]]:
+) -> Iterator[tuple[np.ndarray, Tensor, Tensor]]:
     for rows, x in loader:
-        yield rows, generator(x, codes[torch.from_numpy(rows).to(codes.device)])
+        yield rows, x, generator(x, codes[torch.from_numpy(rows).to(codes.device)])

@@ -38,9 +38,10 @@ def _sources(
 
 def _corrected(generator: StyleTransfer, target: ExpressionSource, codes: np.ndarray) -> np.ndarray:
     out = np.full((target.n_obs, target.n_genes), np.nan, dtype=np.float32)
-    for rows, x in apply_style(generator, target, codes, chunk=64):
-        assert x.dtype == torch.float32
-        out[rows] = x.numpy()
+    for rows, x, corrected in apply_style(generator, target, codes, chunk=64):
+        assert x.dtype == corrected.dtype == torch.float32
+        np.testing.assert_array_equal(x.numpy(), target.rows(rows))
+        out[rows] = corrected.numpy()
     return out
 
 
