@@ -19,10 +19,11 @@ from . import tl
 from ._atomic import atomic_dir
 from ._logging import logger, stage_timer
 from .data import ExpressionSource, MinibatchLoader, highly_variable_genes, prepare
+from .data.store import RowStore
 from .nn import Critic, Generator
+from .nn.generator import EMBEDDING
 from .stages.detect import (
     DetectorConfig,
-    center_by_batch,
     chunk_scores,
     reconstruct,
     residual_scale,
@@ -30,6 +31,7 @@ from .stages.detect import (
 )
 from .stages.kin import KinConfig, learned_kin, nearest_kin
 from .stages.mmd import ScorerConfig, fit_predictor, predict_logits
+from .stages.residuals import ScaledResiduals, batch_medians, median_sample
 from .stages.style import StyleConfig, StyleTransfer, apply_style, train_style
 from .stages.subtype import SubtypeConfig, SubtypeResult, subtype_anomalies
 
@@ -37,6 +39,7 @@ Score = Literal["mmd", "scaled", "residual", "cosine", "critic"]
 SCORES: tuple[Score, ...] = ("mmd", "scaled", "residual", "cosine", "critic")
 N_ANCHORS = 2048
 RESIDUAL_DTYPE = torch.float16  # the predictor's input cache: half the memory, ~1e-3 relative error
+DEFAULT_CACHE_BYTES = 2 << 30  # cache_gb=None on CPU
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
 
@@ -100,6 +103,11 @@ class ACsleuth:
         What DESC clusters (module IV): ``"pca"``, principal components of the anomalies'
         expression (default: the higher F1 x NMI on the two-batch PBMC evaluation), or
         ``"fusion"``, the SPEC's transformer fusion of ``E(x)`` and ``E(x - x_hat)``.
+    cache_gb
+        Largest cache held in memory (on the GPU when the device is CUDA): the dense
+        training data, the target's float16 scaled residuals, its embeddings. Larger
+        ones are streamed from the input or from a temporary file. None: 2 GB on CPU,
+        half the free GPU memory on CUDA.
     device
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
     random_state
@@ -130,6 +138,7 @@ class ACsleuth:
         style_epochs: int = 50,
         subtype_epochs: int = 100,
         subtype_embedding: Literal["pca", "fusion"] = "pca",
+        cache_gb: float | None = None,
         device: str = "auto",
         random_state: int = 2024,
         verbose: bool = True,
@@ -171,8 +180,18 @@ class ACsleuth:
             raise ValueError(
                 f"ACsleuth: subtype_embedding must be 'pca' or 'fusion', got {p['subtype_embedding']!r}"
             )
+        if p["cache_gb"] is not None and not float(p["cache_gb"]) >= 0:
+            raise ValueError(f"ACsleuth: cache_gb must be >= 0 or None (automatic), got {p['cache_gb']}")
         if p["learning_rate"] <= 0:
             raise ValueError(f"ACsleuth: learning_rate must be > 0, got {p['learning_rate']}")
+
+    def _cache_bytes(self) -> int:
+        """The ``cache_gb`` budget in bytes (see the class docstring for the default)."""
+        if self.params["cache_gb"] is not None:
+            return int(float(self.params["cache_gb"]) * 2**30)
+        if self.device.type == "cuda":
+            return torch.cuda.mem_get_info(self.device)[0] // 2
+        return DEFAULT_CACHE_BYTES
 
     # ------------------------------------------------------------------ training
     @property
@@ -198,7 +217,7 @@ class ACsleuth:
         p = self.params
         with stage_timer(timings, "prepare data"):
             source = prepare(reference, name="reference")
-            genes = highly_variable_genes(source, p["n_top_genes"])
+            genes = highly_variable_genes(source, p["n_top_genes"], seed=p["random_state"])
             source = source.with_genes(genes)
         if source.n_obs < 2:
             raise ValueError(
@@ -211,6 +230,7 @@ class ACsleuth:
             loader = MinibatchLoader(
                 source, batch_size=min(p["batch_size"], source.n_obs), shuffle=True,
                 drop_last=True, seed=p["random_state"], device=self.device,
+                resident_bytes=self._cache_bytes(),
             )
             with stage_timer(timings, "module I"):
                 history = train_detector(
@@ -236,7 +256,9 @@ class ACsleuth:
         self, source: ExpressionSource, generator: Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-gene residual scale of the reference, and scaled residuals of up to 2048 of its cells."""
-        loader = MinibatchLoader(source, batch_size=self.params["eval_batch_size"], device=self.device)
+        loader = MinibatchLoader(
+            source, batch_size=self.params["eval_batch_size"], device=self.device, resident_bytes=0
+        )
         scale = residual_scale(generator, loader)
         rng = np.random.default_rng(self.params["random_state"])
         rows = np.sort(rng.choice(source.n_obs, min(N_ANCHORS, source.n_obs), replace=False))
@@ -260,8 +282,14 @@ class ACsleuth:
         """Score every target cell and call anomalies; returns every score type computed.
 
         With ``batch_key`` (an ``obs`` column of target batches) the scaled residuals behind
-        the ``"scaled"`` and ``"mmd"`` scores are centred per batch on their per-gene median,
-        so that a batch measured unlike the reference is not called anomalous as a whole.
+        the ``"scaled"`` and ``"mmd"`` scores are centred per batch on their per-gene median
+        (over up to 20,000 cells per batch), so that a batch measured unlike the reference is
+        not called anomalous as a whole.
+
+        Target cells are read, reconstructed and scored in chunks of ``eval_batch_size``;
+        the scaled residuals the MMD predictor trains on are kept once, in float16, in
+        memory when they fit ``cache_gb`` and in a temporary file otherwise, so memory
+        grows only with the per-cell outputs.
         """
         self._require_fitted()
         p = self.params
@@ -276,15 +304,19 @@ class ACsleuth:
         with self._seeded():
             with stage_timer(timings, "reconstruct"):
                 scores, residuals, embedding = self.reconstruct(
-                    source, keep_residuals=score == "mmd" or by_batch
+                    source, keep_residuals=score == "mmd" or by_batch,
+                    codes=codes if by_batch else None,
                 )
-            if by_batch:
-                with stage_timer(timings, "batch centring"):
-                    residuals = center_by_batch(residuals, codes)
-                    scores["scaled"] = residuals.float().norm(dim=1).cpu()
-            if score == "mmd":
-                with stage_timer(timings, "mmd score"):
-                    scores["mmd"] = self._mmd_scores(residuals, scores["scaled"], timings=timings)
+            try:
+                if by_batch:
+                    with stage_timer(timings, "batch centring"):
+                        scores["scaled"] = residuals.norms().cpu()
+                if score == "mmd":
+                    with stage_timer(timings, "mmd score"):
+                        scores["mmd"] = self._mmd_scores(residuals, scores["scaled"], timings=timings)
+            finally:
+                if residuals is not None:
+                    residuals.store.close()
         chosen = scores[score]
         anomaly, threshold = self._call(chosen, score)
         return ScoreResult(
@@ -294,23 +326,50 @@ class ACsleuth:
         )
 
     def reconstruct(
-        self, source: ExpressionSource, *, keep_residuals: bool = False
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, np.ndarray]:
-        """Per-cell scores that need no training, scaled residuals (optional, float16) and embeddings."""
+        self,
+        source: ExpressionSource,
+        *,
+        keep_residuals: bool = False,
+        codes: np.ndarray | None = None,
+    ) -> tuple[dict[str, torch.Tensor], ScaledResiduals | None, np.ndarray]:
+        """One streamed pass over ``source``: per-cell scores that need no training, the scaled
+        residuals (when ``keep_residuals``; float16, centred per batch of ``codes`` when given)
+        and the ``(n_obs, 256)`` encoder embeddings."""
         self._require_fitted()
-        loader = MinibatchLoader(source, batch_size=self.params["eval_batch_size"], device=self.device)
+        n_obs, n_genes = source.n_obs, source.n_genes
+        budget = self._cache_bytes()
+        loader = MinibatchLoader(
+            source, batch_size=self.params["eval_batch_size"], device=self.device, resident_bytes=0
+        )
+        store = None
+        if keep_residuals:
+            store = RowStore(n_obs, n_genes, device=self.device, dtype=RESIDUAL_DTYPE, budget_bytes=budget)
+        sample = None if codes is None else median_sample(codes, seed=self.params["random_state"])
+        on_device = n_obs * EMBEDDING * 4 <= budget
+        embedding = torch.empty((n_obs, EMBEDDING), device=self.device if on_device else "cpu")
         parts: dict[str, list[torch.Tensor]] = {}
-        residuals, embedding = [], []
+        picked = []
         for chunk in reconstruct(self.generator_, loader):
-            values = chunk_scores(self.generator_, self.critic_, chunk, self.residual_scale_)
-            for name, value in values.items():
-                parts.setdefault(name, []).append(value.float().cpu())
-            if keep_residuals:
-                scaled = (chunk.x - chunk.x_hat) / self.residual_scale_
-                residuals.append(scaled.to(RESIDUAL_DTYPE))
-            embedding.append(chunk.z.float().cpu())
-        scores = {name: torch.cat(values) for name, values in parts.items()}
-        return scores, (torch.cat(residuals) if keep_residuals else None), torch.cat(embedding).numpy()
+            start, stop = int(chunk.rows[0]), int(chunk.rows[-1]) + 1
+            for name, value in chunk_scores(self.generator_, self.critic_, chunk, self.residual_scale_).items():
+                parts.setdefault(name, []).append(value.float())
+            if store is not None:
+                scaled = ((chunk.x - chunk.x_hat) / self.residual_scale_).to(RESIDUAL_DTYPE)
+                store.write(start, scaled)
+                if sample is not None:
+                    local = sample[(sample >= start) & (sample < stop)] - start
+                    picked.append(scaled[torch.from_numpy(local).to(scaled.device)])
+            embedding[start:stop].copy_(chunk.z)
+        scores = {name: torch.cat(values).cpu() for name, values in parts.items()}
+        residuals = None
+        if store is not None:
+            residuals = ScaledResiduals(store)
+            if sample is not None:
+                codes_t = torch.as_tensor(codes, dtype=torch.long, device=self.device)
+                centre = batch_medians(torch.cat(picked), codes_t[torch.from_numpy(sample).to(self.device)],
+                                       int(codes.max()) + 1)
+                residuals = ScaledResiduals(store, centre, codes_t)
+        return scores, residuals, embedding.cpu().numpy()
 
     @torch.inference_mode()
     def embed(self, source: ExpressionSource, rows: np.ndarray | None = None) -> torch.Tensor:
@@ -321,12 +380,13 @@ class ACsleuth:
         self._require_fitted()
         encoder = self.generator_.encoder.eval()
         loader = MinibatchLoader(
-            source, batch_size=self.params["eval_batch_size"], device=self.device, rows=rows
+            source, batch_size=self.params["eval_batch_size"], device=self.device, rows=rows,
+            resident_bytes=0,
         )
         return torch.cat([encoder(x) for _, x in loader])
 
     def _mmd_scores(
-        self, residuals: torch.Tensor, ranking: torch.Tensor, *, timings: dict[str, float] | None = None
+        self, residuals: ScaledResiduals, ranking: torch.Tensor, *, timings: dict[str, float] | None = None
     ) -> torch.Tensor:
         p = self.params
         if residuals.shape[0] < 4:
@@ -455,8 +515,9 @@ class ACsleuth:
         batch_key: str | None = None,
         kin: Literal["nearest", "learned"] = "nearest",
         anomalies: Literal["shift", "generator"] = "shift",
+        out: Any = None,
         timings: dict[str, float] | None = None,
-    ) -> np.ndarray:
+    ) -> Any:
         """Batch-corrected expression of every target cell (modules II-III, SPEC §2-§3).
 
         ``normal`` (one bool per target cell) selects the cells matched to reference kin by
@@ -467,8 +528,12 @@ class ACsleuth:
         cells): the generator, trained on normal cells only, maps an unseen cell type onto a
         normal one, and subtyping its output lost much of the subtype signal
         (benchmarks/RESULTS.md, issue 4); ``"generator"`` gives them its output (SPEC §3).
-        Seconds go to ``timings["kin"]`` and ``timings["style"]``. Returns float32
-        ``(n_obs, n_genes_)``.
+        Seconds go to ``timings["kin"]`` and ``timings["style"]``.
+
+        Returns ``out``, filled chunk by chunk with the float32 ``(n_obs, n_genes_)``
+        corrected expression: any array taking row-slice assignment (a numpy array or
+        memmap, or an ``h5py`` dataset to stream an atlas to disk); a new numpy array when
+        None.
         """
         self._require_fitted()
         if kin not in ("nearest", "learned"):
@@ -482,6 +547,9 @@ class ACsleuth:
         normal = np.asarray(normal, dtype=bool)
         if normal.shape != (target_source.n_obs,):
             raise ValueError(f"normal must be {target_source.n_obs} booleans, got shape {normal.shape}")
+        shape = (target_source.n_obs, len(self.genes_))
+        if out is not None and tuple(out.shape) != shape:
+            raise ValueError(f"correct: out has shape {tuple(out.shape)}, expected {shape} (cells x model genes)")
         codes, n_batches = batch_codes(target_source.adata, batch_key)
         normal_rows = np.flatnonzero(normal)
         with self._seeded():
@@ -504,23 +572,25 @@ class ACsleuth:
                     style, target_source, normal_rows, kin_rows, reference_source, codes,
                     config=config, device=self.device, seed=p["random_state"], verbose=p["verbose"],
                 )
-                corrected = np.empty((target_source.n_obs, len(self.genes_)), dtype=np.float32)
+                corrected = np.empty(shape, dtype=np.float32) if out is None else out
                 shift = np.zeros((n_batches, len(self.genes_)))
-                for rows, x, out in apply_style(
+                for rows, x, styled in apply_style(
                     style, target_source, codes, device=self.device, chunk=p["eval_batch_size"]
                 ):
-                    x, out = x.cpu().numpy(), out.cpu().numpy()
+                    x, styled = x.cpu().numpy(), styled.cpu().numpy()
                     if anomalies == "shift":
                         kept, chunk_codes = normal[rows], codes[rows]
                         for batch in np.unique(chunk_codes[kept]):
                             cells = kept & (chunk_codes == batch)
-                            shift[batch] += (out[cells] - x[cells]).sum(0)
-                        out[~kept] = x[~kept]  # the batch's mean correction is added below
-                    corrected[rows] = out
+                            shift[batch] += (styled[cells] - x[cells]).sum(0)
+                        styled[~kept] = x[~kept]  # the batch's mean correction is added below
+                    corrected[int(rows[0]):int(rows[-1]) + 1] = styled
                 if anomalies == "shift":
                     shift /= np.maximum(np.bincount(codes[normal], minlength=n_batches), 1)[:, None]
                     anomalous = np.flatnonzero(~normal)
-                    corrected[anomalous] += shift[codes[anomalous]].astype(np.float32)
+                    for i in range(0, anomalous.size, p["eval_batch_size"]):
+                        rows = anomalous[i:i + p["eval_batch_size"]]
+                        corrected[rows] = corrected[rows] + shift[codes[rows]].astype(np.float32)
         return corrected
 
     def subtype(

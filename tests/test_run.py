@@ -73,6 +73,18 @@ def test_anomalies_get_their_batch_mean_correction(fitted, data, annotated) -> N
         fitted.correct(data[1], data[0], normal=~anomaly, anomalies="mean")
 
 
+def test_correct_streams_into_an_h5py_dataset(fitted, data, annotated, tmp_path) -> None:
+    import h5py
+
+    anomaly = annotated.obs["acsleuth_anomaly"].to_numpy()
+    with h5py.File(tmp_path / "corrected.h5", "w") as f:
+        sink = f.create_dataset("x", shape=(data[1].n_obs, 60), dtype="f4", chunks=(16, 60))
+        assert fitted.correct(data[1], data[0], normal=~anomaly, batch_key="batch", out=sink) is sink
+        np.testing.assert_array_equal(sink[:], annotated.layers["acsleuth_corrected"])
+    with pytest.raises(ValueError, match="out has shape"):
+        fitted.correct(data[1], data[0], normal=~anomaly, out=np.zeros((3, 60), np.float32))
+
+
 def test_same_seed_gives_the_same_outputs(fitted, data, annotated) -> None:
     again = fitted.run(data[0], data[1].copy(), batch_key="batch")
     np.testing.assert_array_equal(again.layers["acsleuth_corrected"], annotated.layers["acsleuth_corrected"])

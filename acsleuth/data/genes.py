@@ -17,6 +17,9 @@ from .matrix import row_chunks
 if TYPE_CHECKING:
     from .source import ExpressionSource
 
+HVG_MAX_CELLS = 100_000
+"""Cells at most that highly variable genes are chosen on."""
+
 
 def align(var_names: pd.Index, genes: Sequence[str], name: str) -> tuple[np.ndarray, np.ndarray]:
     """Match ``genes`` to the unique ``var_names`` by name.
@@ -60,11 +63,15 @@ def _examples(names: pd.Index, k: int = 3) -> str:
     return f"{shown}, ..." if len(names) > k else shown
 
 
-def highly_variable_genes(source: ExpressionSource, n_top_genes: int = 3000) -> list[str]:
+def highly_variable_genes(
+    source: ExpressionSource, n_top_genes: int = 3000, *, max_cells: int = HVG_MAX_CELLS, seed: int = 0
+) -> list[str]:
     """The ``n_top_genes`` most variable panel genes (scanpy, flavor ``"seurat"``), in panel order.
 
-    Every panel gene is returned when the panel has at most ``n_top_genes`` genes. Otherwise the
-    log-normalised rows are collected chunk by chunk into an in-memory CSR copy for scanpy.
+    Every panel gene is returned when the panel has at most ``n_top_genes`` genes. Otherwise
+    the log-normalised rows of at most ``max_cells`` cells (all cells, or that many drawn
+    with ``seed``) are collected chunk by chunk into an in-memory CSR copy for scanpy, so
+    memory stays bounded on atlas-sized references.
     """
     import scanpy as sc
 
@@ -73,10 +80,14 @@ def highly_variable_genes(source: ExpressionSource, n_top_genes: int = 3000) -> 
         raise DataError(f"{source.name}: n_top_genes must be at least 1, got {n_top_genes}")
     if source.n_genes <= n_top_genes:
         return list(source.genes)
-    blocks = [sp.csr_matrix(source.rows(chunk)) for chunk in row_chunks(source.n_obs, source.n_genes)]
+    rows = np.arange(source.n_obs)
+    if source.n_obs > max_cells:
+        rows = np.sort(np.random.default_rng(seed).choice(source.n_obs, max_cells, replace=False))
+    step = next(row_chunks(rows.size, source.n_genes)).stop
+    blocks = [sp.csr_matrix(source.rows(rows[i:i + step])) for i in range(0, rows.size, step)]
     copy = AnnData(
         X=sp.vstack(blocks, format="csr"),
-        obs=pd.DataFrame(index=source.obs_names),
+        obs=pd.DataFrame(index=source.obs_names[rows]),
         var=pd.DataFrame(index=pd.Index(source.genes)),
     )
     sc.pp.highly_variable_genes(copy, flavor="seurat", n_top_genes=n_top_genes)

@@ -140,20 +140,3 @@ def chunk_scores(
         "cosine": 1.0 - F.cosine_similarity(chunk.z, generator.encoder(chunk.x_hat), dim=1),
         "critic": (critic(chunk.x) - critic(chunk.x_hat)).norm(dim=1),
     }
-
-
-@torch.inference_mode()
-def center_by_batch(residuals: Tensor, codes: np.ndarray) -> Tensor:
-    """Residuals ``(N, G)`` minus each batch's per-gene median residual (a new tensor).
-
-    A target batch measured unlike the reference shifts the residuals of all its cells the
-    same way, normal ones included; the median over a batch (whose cells are mostly normal)
-    estimates that shift and removes it, leaving what sets a cell apart from its batch.
-    """
-    codes = torch.as_tensor(codes, device=residuals.device)
-    centered = torch.empty_like(residuals)
-    for batch in torch.unique(codes):
-        rows = torch.nonzero(codes == batch).squeeze(1)
-        part = residuals[rows].float()
-        centered[rows] = (part - part.median(dim=0).values).to(residuals.dtype)
-    return centered

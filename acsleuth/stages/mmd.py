@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -13,10 +14,12 @@ from torch import Tensor
 from .._logging import progress, stage_timer
 from ..nn import Predictor
 from ..ops import gamma_mmd_loss
+from .residuals import ScaledResiduals
 
 Kernel = Literal["linear", "gaussian"]
 Gamma = Literal["interp", "reference"]
 MIN_BATCH = 4  # two cells per group
+BLOCK_BYTES = 1 << 28  # stored residuals read per shuffle block
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,29 @@ def minibatches(n: int, batch_size: int | None, generator: torch.Generator) -> l
     return list((order[: n - tail] if 0 < tail < MIN_BATCH else order).split(batch_size))
 
 
+def block_rows(n_genes: int, batch_size: int | None) -> int:
+    """Rows per shuffle block: ``BLOCK_BYTES`` of float16 residuals, at least one batch."""
+    return max(batch_size or 1, BLOCK_BYTES // (2 * max(1, n_genes)))
+
+
+def blocked_minibatches(
+    n: int, batch_size: int | None, block: int, generator: torch.Generator
+) -> Iterator[tuple[int, int, list[Tensor]]]:
+    """``(start, stop, batches)``: blocks of consecutive rows in random order, each with the
+    :func:`minibatches` of its rows (positions relative to ``start``).
+
+    One block (``n <= block``) is a plain shuffle of all rows. Larger sets are shuffled
+    within blocks, so that training reads its rows in long runs (from disk when the
+    residuals are spilled) and a whole-array and a streamed store give the same batches.
+    """
+    starts = list(range(0, n, block))
+    if len(starts) > 1:
+        starts = [starts[i] for i in torch.randperm(len(starts), generator=generator).tolist()]
+    for start in starts:
+        stop = min(start + block, n)
+        yield start, stop, minibatches(stop - start, batch_size, generator)
+
+
 def _anchor_rows(anchors: Tensor | None, size: int, generator: torch.Generator) -> Tensor | None:
     if anchors is None:
         return None
@@ -72,8 +98,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def count_minibatches(n: int, batch_size: int | None, block: int) -> int:
+    """Batches per epoch of :func:`blocked_minibatches`."""
+    total = 0
+    for start in range(0, n, block):
+        size = min(block, n - start)
+        if batch_size is None or batch_size >= size:
+            total += 1
+        else:
+            tail = size % batch_size
+            total += size // batch_size + (tail >= MIN_BATCH)
+    return total
+
+
 def fit_predictor(
-    residuals: Tensor,
+    residuals: Tensor | ScaledResiduals,
     *,
     ratio: float | None,
     config: ScorerConfig,
@@ -85,8 +124,10 @@ def fit_predictor(
 ) -> Predictor:
     """Train a :class:`~acsleuth.nn.Predictor` on ``residuals (N, G)`` of every target cell.
 
-    ``residuals`` may be stored in a lower precision (float16); minibatches are computed in
-    float32.
+    ``residuals`` (a tensor or a possibly disk-backed :class:`ScaledResiduals`) may be
+    stored in a lower precision (float16); minibatches are computed in float32. Epochs visit
+    the rows block by block (:func:`blocked_minibatches`), so a store larger than memory is
+    read sequentially, once per epoch.
 
     Parameters
     ----------
@@ -104,6 +145,8 @@ def fit_predictor(
         (each ends with a device sync on CUDA).
     """
     timings = {} if timings is None else timings
+    if isinstance(residuals, Tensor):
+        residuals = ScaledResiduals.wrap(residuals)
     n_cells, n_genes = residuals.shape
     if anchors is not None and anchors.shape[1] != n_genes:
         raise ValueError(
@@ -120,35 +163,42 @@ def fit_predictor(
     if need_labels:
         targets = pseudo_labels(ranking, ratio if ratio is not None else 0.5).to(device)
 
-    def forward(rows: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
-        """Residuals of the batch (+ anchors), their logits, and the cross-entropy."""
-        delta = residuals[rows].float()
-        extra = _anchor_rows(anchors, len(rows), gen)
-        if extra is not None:
-            delta = torch.cat([delta, extra])
-        logits = predictor(delta)
-        if targets is None:
-            return delta, logits, None
-        labels = torch.cat([targets[rows], targets.new_zeros(delta.shape[0] - len(rows))])
-        return delta, logits, F.binary_cross_entropy_with_logits(logits, labels)
+    def epoch(batch_size: int | None) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor | None]]:
+        """Per minibatch: its global rows, residuals (+ anchors), logits and cross-entropy."""
+        block = block_rows(n_genes, batch_size)
+        for start, stop, batches in blocked_minibatches(n_cells, batch_size, block, gen):
+            raw = residuals.block(start, stop)
+            for local in batches:
+                local = local.to(device)
+                rows = local + start
+                delta = residuals.finish(raw[local], rows)
+                extra = _anchor_rows(anchors, len(rows), gen)
+                if extra is not None:
+                    delta = torch.cat([delta, extra])
+                logits = predictor(delta)
+                if targets is None:
+                    yield rows, delta, logits, None
+                    continue
+                labels = torch.cat([targets[rows], targets.new_zeros(delta.shape[0] - len(rows))])
+                yield rows, delta, logits, F.binary_cross_entropy_with_logits(logits, labels)
 
     if config.warm_epochs:
         with stage_timer(timings, "mmd warm start"):
             for _ in progress(range(config.warm_epochs), desc="warm start", verbose=verbose):
-                for rows in minibatches(n_cells, config.batch_size or 128, gen):
-                    _, _, loss = forward(rows.to(device))
+                for _, _, _, loss in epoch(config.batch_size or 128):
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
             _sync(device)
-    total = config.epochs * len(minibatches(n_cells, config.batch_size, gen))
+    total = config.epochs * count_minibatches(
+        n_cells, config.batch_size, block_rows(n_genes, config.batch_size)
+    )
     step = 0
     with stage_timer(timings, "mmd train"):
         for _ in progress(range(config.epochs), desc="mmd score", verbose=verbose):
-            for rows in minibatches(n_cells, config.batch_size, gen):
+            for rows, delta, logits, bce in epoch(config.batch_size):
                 for group in opt.param_groups:  # cosine schedule over all steps
                     group["lr"] = config.lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
-                delta, logits, bce = forward(rows.to(device))
                 p = torch.sigmoid(logits)
                 p = torch.cat([p[: len(rows)], p.new_zeros(len(p) - len(rows))])  # anchors: p = 0
                 n = None if ratio is None else max(ratio * len(rows), 1.5)
@@ -164,7 +214,10 @@ def fit_predictor(
 
 
 @torch.inference_mode()
-def predict_logits(predictor: Predictor, residuals: Tensor, chunk: int = 8192) -> Tensor:
-    """Anomaly logits of every row, in chunks."""
+def predict_logits(predictor: Predictor, residuals: Tensor | ScaledResiduals, chunk: int = 8192) -> Tensor:
+    """Anomaly logits of every row, in chunks (on the residuals' device)."""
     predictor.eval()
-    return torch.cat([predictor(part.float()) for part in residuals.split(chunk)])
+    if isinstance(residuals, Tensor):
+        residuals = ScaledResiduals.wrap(residuals)
+    parts = [predictor(rows) for _, rows in residuals.chunks(chunk)]
+    return torch.cat(parts) if parts else torch.zeros(0, device=residuals.device)

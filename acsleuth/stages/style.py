@@ -187,7 +187,7 @@ def apply_style(
     device = torch.device(device)
     codes = _batch_codes(batch_codes, target.n_obs, generator.style.shape[0], device)
     generator.to(device).eval()  # outside inference mode: moved weights stay trainable
-    return _corrected(generator, MinibatchLoader(target, batch_size=chunk, device=device), codes)
+    return _corrected(generator, MinibatchLoader(target, batch_size=chunk, device=device, resident_bytes=0), codes)
 
 
 @torch.inference_mode()

@@ -94,6 +94,15 @@ def test_hvg_on_a_panel_is_in_panel_order(make_adata, wide_counts):
     assert [int(g[4:]) for g in chosen] == sorted((int(g[4:]) for g in chosen), reverse=True)
 
 
+def test_hvg_on_an_atlas_uses_a_seeded_sample_of_cells(make_adata, wide_counts):
+    source = prepare(make_adata(wide_counts, "backed-csr"), name="reference")
+    chosen = highly_variable_genes(source, n_top_genes=50, max_cells=120, seed=4)
+    rows = np.sort(np.random.default_rng(4).choice(300, 120, replace=False))
+    assert chosen == _scanpy_hvg(source.rows(rows), source.genes, 50)
+    assert chosen != highly_variable_genes(source, n_top_genes=50)  # not all 300 cells
+    assert chosen == highly_variable_genes(source, n_top_genes=50, max_cells=120, seed=4)
+
+
 def test_hvg_keeps_small_panels_whole(make_adata, lognorm):
     source = prepare(make_adata(lognorm))
     assert highly_variable_genes(source) == source.genes

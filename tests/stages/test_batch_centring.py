@@ -7,24 +7,35 @@ import pytest
 import torch
 
 from acsleuth import ACsleuth, datasets, metrics
-from acsleuth.stages.detect import center_by_batch
+from acsleuth.data.store import RowStore
+from acsleuth.stages.residuals import ScaledResiduals, batch_medians, median_sample
 
 
-def test_center_by_batch_removes_each_batch_median() -> None:
+def test_centred_residuals_subtract_each_batch_median() -> None:
     gen = torch.Generator().manual_seed(0)
     residuals = torch.randn(9, 4, generator=gen).half()
-    codes = np.array([1, 0, 1, 1, 0, 2, 0, 1, 1])
-    centered = center_by_batch(residuals, codes)
-    assert centered.dtype == residuals.dtype and centered.shape == residuals.shape
-    for batch in range(3):
-        rows = codes == batch
-        part = residuals[rows].float()
-        expected = part - part.median(dim=0).values
-        torch.testing.assert_close(centered[rows].float(), expected, atol=2e-3, rtol=0)
-    assert not torch.equal(centered, residuals)  # a new tensor; the input is left alone
-    torch.testing.assert_close(center_by_batch(residuals, np.zeros(9, dtype=int)).float(),
-                               (residuals.float() - residuals.float().median(0).values),
-                               atol=2e-3, rtol=0)
+    codes = torch.tensor([1, 0, 1, 1, 0, 3, 0, 1, 1])
+    centre = batch_medians(residuals, codes, 4)
+    assert centre.shape == (4, 4) and centre.dtype == torch.float32
+    assert torch.equal(centre[2], torch.zeros(4))  # a batch without rows
+    centred = ScaledResiduals(RowStore.of(residuals), centre, codes)
+    rows = torch.cat([part for _, part in centred.chunks(4)])
+    for batch in (0, 1, 3):
+        mine = codes == batch
+        part = residuals[mine].float()
+        torch.testing.assert_close(rows[mine], part - part.median(dim=0).values)
+    torch.testing.assert_close(centred.norms(size=2), rows.norm(dim=1))
+    assert residuals.dtype == torch.float16 and not torch.equal(rows, residuals.float())
+
+
+def test_median_sample_keeps_small_batches_whole_and_caps_large_ones() -> None:
+    codes = np.array([0] * 5 + [1] * 50 + [2] * 3)
+    rows = median_sample(codes, cap=10, seed=1)
+    assert np.all(np.diff(rows) > 0)
+    assert np.array_equal(rows[codes[rows] == 0], np.arange(5))
+    assert np.array_equal(rows[codes[rows] == 2], np.arange(55, 58))
+    assert (codes[rows] == 1).sum() == 10
+    assert np.array_equal(rows, median_sample(codes, cap=10, seed=1))
 
 
 @pytest.fixture(scope="module")
