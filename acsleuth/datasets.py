@@ -2,22 +2,33 @@
 
 Both functions return ``(reference, target)``: the reference holds normal cells only, the
 target holds normal and anomalous cells, with ``obs["cell_type"]`` (categorical) and
-``obs["is_anomaly"]`` (bool) on both.
+``obs["is_anomaly"]`` (bool) on both. :func:`write_synthetic` writes the simulator's output
+to ``.h5ad`` files chunk by chunk, for atlas-sized data that does not fit in memory.
 """
 
 from __future__ import annotations
 
 import operator
 import os
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
+import h5py
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from anndata import AnnData
+from anndata.io import sparse_dataset, write_elem
 
-__all__ = ["PBMC_CELL_TYPES", "pbmc_holdout", "synthetic"]
+from ._atomic import atomic_path
+from ._logging import progress
+
+__all__ = ["PBMC_CELL_TYPES", "pbmc_holdout", "synthetic", "write_synthetic"]
 
 #: Categories of ``obs["bulk_labels"]`` in ``scanpy.datasets.pbmc68k_reduced()``.
 PBMC_CELL_TYPES: tuple[str, ...] = (
@@ -42,6 +53,7 @@ _LIBRARY_LOG_MEAN, _LIBRARY_LOG_SD = np.log(4500.0), 0.4  # UMIs per cell: ~2k-1
 _DISPERSION_LOG_MEAN, _DISPERSION_LOG_SD = np.log(0.1), 0.5  # NB: var = mu + phi * mu^2
 _TYPE_CONCENTRATION = 5.0  # Dirichlet concentration of normal cell-type proportions
 _CHUNK_CELLS = 2048  # cells sampled per independent random stream
+_H5_CHUNK = 1 << 18  # elements per HDF5 chunk of the written X's data, indices and indptr
 
 
 def _check_int(name: str, value: int, minimum: int) -> int:
@@ -90,95 +102,132 @@ def _dense_to_csr(counts: np.ndarray) -> sp.csr_matrix:
     return sp.csr_matrix((data, (flat % n_cols).astype(np.int32), indptr), shape=counts.shape)
 
 
-def _sample_counts(
-    rng: np.random.Generator,
-    profiles: np.ndarray,
-    group: np.ndarray,
-    dispersion: np.ndarray,
-    as_sparse: bool,
-) -> sp.csr_matrix | np.ndarray:
+class _CountSampler:
     """Negative-binomial counts (gamma-Poisson) for cells whose mean profile is ``profiles[group]``.
 
-    ``profiles`` rows sum to one; each cell draws a log-normal library size. Chunks of cells use
-    independent child streams of ``rng``, so the result does not depend on the thread count.
+    ``profiles`` rows sum to one. Creating the sampler draws every cell's log-normal library
+    size from ``rng`` and spawns one child stream per block of ``_CHUNK_CELLS`` cells; block
+    ``i`` comes from stream ``i`` alone, so the counts depend neither on the thread count nor
+    on how blocks are grouped afterwards. Each block can be drawn once.
     """
-    n_cells, n_genes = len(group), profiles.shape[1]
-    library = np.exp(rng.normal(_LIBRARY_LOG_MEAN, _LIBRARY_LOG_SD, n_cells)).astype(np.float32)
-    starts = range(0, n_cells, _CHUNK_CELLS)
-    streams = rng.spawn(len(starts))
-    profiles = profiles.astype(np.float32)
-    gamma_shape = np.broadcast_to((1.0 / dispersion).astype(np.float32), (_CHUNK_CELLS, n_genes))
-    gamma_scale = dispersion.astype(np.float32)
 
-    def chunk(start: int, stream: np.random.Generator) -> sp.csr_matrix | np.ndarray:
-        stop = min(start + _CHUNK_CELLS, n_cells)
-        cells = slice(start, stop)
-        rate = stream.standard_gamma(gamma_shape[: stop - start], dtype=np.float32)
-        rate *= gamma_scale
-        rate *= profiles[group[cells]]
-        rate *= library[cells, None]
+    def __init__(
+        self,
+        rng: np.random.Generator,
+        profiles: np.ndarray,
+        group: np.ndarray,
+        dispersion: np.ndarray,
+    ) -> None:
+        self.n_cells, self.n_genes = len(group), profiles.shape[1]
+        log_library = rng.normal(_LIBRARY_LOG_MEAN, _LIBRARY_LOG_SD, self.n_cells)
+        self._library = np.exp(log_library).astype(np.float32)
+        self._starts = range(0, self.n_cells, _CHUNK_CELLS)
+        self._streams = rng.spawn(len(self._starts))
+        self._group = group
+        self._profiles = profiles.astype(np.float32)
+        self._gamma_shape = np.broadcast_to(
+            (1.0 / dispersion).astype(np.float32), (_CHUNK_CELLS, self.n_genes)
+        )
+        self._gamma_scale = dispersion.astype(np.float32)
+
+    def block(self, i: int, as_sparse: bool) -> sp.csr_matrix | np.ndarray:
+        """Counts of block ``i``: float32 ``(<= _CHUNK_CELLS, n_genes)``, CSR or dense."""
+        start = self._starts[i]
+        cells = slice(start, min(start + _CHUNK_CELLS, self.n_cells))
+        stream = self._streams[i]
+        rate = stream.standard_gamma(self._gamma_shape[: cells.stop - start], dtype=np.float32)
+        rate *= self._gamma_scale
+        rate *= self._profiles[self._group[cells]]
+        rate *= self._library[cells, None]
         counts = stream.poisson(rate)
         return _dense_to_csr(counts) if as_sparse else counts.astype(np.float32)
 
-    workers = max(1, min(os.cpu_count() or 1, len(starts)))
-    with ThreadPoolExecutor(workers) as pool:  # numpy samplers release the GIL
-        blocks = list(pool.map(chunk, starts, streams))
-    if as_sparse:
-        return sp.vstack(blocks, format="csr", dtype=np.float32)
-    return np.concatenate(blocks, axis=0)
+    def blocks(self, as_sparse: bool) -> Iterator[sp.csr_matrix | np.ndarray]:
+        """Every block in order, drawn by up to ``os.cpu_count()`` threads a few blocks ahead.
+
+        At most ``2 x threads`` blocks exist at a time besides those already yielded.
+        """
+        n_blocks = len(self._starts)
+        workers = max(1, min(os.cpu_count() or 1, n_blocks))
+        ahead = 2 * workers
+        pool = ThreadPoolExecutor(workers)  # numpy samplers release the GIL
+        pending: deque[Future] = deque()
+        try:
+            for i in range(n_blocks):
+                pending.append(pool.submit(self.block, i, as_sparse))
+                if len(pending) == ahead:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    def matrix(self, as_sparse: bool) -> sp.csr_matrix | np.ndarray:
+        """All counts in one float32 matrix ``(n_cells, n_genes)``."""
+        blocks = list(self.blocks(as_sparse))
+        if as_sparse:
+            return sp.vstack(blocks, format="csr", dtype=np.float32)
+        return np.concatenate(blocks, axis=0)
 
 
-def synthetic(
-    n_reference: int = 5000,
-    n_target: int = 5000,
-    n_genes: int = 2000,
+@dataclass
+class _Part:
+    """The cells of one simulated AnnData: per-cell type and batch codes, and their counts."""
+
+    prefix: str
+    cell_type: np.ndarray
+    type_names: list[str]
+    batch: np.ndarray
+    batch_names: list[str]
+    counts: _CountSampler
+
+
+@dataclass
+class _Simulation:
+    """One run of the simulator up to the counts, which ``reference.counts`` and
+    ``target.counts`` draw on demand (once each)."""
+
+    params: dict[str, Any]
+    types: list[str]
+    log_fold_change: np.ndarray  # (types, genes)
+    batch_shift: np.ndarray  # (target batches, genes)
+    reference: _Part
+    target: _Part
+
+    def annotations(self, part: _Part) -> dict[str, Any]:
+        """``obs``, ``var`` and ``uns`` of ``part``: the AnnData keyword arguments but ``X``."""
+        obs = pd.DataFrame(
+            {
+                "cell_type": pd.Categorical.from_codes(part.cell_type, categories=part.type_names),
+                "is_anomaly": part.cell_type >= self.params["n_types"],
+                "batch": pd.Categorical.from_codes(part.batch, categories=part.batch_names),
+            },
+            index=[f"{part.prefix}_{i}" for i in range(len(part.cell_type))],
+        )
+        genes = pd.Index([f"gene_{i}" for i in range(self.params["n_genes"])])
+        uns = {
+            **self.params,
+            "types": np.array(self.types),
+            "log_fold_change": self.log_fold_change.astype(np.float32),
+            "batch_shift": self.batch_shift.astype(np.float32),
+        }
+        return {"obs": obs, "var": pd.DataFrame(index=genes), "uns": {"synthetic": uns}}
+
+
+def _simulate(
+    n_reference: int,
+    n_target: int,
+    n_genes: int,
     *,
-    n_types: int = 6,
-    n_anomaly_types: int = 2,
-    anomaly_ratio: float = 0.1,
-    n_batches: int = 1,
-    batch_effect: float = 0.5,
-    sparse: bool = True,
-    seed: int = 0,
-) -> tuple[AnnData, AnnData]:
-    """Simulate UMI counts of a normal reference and a target with planted anomalous types.
-
-    Each gene has a log-normal baseline mean. Every cell type, normal or anomalous, has its own
-    program: ~5% of genes up by a log-fold change ~ N(1.5, 0.4) (natural log), ~2% down by the
-    same amount. Cells draw a log-normal library size (median 4,500 UMIs) and negative-binomial
-    counts with a per-gene dispersion.
-
-    The reference holds the ``n_types`` normal types and forms batch ``"reference"``. The
-    target holds the same types (same expected proportions) plus ``n_anomaly_types`` anomalous
-    types, which make up exactly ``round(anomaly_ratio * n_target)`` cells (split evenly between
-    them). Target cells are split evenly over batches ``"target_0"``, ``"target_1"``, ...
-    Batch ``target_0`` shares the reference's style; each further batch multiplies gene means by
-    its own ``exp(N(0, batch_effect))`` per gene (means renormalised, so library sizes keep
-    their distribution). With ``n_batches=1`` the target has no batch effect.
-
-    Parameters
-    ----------
-    n_reference, n_target, n_genes
-        Numbers of reference cells, target cells and genes.
-    n_types, n_anomaly_types
-        Numbers of normal and of anomalous cell types.
-    anomaly_ratio
-        Fraction of target cells that are anomalous, in ``[0, 1)``.
-    n_batches, batch_effect
-        Number of target batches and the standard deviation of their per-gene log-shift.
-    sparse
-        Return ``X`` as CSR (``True``) or dense; float32 counts either way.
-    seed
-        Seed of ``numpy.random.default_rng``; the output is a function of it.
-
-    Returns
-    -------
-    reference, target
-        AnnData with ``obs`` columns ``cell_type``, ``is_anomaly`` and ``batch``, and
-        ``uns["synthetic"]`` holding the parameters, the type names (``types``), their
-        log-fold changes (``log_fold_change``, types x genes) and the per-batch log-shifts
-        (``batch_shift``, batches x genes).
-    """
+    n_types: int,
+    n_anomaly_types: int,
+    anomaly_ratio: float,
+    n_batches: int,
+    batch_effect: float,
+    sparse: bool,
+    seed: int,
+) -> _Simulation:
+    """Check the arguments of :func:`synthetic` and draw everything but the counts."""
     n_reference = _check_int("n_reference", n_reference, 1)
     n_target = _check_int("n_target", n_target, 1)
     n_genes = _check_int("n_genes", n_genes, 2)
@@ -214,12 +263,10 @@ def synthetic(
     )
     tgt_type = rng.permutation(tgt_type)
     tgt_batch = rng.permutation(np.arange(n_target) % n_batches)
-    # profile row of (type t, batch b) is t * n_batches + b; the reference uses batch 0's style
-    x_ref = _sample_counts(rng, profiles, ref_type * n_batches, dispersion, sparse)
-    x_tgt = _sample_counts(rng, profiles, tgt_type * n_batches + tgt_batch, dispersion, sparse)
-
-    genes = pd.Index([f"gene_{i}" for i in range(n_genes)])
-    target_batches = [f"target_{b}" for b in range(n_batches)]
+    # profile row of (type t, batch b) is t * n_batches + b; the reference uses batch 0's style.
+    # The reference's library sizes and streams are drawn from rng before the target's.
+    ref_counts = _CountSampler(rng, profiles, ref_type * n_batches, dispersion)
+    tgt_counts = _CountSampler(rng, profiles, tgt_type * n_batches + tgt_batch, dispersion)
     params = {
         "n_reference": n_reference,
         "n_target": n_target,
@@ -232,38 +279,224 @@ def synthetic(
         "sparse": sparse,
         "seed": seed,
     }
+    ref_batch = np.zeros(n_reference, dtype=np.int8)
+    reference = _Part("ref", ref_type, types[:n_types], ref_batch, ["reference"], ref_counts)
+    target_batches = [f"target_{b}" for b in range(n_batches)]
+    target = _Part("tgt", tgt_type, types, tgt_batch, target_batches, tgt_counts)
+    return _Simulation(params, types, lfc, shift, reference, target)
 
-    def build(
-        x: sp.csr_matrix | np.ndarray,
-        type_idx: np.ndarray,
-        categories: list[str],
-        batch: np.ndarray,
-        batch_categories: list[str],
-        prefix: str,
-    ) -> AnnData:
-        obs = pd.DataFrame(
-            {
-                "cell_type": pd.Categorical.from_codes(type_idx, categories=categories),
-                "is_anomaly": type_idx >= n_types,
-                "batch": pd.Categorical(batch, categories=batch_categories),
-            },
-            index=[f"{prefix}_{i}" for i in range(len(type_idx))],
-        )
-        uns = {
-            **params,
-            "types": np.array(types),
-            "log_fold_change": lfc.astype(np.float32),
-            "batch_shift": shift.astype(np.float32),
-        }
-        return AnnData(X=x, obs=obs, var=pd.DataFrame(index=genes.copy()), uns={"synthetic": uns})
 
-    reference = build(
-        x_ref, ref_type, types[:n_types], np.full(n_reference, "reference"), ["reference"], "ref"
+def synthetic(
+    n_reference: int = 5000,
+    n_target: int = 5000,
+    n_genes: int = 2000,
+    *,
+    n_types: int = 6,
+    n_anomaly_types: int = 2,
+    anomaly_ratio: float = 0.1,
+    n_batches: int = 1,
+    batch_effect: float = 0.5,
+    sparse: bool = True,
+    seed: int = 0,
+) -> tuple[AnnData, AnnData]:
+    """Simulate UMI counts of a normal reference and a target with planted anomalous types.
+
+    Each gene has a log-normal baseline mean. Every cell type, normal or anomalous, has its own
+    program: ~5% of genes up by a log-fold change ~ N(1.5, 0.4) (natural log), ~2% down by the
+    same amount. Cells draw a log-normal library size (median 4,500 UMIs) and negative-binomial
+    counts with a per-gene dispersion.
+
+    The reference holds the ``n_types`` normal types and forms batch ``"reference"``. The
+    target holds the same types (same expected proportions) plus ``n_anomaly_types`` anomalous
+    types, which make up exactly ``round(anomaly_ratio * n_target)`` cells (split evenly between
+    them). Target cells are split evenly over batches ``"target_0"``, ``"target_1"``, ...
+    Batch ``target_0`` shares the reference's style; each further batch multiplies gene means by
+    its own ``exp(N(0, batch_effect))`` per gene (means renormalised, so library sizes keep
+    their distribution). With ``n_batches=1`` the target has no batch effect.
+
+    :func:`write_synthetic` writes the same data to ``.h5ad`` files in bounded memory.
+
+    Parameters
+    ----------
+    n_reference, n_target, n_genes
+        Numbers of reference cells, target cells and genes.
+    n_types, n_anomaly_types
+        Numbers of normal and of anomalous cell types.
+    anomaly_ratio
+        Fraction of target cells that are anomalous, in ``[0, 1)``.
+    n_batches, batch_effect
+        Number of target batches and the standard deviation of their per-gene log-shift.
+    sparse
+        Return ``X`` as CSR (``True``) or dense; float32 counts either way.
+    seed
+        Seed of ``numpy.random.default_rng``; the output is a function of it.
+
+    Returns
+    -------
+    reference, target
+        AnnData with ``obs`` columns ``cell_type``, ``is_anomaly`` and ``batch``, and
+        ``uns["synthetic"]`` holding the parameters, the type names (``types``), their
+        log-fold changes (``log_fold_change``, types x genes) and the per-batch log-shifts
+        (``batch_shift``, batches x genes).
+    """
+    sim = _simulate(
+        n_reference,
+        n_target,
+        n_genes,
+        n_types=n_types,
+        n_anomaly_types=n_anomaly_types,
+        anomaly_ratio=anomaly_ratio,
+        n_batches=n_batches,
+        batch_effect=batch_effect,
+        sparse=sparse,
+        seed=seed,
     )
-    target = build(
-        x_tgt, tgt_type, types, np.array(target_batches)[tgt_batch], target_batches, "tgt"
+    reference, target = (
+        AnnData(X=part.counts.matrix(sparse), **sim.annotations(part))
+        for part in (sim.reference, sim.target)
     )
     return reference, target
+
+
+def _rechunk(blocks: Iterable[sp.csr_matrix], size: int) -> Iterator[sp.csr_matrix]:
+    """The rows of ``blocks`` regrouped into CSR matrices of ``size`` rows (the last: fewer)."""
+    pending: list[sp.csr_matrix] = []
+    count = 0
+    for block in blocks:
+        pending.append(block)
+        count += block.shape[0]
+        if count < size:
+            continue
+        merged = pending[0] if len(pending) == 1 else sp.vstack(pending, format="csr")
+        if count == size:  # the common case: whole blocks make one chunk; no copy
+            yield merged
+            pending, count = [], 0
+            continue
+        full = count - count % size
+        for start in range(0, full, size):
+            yield merged[start : start + size]
+        pending = [merged[full:]] if full < count else []
+        count -= full
+    if count:
+        yield pending[0] if len(pending) == 1 else sp.vstack(pending, format="csr")
+
+
+def _write_counts_h5ad(
+    path: Path,
+    annotations: dict[str, Any],
+    counts: _CountSampler,
+    *,
+    chunk_cells: int,
+    desc: str,
+    verbose: bool,
+) -> None:
+    """Write ``annotations`` (obs, var, uns) to ``path``, then append ``counts`` to a CSR ``X``."""
+    AnnData(**annotations).write_h5ad(path)
+    del annotations  # the caller keeps no reference: the obs names are freed before X is drawn
+    n_obs, n_vars = counts.n_cells, counts.n_genes
+    most_nnz = n_obs * n_vars
+    layout = {
+        # resizable datasets in ~1 MB chunks, as h5py picks for large arrays written at once
+        "chunks": (min(_H5_CHUNK, most_nnz),),
+        "indptr_dtype": np.int32 if most_nnz < np.iinfo(np.int32).max else np.int64,
+    }
+    n_appends = -(-n_obs // chunk_cells)
+    with h5py.File(path, "a") as f, closing(counts.blocks(as_sparse=True)) as blocks:
+        write_elem(f, "X", sp.csr_matrix((0, n_vars), dtype=np.float32), dataset_kwargs=layout)
+        x = sparse_dataset(f["X"])
+        chunks = _rechunk(blocks, chunk_cells)
+        for chunk in progress(chunks, desc=desc, total=n_appends, verbose=verbose):
+            x.append(chunk)
+        if x.shape != (n_obs, n_vars):  # a broken invariant, not a user error
+            raise RuntimeError(f"wrote X of shape {x.shape}, expected {(n_obs, n_vars)}")
+
+
+def write_synthetic(
+    reference_path: str | os.PathLike,
+    target_path: str | os.PathLike,
+    n_reference: int,
+    n_target: int,
+    n_genes: int = 2000,
+    *,
+    n_types: int = 6,
+    n_anomaly_types: int = 2,
+    anomaly_ratio: float = 0.1,
+    n_batches: int = 1,
+    batch_effect: float = 0.5,
+    seed: int = 0,
+    chunk_cells: int = 8192,
+    overwrite: bool = False,
+    verbose: bool = True,
+) -> tuple[Path, Path]:
+    """Write :func:`synthetic`'s data to two ``.h5ad`` files without holding the count matrix.
+
+    The files read back equal to ``synthetic(n_reference, n_target, n_genes, ..., seed=seed)``
+    (``X`` as float32 CSR, ``obs``, ``var`` and ``uns["synthetic"]``). ``obs``, ``var`` and
+    ``uns`` are written first, then ``X`` is appended ``chunk_cells`` cells at a time while
+    ``os.cpu_count()`` threads draw the next blocks of 2,048 cells. Memory is about 150 bytes
+    per cell (mostly the obs names) plus O(chunk): with 2,000 genes, about 0.1 GB per
+    sampling thread and 0.15 GB for ``chunk_cells=8192``. Each file is written under a
+    temporary name beside its destination and renamed once both are complete; on any error
+    neither destination changes.
+
+    Parameters
+    ----------
+    reference_path, target_path
+        Destinations of the reference and of the target (two different files).
+    n_reference, n_target, n_genes
+        Numbers of reference cells, target cells and genes, as for :func:`synthetic`.
+    n_types, n_anomaly_types, anomaly_ratio, n_batches, batch_effect, seed
+        As for :func:`synthetic` (``X`` is always sparse).
+    chunk_cells
+        Cells per append to ``X``; changes the memory used, not the data.
+    overwrite
+        Replace existing files; without it an existing destination is an error.
+    verbose
+        Progress bars (only when stderr is a terminal).
+
+    Returns
+    -------
+    reference_path, target_path
+        The paths written, as :class:`pathlib.Path`.
+    """
+    paths = []
+    for name, value in (("reference_path", reference_path), ("target_path", target_path)):
+        if not isinstance(value, str | os.PathLike):
+            raise TypeError(f"{name} must be a str or os.PathLike, got {type(value).__name__}")
+        paths.append(Path(value))
+    reference_path, target_path = paths
+    if reference_path.resolve() == target_path.resolve():
+        raise ValueError(f"reference_path and target_path are the same file: {reference_path}")
+    chunk_cells = _check_int("chunk_cells", chunk_cells, 1)
+    sim = _simulate(
+        n_reference,
+        n_target,
+        n_genes,
+        n_types=n_types,
+        n_anomaly_types=n_anomaly_types,
+        anomaly_ratio=anomaly_ratio,
+        n_batches=n_batches,
+        batch_effect=batch_effect,
+        sparse=True,
+        seed=seed,
+    )
+    with (
+        atomic_path(reference_path, overwrite=overwrite) as reference_tmp,
+        atomic_path(target_path, overwrite=overwrite) as target_tmp,
+    ):
+        for part, tmp, path in (
+            (sim.reference, reference_tmp, reference_path),
+            (sim.target, target_tmp, target_path),
+        ):
+            _write_counts_h5ad(
+                tmp,
+                sim.annotations(part),
+                part.counts,
+                chunk_cells=chunk_cells,
+                desc=f"writing {path.name}",
+                verbose=verbose,
+            )
+    return reference_path, target_path
 
 
 def _target_sizes(n_normal: int, n_anomalous: int, ratio: float) -> tuple[int, int]:
