@@ -7,14 +7,16 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .. import ops
+from .. import ops, parallel
 
 
 class MemoryBank(nn.Module):
     """A queue ``Q (N_mem, p)`` read with :func:`acsleuth.ops.memory_attention` (SPEC §1).
 
     The queue and its write position are buffers: they are saved with the model and are
-    not trained by gradient descent; :meth:`enqueue` overwrites the oldest rows.
+    not trained by gradient descent; :meth:`enqueue` overwrites the oldest rows. In a
+    ``torch.distributed`` run :meth:`enqueue` writes every rank's embeddings, so the queues of
+    all ranks stay identical.
     """
 
     queue: Tensor
@@ -38,9 +40,18 @@ class MemoryBank(nn.Module):
         )
 
     @torch.no_grad()
-    def enqueue(self, z: Tensor) -> None:
-        """Write ``z (B, p)`` over the oldest items, wrapping around the end of the queue."""
-        z = z.detach().to(self.queue.dtype)
+    def enqueue(self, z: Tensor, *, gather: bool = True) -> None:
+        """Write ``z (B, p)`` over the oldest items, wrapping around the end of the queue.
+
+        In a distributed run (and ``gather=True``) the embeddings of all ranks are first
+        all-gathered in rank order (``B`` may differ between ranks), and the concatenation is
+        written on every rank: every rank must then call ``enqueue`` the same number of times.
+        With ``gather=False`` only this rank's queue changes.
+        """
+        z = z.detach()
+        if gather:
+            z = parallel.all_gather_rows(z, parallel.context())
+        z = z.to(self.queue.dtype)
         n_items = self.queue.shape[0]
         if z.shape[0] >= n_items:  # only the newest n_items survive
             z = z[-n_items:]

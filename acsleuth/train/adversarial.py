@@ -5,6 +5,10 @@ the real samples, the generated ones and the generator's own (non-adversarial) l
 then does ``critic_steps`` critic updates on that batch and one generator update, whose loss is
 ``own - beta * E[C(fake)]``. The generator's forward pass is shared by the critic and generator
 updates: the critic sees it detached, and the generator's parameters do not change in between.
+
+Under ``torch.distributed`` (see :mod:`acsleuth.parallel`) the loop is data-parallel: each
+rank feeds its own shard of batches, gradients are averaged over ranks after every backward
+pass, and all ranks take the same number of steps per epoch, so their models stay identical.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from .. import parallel
 from .._logging import progress
 
 
@@ -83,21 +88,38 @@ def train_adversarial(
 
     Returns
     -------
-    Per-epoch means of ``critic``, ``gp``, ``generator`` and ``own`` losses.
+    Per-epoch means of ``critic``, ``gp``, ``generator`` and ``own`` losses (means over
+    all ranks in a distributed run).
+
+    Notes
+    -----
+    In a distributed run every rank calls this with its own ``batches``. The critic and
+    ``generator_params`` are first broadcast from rank 0; after every ``backward`` the
+    gradients are averaged over ranks (:func:`acsleuth.parallel.average_gradients`); each
+    epoch takes as many steps as the rank with the fewest batches (one agreement per epoch
+    when ``batches()`` returns something with a ``len``, one per step otherwise); at the end
+    the critic's floating-point buffers are averaged. The generator's buffers (BatchNorm
+    statistics, the memory bank) are the caller's: average them with
+    :func:`acsleuth.parallel.average_buffers`. Only rank 0 shows a progress bar.
     """
+    ctx = parallel.context()
     generator_params = list(generator_params)
     critic_params = [p for p in critic.parameters() if p.requires_grad]
+    if ctx.distributed:
+        parallel.broadcast_module(critic, ctx)
+        parallel.broadcast_tensors(generator_params, ctx)
     opt_g = torch.optim.Adam(generator_params, lr=config.lr, betas=config.betas)
     opt_c = torch.optim.Adam(critic_params, lr=config.lr, betas=config.betas)
     history: list[dict[str, float]] = []
-    bar = progress(range(config.epochs), desc=desc, verbose=verbose)
+    bar = progress(range(config.epochs), desc=desc, verbose=verbose and ctx.is_main)
     for epoch in bar:
         if config.cosine:
             for opt in (opt_g, opt_c):
                 for group in opt.param_groups:
                     group["lr"] = config.lr * _cosine_factor(epoch, config.epochs)
         losses: list[Tensor] = []
-        for batch in batches():
+        epoch_batches = parallel.lockstep(batches(), ctx) if ctx.distributed else batches()
+        for batch in epoch_batches:
             out = step(batch)
             fake = out.fake.detach()
             for _ in range(config.critic_steps):
@@ -105,11 +127,13 @@ def train_adversarial(
                 loss_c = critic(fake).mean() - critic(out.real).mean() + config.gp_weight * gp
                 opt_c.zero_grad(set_to_none=True)
                 loss_c.backward()
+                parallel.average_gradients(critic_params, ctx)
                 opt_c.step()
             critic.requires_grad_(False)
             loss_g = out.own_loss - config.adversarial_weight * critic(out.fake).mean()
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
+            parallel.average_gradients(generator_params, ctx)
             opt_g.step()
             critic.requires_grad_(True)
             if after_step is not None:
@@ -117,7 +141,11 @@ def train_adversarial(
             losses.append(torch.stack([loss_c, gp, loss_g, out.own_loss]).detach())
         if not losses:
             raise ValueError(f"{desc}: an epoch produced no batch; the data set is too small")
-        means = torch.stack(losses).float().mean(0).tolist()  # one host sync per epoch
+        means = torch.stack(losses).float().mean(0)
+        if ctx.distributed:
+            means = parallel.all_reduce_sum(means, ctx) / ctx.world_size
+        means = means.tolist()  # one host sync per epoch
         history.append(dict(zip(("critic", "gp", "generator", "own"), means, strict=True)))
         bar.set_postfix({k: f"{v:.3g}" for k, v in history[-1].items()})
+    parallel.average_buffers(critic, ctx)
     return history

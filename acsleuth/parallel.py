@@ -1,0 +1,577 @@
+"""Data-parallel runs on ``torch.distributed``, one process per device, started by ``torchrun``.
+
+``torchrun --nproc_per_node=K -m acsleuth run ...`` starts K processes and sets ``RANK``,
+``LOCAL_RANK`` and ``WORLD_SIZE``; :func:`init` joins them into a process group (NCCL on
+GPUs, gloo on CPU). Every helper here takes the :class:`Context` of the run and is a no-op
+(it returns its input unchanged) in a single process, so the same code runs both ways.
+
+Collectives must be called by every rank, in the same order, with compatible shapes: a rank
+that skips one leaves the others waiting until the process group's timeout.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterable, Iterator, Sized
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from . import ops
+from .ops.kin_topk import MAX_K
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where this process stands in the run.
+
+    Attributes
+    ----------
+    rank
+        This process's rank, ``0 <= rank < world_size``.
+    world_size
+        Number of processes.
+    local_rank
+        Rank on this node (the GPU index under ``torchrun``).
+    backend
+        ``"nccl"``, ``"gloo"``, or None when ``torch.distributed`` is not initialised.
+    """
+
+    rank: int
+    world_size: int
+    local_rank: int
+    backend: str | None
+
+    @property
+    def is_main(self) -> bool:
+        """True on rank 0, the rank that writes outputs."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        """True when there is more than one process; collectives are no-ops otherwise."""
+        return self.world_size > 1
+
+
+SINGLE = Context(rank=0, world_size=1, local_rank=0, backend=None)
+
+
+def _initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def context() -> Context:
+    """The current run's :class:`Context`; ``Context(0, 1, 0, None)`` without a process group."""
+    if not _initialized():
+        return SINGLE
+    rank = dist.get_rank()
+    return Context(
+        rank=rank,
+        world_size=dist.get_world_size(),
+        local_rank=int(os.environ.get("LOCAL_RANK", rank)),
+        backend=str(dist.get_backend()),
+    )
+
+
+def _resolve(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"acsleuth runs on 'cpu' or 'cuda', got device {str(device)!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(
+            "device='cuda' was requested but torch sees no CUDA GPU; use 'cpu' or 'auto'"
+        )
+    return device
+
+
+def _rank_cuda_device(local_rank: int) -> torch.device:
+    n_gpus = torch.cuda.device_count()
+    if local_rank >= n_gpus:
+        raise RuntimeError(
+            f"LOCAL_RANK={local_rank} but this node has {n_gpus} CUDA GPU(s); start at most "
+            f"{n_gpus} processes per node (torchrun --nproc_per_node={n_gpus})"
+        )
+    device = torch.device("cuda", local_rank)
+    torch.cuda.set_device(device)
+    return device
+
+
+def init(
+    device: str | torch.device = "auto", *, timeout: timedelta | None = None
+) -> tuple[Context, torch.device]:
+    """Join the ``torchrun`` process group when there is one.
+
+    With ``WORLD_SIZE > 1`` in the environment, initialise ``torch.distributed`` (backend
+    ``"nccl"`` for a CUDA ``device``, ``"gloo"`` for CPU; rendezvous from torchrun's
+    environment variables) and, on CUDA, make GPU ``LOCAL_RANK`` this process's device.
+    Otherwise nothing happens. Calling it again in an initialised process only returns the
+    current context.
+
+    Parameters
+    ----------
+    device
+        ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``; under torchrun a CUDA
+        device index is replaced by ``LOCAL_RANK``.
+    timeout
+        How long a collective may wait for the other ranks before failing; torch's
+        default when None.
+
+    Returns
+    -------
+    context, device
+        This process's :class:`Context` and the device it should compute on.
+    """
+    device = _resolve(device)
+    if _initialized():
+        ctx = context()
+        if device.type == "cuda" and ctx.distributed:
+            device = _rank_cuda_device(ctx.local_rank)
+        return ctx, device
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return SINGLE, device
+    if not dist.is_available():
+        raise RuntimeError(
+            f"WORLD_SIZE={world_size} but this torch build has no torch.distributed; "
+            "run a single process or install a torch build with distributed support"
+        )
+    if device.type == "cuda":
+        device = _rank_cuda_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group(backend="nccl", device_id=device, timeout=timeout)
+    else:
+        dist.init_process_group(backend="gloo", timeout=timeout)
+    return context(), device
+
+
+def shutdown() -> None:
+    """Destroy the process group, if any (call once at the end of a distributed run)."""
+    if _initialized():
+        dist.destroy_process_group()
+
+
+def _comm_device(ctx: Context) -> torch.device:
+    """Where tensors made up for a collective live: the rank's GPU for NCCL, else CPU."""
+    if ctx.backend == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+# ------------------------------------------------------------------ sharding
+
+
+def shard_bounds(n: int, ctx: Context) -> tuple[int, int]:
+    """``(start, stop)`` of this rank's contiguous block of ``n`` rows.
+
+    Blocks follow rank order and their sizes differ by at most one (the first ``n % world``
+    ranks get one more row); a rank may get an empty block when ``n < world_size``.
+    """
+    if n < 0:
+        raise ValueError(f"cannot shard a negative number of rows ({n})")
+    base, extra = divmod(n, ctx.world_size)
+    start = ctx.rank * base + min(ctx.rank, extra)
+    return start, start + base + (ctx.rank < extra)
+
+
+def shard_rows(n: int, ctx: Context) -> np.ndarray:
+    """``(n_rank,)`` int64 positions of this rank's rows (see :func:`shard_bounds`).
+
+    Concatenated in rank order, the shards of all ranks are ``np.arange(n)``.
+    """
+    start, stop = shard_bounds(n, ctx)
+    return np.arange(start, stop, dtype=np.int64)
+
+
+# ------------------------------------------------------------------ model state
+
+
+def _coalesced(tensors: Iterable[Tensor], collective: Callable[[Tensor], None]) -> None:
+    """Run ``collective`` once per (dtype, device) on the flattened tensors and copy back."""
+    groups: dict[tuple[torch.dtype, torch.device], list[Tensor]] = {}
+    for t in tensors:
+        groups.setdefault((t.dtype, t.device), []).append(t)
+    for group in groups.values():
+        flat = torch.cat([t.detach().reshape(-1) for t in group])
+        collective(flat)
+        for t, chunk in zip(group, flat.split([t.numel() for t in group]), strict=True):
+            t.detach().copy_(chunk.view_as(t))
+
+
+def _mean_collective(ctx: Context) -> Callable[[Tensor], None]:
+    def reduce(flat: Tensor) -> None:
+        dist.all_reduce(flat)
+        flat.div_(ctx.world_size)
+
+    return reduce
+
+
+@torch.no_grad()
+def average_gradients(params: Iterable[nn.Parameter], ctx: Context) -> None:
+    """Replace each parameter's ``.grad`` by its mean over ranks (one all-reduce per dtype).
+
+    Call it between ``loss.backward()`` and ``optimizer.step()``. When every rank's loss is a
+    mean over an equally sized shard of a batch, the result is the gradient of the whole
+    batch's mean loss, and the ranks' optimisers stay in step.
+
+    acsleuth averages gradients by hand instead of wrapping modules in
+    ``DistributedDataParallel`` because the WGAN-GP gradient penalty differentiates through
+    ``torch.autograd.grad(..., create_graph=True)``, which DDP does not support.
+
+    Parameters whose ``.grad`` is None are skipped; which parameters have one must be the
+    same on every rank (it is when every rank runs the same model code). Single process: no-op.
+    """
+    if not ctx.distributed:
+        return
+    grads = [p.grad for p in params if p.grad is not None]
+    if any(g.is_sparse for g in grads):
+        raise ValueError("average_gradients: sparse gradients are not supported; use dense layers")
+    _coalesced(grads, _mean_collective(ctx))
+
+
+@torch.no_grad()
+def broadcast_tensors(tensors: Iterable[Tensor], ctx: Context, src: int = 0) -> None:
+    """Overwrite ``tensors`` in place with rank ``src``'s values. Single process: no-op."""
+    if not ctx.distributed:
+        return
+    _coalesced(tensors, lambda flat: dist.broadcast(flat, src))
+
+
+def broadcast_module(module: nn.Module, ctx: Context, src: int = 0) -> None:
+    """Copy rank ``src``'s parameters and buffers into ``module`` on every rank (initial sync)."""
+    broadcast_tensors([*module.parameters(), *module.buffers()], ctx, src)
+
+
+@torch.no_grad()
+def average_buffers(module: nn.Module, ctx: Context) -> None:
+    """Average ``module``'s floating-point buffers over ranks (BatchNorm running statistics).
+
+    Integer buffers (``num_batches_tracked``) are left alone. Single process: no-op.
+    """
+    if not ctx.distributed:
+        return
+    _coalesced([b for b in module.buffers() if b.is_floating_point()], _mean_collective(ctx))
+
+
+# ------------------------------------------------------------------ tensors
+
+
+def _row_counts(n_rows: int, ctx: Context, device: torch.device) -> list[int]:
+    mine = torch.tensor([n_rows], dtype=torch.long, device=device)
+    counts = [torch.empty_like(mine) for _ in range(ctx.world_size)]
+    dist.all_gather(counts, mine)
+    return torch.cat(counts).tolist()
+
+
+def _padded(t: Tensor, n_rows: int) -> Tensor:
+    if t.shape[0] == n_rows:
+        return t
+    pad = t.new_zeros((n_rows - t.shape[0], *t.shape[1:]))
+    return torch.cat([t, pad])
+
+
+def all_gather_rows(t: Tensor, ctx: Context) -> Tensor:
+    """Every rank's ``t`` concatenated along rows in rank order; row counts may differ.
+
+    Not differentiable (see :func:`all_gather_autograd`). Trailing dimensions and dtype must
+    agree across ranks. Single process: returns ``t``.
+
+    Parameters
+    ----------
+    t
+        ``(n_rank, ...)`` tensor on this rank's communication device.
+
+    Returns
+    -------
+    ``(sum of n_rank, ...)`` tensor.
+    """
+    if not ctx.distributed:
+        return t
+    if t.dim() == 0:
+        raise ValueError("all_gather_rows needs a tensor with at least one dimension")
+    t = t.detach().contiguous()
+    sizes = _row_counts(t.shape[0], ctx, t.device)
+    longest = max(sizes)
+    if longest == 0:
+        return t
+    padded = _padded(t, longest)
+    parts = [torch.empty_like(padded) for _ in range(ctx.world_size)]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:size] for part, size in zip(parts, sizes, strict=True)])
+
+
+def _all_gather_equal(t: Tensor, world_size: int) -> Tensor:
+    t = t.contiguous()
+    parts = [torch.empty_like(t) for _ in range(world_size)]
+    dist.all_gather(parts, t)
+    return torch.cat(parts)
+
+
+class _AllGatherRows(torch.autograd.Function):
+    """All-gather of equal-sized blocks whose backward all-reduces the gradient."""
+
+    @staticmethod
+    def forward(fctx, t: Tensor, rank: int, world_size: int) -> Tensor:  # type: ignore[override]
+        fctx.rank, fctx.rows = rank, t.shape[0]
+        return _all_gather_equal(t.detach(), world_size)
+
+    @staticmethod
+    def backward(fctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad)
+        return grad.narrow(0, fctx.rank * fctx.rows, fctx.rows), None, None
+
+
+def all_gather_autograd(t: Tensor, ctx: Context) -> Tensor:
+    """Differentiable all-gather: every rank's ``t`` concatenated in rank order.
+
+    Every rank must pass the same shape (pad first otherwise). The gradient reaching a rank's
+    ``t`` is the sum over ranks of their losses' gradients with respect to its block, so that
+    :func:`average_gradients` afterwards yields the gradient of the mean of the ranks' losses.
+    Single process: returns ``t``.
+
+    Parameters
+    ----------
+    t
+        ``(n, ...)`` tensor, the same ``n`` on every rank.
+
+    Returns
+    -------
+    ``(world_size * n, ...)`` tensor.
+    """
+    if not ctx.distributed:
+        return t
+    if t.dim() == 0:
+        raise ValueError("all_gather_autograd needs a tensor with at least one dimension")
+    return _AllGatherRows.apply(t, ctx.rank, ctx.world_size)
+
+
+class _AllReduceSum(torch.autograd.Function):
+    @staticmethod
+    def forward(fctx, t: Tensor) -> Tensor:  # type: ignore[override]
+        out = t.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(fctx, grad: Tensor) -> Tensor:  # type: ignore[override]
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad)
+        return grad
+
+
+def all_reduce_sum(t: Tensor, ctx: Context) -> Tensor:
+    """The element-wise sum of ``t`` over ranks; use the returned tensor.
+
+    When ``t`` does not require a gradient it is summed in place and returned. When it does,
+    the result is a new tensor whose backward sums the gradients over ranks (the same
+    convention as :func:`all_gather_autograd`), so a loss built on global sums, such as the
+    gamma_c MMD's group sizes, gets the full-data gradient after :func:`average_gradients`.
+    Single process: returns ``t``.
+    """
+    if not ctx.distributed:
+        return t
+    if t.requires_grad and torch.is_grad_enabled():
+        return _AllReduceSum.apply(t)
+    buffer = t if t.is_contiguous() else t.contiguous()
+    dist.all_reduce(buffer)
+    if buffer is not t:
+        t.copy_(buffer)
+    return t
+
+
+def all_reduce_min_int(x: int, ctx: Context) -> int:
+    """The smallest of the ranks' ``x`` (to agree on step counts). Single process: ``x``."""
+    if not ctx.distributed:
+        return int(x)
+    value = torch.tensor([int(x)], dtype=torch.long, device=_comm_device(ctx))
+    dist.all_reduce(value, op=dist.ReduceOp.MIN)
+    return int(value.item())
+
+
+# ------------------------------------------------------------------ kin matching
+
+
+def _merge_topk(values: Tensor, indices: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Top ``k`` per row by descending value, equal values by ascending index."""
+    order = torch.argsort(indices, dim=1, stable=True)
+    values, indices = values.gather(1, order), indices.gather(1, order)
+    values, order = torch.sort(values, dim=1, descending=True, stable=True)
+    indices = indices.gather(1, order)
+    return values[:, :k].contiguous(), indices[:, :k].contiguous()
+
+
+def sharded_kin_topk(
+    query: Tensor,
+    keys_shard: Tensor,
+    *,
+    key_offset: int,
+    k: int = 1,
+    metric: Literal["cosine", "dot"] = "cosine",
+    ctx: Context,
+    allow_tf32: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """:func:`acsleuth.ops.kin_topk` over reference rows sharded across ranks.
+
+    Each rank searches its own block of keys, then the ranks all-gather their candidates and
+    merge them, so every rank returns what ``kin_topk`` on the full key set returns: values
+    sorted descending, equal values ordered by ascending global key index.
+
+    Parameters
+    ----------
+    query
+        ``(N_q, d)`` queries, identical on every rank.
+    keys_shard
+        ``(n_rank, d)`` this rank's keys, global rows ``key_offset .. key_offset + n_rank``
+        (the block of :func:`shard_bounds`); ``n_rank`` may be 0 or smaller than ``k``.
+    key_offset
+        Global index of this rank's first key.
+    k
+        Neighbours per query, ``1 <= k <= min(64, total keys)``.
+    metric, allow_tf32
+        As in :func:`~acsleuth.ops.kin_topk`.
+    ctx
+        The run's context; single process: ``kin_topk(query, keys_shard)`` with
+        ``key_offset`` added to the indices.
+
+    Returns
+    -------
+    values, indices
+        ``(N_q, k)`` similarities and their ``int64`` global key indices, on every rank.
+    """
+    if not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise ValueError(f"sharded_kin_topk: k must be an integer in [1, {MAX_K}], got {k!r}")
+    if keys_shard.dim() != 2 or query.dim() != 2 or keys_shard.shape[1] != query.shape[1]:
+        raise ValueError(
+            f"sharded_kin_topk: query {tuple(query.shape)} and keys_shard "
+            f"{tuple(keys_shard.shape)} must be (N, d) matrices with the same d"
+        )
+    if not ctx.distributed:
+        values, indices = ops.kin_topk(query, keys_shard, k=k, metric=metric, allow_tf32=allow_tf32)
+        return values, (indices + key_offset if key_offset else indices)
+    n_keys = int(all_reduce_sum(torch.tensor([keys_shard.shape[0]], device=query.device), ctx))
+    if k > n_keys:
+        raise ValueError(f"sharded_kin_topk: k = {k} but there are only {n_keys} keys; lower k")
+    n_query = query.shape[0]
+    # Padding (-inf, max index) sorts after every real candidate, even one of value -inf.
+    values = torch.full((n_query, k), -torch.inf, dtype=query.dtype, device=query.device)
+    indices = torch.full(
+        (n_query, k), torch.iinfo(torch.long).max, dtype=torch.long, device=query.device
+    )
+    local_k = min(k, keys_shard.shape[0])
+    if local_k > 0:
+        v, i = ops.kin_topk(query, keys_shard, k=local_k, metric=metric, allow_tf32=allow_tf32)
+        values[:, :local_k] = v
+        indices[:, :local_k] = i + key_offset
+    if n_query == 0:
+        return values, indices
+
+    def side_by_side(t: Tensor) -> Tensor:  # (world * N_q, k) -> (N_q, world * k)
+        gathered = _all_gather_equal(t, ctx.world_size).view(ctx.world_size, n_query, k)
+        return gathered.permute(1, 0, 2).reshape(n_query, ctx.world_size * k)
+
+    return _merge_topk(side_by_side(values), side_by_side(indices), k)
+
+
+# ------------------------------------------------------------------ outputs
+
+_TENSOR_DTYPES = frozenset(
+    np.dtype(t)
+    for t in (np.int8, np.uint8, np.int16, np.int32, np.int64, np.float16, np.float32, np.float64)
+)
+
+
+def gather_to_main(array: np.ndarray, ctx: Context) -> np.ndarray | None:
+    """Per-cell outputs of all ranks, concatenated along rows in rank order, on rank 0.
+
+    Parameters
+    ----------
+    array
+        ``(n_rank, ...)`` this rank's rows; trailing dimensions and dtype must agree
+        across ranks. Numeric and boolean arrays travel as tensors, others are pickled.
+
+    Returns
+    -------
+    The ``(sum of n_rank, ...)`` array on rank 0, None on the other ranks. Single process:
+    ``array`` itself.
+    """
+    if not ctx.distributed:
+        return array
+    array = np.asarray(array)
+    if array.ndim == 0:
+        raise ValueError("gather_to_main needs an array with at least one dimension")
+    if array.dtype != np.bool_ and array.dtype not in _TENSOR_DTYPES:
+        parts: list[np.ndarray] | None = [None] * ctx.world_size if ctx.is_main else None  # type: ignore[list-item]
+        dist.gather_object(array, parts, dst=0)
+        return np.concatenate(parts) if parts is not None else None
+    raw = array.view(np.uint8) if array.dtype == np.bool_ else array
+    t = torch.from_numpy(np.ascontiguousarray(raw)).to(_comm_device(ctx))
+    sizes = _row_counts(t.shape[0], ctx, t.device)
+    if max(sizes) == 0:
+        return array if ctx.is_main else None
+    padded = _padded(t, max(sizes))
+    buffers = [torch.empty_like(padded) for _ in range(ctx.world_size)] if ctx.is_main else None
+    dist.gather(padded, buffers, dst=0)
+    if buffers is None:
+        return None
+    out = torch.cat([b[:n] for b, n in zip(buffers, sizes, strict=True)]).cpu().numpy()
+    return out.view(np.bool_) if array.dtype == np.bool_ else out
+
+
+_END = object()
+
+
+def lockstep(batches: Iterable[Any], ctx: Context) -> Iterator[Any]:
+    """The first batches of every rank, as many as the rank with the fewest has.
+
+    A rank that took a step another rank cannot take would wait forever in the gradient
+    all-reduce. When every rank's ``batches`` has a ``len`` the count is agreed once per
+    epoch; otherwise the ranks agree before every step on whether all of them have a batch.
+    """
+    iterator = iter(batches)
+    try:
+        n_steps = all_reduce_min_int(
+            len(batches) if isinstance(batches, Sized) else -1, ctx
+        )
+        if n_steps >= 0:
+            for _ in range(n_steps):
+                batch = next(iterator, _END)
+                if batch is _END:
+                    raise RuntimeError(
+                        f"rank {ctx.rank}: the batches ended before the {n_steps} their len() "
+                        "promised; the other ranks are now waiting"
+                    )
+                yield batch
+            return
+        while True:
+            batch = next(iterator, _END)
+            if all_reduce_min_int(int(batch is not _END), ctx) == 0:
+                return
+            yield batch
+    finally:
+        close = getattr(iterator, "close", None)
+        if close is not None:  # stop a streaming loader's prefetch thread now
+            close()
+
+
+def lockstep_padded(items: Iterable[Any], ctx: Context, empty: Any) -> Iterator[Any]:
+    """Every item of this rank's ``items``, then ``empty`` until all ranks have run out.
+
+    For loops with collectives inside (gathering each chunk's output to rank 0) whose ranks
+    have unequal numbers of items: every rank takes the same number of steps. One
+    agreement per step; a single process just iterates ``items``.
+    """
+    if not ctx.distributed:
+        yield from items
+        return
+    iterator = iter(items)
+    while True:
+        item = next(iterator, _END)
+        if all_reduce_min_int(int(item is _END), ctx) == 1:
+            return
+        yield empty if item is _END else item
