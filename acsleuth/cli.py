@@ -6,8 +6,12 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import __version__
+
+if TYPE_CHECKING:
+    from .parallel import Context
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -20,17 +24,32 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    """The whole pipeline on files: never modifies the inputs, writes ``--out`` atomically."""
+    """The whole pipeline on files: never modifies the inputs, writes ``--out`` atomically.
+
+    Under ``torchrun --nproc_per_node=K -m acsleuth run ...`` the K processes share the work
+    on torch.distributed (gloo on CPU, NCCL on GPUs) and rank 0 writes ``--out``.
+    """
+    from . import parallel
+
+    start = time.perf_counter()
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    ctx, _ = parallel.init(args.device)  # under torchrun: join the process group
+    try:
+        return _run_ranked(args, out, start, ctx)
+    finally:
+        parallel.shutdown()
+
+
+def _run_ranked(args: argparse.Namespace, out: Path, start: float, ctx: Context) -> int:
+    """:func:`_run` in one process of ``ctx`` (rank 0 alone writes ``out``)."""
     import pandas as pd
 
     from . import ACsleuth
     from ._atomic import atomic_dir
     from .data import read
 
-    start = time.perf_counter()
-    out = Path(args.out)
-    if out.exists() and not args.overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     if args.model is None and args.reference is None:
         raise ValueError("give --reference (to train) or --model (a saved model)")
     target = read(args.target)
@@ -46,6 +65,8 @@ def _run(args: argparse.Namespace) -> int:
     else:  # a saved model without a reference: detect and subtype, no batch correction
         model.run(None, target, anomaly_ratio=args.anomaly_ratio, n_subtypes=n_subtypes,
                   correct=False)
+    if not ctx.is_main:
+        return 0
     truth_key = None
     if args.label_key is not None:
         truth_key = _label_truth(target, reference, args.label_key)

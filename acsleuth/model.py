@@ -15,7 +15,7 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from . import tl
+from . import parallel, tl
 from ._atomic import atomic_dir
 from ._logging import logger, stage_timer
 from .data import ExpressionSource, MinibatchLoader, highly_variable_genes, prepare
@@ -51,7 +51,7 @@ class ScoreResult:
     scores: dict[str, np.ndarray]
     score: np.ndarray
     anomaly: np.ndarray
-    embedding: np.ndarray
+    embedding: np.ndarray | None  # None on ranks other than 0 of a distributed run
     threshold: float
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -59,10 +59,13 @@ class ScoreResult:
 def resolve_device(device: str | torch.device) -> torch.device:
     """``"auto"`` is CUDA when available, else CPU; a CUDA request without CUDA is an error."""
     if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' was requested but torch sees no CUDA GPU; use 'cpu' or 'auto'")
+    ctx = parallel.context()
+    if device.type == "cuda" and ctx.distributed:  # one GPU per torchrun process
+        return torch.device("cuda", ctx.local_rank)
     return device
 
 
@@ -219,24 +222,28 @@ class ACsleuth:
             source = prepare(reference, name="reference")
             genes = highly_variable_genes(source, p["n_top_genes"], seed=p["random_state"])
             source = source.with_genes(genes)
-        if source.n_obs < 2:
+        ctx = parallel.context()
+        if source.n_obs < 2 * ctx.world_size:
             raise ValueError(
                 f"reference: {source.n_obs} cell(s); module I needs at least 2 normal cells "
-                "(BatchNorm statistics)"
+                f"(BatchNorm statistics) per process ({ctx.world_size} processes)"
             )
+        rows = parallel.shard_rows(source.n_obs, ctx)  # all cells in a single process
         with self._seeded():
             generator = Generator(len(genes), n_memory=p["n_memory"]).to(self.device)
             critic = Critic(len(genes)).to(self.device)
+            parallel.broadcast_module(generator, ctx)
             loader = MinibatchLoader(
-                source, batch_size=min(p["batch_size"], source.n_obs), shuffle=True,
-                drop_last=True, seed=p["random_state"], device=self.device,
-                resident_bytes=self._cache_bytes(),
+                source, batch_size=min(max(2, p["batch_size"] // ctx.world_size), rows.size),
+                shuffle=True, drop_last=True, seed=p["random_state"] + ctx.rank, device=self.device,
+                resident_bytes=self._cache_bytes(), rows=rows,
             )
             with stage_timer(timings, "module I"):
                 history = train_detector(
-                    generator, critic, loader, self._detector_config(), verbose=p["verbose"],
+                    generator, critic, loader, self._detector_config(), verbose=p["verbose"] and ctx.is_main,
                     timings=timings,
                 )
+                parallel.average_buffers(generator, ctx)
             with stage_timer(timings, "reference residuals"):
                 scale, anchors = self._reference_residuals(source, generator)
         self.genes_, self.generator_, self.critic_ = genes, generator, critic
@@ -257,7 +264,8 @@ class ACsleuth:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-gene residual scale of the reference, and scaled residuals of up to 2048 of its cells."""
         loader = MinibatchLoader(
-            source, batch_size=self.params["eval_batch_size"], device=self.device, resident_bytes=0
+            source, batch_size=self.params["eval_batch_size"], device=self.device, resident_bytes=0,
+            rows=parallel.shard_rows(source.n_obs, parallel.context()),
         )
         scale = residual_scale(generator, loader)
         rng = np.random.default_rng(self.params["random_state"])
@@ -317,6 +325,10 @@ class ACsleuth:
             finally:
                 if residuals is not None:
                     residuals.store.close()
+        ctx = parallel.context()
+        if ctx.distributed:  # every rank calls the same cells; rank 0 keeps the embeddings
+            scores = {k: parallel.all_gather_rows(v.to(self.device), ctx).cpu() for k, v in scores.items()}
+            embedding = parallel.gather_to_main(embedding, ctx)
         chosen = scores[score]
         anomaly, threshold = self._call(chosen, score)
         return ScoreResult(
@@ -334,12 +346,22 @@ class ACsleuth:
     ) -> tuple[dict[str, torch.Tensor], ScaledResiduals | None, np.ndarray]:
         """One streamed pass over ``source``: per-cell scores that need no training, the scaled
         residuals (when ``keep_residuals``; float16, centred per batch of ``codes`` when given)
-        and the ``(n_obs, 256)`` encoder embeddings."""
+        and the ``(n_obs, 256)`` encoder embeddings.
+
+        In a distributed run each rank passes over its contiguous shard of cells (see
+        :func:`acsleuth.parallel.shard_bounds`) and returns that shard's rows; batch centres
+        are computed from all ranks' samples."""
         self._require_fitted()
-        n_obs, n_genes = source.n_obs, source.n_genes
+        ctx = parallel.context()
+        n_genes = source.n_genes
+        if source.n_obs < ctx.world_size:
+            raise ValueError(f"target: {source.n_obs} cell(s) for {ctx.world_size} processes; use fewer")
+        first, last = parallel.shard_bounds(source.n_obs, ctx)  # all cells in a single process
+        n_obs = last - first
         budget = self._cache_bytes()
         loader = MinibatchLoader(
-            source, batch_size=self.params["eval_batch_size"], device=self.device, resident_bytes=0
+            source, batch_size=self.params["eval_batch_size"], device=self.device, resident_bytes=0,
+            rows=np.arange(first, last),
         )
         store = None
         if keep_residuals:
@@ -355,20 +377,22 @@ class ACsleuth:
                 parts.setdefault(name, []).append(value.float())
             if store is not None:
                 scaled = ((chunk.x - chunk.x_hat) / self.residual_scale_).to(RESIDUAL_DTYPE)
-                store.write(start, scaled)
+                store.write(start - first, scaled)
                 if sample is not None:
                     local = sample[(sample >= start) & (sample < stop)] - start
                     picked.append(scaled[torch.from_numpy(local).to(scaled.device)])
-            embedding[start:stop].copy_(chunk.z)
+            embedding[start - first:stop - first].copy_(chunk.z)
         scores = {name: torch.cat(values).cpu() for name, values in parts.items()}
         residuals = None
         if store is not None:
             residuals = ScaledResiduals(store)
-            if sample is not None:
+            if sample is not None:  # every rank gets the same centres from all ranks' samples
                 codes_t = torch.as_tensor(codes, dtype=torch.long, device=self.device)
-                centre = batch_medians(torch.cat(picked), codes_t[torch.from_numpy(sample).to(self.device)],
-                                       int(codes.max()) + 1)
-                residuals = ScaledResiduals(store, centre, codes_t)
+                sampled = parallel.all_gather_rows(torch.cat(picked), ctx)
+                centre = batch_medians(
+                    sampled, codes_t[torch.from_numpy(sample).to(self.device)], int(codes.max()) + 1
+                )
+                residuals = ScaledResiduals(store, centre, codes_t[first:last])
         return scores, residuals, embedding.cpu().numpy()
 
     @torch.inference_mode()
@@ -468,6 +492,10 @@ class ACsleuth:
         key_added
             Prefix of every key written.
 
+        Under ``torchrun`` every rank calls ``run`` with the same arguments: stages I-III
+        run data-parallel (:mod:`acsleuth.parallel`), and rank 0 subtypes the anomalies and
+        is the only rank whose ``target`` is written into.
+
         Returns
         -------
         ``target``, having the keys of :func:`acsleuth.tl.score_anomalies`, plus
@@ -490,16 +518,21 @@ class ACsleuth:
                 self.params["anomaly_ratio"] = anomaly_ratio
                 self._check_params()
             result = self.evaluate(target, batch_key=batch_key)
-            tl._write_scores(target, self, result, None, key_added)
         finally:
             self.params["anomaly_ratio"] = saved
-        anomaly = target.obs[f"{key_added}_anomaly"].to_numpy(dtype=bool)
+        main = parallel.context().is_main
+        if main:
+            tl._write_scores(target, self, result, None, key_added)
+        anomaly = result.anomaly
         timings: dict[str, float] = {}
         if correct:
             corrected = self.correct(
                 target, reference, normal=~anomaly, batch_key=batch_key, kin=kin, timings=timings
             )
-            tl._write_corrected(target, self, corrected, key_added)
+            if main:
+                tl._write_corrected(target, self, corrected, key_added)
+        if not main:  # subtyping (DESC on the anomalies) runs on rank 0
+            return target
         x = tl._corrected_expression(target, self, key_added, np.flatnonzero(anomaly))
         result = self.subtype(x, n_subtypes=n_subtypes, timings=timings)
         tl._write_subtypes(target, anomaly, result, key_added)
@@ -551,47 +584,95 @@ class ACsleuth:
         if out is not None and tuple(out.shape) != shape:
             raise ValueError(f"correct: out has shape {tuple(out.shape)}, expected {shape} (cells x model genes)")
         codes, n_batches = batch_codes(target_source.adata, batch_key)
+        ctx = parallel.context()
+        first, last = parallel.shard_bounds(target_source.n_obs, ctx)  # all cells in one process
         normal_rows = np.flatnonzero(normal)
+        mine = normal_rows[(normal_rows >= first) & (normal_rows < last)]
         with self._seeded():
             with stage_timer(timings, "kin"):
-                z_target = self.embed(target_source, normal_rows)
-                z_reference = self.embed(reference_source)
-                if kin == "nearest":
-                    kin_rows = nearest_kin(z_target, z_reference)
-                else:
-                    kin_rows = learned_kin(
-                        z_target, z_reference, config=KinConfig(epochs=p["kin_epochs"]), seed=p["random_state"],
-                        verbose=p["verbose"],
-                    )
+                kin_rows = self._kin(target_source, reference_source, mine, kin)
             with stage_timer(timings, "style"):
                 style = StyleTransfer(len(self.genes_), n_batches, init=self.generator_)
                 config = StyleConfig(
-                    epochs=p["style_epochs"], batch_size=p["batch_size"], lr=p["learning_rate"]
+                    epochs=p["style_epochs"], batch_size=max(2, p["batch_size"] // ctx.world_size),
+                    lr=p["learning_rate"],
                 )
                 train_style(
-                    style, target_source, normal_rows, kin_rows, reference_source, codes,
-                    config=config, device=self.device, seed=p["random_state"], verbose=p["verbose"],
+                    style, target_source, mine, kin_rows, reference_source, codes,
+                    config=config, device=self.device, seed=p["random_state"] + ctx.rank,
+                    verbose=p["verbose"] and ctx.is_main,
                 )
-                corrected = np.empty(shape, dtype=np.float32) if out is None else out
-                shift = np.zeros((n_batches, len(self.genes_)))
-                for rows, x, styled in apply_style(
-                    style, target_source, codes, device=self.device, chunk=p["eval_batch_size"]
+                parallel.average_buffers(style, ctx)
+                corrected = None
+                if ctx.is_main:
+                    corrected = np.empty(shape, dtype=np.float32) if out is None else out
+                shift = torch.zeros((n_batches, len(self.genes_)), dtype=torch.float64, device=self.device)
+                chunks = apply_style(
+                    style, target_source, codes, device=self.device, chunk=p["eval_batch_size"],
+                    rows=np.arange(first, last),
+                )
+                nothing = torch.zeros((0, len(self.genes_)))
+                for rows, x, styled in parallel.lockstep_padded(
+                    chunks, ctx, (np.zeros(0, dtype=np.int64), nothing, nothing)
                 ):
                     x, styled = x.cpu().numpy(), styled.cpu().numpy()
                     if anomalies == "shift":
                         kept, chunk_codes = normal[rows], codes[rows]
-                        for batch in np.unique(chunk_codes[kept]):
-                            cells = kept & (chunk_codes == batch)
-                            shift[batch] += (styled[cells] - x[cells]).sum(0)
+                        delta = torch.from_numpy(styled[kept] - x[kept]).to(shift)
+                        index = torch.from_numpy(chunk_codes[kept]).to(self.device)
+                        shift.index_add_(0, index, delta)
                         styled[~kept] = x[~kept]  # the batch's mean correction is added below
-                    corrected[int(rows[0]):int(rows[-1]) + 1] = styled
+                    rows, styled = parallel.gather_to_main(rows, ctx), parallel.gather_to_main(styled, ctx)
+                    if corrected is not None:  # one run of rows per rank
+                        for run in np.split(np.arange(rows.size), np.flatnonzero(np.diff(rows) != 1) + 1):
+                            if run.size:
+                                corrected[int(rows[run[0]]):int(rows[run[-1]]) + 1] = styled[run]
                 if anomalies == "shift":
+                    shift = parallel.all_reduce_sum(shift, ctx).cpu().numpy()
                     shift /= np.maximum(np.bincount(codes[normal], minlength=n_batches), 1)[:, None]
-                    anomalous = np.flatnonzero(~normal)
-                    for i in range(0, anomalous.size, p["eval_batch_size"]):
+                    anomalous = np.flatnonzero(~normal) if corrected is not None else []
+                    for i in range(0, len(anomalous), p["eval_batch_size"]):
                         rows = anomalous[i:i + p["eval_batch_size"]]
                         corrected[rows] = corrected[rows] + shift[codes[rows]].astype(np.float32)
         return corrected
+
+    def _kin(
+        self,
+        target: ExpressionSource,
+        reference: ExpressionSource,
+        rows: np.ndarray,
+        kin: Literal["nearest", "learned"],
+    ) -> np.ndarray:
+        """Reference kin rows of target ``rows`` (module II) from encoder embeddings.
+
+        In a distributed run ``rows`` are this rank's normal cells; every rank embeds its
+        shard of reference cells and the nearest kin come from a top-k search sharded by
+        reference rows, merged over ranks (:func:`acsleuth.parallel.sharded_kin_topk`).
+        """
+        p, ctx = self.params, parallel.context()
+        z_target = self.embed(target, rows)
+        if not ctx.distributed:
+            z_reference = self.embed(reference)
+            if kin == "nearest":
+                return nearest_kin(z_target, z_reference)
+            return learned_kin(
+                z_target, z_reference, config=KinConfig(epochs=p["kin_epochs"]), seed=p["random_state"],
+                verbose=p["verbose"],
+            )
+        first, last = parallel.shard_bounds(reference.n_obs, ctx)
+        z_reference = self.embed(reference, np.arange(first, last))
+        queries = parallel.all_gather_rows(z_target, ctx)
+        offset = int(parallel.all_gather_rows(torch.tensor([len(rows)], device=self.device), ctx)[
+            : ctx.rank].sum())
+        if kin == "nearest":
+            _, index = parallel.sharded_kin_topk(queries, z_reference, key_offset=first, k=1, ctx=ctx)
+            every = index[:, 0].cpu().numpy()
+        else:  # the learned mapping trains on all embeddings, identically on every rank
+            every = learned_kin(
+                queries, parallel.all_gather_rows(z_reference, ctx), config=KinConfig(epochs=p["kin_epochs"]),
+                seed=p["random_state"], verbose=p["verbose"] and ctx.is_main,
+            )
+        return every[offset:offset + len(rows)]
 
     def subtype(
         self,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import parallel
 from .._logging import stage_timer
 from ..nn import Critic, Generator
 from ..train import AdversarialConfig, AdversarialStep, train_adversarial
@@ -56,8 +57,8 @@ def train_detector(
     generator.train()
     critic.train()
 
-    def batches() -> Iterator[Tensor]:
-        return (x for _, x in loader)
+    def batches() -> Iterable[Tensor]:
+        return _Inputs(loader)
 
     def step(x: Tensor, *, use_memory: bool) -> AdversarialStep:
         x_hat, z = generator(x, use_memory=use_memory)
@@ -91,6 +92,20 @@ def train_detector(
     return history
 
 
+class _Inputs:
+    """A sized loader's tensors without their row positions: distributed ranks then agree on
+    the steps of an epoch once (:func:`acsleuth.parallel.lockstep`)."""
+
+    def __init__(self, loader: Sequence[tuple[np.ndarray, Tensor]]) -> None:
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[Tensor]:
+        return (x for _, x in self.loader)
+
+
 class Reconstruction(NamedTuple):
     """One chunk of target cells: rows, input, reconstruction and both embeddings."""
 
@@ -117,13 +132,17 @@ def residual_scale(generator: Generator, loader: Iterable[tuple[np.ndarray, Tens
 
     Dividing residuals by it stops a few highly expressed, noisy genes from dominating
     the residual norm; the floor keeps genes the generator reconstructs perfectly from
-    blowing up.
+    blowing up. In a distributed run each rank passes its shard and the sums are
+    all-reduced (every rank needs at least one cell).
     """
     sum_sq, n_cells = None, 0
     for chunk in reconstruct(generator, loader):
         sq = (chunk.x - chunk.x_hat).double().pow(2).sum(0)
         sum_sq = sq if sum_sq is None else sum_sq + sq
         n_cells += chunk.x.shape[0]
+    ctx = parallel.context()
+    sum_sq = parallel.all_reduce_sum(sum_sq, ctx)
+    n_cells = parallel.all_reduce_sum(torch.tensor([float(n_cells)], device=sum_sq.device), ctx)
     mean_sq = sum_sq / n_cells
     return (mean_sq.sqrt() + 0.1 * mean_sq.mean().sqrt()).float()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .. import parallel
 from .._logging import progress, stage_timer
 from ..nn import Predictor
 from ..ops import gamma_mmd_loss
@@ -47,20 +49,35 @@ class ScorerConfig:
 
 
 def pseudo_labels(ranking: Tensor, fraction: float) -> Tensor:
-    """1.0 for the top ``fraction`` of ``ranking``, 0.0 elsewhere."""
-    n_top = min(max(1, round(fraction * ranking.shape[0])), ranking.shape[0])
-    labels = torch.zeros_like(ranking, dtype=torch.float32)
-    labels[torch.topk(ranking, n_top).indices] = 1.0
-    return labels
+    """1.0 for the top ``fraction`` of ``ranking``, 0.0 elsewhere.
+
+    In a distributed run ``ranking`` is this rank's shard and the top is taken over all
+    ranks' cells (their shards in rank order).
+    """
+    ctx = parallel.context()
+    everyone = parallel.all_gather_rows(ranking, ctx)
+    n_top = min(max(1, round(fraction * everyone.shape[0])), everyone.shape[0])
+    labels = torch.zeros_like(everyone, dtype=torch.float32)
+    labels[torch.topk(everyone, n_top).indices] = 1.0
+    if not ctx.distributed:
+        return labels
+    offset = int(parallel.all_gather_rows(torch.tensor([ranking.shape[0]], device=ranking.device), ctx)[
+        : ctx.rank].sum())
+    return labels[offset:offset + ranking.shape[0]]
 
 
-def minibatches(n: int, batch_size: int | None, generator: torch.Generator) -> list[Tensor]:
-    """Shuffled row batches; a tail too small for two groups of two joins no batch."""
-    if batch_size is None or batch_size >= n:
-        return [torch.randperm(n, generator=generator)]
+def minibatches(
+    n: int, batch_size: int | None, generator: torch.Generator, *, drop_last: bool = False
+) -> list[Tensor]:
+    """Shuffled row batches of ``batch_size`` (one of all rows when None or when ``n`` is at
+    most ``batch_size``); the tail joins no batch when it is too small for two groups of two,
+    or always with ``drop_last``."""
     order = torch.randperm(n, generator=generator)
+    if batch_size is None or (batch_size >= n and not drop_last):
+        return [order]
     tail = n % batch_size
-    return list((order[: n - tail] if 0 < tail < MIN_BATCH else order).split(batch_size))
+    keep = n - tail if drop_last or tail < MIN_BATCH else n
+    return list(order[:keep].split(batch_size)) if keep else []
 
 
 def block_rows(n_genes: int, batch_size: int | None) -> int:
@@ -69,7 +86,7 @@ def block_rows(n_genes: int, batch_size: int | None) -> int:
 
 
 def blocked_minibatches(
-    n: int, batch_size: int | None, block: int, generator: torch.Generator
+    n: int, batch_size: int | None, block: int, generator: torch.Generator, *, drop_last: bool = False
 ) -> Iterator[tuple[int, int, list[Tensor]]]:
     """``(start, stop, batches)``: blocks of consecutive rows in random order, each with the
     :func:`minibatches` of its rows (positions relative to ``start``).
@@ -83,7 +100,7 @@ def blocked_minibatches(
         starts = [starts[i] for i in torch.randperm(len(starts), generator=generator).tolist()]
     for start in starts:
         stop = min(start + block, n)
-        yield start, stop, minibatches(stop - start, batch_size, generator)
+        yield start, stop, minibatches(stop - start, batch_size, generator, drop_last=drop_last)
 
 
 def _anchor_rows(anchors: Tensor | None, size: int, generator: torch.Generator) -> Tensor | None:
@@ -98,16 +115,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def count_minibatches(n: int, batch_size: int | None, block: int) -> int:
+def count_minibatches(n: int, batch_size: int | None, block: int, *, drop_last: bool = False) -> int:
     """Batches per epoch of :func:`blocked_minibatches`."""
     total = 0
     for start in range(0, n, block):
         size = min(block, n - start)
-        if batch_size is None or batch_size >= size:
+        if batch_size is None or (batch_size >= size and not drop_last):
             total += 1
         else:
             tail = size % batch_size
-            total += size // batch_size + (tail >= MIN_BATCH)
+            total += size // batch_size + int(not drop_last and tail >= MIN_BATCH)
     return total
 
 
@@ -153,9 +170,13 @@ def fit_predictor(
             f"fit_predictor: anchors have {anchors.shape[1]} genes but residuals {n_genes}"
         )
     device = residuals.device
+    ctx = parallel.context()
+    if ctx.distributed and config.batch_size is None:
+        raise ValueError("fit_predictor: a distributed run needs an integer batch_size (e.g. 128)")
     predictor = Predictor(n_genes).to(device).train()
+    parallel.broadcast_module(predictor, ctx)
     opt = torch.optim.Adam(predictor.parameters(), lr=config.lr, betas=config.betas)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed + ctx.rank)
     need_labels = config.warm_epochs > 0 or config.supervision > 0
     if need_labels and ranking is None:
         raise ValueError("fit_predictor: warm_epochs > 0 or supervision > 0 needs a ranking")
@@ -163,10 +184,22 @@ def fit_predictor(
     if need_labels:
         targets = pseudo_labels(ranking, ratio if ratio is not None else 0.5).to(device)
 
+    def share(batch_size: int | None) -> int | None:
+        """Rows per rank of a minibatch (the global size is kept across world sizes)."""
+        return batch_size if batch_size is None else max(MIN_BATCH // 2, batch_size // ctx.world_size)
+
+    def n_steps(batch_size: int | None) -> int:
+        """Minibatches per epoch, the same on every rank (the fewest any rank has)."""
+        size = share(batch_size)
+        count = count_minibatches(n_cells, size, block_rows(n_genes, size), drop_last=ctx.distributed)
+        return parallel.all_reduce_min_int(count, ctx)
+
     def epoch(batch_size: int | None) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor | None]]:
-        """Per minibatch: its global rows, residuals (+ anchors), logits and cross-entropy."""
+        """Per minibatch: its rows, residuals (+ anchors), logits and cross-entropy."""
+        batch_size = share(batch_size)
         block = block_rows(n_genes, batch_size)
-        for start, stop, batches in blocked_minibatches(n_cells, batch_size, block, gen):
+        batches_of = blocked_minibatches(n_cells, batch_size, block, gen, drop_last=ctx.distributed)
+        for start, stop, batches in batches_of:
             raw = residuals.block(start, stop)
             for local in batches:
                 local = local.to(device)
@@ -185,28 +218,33 @@ def fit_predictor(
     if config.warm_epochs:
         with stage_timer(timings, "mmd warm start"):
             for _ in progress(range(config.warm_epochs), desc="warm start", verbose=verbose):
-                for _, _, _, loss in epoch(config.batch_size or 128):
+                steps = n_steps(config.batch_size or 128)
+                for _, _, _, loss in itertools.islice(epoch(config.batch_size or 128), steps):
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
+                    parallel.average_gradients(predictor.parameters(), ctx)
                     opt.step()
             _sync(device)
-    total = config.epochs * count_minibatches(
-        n_cells, config.batch_size, block_rows(n_genes, config.batch_size)
-    )
+    steps = n_steps(config.batch_size)
+    total = config.epochs * steps
     step = 0
     with stage_timer(timings, "mmd train"):
         for _ in progress(range(config.epochs), desc="mmd score", verbose=verbose):
-            for rows, delta, logits, bce in epoch(config.batch_size):
+            for rows, delta, logits, bce in itertools.islice(epoch(config.batch_size), steps):
                 for group in opt.param_groups:  # cosine schedule over all steps
                     group["lr"] = config.lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
                 p = torch.sigmoid(logits)
                 p = torch.cat([p[: len(rows)], p.new_zeros(len(p) - len(rows))])  # anchors: p = 0
-                n = None if ratio is None else max(ratio * len(rows), 1.5)
+                if ctx.distributed:  # the loss of the global minibatch, identical on all ranks
+                    delta = parallel.all_gather_rows(delta, ctx)
+                    p = parallel.all_gather_autograd(p, ctx)
+                n = None if ratio is None else max(ratio * len(rows) * ctx.world_size, 1.5)
                 loss = gamma_mmd_loss(delta, p, n=n, kernel=config.kernel, gamma=config.gamma)
                 if config.supervision > 0:
                     loss = loss + config.supervision * bce
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                parallel.average_gradients(predictor.parameters(), ctx)
                 opt.step()
                 step += 1
         _sync(device)

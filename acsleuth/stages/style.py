@@ -172,8 +172,10 @@ def apply_style(
     *,
     device: str | torch.device = "cpu",
     chunk: int = 4096,
+    rows: np.ndarray | None = None,
 ) -> Iterator[tuple[np.ndarray, Tensor, Tensor]]:
-    """Batch-corrected expression of every target cell, normal or anomalous, in order.
+    """Batch-corrected expression of every target cell (of ``rows`` when given), normal or
+    anomalous, in order.
 
     Moves ``generator`` to ``device`` in eval mode and checks ``batch_codes`` (one per
     target cell) before the first chunk.
@@ -187,7 +189,9 @@ def apply_style(
     device = torch.device(device)
     codes = _batch_codes(batch_codes, target.n_obs, generator.style.shape[0], device)
     generator.to(device).eval()  # outside inference mode: moved weights stay trainable
-    return _corrected(generator, MinibatchLoader(target, batch_size=chunk, device=device, resident_bytes=0), codes)
+    return _corrected(
+        generator, MinibatchLoader(target, batch_size=chunk, device=device, resident_bytes=0, rows=rows), codes
+    )
 
 
 @torch.inference_mode()

@@ -44,6 +44,9 @@ def test_minibatches_drop_only_a_tail_too_small_for_two_groups(n, size, expected
     assert [len(b) for b in batches] == expected
     rows = torch.cat(batches)
     assert len(set(rows.tolist())) == len(rows)  # no row twice
+    if size is not None:  # drop_last (distributed ranks): only full batches
+        full = minibatches(n, size, torch.Generator().manual_seed(0), drop_last=True)
+        assert [len(b) for b in full] == [size] * (n // size)
 
 
 @pytest.mark.parametrize("kernel", ["linear", "gaussian"])

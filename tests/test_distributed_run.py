@@ -1,0 +1,129 @@
+"""Two gloo processes against one: what a ``torchrun`` run reproduces exactly, and what it
+only reproduces statistically.
+
+Exact (given the same fitted model): the reconstruction scores and embeddings of every cell
+(each rank scores its shard), the batch centres (gathered samples) and the nearest kin (top-k
+sharded by reference rows, merged over ranks). Statistical: anything trained with two ranks
+(module I, the MMD predictor, the style transfer), because each rank draws its own half of a
+minibatch, its own dropout and gradient-penalty noise, and BatchNorm normalises each half
+batch by its own statistics; those results agree with one process by rank correlation.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import anndata as ad
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+from scipy.stats import spearmanr
+
+from acsleuth import ACsleuth, datasets, metrics, parallel
+from acsleuth.data import prepare
+
+WORLD = 2
+TIMEOUT_S = 300
+FAST = {"prepare_epochs": 10, "train_epochs": 3, "score_epochs": 2, "warm_epochs": 3, "batch_size": 64,
+        "n_memory": 64, "eval_batch_size": 64, "style_epochs": 2, "subtype_epochs": 3,
+        "device": "cpu", "verbose": False, "random_state": 3}
+
+
+def _outputs(model: ACsleuth, reference: ad.AnnData, target: ad.AnnData) -> dict:
+    scaled = model.evaluate(target, score="scaled", batch_key="batch")
+    mmd = model.evaluate(target, batch_key="batch")
+    source, ref = prepare(target, genes=model.genes_), prepare(reference, genes=model.genes_)
+    ctx = parallel.context()
+    first, last = parallel.shard_bounds(target.n_obs, ctx)
+    normal = np.flatnonzero(~target.obs["is_anomaly"].to_numpy())
+    mine = normal[(normal >= first) & (normal < last)]
+    kin = parallel.gather_to_main(model._kin(source, ref, mine, "nearest"), ctx)
+    return {"scaled": scaled.scores, "embedding": scaled.embedding, "mmd": mmd.score, "kin": kin}
+
+
+def _worker(rank: int, port: int, folder: str) -> None:
+    torch.set_num_threads(1)
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD))
+    parallel.init("cpu", timeout=timedelta(seconds=TIMEOUT_S // 2))
+    try:
+        folder = Path(folder)
+        reference = ad.read_h5ad(folder / "reference.h5ad", backed="r")
+        target = ad.read_h5ad(folder / "target.h5ad")
+        result = _outputs(ACsleuth.load(folder / "model"), reference, target)
+        trained = ACsleuth(**FAST).fit(reference)
+        result["trained_state"] = {k: v.clone() for k, v in trained.generator_.state_dict().items()}
+        result["trained_scaled"] = trained.evaluate(target, score="scaled").score
+        annotated = trained.run(reference, target.copy(), batch_key="batch", anomaly_ratio=0.2)
+        result["subtypes"] = annotated.obs.get("acsleuth_subtype")
+        torch.save(result, folder / f"rank{rank}.pt")
+    finally:
+        parallel.shutdown()
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("distributed")
+    reference, target = datasets.pbmc_holdout("CD19+ B", n_batches=2, batch_effect=1.0, seed=0)
+    reference.write_h5ad(folder / "reference.h5ad")
+    target.write_h5ad(folder / "target.h5ad")
+    model = ACsleuth(**FAST).fit(reference)
+    model.save(folder / "model")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    procs = mp.start_processes(_worker, args=(port, str(folder)), nprocs=WORLD, join=False,
+                               start_method="spawn")
+    deadline = time.monotonic() + TIMEOUT_S
+    while not procs.join(timeout=max(1.0, deadline - time.monotonic())):
+        if time.monotonic() > deadline:
+            for process in procs.processes:
+                process.terminate()
+            pytest.fail(f"the {WORLD} processes did not finish in {TIMEOUT_S} s")
+    ranks = [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    single = _outputs(model, reference, target)
+    trained = ACsleuth(**FAST).fit(reference)
+    single["trained_scaled"] = trained.evaluate(target, score="scaled").score
+    reseeded = ACsleuth(**{**FAST, "random_state": 4}).fit(reference)
+    single["reseeded_scaled"] = reseeded.evaluate(target, score="scaled").score
+    return single, ranks, target
+
+
+def test_scores_embeddings_and_kin_of_a_fitted_model_match_one_process(runs) -> None:
+    single, ranks, _ = runs
+    for rank in ranks:  # every rank holds every cell's scores
+        for name, values in single["scaled"].items():
+            np.testing.assert_allclose(rank["scaled"][name], values, rtol=1e-5, atol=1e-6, err_msg=name)
+    np.testing.assert_allclose(ranks[0]["embedding"], single["embedding"], rtol=1e-5, atol=1e-6)
+    assert ranks[1]["embedding"] is None  # per-cell outputs are gathered on rank 0 only
+    np.testing.assert_array_equal(ranks[0]["kin"], single["kin"])
+
+
+def test_trained_stages_agree_with_one_process_by_rank(runs) -> None:
+    single, ranks, target = runs
+    truth = target.obs["is_anomaly"].to_numpy()
+    np.testing.assert_array_equal(ranks[0]["mmd"], ranks[1]["mmd"])  # one predictor on all ranks
+    assert spearmanr(ranks[0]["mmd"], single["mmd"]).statistic > 0.8
+    assert metrics.auroc(truth, ranks[0]["mmd"]) > metrics.auroc(truth, single["mmd"]) - 0.05
+    for name, value in ranks[0]["trained_state"].items():  # module I identical on every rank
+        assert torch.equal(value, ranks[1]["trained_state"][name]), name
+    # two ranks are as close to one process as one process with another seed is
+    two = spearmanr(ranks[0]["trained_scaled"], single["trained_scaled"]).statistic
+    reseeded = spearmanr(single["reseeded_scaled"], single["trained_scaled"]).statistic
+    print(f"module I, scaled score rank correlation: 2 ranks {two:.3f}, another seed {reseeded:.3f}; "
+          f"AUROC 1 process {metrics.auroc(truth, single['trained_scaled']):.3f}, "
+          f"2 ranks {metrics.auroc(truth, ranks[0]['trained_scaled']):.3f}")
+    assert two > reseeded - 0.1
+    assert metrics.auroc(truth, ranks[0]["trained_scaled"]) > metrics.auroc(truth, single["trained_scaled"]) - 0.05
+
+
+def test_rank_zero_alone_subtypes_and_annotates(runs) -> None:
+    _, ranks, target = runs
+    subtypes = ranks[0]["subtypes"]
+    assert subtypes is not None and subtypes.notna().sum() == round(0.2 * target.n_obs)  # the anomaly_ratio
+    assert ranks[1]["subtypes"] is None
