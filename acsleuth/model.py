@@ -18,6 +18,7 @@ from anndata import AnnData
 from . import parallel, tl
 from ._atomic import atomic_dir
 from ._logging import logger, stage_timer
+from ._precision import PRECISIONS, Precision, autocast
 from .data import ExpressionSource, MinibatchLoader, highly_variable_genes, prepare
 from .data.store import RowStore
 from .nn import Critic, Generator
@@ -111,6 +112,10 @@ class ACsleuth:
         training data, the target's float16 scaled residuals, its embeddings. Larger
         ones are streamed from the input or from a temporary file. None: 2 GB on CPU,
         half the free GPU memory on CUDA.
+    precision
+        ``"fp32"``, or ``"bf16"``: the GANs' forward passes (training, reconstruction,
+        embedding) run under bf16 autocast (faster on GPUs with bf16 tensor cores); the
+        fused ops, losses and scores stay float32.
     device
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
     random_state
@@ -142,6 +147,7 @@ class ACsleuth:
         subtype_epochs: int = 100,
         subtype_embedding: Literal["pca", "fusion"] = "pca",
         cache_gb: float | None = None,
+        precision: Precision = "fp32",
         device: str = "auto",
         random_state: int = 2024,
         verbose: bool = True,
@@ -185,6 +191,8 @@ class ACsleuth:
             )
         if p["cache_gb"] is not None and not float(p["cache_gb"]) >= 0:
             raise ValueError(f"ACsleuth: cache_gb must be >= 0 or None (automatic), got {p['cache_gb']}")
+        if p["precision"] not in PRECISIONS:
+            raise ValueError(f"ACsleuth: precision must be one of {PRECISIONS}, got {p['precision']!r}")
         if p["learning_rate"] <= 0:
             raise ValueError(f"ACsleuth: learning_rate must be > 0, got {p['learning_rate']}")
 
@@ -204,7 +212,8 @@ class ACsleuth:
     def _detector_config(self) -> DetectorConfig:
         p = self.params
         return DetectorConfig(
-            prepare_epochs=p["prepare_epochs"], train_epochs=p["train_epochs"], lr=p["learning_rate"]
+            prepare_epochs=p["prepare_epochs"], train_epochs=p["train_epochs"], lr=p["learning_rate"],
+            precision=p["precision"],
         )
 
     def _scorer_config(self) -> ScorerConfig:
@@ -267,13 +276,13 @@ class ACsleuth:
             source, batch_size=self.params["eval_batch_size"], device=self.device, resident_bytes=0,
             rows=parallel.shard_rows(source.n_obs, parallel.context()),
         )
-        scale = residual_scale(generator, loader)
+        scale = residual_scale(generator, loader, precision=self.params["precision"])
         rng = np.random.default_rng(self.params["random_state"])
         rows = np.sort(rng.choice(source.n_obs, min(N_ANCHORS, source.n_obs), replace=False))
         x = torch.as_tensor(source.rows(rows), device=self.device)
-        with torch.inference_mode():
+        with torch.inference_mode(), autocast(self.device, self.params["precision"]):
             x_hat, _ = generator(x, use_memory=True)
-        return scale, ((x - x_hat) / scale).clone()
+        return scale, ((x - x_hat.float()) / scale).clone()
 
     # ------------------------------------------------------------------ scoring
     def _require_fitted(self) -> None:
@@ -371,7 +380,7 @@ class ACsleuth:
         embedding = torch.empty((n_obs, EMBEDDING), device=self.device if on_device else "cpu")
         parts: dict[str, list[torch.Tensor]] = {}
         picked = []
-        for chunk in reconstruct(self.generator_, loader):
+        for chunk in reconstruct(self.generator_, loader, precision=self.params["precision"]):
             start, stop = int(chunk.rows[0]), int(chunk.rows[-1]) + 1
             for name, value in chunk_scores(self.generator_, self.critic_, chunk, self.residual_scale_).items():
                 parts.setdefault(name, []).append(value.float())
@@ -407,7 +416,8 @@ class ACsleuth:
             source, batch_size=self.params["eval_batch_size"], device=self.device, rows=rows,
             resident_bytes=0,
         )
-        return torch.cat([encoder(x) for _, x in loader])
+        with autocast(self.device, self.params["precision"]):
+            return torch.cat([encoder(x).float() for _, x in loader])
 
     def _mmd_scores(
         self, residuals: ScaledResiduals, ranking: torch.Tensor, *, timings: dict[str, float] | None = None
@@ -595,7 +605,7 @@ class ACsleuth:
                 style = StyleTransfer(len(self.genes_), n_batches, init=self.generator_)
                 config = StyleConfig(
                     epochs=p["style_epochs"], batch_size=max(2, p["batch_size"] // ctx.world_size),
-                    lr=p["learning_rate"],
+                    lr=p["learning_rate"], precision=p["precision"],
                 )
                 train_style(
                     style, target_source, mine, kin_rows, reference_source, codes,

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from acsleuth import ACsleuth, datasets, tl
+from acsleuth import ACsleuth, datasets, metrics, tl
 from acsleuth.data import DataError
 
 FAST = {"prepare_epochs": 2, "train_epochs": 1, "score_epochs": 2, "batch_size": 32,
@@ -165,3 +166,16 @@ def test_embed_equals_the_reconstruction_embedding_on_any_rows(fitted, data) -> 
     rows = np.array([0, 3, 7, 40])
     np.testing.assert_allclose(fitted.embed(source, rows).numpy(), full[rows], rtol=1e-5, atol=1e-6)
     assert fitted.embed(source).shape == full.shape
+
+
+def test_bf16_autocast_scores_like_fp32(data) -> None:
+    reference, target = data
+    truth = target.obs["is_anomaly"].to_numpy()
+    fp32 = ACsleuth(**FAST, random_state=7).fit(reference).evaluate(target, score="scaled")
+    model = ACsleuth(**FAST, random_state=7, precision="bf16").fit(reference)
+    bf16 = model.evaluate(target, score="scaled")
+    assert np.isfinite(bf16.score).all() and model.generator_.encoder.net[0][0].weight.dtype == torch.float32
+    assert not np.array_equal(bf16.score, fp32.score)  # autocast was on
+    assert abs(metrics.auroc(truth, bf16.score) - metrics.auroc(truth, fp32.score)) < 0.05
+    with pytest.raises(ValueError, match="precision"):
+        ACsleuth(precision="fp16")

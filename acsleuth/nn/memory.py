@@ -35,9 +35,12 @@ class MemoryBank(nn.Module):
         self.register_buffer("position", torch.zeros((), dtype=torch.long))
 
     def forward(self, z: Tensor) -> Tensor:
-        return ops.memory_attention(
-            z, self.queue.to(z.dtype), temperature=self.temperature, shrink=self.shrink
-        )
+        dtype = z.dtype if z.dtype in (torch.float32, torch.float64) else torch.float32
+        with torch.autocast(z.device.type, enabled=False):  # the fused op runs in float32
+            out = ops.memory_attention(
+                z.to(dtype), self.queue.to(dtype), temperature=self.temperature, shrink=self.shrink
+            )
+        return out.to(z.dtype)
 
     @torch.no_grad()
     def enqueue(self, z: Tensor, *, gather: bool = True) -> None:

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from .. import parallel
 from .._logging import stage_timer
+from .._precision import Precision, autocast
 from ..nn import Critic, Generator
 from ..train import AdversarialConfig, AdversarialStep, train_adversarial
 
@@ -29,11 +30,13 @@ class DetectorConfig:
     reconstruction_weight: float = 30.0  # alpha
     adversarial_weight: float = 1.0  # beta
     gp_weight: float = 10.0  # lambda
+    precision: Precision = "fp32"
 
     def stage(self, epochs: int, *, cosine: bool) -> AdversarialConfig:
         return AdversarialConfig(
             epochs=epochs, lr=self.lr, betas=self.betas, critic_steps=self.critic_steps,
             adversarial_weight=self.adversarial_weight, gp_weight=self.gp_weight, cosine=cosine,
+            precision=self.precision,
         )
 
 
@@ -62,7 +65,7 @@ def train_detector(
 
     def step(x: Tensor, *, use_memory: bool) -> AdversarialStep:
         x_hat, z = generator(x, use_memory=use_memory)
-        own = config.reconstruction_weight * F.l1_loss(x_hat, x)
+        own = config.reconstruction_weight * F.l1_loss(x_hat.float(), x)
         return AdversarialStep(x, x_hat, own, aux=z)
 
     history = {}
@@ -117,17 +120,21 @@ class Reconstruction(NamedTuple):
 
 @torch.inference_mode()
 def reconstruct(
-    generator: Generator, loader: Iterable[tuple[np.ndarray, Tensor]]
+    generator: Generator, loader: Iterable[tuple[np.ndarray, Tensor]], *, precision: Precision = "fp32"
 ) -> Iterator[Reconstruction]:
-    """``x_hat = D(mem(E(x)))`` chunk by chunk, in eval mode."""
+    """``x_hat = D(mem(E(x)))`` chunk by chunk, in eval mode (float32 outputs; computed under
+    bf16 autocast with ``precision="bf16"``)."""
     generator.eval()
     for rows, x in loader:
-        x_hat, z = generator(x, use_memory=True)
-        yield Reconstruction(rows, x, x_hat, z)
+        with autocast(x.device, precision):
+            x_hat, z = generator(x, use_memory=True)
+        yield Reconstruction(rows, x, x_hat.float(), z.float())
 
 
 @torch.inference_mode()
-def residual_scale(generator: Generator, loader: Iterable[tuple[np.ndarray, Tensor]]) -> Tensor:
+def residual_scale(
+    generator: Generator, loader: Iterable[tuple[np.ndarray, Tensor]], *, precision: Precision = "fp32"
+) -> Tensor:
     """Per-gene residual scale on (reference) cells: ``sqrt(mean_i delta_ig^2) + 0.1 rms(delta)``.
 
     Dividing residuals by it stops a few highly expressed, noisy genes from dominating
@@ -136,7 +143,7 @@ def residual_scale(generator: Generator, loader: Iterable[tuple[np.ndarray, Tens
     all-reduced (every rank needs at least one cell).
     """
     sum_sq, n_cells = None, 0
-    for chunk in reconstruct(generator, loader):
+    for chunk in reconstruct(generator, loader, precision=precision):
         sq = (chunk.x - chunk.x_hat).double().pow(2).sum(0)
         sum_sq = sq if sum_sq is None else sum_sq + sq
         n_cells += chunk.x.shape[0]

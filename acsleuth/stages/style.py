@@ -154,7 +154,7 @@ def train_style(
     def step(batch: tuple[Tensor, Tensor, Tensor]) -> AdversarialStep:
         x, code, x_kin = batch
         x_hat = generator(x, code)
-        return AdversarialStep(x_kin, x_hat, config.reconstruction_weight * F.l1_loss(x_hat, x_kin))
+        return AdversarialStep(x_kin, x_hat, config.reconstruction_weight * F.l1_loss(x_hat.float(), x_kin))
 
     generator.to(device).train()
     critic = Critic(target.n_genes).to(device).train()

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from .. import parallel
 from .._logging import progress
+from .._precision import Precision, autocast
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class AdversarialConfig:
     adversarial_weight: float = 1.0
     gp_weight: float = 10.0
     cosine: bool = False
+    precision: Precision = "fp32"
 
 
 class AdversarialStep(NamedTuple):
@@ -108,6 +110,7 @@ def train_adversarial(
     if ctx.distributed:
         parallel.broadcast_module(critic, ctx)
         parallel.broadcast_tensors(generator_params, ctx)
+    device = generator_params[0].device
     opt_g = torch.optim.Adam(generator_params, lr=config.lr, betas=config.betas)
     opt_c = torch.optim.Adam(critic_params, lr=config.lr, betas=config.betas)
     history: list[dict[str, float]] = []
@@ -120,17 +123,20 @@ def train_adversarial(
         losses: list[Tensor] = []
         epoch_batches = parallel.lockstep(batches(), ctx) if ctx.distributed else batches()
         for batch in epoch_batches:
-            out = step(batch)
+            with autocast(device, config.precision):
+                out = step(batch)
             fake = out.fake.detach()
             for _ in range(config.critic_steps):
-                gp = gradient_penalty(critic, out.real, fake)
-                loss_c = critic(fake).mean() - critic(out.real).mean() + config.gp_weight * gp
+                with autocast(device, config.precision):
+                    gp = gradient_penalty(critic, out.real, fake)
+                    loss_c = critic(fake).mean() - critic(out.real).mean() + config.gp_weight * gp
                 opt_c.zero_grad(set_to_none=True)
                 loss_c.backward()
                 parallel.average_gradients(critic_params, ctx)
                 opt_c.step()
             critic.requires_grad_(False)
-            loss_g = out.own_loss - config.adversarial_weight * critic(out.fake).mean()
+            with autocast(device, config.precision):
+                loss_g = out.own_loss - config.adversarial_weight * critic(out.fake).mean()
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
             parallel.average_gradients(generator_params, ctx)
