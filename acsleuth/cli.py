@@ -11,6 +11,10 @@ from typing import TYPE_CHECKING
 from . import __version__
 
 if TYPE_CHECKING:
+    import h5py
+    from anndata import AnnData
+
+    from .model import ACsleuth
     from .parallel import Context
 
 
@@ -43,7 +47,13 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _run_ranked(args: argparse.Namespace, out: Path, start: float, ctx: Context) -> int:
-    """:func:`_run` in one process of ``ctx`` (rank 0 alone writes ``out``)."""
+    """:func:`_run` in one process of ``ctx`` (rank 0 alone writes ``out``).
+
+    An ``.h5ad`` target is read backed and the corrected expression streamed into a file in
+    the output folder, so an atlas is never held as a dense matrix.
+    """
+    import contextlib
+
     import pandas as pd
 
     from . import ACsleuth
@@ -52,26 +62,36 @@ def _run_ranked(args: argparse.Namespace, out: Path, start: float, ctx: Context)
 
     if args.model is None and args.reference is None:
         raise ValueError("give --reference (to train) or --model (a saved model)")
-    target = read(args.target)
-    reference = read(args.reference) if args.reference is not None else None
+    target = read(args.target, backed=True)
+    reference = read(args.reference, backed=True) if args.reference is not None else None
     n_subtypes = args.n_subtypes if args.n_subtypes == "auto" else int(args.n_subtypes)
     if args.model is not None:
         model = ACsleuth.load(args.model, device=args.device)
     else:
         model = ACsleuth(device=args.device, random_state=args.seed, verbose=not args.quiet)
-    if reference is not None:
-        model.run(reference, target, batch_key=args.batch_key, anomaly_ratio=args.anomaly_ratio,
-                  n_subtypes=n_subtypes)
-    else:  # a saved model without a reference: detect and subtype, no batch correction
-        model.run(None, target, anomaly_ratio=args.anomaly_ratio, n_subtypes=n_subtypes,
-                  correct=False)
-    if not ctx.is_main:
-        return 0
-    truth_key = None
-    if args.label_key is not None:
-        truth_key = _label_truth(target, reference, args.label_key)
-    with atomic_dir(out, overwrite=args.overwrite) as tmp:
-        target.write_h5ad(tmp / "target.h5ad")
+        model.fit(reference)
+    writing = atomic_dir(out, overwrite=args.overwrite) if ctx.is_main else contextlib.nullcontext()
+    with writing as tmp:
+        sink = None
+        if tmp is not None and reference is not None:
+            sink = _corrected_sink(tmp / CORRECTED_FILE, target.n_obs, len(model.genes_))
+        try:
+            if reference is not None:
+                model.run(reference, target, batch_key=args.batch_key, anomaly_ratio=args.anomaly_ratio,
+                          n_subtypes=n_subtypes, corrected_out=sink)
+            else:  # a saved model without a reference: detect and subtype, no batch correction
+                model.run(None, target, anomaly_ratio=args.anomaly_ratio, n_subtypes=n_subtypes,
+                          correct=False)
+            if tmp is None:
+                return 0
+            _write_target(target, tmp / "target.h5ad", model, sink)
+        finally:
+            if sink is not None:
+                sink.file.close()
+                (tmp / CORRECTED_FILE).unlink()
+        truth_key = None
+        if args.label_key is not None:
+            truth_key = _label_truth(target, reference, args.label_key)
         pd.DataFrame({
             "score": target.obs["acsleuth_score"], "anomaly": target.obs["acsleuth_anomaly"],
             "subtype": target.obs["acsleuth_subtype"],
@@ -83,6 +103,48 @@ def _run_ranked(args: argparse.Namespace, out: Path, start: float, ctx: Context)
           f"{target.uns['acsleuth'].get('n_subtypes', 0)} subtypes; wrote {out}/ "
           f"in {time.perf_counter() - start:.1f} s")
     return 0
+
+
+CORRECTED_FILE = ".corrected.h5"
+
+
+def _corrected_sink(path: Path, n_obs: int, n_genes: int) -> h5py.Dataset:
+    """An on-disk float32 ``(n_obs, n_genes)`` dataset that the corrected expression streams into."""
+    import h5py
+
+    handle = h5py.File(path, "w")
+    chunks = (max(1, min(n_obs, (1 << 20) // (4 * n_genes))), n_genes)  # ~1 MB row chunks
+    return handle.create_dataset("corrected", shape=(n_obs, n_genes), dtype="f4", chunks=chunks)
+
+
+def _write_target(target: AnnData, path: Path, model: ACsleuth, corrected: h5py.Dataset | None) -> None:
+    """The annotated target as ``.h5ad``, with the ``corrected`` expression (when given) under
+    ``layers`` or ``obsm`` as :func:`acsleuth.tl.correct_batches` would put it.
+
+    A backed target's file is copied and only its annotations are rewritten, so ``X`` is
+    never loaded; datasets are copied on disk.
+    """
+    import shutil
+
+    import h5py
+    from anndata.io import write_elem
+
+    from .tl import corrected_slot
+
+    if target.isbacked:
+        shutil.copyfile(target.filename, path)
+        with h5py.File(path, "r+") as f:
+            write_elem(f, "obs", target.obs)
+            write_elem(f, "obsm", dict(target.obsm))
+            write_elem(f, "uns", dict(target.uns))
+    else:
+        target.write_h5ad(path)
+    if corrected is None:
+        return
+    with h5py.File(path, "r+") as f:
+        group = f[corrected_slot(target, model)]
+        f.copy(corrected, group, name="acsleuth_corrected")
+        group["acsleuth_corrected"].attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
 
 
 def _label_truth(target, reference, label_key: str) -> str | None:

@@ -474,6 +474,7 @@ class ACsleuth:
         n_subtypes: int | Literal["auto"] = "auto",
         kin: Literal["nearest", "learned"] = "nearest",
         correct: bool = True,
+        corrected_out: Any = None,
         key_added: str = "acsleuth",
     ) -> AnnData:
         """The whole pipeline: detect, batch-correct and subtype the anomalies of ``target``.
@@ -499,6 +500,10 @@ class ACsleuth:
             ``"nearest"`` or ``"learned"`` kin matching (SPEC §2).
         correct
             Run stages II-III; False subtypes the uncorrected expression.
+        corrected_out
+            Where the corrected expression goes instead of ``target`` (an array taking row
+            slices, e.g. an ``h5py`` dataset of shape ``(n_obs, len(genes_))``, so an atlas
+            is streamed to disk); subtyping reads the anomalies' rows back from it.
         key_added
             Prefix of every key written.
 
@@ -528,22 +533,26 @@ class ACsleuth:
                 self.params["anomaly_ratio"] = anomaly_ratio
                 self._check_params()
             result = self.evaluate(target, batch_key=batch_key)
+            main = parallel.context().is_main
+            if main:  # the parameters written include the override
+                tl._write_scores(target, self, result, None, key_added)
         finally:
             self.params["anomaly_ratio"] = saved
-        main = parallel.context().is_main
-        if main:
-            tl._write_scores(target, self, result, None, key_added)
         anomaly = result.anomaly
         timings: dict[str, float] = {}
         if correct:
             corrected = self.correct(
-                target, reference, normal=~anomaly, batch_key=batch_key, kin=kin, timings=timings
+                target, reference, normal=~anomaly, batch_key=batch_key, kin=kin, out=corrected_out,
+                timings=timings,
             )
-            if main:
+            if main and corrected_out is None:
                 tl._write_corrected(target, self, corrected, key_added)
         if not main:  # subtyping (DESC on the anomalies) runs on rank 0
             return target
-        x = tl._corrected_expression(target, self, key_added, np.flatnonzero(anomaly))
+        if correct and corrected_out is not None:
+            x = np.asarray(corrected_out[np.flatnonzero(anomaly)], dtype=np.float32)
+        else:
+            x = tl._corrected_expression(target, self, key_added, np.flatnonzero(anomaly))
         result = self.subtype(x, n_subtypes=n_subtypes, timings=timings)
         tl._write_subtypes(target, anomaly, result, key_added)
         tl._add_timings(target, key_added, timings)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import torch
 from anndata import AnnData
 
 from . import metrics, pl
@@ -146,8 +147,12 @@ def _umap_figure(adata: AnnData, key: str) -> Figure:
     )
     obs["subtype"] = obs["subtype"].astype("category")
     view = AnnData(obs=obs, obsm={"X_rep": np.array(adata.obsm[f"X_{key}"], dtype=np.float32)})
-    sc.pp.neighbors(view, use_rep="X_rep", n_neighbors=min(15, view.n_obs - 1), random_state=0)
-    sc.tl.umap(view, random_state=0)
+    threads = torch.get_num_threads()
+    try:
+        sc.pp.neighbors(view, use_rep="X_rep", n_neighbors=min(15, view.n_obs - 1), random_state=0)
+        sc.tl.umap(view, random_state=0)
+    finally:  # numba's OpenMP layer resets torch's thread count, and with it later results
+        torch.set_num_threads(threads)
     return sc.pl.umap(
         view, color=["anomaly call", "subtype"], wspace=0.4, show=False, return_fig=True
     )

@@ -49,6 +49,14 @@ def test_run_writes_every_output_and_leaves_inputs_alone(files, capsys) -> None:
     assert (out / "report.md").exists()
     assert (files / "tgt.h5ad").read_bytes() == before
     assert not [p for p in files.iterdir() if p.name.startswith(".")]  # no temporaries left
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]
+    # the backed target's copy keeps X; the corrected matrix streamed to disk equals run()'s
+    reference, original = ad.read_h5ad(files / "ref.h5ad"), ad.read_h5ad(files / "tgt.h5ad")
+    assert (target.X != original.X).nnz == 0
+    expected = FastACsleuth(device="cpu", random_state=2024).run(reference, original, batch_key="batch")
+    np.testing.assert_array_equal(target.layers["acsleuth_corrected"], expected.layers["acsleuth_corrected"])
+    np.testing.assert_array_equal(target.obs["acsleuth_score"], expected.obs["acsleuth_score"])
+    pd.testing.assert_series_equal(target.obs["acsleuth_subtype"], expected.obs["acsleuth_subtype"])
 
 
 def test_existing_out_is_refused_without_overwrite(files, capsys) -> None:

@@ -99,6 +99,27 @@ def test_report_leaves_the_input_unchanged(annotated, report) -> None:
     np.testing.assert_array_equal(annotated.obsm["X_acsleuth"], before.obsm["X_acsleuth"])
 
 
+def test_the_umap_leaves_torch_thread_count_alone(annotated, tmp_path) -> None:
+    """numba's OpenMP start-up (the first UMAP of a process) resets a thread count that torch
+    took from OMP_NUM_THREADS, which changes later results; the report restores it. Checked
+    in a fresh interpreter."""
+    import os
+    import subprocess
+    import sys
+
+    annotated.write_h5ad(tmp_path / "annotated.h5ad")
+    code = (
+        "import sys, torch, anndata\n"
+        "from acsleuth.report import write_report\n"
+        "write_report(anndata.read_h5ad(sys.argv[1]), sys.argv[2], label_key='cell_type')\n"
+        "print('threads', torch.get_num_threads())"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "annotated.h5ad"), str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, check=True,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert (tmp_path / "umap.png").exists() and "threads 1" in done.stdout
+
+
 def test_tiny_report_skips_the_umap_and_honours_overwrite(tmp_path) -> None:
     path = write_report(by_hand(8), tmp_path, label_key="cell_type")
     assert not (tmp_path / "umap.png").exists() and (tmp_path / "confusion.png").exists()
