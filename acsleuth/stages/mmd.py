@@ -257,5 +257,7 @@ def predict_logits(predictor: Predictor, residuals: Tensor | ScaledResiduals, ch
     predictor.eval()
     if isinstance(residuals, Tensor):
         residuals = ScaledResiduals.wrap(residuals)
-    parts = [predictor(rows) for _, rows in residuals.chunks(chunk)]
-    return torch.cat(parts) if parts else torch.zeros(0, device=residuals.device)
+    out = torch.empty(residuals.shape[0], device=residuals.device)  # filled in place (no heap
+    for start, rows in residuals.chunks(chunk):  # fragmentation from many kept pieces)
+        out[start:start + rows.shape[0]] = predictor(rows)
+    return out

@@ -67,8 +67,10 @@ class ScaledResiduals:
 
     def norms(self, size: int = 8192) -> Tensor:
         """``(N,)`` float32 row norms (the ``"scaled"`` score), on the store's device."""
-        parts = [rows.norm(dim=1) for _, rows in self.chunks(size)]
-        return torch.cat(parts) if parts else torch.zeros(0, device=self.device)
+        out = torch.empty(self.shape[0], device=self.device)
+        for start, rows in self.chunks(size):
+            out[start:start + rows.shape[0]] = rows.norm(dim=1)
+        return out
 
 
 def median_sample(codes: np.ndarray, *, cap: int = MEDIAN_SAMPLE, seed: int = 0) -> np.ndarray:
