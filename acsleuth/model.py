@@ -517,9 +517,9 @@ class ACsleuth:
         key_added
             Prefix of every key written.
 
-        Under ``torchrun`` every rank calls ``run`` with the same arguments: stages I-III
-        run data-parallel (:mod:`acsleuth.parallel`), and rank 0 subtypes the anomalies and
-        is the only rank whose ``target`` is written into.
+        Under ``torchrun`` every rank calls ``run`` with the same arguments: every stage runs
+        data-parallel (:mod:`acsleuth.parallel`; DESC's centroids and target distribution
+        are all-reduced), and rank 0 is the only rank whose ``target`` is written into.
 
         Returns
         -------
@@ -557,13 +557,16 @@ class ACsleuth:
             )
             if main and corrected_out is None:
                 tl._write_corrected(target, self, corrected, key_added)
-        if not main:  # subtyping (DESC on the anomalies) runs on rank 0
-            return target
-        if correct and corrected_out is not None:
+        x = None
+        if main and correct and corrected_out is not None:
             x = np.asarray(corrected_out[np.flatnonzero(anomaly)], dtype=np.float32)
-        else:
+        elif main:
             x = tl._corrected_expression(target, self, key_added, np.flatnonzero(anomaly))
-        result = self.subtype(x, n_subtypes=n_subtypes, timings=timings)
+        # every rank clusters the anomalies (DESC trains on each rank's shard of them)
+        result = self.subtype(parallel.broadcast_array(x, parallel.context()), n_subtypes=n_subtypes,
+                              timings=timings)
+        if not main:
+            return target
         tl._write_subtypes(target, anomaly, result, key_added)
         tl._add_timings(target, key_added, timings)
         return target

@@ -575,3 +575,26 @@ def lockstep_padded(items: Iterable[Any], ctx: Context, empty: Any) -> Iterator[
         if all_reduce_min_int(int(item is _END), ctx) == 1:
             return
         yield empty if item is _END else item
+
+
+def broadcast_object(obj: Any, ctx: Context, src: int = 0) -> Any:
+    """Rank ``src``'s picklable ``obj`` on every rank (small values: a count, a shape)."""
+    if not ctx.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src, device=_comm_device(ctx))
+    return box[0]
+
+
+def broadcast_array(array: np.ndarray | None, ctx: Context, src: int = 0) -> np.ndarray:
+    """Rank ``src``'s numeric ``array`` on every rank (the others may pass None)."""
+    if not ctx.distributed:
+        return array
+    shape, dtype = broadcast_object(
+        None if array is None else (array.shape, array.dtype.str), ctx, src
+    )
+    t = (torch.from_numpy(np.ascontiguousarray(array)) if ctx.rank == src
+         else torch.empty(shape, dtype=torch.from_numpy(np.empty(0, dtype=dtype)).dtype))
+    t = t.to(_comm_device(ctx))
+    dist.broadcast(t, src)
+    return t.cpu().numpy()

@@ -3,7 +3,8 @@ only reproduces statistically.
 
 Exact (given the same fitted model): the reconstruction scores and embeddings of every cell
 (each rank scores its shard), the batch centres (gathered samples) and the nearest kin (top-k
-sharded by reference rows, merged over ranks). Statistical: anything trained with two ranks
+sharded by reference rows, merged over ranks); DESC's labels and all-reduced centroids are
+identical on every rank. Statistical: anything trained with two ranks
 (module I, the MMD predictor, the style transfer), because each rank draws its own half of a
 minibatch, its own dropout and gradient-penalty noise, and BatchNorm normalises each half
 batch by its own statistics; those results agree with one process by rank correlation.
@@ -26,12 +27,26 @@ from scipy.stats import spearmanr
 
 from acsleuth import ACsleuth, datasets, metrics, parallel
 from acsleuth.data import prepare
+from acsleuth.metrics import ari
+from acsleuth.stages.subtype import SubtypeConfig, desc_cluster
 
 WORLD = 2
 TIMEOUT_S = 300
 FAST = {"prepare_epochs": 10, "train_epochs": 3, "score_epochs": 2, "warm_epochs": 3, "batch_size": 64,
         "n_memory": 64, "eval_batch_size": 64, "style_epochs": 2, "subtype_epochs": 3,
         "device": "cpu", "verbose": False, "random_state": 3}
+
+
+def _blobs() -> torch.Tensor:
+    """Three planted clusters of 100 cells in 5 dimensions."""
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0.0, 4.0, (3, 5))
+    return torch.as_tensor(np.repeat(centres, 100, axis=0) + rng.normal(0.0, 1.0, (300, 5)), dtype=torch.float32)
+
+
+def _desc() -> dict:
+    result = desc_cluster(_blobs(), 3, config=SubtypeConfig(epochs=5, batch_size=64), seed=0, verbose=False)
+    return {"labels": result.labels, "centroids": result.centroids, "history": result.history}
 
 
 def _outputs(model: ACsleuth, reference: ad.AnnData, target: ad.AnnData) -> dict:
@@ -43,7 +58,8 @@ def _outputs(model: ACsleuth, reference: ad.AnnData, target: ad.AnnData) -> dict
     normal = np.flatnonzero(~target.obs["is_anomaly"].to_numpy())
     mine = normal[(normal >= first) & (normal < last)]
     kin = parallel.gather_to_main(model._kin(source, ref, mine, "nearest"), ctx)
-    return {"scaled": scaled.scores, "embedding": scaled.embedding, "mmd": mmd.score, "kin": kin}
+    return {"scaled": scaled.scores, "embedding": scaled.embedding, "mmd": mmd.score, "kin": kin,
+            "desc": _desc()}
 
 
 def _worker(rank: int, port: int, folder: str) -> None:
@@ -122,7 +138,17 @@ def test_trained_stages_agree_with_one_process_by_rank(runs) -> None:
     assert metrics.auroc(truth, ranks[0]["trained_scaled"]) > metrics.auroc(truth, single["trained_scaled"]) - 0.05
 
 
-def test_rank_zero_alone_subtypes_and_annotates(runs) -> None:
+def test_desc_trains_on_shards_with_shared_centroids(runs) -> None:
+    single, ranks, _ = runs
+    for name in ("labels", "centroids"):  # the all-reduced centroids are the same on every rank
+        np.testing.assert_array_equal(ranks[0]["desc"][name], ranks[1]["desc"][name])
+    assert ranks[0]["desc"]["history"] == ranks[1]["desc"]["history"]
+    planted = np.repeat(np.arange(3), 100)
+    assert ari(planted, single["desc"]["labels"]) == 1.0 and ari(planted, ranks[0]["desc"]["labels"]) == 1.0
+    np.testing.assert_allclose(ranks[0]["desc"]["centroids"], single["desc"]["centroids"], atol=0.05)
+
+
+def test_rank_zero_alone_annotates(runs) -> None:
     _, ranks, target = runs
     subtypes = ranks[0]["subtypes"]
     assert subtypes is not None and subtypes.notna().sum() == round(0.2 * target.n_obs)  # the anomaly_ratio

@@ -25,6 +25,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import silhouette_score
 from torch import Tensor, nn
 
+from .. import parallel
 from .._logging import progress, stage_timer
 from ..nn.generator import EMBEDDING
 
@@ -174,9 +175,12 @@ def soft_assignment(z: Tensor, centroids: Tensor, dof: float = 1.0) -> Tensor:
     return student_t_logits(z, centroids, dof).softmax(dim=1)
 
 
-def target_distribution(q: Tensor) -> Tensor:
-    """``P (N, K)``: ``p_ij`` proportional to ``q_ij^2 / sum_i q_ij``; rows sum to 1."""
-    weight = q.pow(2) / q.sum(0)
+def target_distribution(q: Tensor, column_sums: Tensor | None = None) -> Tensor:
+    """``P (N, K)``: ``p_ij`` proportional to ``q_ij^2 / sum_i q_ij``; rows sum to 1.
+
+    ``column_sums`` replaces ``q.sum(0)`` when ``q`` is one shard of the cells (the
+    all-reduced sums of a distributed run)."""
+    weight = q.pow(2) / (q.sum(0) if column_sums is None else column_sums)
     return weight / weight.sum(1, keepdim=True)
 
 
@@ -241,36 +245,47 @@ def desc(
         raise ValueError(f"desc: n_clusters must be in 1..{n} (cells given), got {n_clusters}")
     device = inputs[0].device if device is None else torch.device(device)
     model.to(device)
+    ctx = parallel.context()  # distributed: every rank holds all inputs and trains on its shard
+    first, last = parallel.shard_bounds(n, ctx)
+    mine = [t[first:last] for t in inputs]
     with _seeded(seed, device):
-        z = embed(model, inputs, device=device, batch_size=config.eval_batch_size)
-        init = kmeans(z.cpu().numpy(), n_clusters, n_init=config.n_init, seed=seed)
+        parallel.broadcast_module(model, ctx)
+        z = embed(model, mine, device=device, batch_size=config.eval_batch_size)
+        everyone = parallel.all_gather_rows(z, ctx)  # k-means on all cells, alike on every rank
+        init = kmeans(everyone.cpu().numpy(), n_clusters, n_init=config.n_init, seed=seed)
         centroids = nn.Parameter(torch.as_tensor(init.cluster_centers_, device=device))
         params = [p for p in model.parameters() if p.requires_grad] + [centroids]
         opt = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
-        order = torch.Generator().manual_seed(seed)
+        order = torch.Generator().manual_seed(seed + ctx.rank)
         q = soft_assignment(z, centroids.detach(), config.dof)
         labels = q.argmax(1)
         history = []
-        for _ in progress(range(config.epochs), desc="desc", verbose=verbose):
-            p = target_distribution(q)
+        for _ in progress(range(config.epochs), desc="desc", verbose=verbose and ctx.is_main):
+            p = target_distribution(q, column_sums=parallel.all_reduce_sum(q.sum(0), ctx))
             model.train()
             total = torch.zeros((), device=device)
-            for rows in torch.randperm(n, generator=order).split(config.batch_size):
-                batch = (t[rows.to(t.device)].to(device, torch.float32) for t in inputs)
+            batches = torch.randperm(last - first, generator=order).split(
+                max(1, config.batch_size // ctx.world_size)
+            )
+            for rows in parallel.lockstep(batches, ctx) if ctx.distributed else batches:
+                batch = (t[rows.to(t.device)].to(device, torch.float32) for t in mine)
                 log_q = student_t_logits(model(*batch), centroids, config.dof).log_softmax(1)
                 loss = F.kl_div(log_q, p[rows.to(device)], reduction="batchmean")
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
+                parallel.average_gradients(params, ctx)  # centroids and model stay alike
                 opt.step()
                 total += loss.detach() * len(rows)
-            z = embed(model, inputs, device=device, batch_size=config.eval_batch_size)
+            z = embed(model, mine, device=device, batch_size=config.eval_batch_size)
             q = soft_assignment(z, centroids.detach(), config.dof)
-            changed = (q.argmax(1) != labels).float().mean().item()
+            moved = parallel.all_reduce_sum((q.argmax(1) != labels).float().sum(), ctx)
+            changed = (moved / n).item()
             labels = q.argmax(1)
-            history.append({"loss": total.item() / n, "changed": changed})
+            history.append({"loss": parallel.all_reduce_sum(total, ctx).item() / n, "changed": changed})
             if changed < config.tol:
                 break
-    labels = labels.cpu().numpy()
+    labels = parallel.all_gather_rows(labels, ctx).cpu().numpy()
+    z = parallel.all_gather_rows(z, ctx)
     order_by_size = _by_size(labels, n_clusters)
     return DescResult(
         labels=np.argsort(order_by_size)[labels].astype(np.int64),
@@ -469,7 +484,7 @@ def subtype_anomalies(
                 z, range(2, config.max_subtypes + 1), n_init=config.n_init,
                 max_cells=config.silhouette_cells, seed=seed,
             )
-    n_subtypes = int(n_subtypes)
+    n_subtypes = int(parallel.broadcast_object(n_subtypes, parallel.context()))  # ranks agree
     if n_subtypes == 1:
         return SubtypeResult(np.zeros(n, dtype=np.int64), z.astype(np.float32), 1, curve)
     with stage_timer(timings, "subtype desc"):
