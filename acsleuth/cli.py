@@ -129,7 +129,7 @@ def _write_target(target: AnnData, path: Path, model: ACsleuth, corrected: h5py.
     import h5py
     from anndata.io import write_elem
 
-    from .tl import corrected_slot
+    from .tl import _corrected_slot
 
     if target.isbacked:
         shutil.copyfile(target.filename, path)
@@ -142,7 +142,7 @@ def _write_target(target: AnnData, path: Path, model: ACsleuth, corrected: h5py.
     if corrected is None:
         return
     with h5py.File(path, "r+") as f:
-        group = f[corrected_slot(target, model)]
+        group = f[_corrected_slot(target, model)]
         f.copy(corrected, group, name="acsleuth_corrected")
         group["acsleuth_corrected"].attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
 

@@ -215,19 +215,19 @@ def _write_scores(
     }
 
 
-def corrected_slot(adata: AnnData, model: ACsleuth) -> str:
+def _corrected_slot(adata: AnnData, model: ACsleuth) -> str:
     """Where corrected expression goes: ``"layers"`` when ``adata``'s genes are the model's
     panel in order, else ``"obsm"``."""
     return "layers" if list(map(str, adata.var_names)) == list(model.genes_) else "obsm"
 
 
 def _write_corrected(adata: AnnData, model: ACsleuth, corrected: np.ndarray, key_added: str) -> None:
-    """Store ``corrected`` under :func:`corrected_slot` (replacing an earlier one anywhere)."""
+    """Store ``corrected`` under :func:`_corrected_slot` (replacing an earlier one anywhere)."""
     name = f"{key_added}_corrected"
     for slot in (adata.layers, adata.obsm):
         if name in slot:
             del slot[name]
-    getattr(adata, corrected_slot(adata, model))[name] = corrected
+    getattr(adata, _corrected_slot(adata, model))[name] = corrected
 
 
 def _write_subtypes(
