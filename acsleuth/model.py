@@ -694,8 +694,7 @@ class ACsleuth:
         first, last = parallel.shard_bounds(reference.n_obs, ctx)
         z_reference = self.embed(reference, np.arange(first, last))
         queries = parallel.all_gather_rows(z_target, ctx)
-        offset = int(parallel.all_gather_rows(torch.tensor([len(rows)], device=self.device), ctx)[
-            : ctx.rank].sum())
+        offset = parallel.row_offset(len(rows), ctx)
         if kin == "nearest":
             _, index = parallel.sharded_kin_topk(queries, z_reference, key_offset=first, k=1, ctx=ctx)
             every = index[:, 0].cpu().numpy()

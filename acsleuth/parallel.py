@@ -275,6 +275,14 @@ def _padded(t: Tensor, n_rows: int) -> Tensor:
     return torch.cat([t, pad])
 
 
+def row_offset(n_rows: int, ctx: Context) -> int:
+    """Where this rank's ``n_rows`` start in the rank-order concatenation of every rank's rows
+    (what :func:`all_gather_rows` returns). Single process: 0."""
+    if not ctx.distributed:
+        return 0
+    return sum(_row_counts(n_rows, ctx, _comm_device(ctx))[: ctx.rank])
+
+
 def all_gather_rows(t: Tensor, ctx: Context) -> Tensor:
     """Every rank's ``t`` concatenated along rows in rank order; row counts may differ.
 
@@ -532,7 +540,11 @@ def lockstep(batches: Iterable[Any], ctx: Context) -> Iterator[Any]:
     A rank that took a step another rank cannot take would wait forever in the gradient
     all-reduce. When every rank's ``batches`` has a ``len`` the count is agreed once per
     epoch; otherwise the ranks agree before every step on whether all of them have a batch.
+    A single process just iterates ``batches``.
     """
+    if not ctx.distributed:
+        yield from batches
+        return
     iterator = iter(batches)
     try:
         n_steps = all_reduce_min_int(

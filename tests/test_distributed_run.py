@@ -12,17 +12,13 @@ batch by its own statistics; those results agree with one process by rank correl
 
 from __future__ import annotations
 
-import os
-import socket
-import time
-from datetime import timedelta
 from pathlib import Path
 
 import anndata as ad
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
+from gloo_ranks import run_ranks
 from scipy.stats import spearmanr
 
 from acsleuth import ACsleuth, datasets, metrics, parallel
@@ -62,24 +58,16 @@ def _outputs(model: ACsleuth, reference: ad.AnnData, target: ad.AnnData) -> dict
             "desc": _desc()}
 
 
-def _worker(rank: int, port: int, folder: str) -> None:
-    torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
-                      LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD))
-    parallel.init("cpu", timeout=timedelta(seconds=TIMEOUT_S // 2))
-    try:
-        folder = Path(folder)
-        reference = ad.read_h5ad(folder / "reference.h5ad", backed="r")
-        target = ad.read_h5ad(folder / "target.h5ad")
-        result = _outputs(ACsleuth.load(folder / "model"), reference, target)
-        trained = ACsleuth(**FAST).fit(reference)
-        result["trained_state"] = {k: v.clone() for k, v in trained.generator_.state_dict().items()}
-        result["trained_scaled"] = trained.evaluate(target, score="scaled").score
-        annotated = trained.run(reference, target.copy(), batch_key="batch", anomaly_ratio=0.2)
-        result["subtypes"] = annotated.obs.get("acsleuth_subtype")
-        torch.save(result, folder / f"rank{rank}.pt")
-    finally:
-        parallel.shutdown()
+def _body(_ctx: parallel.Context, _device: torch.device, folder: Path) -> dict:
+    reference = ad.read_h5ad(folder / "reference.h5ad", backed="r")
+    target = ad.read_h5ad(folder / "target.h5ad")
+    result = _outputs(ACsleuth.load(folder / "model"), reference, target)
+    trained = ACsleuth(**FAST).fit(reference)
+    result["trained_state"] = {k: v.clone() for k, v in trained.generator_.state_dict().items()}
+    result["trained_scaled"] = trained.evaluate(target, score="scaled").score
+    annotated = trained.run(reference, target.copy(), batch_key="batch", anomaly_ratio=0.2)
+    result["subtypes"] = annotated.obs.get("acsleuth_subtype")
+    return result
 
 
 @pytest.fixture(scope="module")
@@ -90,18 +78,7 @@ def runs(tmp_path_factory):
     target.write_h5ad(folder / "target.h5ad")
     model = ACsleuth(**FAST).fit(reference)
     model.save(folder / "model")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    procs = mp.start_processes(_worker, args=(port, str(folder)), nprocs=WORLD, join=False,
-                               start_method="spawn")
-    deadline = time.monotonic() + TIMEOUT_S
-    while not procs.join(timeout=max(1.0, deadline - time.monotonic())):
-        if time.monotonic() > deadline:
-            for process in procs.processes:
-                process.terminate()
-            pytest.fail(f"the {WORLD} processes did not finish in {TIMEOUT_S} s")
-    ranks = [torch.load(folder / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    ranks = run_ranks(_body, folder, world=WORLD, timeout_s=TIMEOUT_S)
     single = _outputs(model, reference, target)
     trained = ACsleuth(**FAST).fit(reference)
     single["trained_scaled"] = trained.evaluate(target, score="scaled").score

@@ -8,9 +8,6 @@ single-process computations done here.
 from __future__ import annotations
 
 import os
-import socket
-import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +15,8 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+from gloo_ranks import run_ranks
 from torch import Tensor, nn
 
 from acsleuth import _extension, ops, parallel
@@ -225,44 +222,19 @@ def _train(ctx: parallel.Context, *, sized: bool) -> dict[str, Any]:
     }
 
 
-def _worker(rank: int, port: int, out_dir: str) -> None:
-    torch.set_num_threads(1)
-    os.environ.update(  # what torchrun sets
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        WORLD_SIZE=str(WORLD),
-    )
-    ctx, device = parallel.init("cpu", timeout=timedelta(seconds=TIMEOUT_S // 2))
-    try:
-        assert parallel.init("cpu") == (ctx, device)  # initialising again changes nothing
-        result = _check_collectives(ctx)
-        result["device"] = device
-        result["train_sized"] = _train(ctx, sized=True)
-        result["train_unsized"] = _train(ctx, sized=False)
-        torch.save(result, Path(out_dir) / f"rank{rank}.pt")
-    finally:
-        parallel.shutdown()
+def _body(ctx: parallel.Context, device: torch.device, _folder: Path) -> dict[str, Any]:
+    assert parallel.init("cpu") == (ctx, device)  # initialising again changes nothing
+    result = _check_collectives(ctx)
+    result["device"] = device
+    result["train_sized"] = _train(ctx, sized=True)
+    result["train_unsized"] = _train(ctx, sized=False)
+    return result
 
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict[str, Any]]:
-    """Run ``_worker`` on two gloo processes; what each rank saved, in rank order."""
-    out_dir = tmp_path_factory.mktemp("parallel")
-    with socket.socket() as probe:  # a free port for the rendezvous
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    procs = mp.start_processes(
-        _worker, args=(port, str(out_dir)), nprocs=WORLD, join=False, start_method="spawn"
-    )
-    deadline = time.monotonic() + TIMEOUT_S
-    while not procs.join(timeout=max(1.0, deadline - time.monotonic())):
-        if time.monotonic() > deadline:
-            for process in procs.processes:
-                process.terminate()
-            pytest.fail(f"the {WORLD} spawned processes did not finish in {TIMEOUT_S} s")
-    return [torch.load(out_dir / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+    """``_body`` on two gloo processes; what each rank returned, in rank order."""
+    return run_ranks(_body, tmp_path_factory.mktemp("parallel"), world=WORLD, timeout_s=TIMEOUT_S)
 
 
 # ------------------------------------------------------------------ single process

@@ -59,10 +59,7 @@ def pseudo_labels(ranking: Tensor, fraction: float) -> Tensor:
     n_top = min(max(1, round(fraction * everyone.shape[0])), everyone.shape[0])
     labels = torch.zeros_like(everyone, dtype=torch.float32)
     labels[torch.topk(everyone, n_top).indices] = 1.0
-    if not ctx.distributed:
-        return labels
-    offset = int(parallel.all_gather_rows(torch.tensor([ranking.shape[0]], device=ranking.device), ctx)[
-        : ctx.rank].sum())
+    offset = parallel.row_offset(ranking.shape[0], ctx)
     return labels[offset:offset + ranking.shape[0]]
 
 

@@ -267,7 +267,7 @@ def desc(
             batches = torch.randperm(last - first, generator=order).split(
                 max(1, config.batch_size // ctx.world_size)
             )
-            for rows in parallel.lockstep(batches, ctx) if ctx.distributed else batches:
+            for rows in parallel.lockstep(batches, ctx):
                 batch = (t[rows.to(t.device)].to(device, torch.float32) for t in mine)
                 log_q = student_t_logits(model(*batch), centroids, config.dof).log_softmax(1)
                 loss = F.kl_div(log_q, p[rows.to(device)], reduction="batchmean")

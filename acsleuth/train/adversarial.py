@@ -121,8 +121,7 @@ def train_adversarial(
                 for group in opt.param_groups:
                     group["lr"] = config.lr * _cosine_factor(epoch, config.epochs)
         losses: list[Tensor] = []
-        epoch_batches = parallel.lockstep(batches(), ctx) if ctx.distributed else batches()
-        for batch in epoch_batches:
+        for batch in parallel.lockstep(batches(), ctx):
             with autocast(device, config.precision):
                 out = step(batch)
             fake = out.fake.detach()
