@@ -100,6 +100,12 @@ class ACsleuth:
         Minibatch size of the MMD predictor (``None``: one full pass per epoch), the epochs
         it first spends learning the scaled-residual ranking, and whether reference
         residuals join its minibatches as known normal cells.
+    n_memory, memory_temperature, memory_shrink
+        The memory bank's size, softmax temperature and hard-shrinkage threshold (SPEC §1).
+    n_critic, style_n_critic
+        Critic updates per generator update in module I and in the style transfer.
+    reconstruction_weight, adversarial_weight, gp_weight
+        alpha, beta and lambda of the WGAN-GP losses of modules I and III (SPEC §1, §3).
     kin_epochs, style_epochs, subtype_epochs
         Epochs of the learned kin mapping (module II, ``kin="learned"``), of the style
         transfer (module III) and the most epochs of DESC (module IV), used by :meth:`run`.
@@ -140,6 +146,13 @@ class ACsleuth:
         warm_epochs: int = 10,
         anchor: bool = True,
         n_memory: int = 512,
+        memory_temperature: float = 0.05,
+        memory_shrink: float = 0.01,
+        n_critic: int = 2,
+        style_n_critic: int = 3,
+        reconstruction_weight: float = 30.0,
+        adversarial_weight: float = 1.0,
+        gp_weight: float = 10.0,
         learning_rate: float = 1e-4,
         eval_batch_size: int = 4096,
         kin_epochs: int = 20,
@@ -165,7 +178,7 @@ class ACsleuth:
 
     def _check_params(self) -> None:
         p = self.params
-        for name in ("n_top_genes", "batch_size", "n_memory", "eval_batch_size"):
+        for name in ("n_top_genes", "batch_size", "n_memory", "eval_batch_size", "n_critic", "style_n_critic"):
             if int(p[name]) < 1:
                 raise ValueError(f"ACsleuth: {name} must be a positive integer, got {p[name]}")
         for name in (
@@ -193,8 +206,12 @@ class ACsleuth:
             raise ValueError(f"ACsleuth: cache_gb must be >= 0 or None (automatic), got {p['cache_gb']}")
         if p["precision"] not in PRECISIONS:
             raise ValueError(f"ACsleuth: precision must be one of {PRECISIONS}, got {p['precision']!r}")
-        if p["learning_rate"] <= 0:
-            raise ValueError(f"ACsleuth: learning_rate must be > 0, got {p['learning_rate']}")
+        for name in ("learning_rate", "memory_temperature"):
+            if not float(p[name]) > 0:
+                raise ValueError(f"ACsleuth: {name} must be > 0, got {p[name]}")
+        for name in ("memory_shrink", "reconstruction_weight", "adversarial_weight", "gp_weight"):
+            if not float(p[name]) >= 0:
+                raise ValueError(f"ACsleuth: {name} must be >= 0, got {p[name]}")
 
     def _cache_bytes(self) -> int:
         """The ``cache_gb`` budget in bytes (see the class docstring for the default)."""
@@ -213,8 +230,15 @@ class ACsleuth:
         p = self.params
         return DetectorConfig(
             prepare_epochs=p["prepare_epochs"], train_epochs=p["train_epochs"], lr=p["learning_rate"],
-            precision=p["precision"],
+            critic_steps=p["n_critic"], reconstruction_weight=p["reconstruction_weight"],
+            adversarial_weight=p["adversarial_weight"], gp_weight=p["gp_weight"], precision=p["precision"],
         )
+
+    def _new_generator(self, n_genes: int) -> Generator:
+        p = self.params
+        return Generator(
+            n_genes, n_memory=p["n_memory"], temperature=p["memory_temperature"], shrink=p["memory_shrink"]
+        ).to(self.device)
 
     def _scorer_config(self) -> ScorerConfig:
         p = self.params
@@ -239,7 +263,7 @@ class ACsleuth:
             )
         rows = parallel.shard_rows(source.n_obs, ctx)  # all cells in a single process
         with self._seeded():
-            generator = Generator(len(genes), n_memory=p["n_memory"]).to(self.device)
+            generator = self._new_generator(len(genes))
             critic = Critic(len(genes)).to(self.device)
             parallel.broadcast_module(generator, ctx)
             loader = MinibatchLoader(
@@ -627,7 +651,10 @@ class ACsleuth:
                 style = StyleTransfer(len(self.genes_), n_batches, init=self.generator_)
                 config = StyleConfig(
                     epochs=p["style_epochs"], batch_size=max(2, p["batch_size"] // ctx.world_size),
-                    lr=p["learning_rate"], precision=p["precision"],
+                    lr=p["learning_rate"], critic_steps=p["style_n_critic"],
+                    reconstruction_weight=p["reconstruction_weight"],
+                    adversarial_weight=p["adversarial_weight"], gp_weight=p["gp_weight"],
+                    precision=p["precision"],
                 )
                 train_style(
                     style, target_source, mine, kin_rows, reference_source, codes,
@@ -773,7 +800,7 @@ class ACsleuth:
         model = cls(**params)
         genes = list(config["genes"])
         state = torch.load(path / WEIGHTS_FILE, map_location=model.device, weights_only=True)
-        model.generator_ = Generator(len(genes), n_memory=params["n_memory"]).to(model.device)
+        model.generator_ = model._new_generator(len(genes))
         model.critic_ = Critic(len(genes)).to(model.device)
         model.generator_.load_state_dict(state["generator"])
         model.critic_.load_state_dict(state["critic"])

@@ -44,12 +44,18 @@ class Decoder(nn.Module):
 
 
 class Generator(nn.Module):
-    """``x -> (x_hat, z)`` with ``x_hat = D(mem(E(x)))``, or ``D(E(x))`` when the memory is off."""
+    """``x -> (x_hat, z)`` with ``x_hat = D(mem(E(x)))``, or ``D(E(x))`` when the memory is off.
 
-    def __init__(self, n_genes: int, *, n_memory: int = 512) -> None:
+    ``n_memory``, ``temperature`` and ``shrink`` are the memory bank's size, softmax
+    temperature and hard-shrinkage threshold (SPEC §1: 512, 0.05, 0.01).
+    """
+
+    def __init__(
+        self, n_genes: int, *, n_memory: int = 512, temperature: float = 0.05, shrink: float = 0.01
+    ) -> None:
         super().__init__()
         self.encoder = Encoder(n_genes)
-        self.memory = MemoryBank(n_memory, EMBEDDING)
+        self.memory = MemoryBank(n_memory, EMBEDDING, temperature=temperature, shrink=shrink)
         self.decoder = Decoder(n_genes)
 
     def forward(self, x: Tensor, *, use_memory: bool = True) -> tuple[Tensor, Tensor]:

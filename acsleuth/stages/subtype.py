@@ -134,14 +134,21 @@ class SubtypeResult:
 
     ``labels (N,)`` int64 subtypes (0 is the largest), ``embedding (N, p)`` float32 fused
     embeddings ``z*``, the number of subtypes, the ``"auto"`` curve ``{k: silhouette}``
-    (``None`` when the number was given) and DESC's per-epoch ``history``.
+    (``None`` when the number was given), the ``centroids (n_subtypes, p)`` in the space of
+    ``embedding`` and DESC's per-epoch ``history``.
     """
 
     labels: np.ndarray
     embedding: np.ndarray
     n_subtypes: int
     silhouette_curve: dict[int, float] | None
+    centroids: np.ndarray
     history: list[dict[str, float]] = field(default_factory=list)
+
+    def soft_assignment(self, dof: float = 1.0) -> np.ndarray:
+        """``(N, n_subtypes)`` Student-t soft assignments ``q`` of the cells to the centroids."""
+        q = soft_assignment(torch.from_numpy(self.embedding), torch.from_numpy(self.centroids), dof)
+        return q.numpy()
 
 
 def freeze_batchnorm(module: nn.Module) -> None:
@@ -486,12 +493,15 @@ def subtype_anomalies(
             )
     n_subtypes = int(parallel.broadcast_object(n_subtypes, parallel.context()))  # ranks agree
     if n_subtypes == 1:
-        return SubtypeResult(np.zeros(n, dtype=np.int64), z.astype(np.float32), 1, curve)
+        z = z.astype(np.float32)
+        return SubtypeResult(np.zeros(n, dtype=np.int64), z, 1, curve, z.mean(0, keepdims=True))
     with stage_timer(timings, "subtype desc"):
         result = desc(
             model, inputs, n_subtypes, config=config, device=device, seed=seed, verbose=verbose
         )
-    return SubtypeResult(result.labels, result.embedding, n_subtypes, curve, result.history)
+    return SubtypeResult(
+        result.labels, result.embedding, n_subtypes, curve, result.centroids, result.history
+    )
 
 
 __all__ = [
