@@ -26,8 +26,9 @@ def stage_timer(timings: dict[str, float], stage: str) -> Iterator[None]:
         logger.info("%s: %.2f s", stage, timings[stage])
 
 
-def progress(items: Iterable[T], *, desc: str, total: int | None = None, verbose: bool = True) -> tqdm:
-    """A tqdm bar, silent when ``verbose`` is False or stderr is not a terminal."""
+def progress(items: Iterable[T] | None, *, desc: str, total: int | None = None, verbose: bool = True) -> tqdm:
+    """A tqdm bar (updated by hand when ``items`` is None), silent when ``verbose`` is False or
+    stderr is not a terminal."""
     return tqdm(
         items, desc=desc, total=total, leave=False, dynamic_ncols=True,
         disable=not verbose or not sys.stderr.isatty(),

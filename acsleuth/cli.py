@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
     from .model import ACsleuth
     from .parallel import Context
+    from .train import Checkpoint
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -39,9 +40,16 @@ def _run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not args.overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    if args.model is not None and args.epochs is not None:
+        raise ValueError("--epochs sets the training of a new model; drop it when scoring with --model")
     ctx, _ = parallel.init(args.device)  # under torchrun: join the process group
     try:
         return _run_ranked(args, out, start, ctx)
+    except Exception as err:
+        if not isinstance(err, FileExistsError) and (_checkpoint_dir(args) / "training.pt").is_file():
+            err.add_note(f"the checkpoint in {_checkpoint_dir(args)} keeps the training done so far: "
+                         "rerun with --resume to reuse it, or delete it")
+        raise
     finally:
         parallel.shutdown()
 
@@ -59,17 +67,27 @@ def _run_ranked(args: argparse.Namespace, out: Path, start: float, ctx: Context)
     from . import ACsleuth
     from ._atomic import atomic_dir
     from .data import read
+    from .demo import EPOCH_PARAMS
+    from .model import batch_codes
+    from .stages.subtype import check_n_subtypes
 
     if args.model is None and args.reference is None:
         raise ValueError("give --reference (to train) or --model (a saved model)")
+    n_subtypes = check_n_subtypes(args.n_subtypes)
+    checkpoint = _checkpoint(args, out, ctx)
     target = read(args.target, backed=True)
     reference = read(args.reference, backed=True) if args.reference is not None else None
-    n_subtypes = args.n_subtypes if args.n_subtypes == "auto" else int(args.n_subtypes)
+    batch_codes(target, args.batch_key)  # a missing column is refused before any training
+    if args.label_key is not None and args.label_key not in target.obs:
+        raise KeyError(f"--label-key {args.label_key!r} is not an obs column of the target "
+                       f"(columns: {list(target.obs.columns)})")
     if args.model is not None:
         model = ACsleuth.load(args.model, device=args.device)
-    else:
-        model = ACsleuth(device=args.device, random_state=args.seed, verbose=not args.quiet)
-        model.fit(reference)
+    else:  # the ratio is checked here, before training
+        epochs = dict(zip(EPOCH_PARAMS, args.epochs, strict=True)) if args.epochs else {}
+        model = ACsleuth(device=args.device, random_state=args.seed, verbose=not args.quiet,
+                         anomaly_ratio=args.anomaly_ratio, **epochs)
+        model.fit(reference, checkpoint=checkpoint)
     writing = atomic_dir(out, overwrite=args.overwrite) if ctx.is_main else contextlib.nullcontext()
     with writing as tmp:
         sink = None
@@ -78,7 +96,7 @@ def _run_ranked(args: argparse.Namespace, out: Path, start: float, ctx: Context)
         try:
             if reference is not None:
                 model.run(reference, target, batch_key=args.batch_key, anomaly_ratio=args.anomaly_ratio,
-                          n_subtypes=n_subtypes, corrected_out=sink)
+                          n_subtypes=n_subtypes, corrected_out=sink, checkpoint=checkpoint)
             else:  # a saved model without a reference: detect and subtype, no batch correction
                 model.run(None, target, anomaly_ratio=args.anomaly_ratio, n_subtypes=n_subtypes,
                           correct=False)
@@ -98,6 +116,8 @@ def _run_ranked(args: argparse.Namespace, out: Path, start: float, ctx: Context)
         }).to_csv(tmp / "cells.csv", index_label="cell")
         model.save(tmp / "model")
         _write_report(target, tmp, args.label_key, truth_key)
+    if checkpoint is not None and ctx.is_main:  # the outputs are complete: the checkpoint has served
+        checkpoint.remove()
     n_anomalies = int(target.obs["acsleuth_anomaly"].sum())
     print(f"acsleuth run: {target.n_obs} target cells, {n_anomalies} called anomalous, "
           f"{target.uns['acsleuth'].get('n_subtypes', 0)} subtypes; wrote {out}/ "
@@ -108,12 +128,31 @@ def _run_ranked(args: argparse.Namespace, out: Path, start: float, ctx: Context)
 CORRECTED_FILE = ".corrected.h5"
 
 
+def _checkpoint_dir(args: argparse.Namespace) -> Path:
+    return Path(args.checkpoint_dir or f"{args.out}.checkpoint")
+
+
+def _checkpoint(args: argparse.Namespace, out: Path, ctx: Context) -> Checkpoint | None:
+    """The run's checkpoint (single-process runs): written on Ctrl-C, at the end of each
+    training stage and every ``--checkpoint-every`` epochs; read back with ``--resume``."""
+    from .train import Checkpoint
+
+    if ctx.distributed:
+        if args.resume or args.checkpoint_every:
+            raise ValueError(
+                "--checkpoint-every and --resume work in single-process runs only; drop them or "
+                "run without torchrun"
+            )
+        return None
+    return Checkpoint(_checkpoint_dir(args), every=args.checkpoint_every, resume=args.resume)
+
+
 def _corrected_sink(path: Path, n_obs: int, n_genes: int) -> h5py.Dataset:
     """An on-disk float32 ``(n_obs, n_genes)`` dataset that the corrected expression streams into."""
     import h5py
 
     handle = h5py.File(path, "w")
-    chunks = (max(1, min(n_obs, (1 << 20) // (4 * n_genes))), n_genes)  # ~1 MB row chunks
+    chunks = (max(1, min(n_obs, (1 << 20) // (4 * n_genes))), n_genes) if n_obs else None  # ~1 MB rows
     return handle.create_dataset("corrected", shape=(n_obs, n_genes), dtype="f4", chunks=chunks)
 
 
@@ -143,6 +182,8 @@ def _write_target(target: AnnData, path: Path, model: ACsleuth, corrected: h5py.
         return
     with h5py.File(path, "r+") as f:
         group = f[_corrected_slot(target, model)]
+        if "acsleuth_corrected" in group:  # the target is an earlier run's output
+            del group["acsleuth_corrected"]
         f.copy(corrected, group, name="acsleuth_corrected")
         group["acsleuth_corrected"].attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
 
@@ -180,11 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     demo.add_argument("--out", default="acsleuth_demo", help="output folder")
     demo.add_argument("--debug", action="store_true", help="show tracebacks")
-    demo.add_argument(
-        "--epochs", type=int, nargs=5, metavar=("PREPARE", "TRAIN", "SCORE", "STYLE", "SUBTYPE"),
-        help="epochs of the two module I stages, the MMD predictor, the style transfer and "
-        "DESC (default: the model's, 50 20 5 50 100)",
-    )
+    _add_epochs(demo)
     demo.set_defaults(func=_demo)
 
     run = sub.add_parser("run", help="detect, batch-correct and subtype anomalous target cells")
@@ -201,8 +238,34 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=2024)
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.add_argument("--debug", action="store_true", help="show tracebacks")
+    _add_epochs(run)
+    run.add_argument("--checkpoint-every", type=_non_negative, default=0, metavar="N",
+                     help="write the training state every N epochs (default 0: at the end of each "
+                     "training stage and on Ctrl-C only)")
+    run.add_argument("--checkpoint-dir", help="where checkpoints go (default: OUT.checkpoint)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the interrupted run checkpointed in --checkpoint-dir (same "
+                     "inputs and settings); the result equals an uninterrupted run's")
     run.set_defaults(func=_run)
     return parser
+
+
+def _add_epochs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--epochs", type=_non_negative, nargs=5, metavar=("PREPARE", "TRAIN", "SCORE", "STYLE", "SUBTYPE"),
+        help="epochs of the two module I stages, the MMD predictor, the style transfer and "
+        "DESC (default: the model's, 50 20 5 50 100)",
+    )
+
+
+def _non_negative(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -213,9 +276,26 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except (ValueError, KeyError, TypeError, FileNotFoundError, FileExistsError, RuntimeError) as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"acsleuth {args.command}: error: {message} (--debug shows the traceback)",
+        notes = "".join(f"; {note}" for note in getattr(err, "__notes__", ()))
+        print(f"acsleuth {args.command}: error: {message}{notes} (--debug shows the traceback)",
               file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:
+        print(f"acsleuth {args.command}: {_interrupted(args, err)}", file=sys.stderr)
+        return 130
+
+
+def _interrupted(args: argparse.Namespace, err: KeyboardInterrupt) -> str:
+    """What an interrupted command left behind, and how to go on."""
+    from .train import TrainingInterrupted
+
+    if isinstance(err, TrainingInterrupted):
+        return (f"interrupted in stage {err.stage!r} after {err.epoch} complete epoch(s); the "
+                f"checkpoint in {err.folder} continues it: rerun the same command with --resume")
+    message = "interrupted; the outputs were left as they were"
+    if args.command == "run" and (_checkpoint_dir(args) / "training.pt").is_file():
+        message += f" (the checkpoint in {_checkpoint_dir(args)} continues the run: add --resume)"
+    return message
 
 
 if __name__ == "__main__":

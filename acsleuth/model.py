@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,7 +35,8 @@ from .stages.kin import KinConfig, learned_kin, nearest_kin
 from .stages.mmd import ScorerConfig, fit_predictor, predict_logits
 from .stages.residuals import ScaledResiduals, batch_medians, median_sample
 from .stages.style import StyleConfig, StyleTransfer, apply_style, train_style
-from .stages.subtype import SubtypeConfig, SubtypeResult, subtype_anomalies
+from .stages.subtype import SubtypeConfig, SubtypeResult, check_n_subtypes, subtype_anomalies
+from .train import Checkpoint
 
 Score = Literal["mmd", "scaled", "residual", "cosine", "critic"]
 SCORES: tuple[Score, ...] = ("mmd", "scaled", "residual", "cosine", "critic")
@@ -194,9 +196,11 @@ class ACsleuth:
         if p["gamma"] not in ("interp", "reference"):
             raise ValueError(f"ACsleuth: gamma must be 'interp' or 'reference', got {p['gamma']!r}")
         ratio = p["anomaly_ratio"]
-        if ratio is not None and not 0.0 < float(ratio) < 1.0:
+        number = isinstance(ratio, int | float | np.integer | np.floating)
+        if ratio is not None and not (number and 0.0 < float(ratio) < 1.0):
             raise ValueError(
-                f"ACsleuth: anomaly_ratio must be in (0, 1) or None (estimate), got {ratio}"
+                f"ACsleuth: anomaly_ratio must be in (0, 1) or None (estimate), got {ratio} "
+                "(pass the expected fraction of anomalous cells, e.g. 0.1, or leave it out)"
             )
         if p["subtype_embedding"] not in ("pca", "fusion"):
             raise ValueError(
@@ -247,8 +251,19 @@ class ACsleuth:
             batch_size=p["score_batch_size"], warm_epochs=p["warm_epochs"], lr=p["learning_rate"],
         )
 
-    def fit(self, reference: AnnData | str | os.PathLike) -> ACsleuth:
-        """Train module I on ``reference`` (normal cells only; AnnData, backed AnnData or a path)."""
+    def fit(self, reference: AnnData | str | os.PathLike, *, checkpoint: Checkpoint | None = None) -> ACsleuth:
+        """Train module I on ``reference`` (normal cells only; AnnData, backed AnnData or a path).
+
+        With a :class:`~acsleuth.train.Checkpoint` the training state is written every
+        ``checkpoint.every`` epochs and on Ctrl-C, an interrupted fit is continued (to the
+        same weights on the CPU), and the fitted model is written into the checkpoint too;
+        resuming a checkpoint that holds it reads it instead of training.
+        """
+        if checkpoint is not None:
+            checkpoint.bind(self._fingerprint(reference=reference))
+            if checkpoint.has_model():
+                logger.info("resumed: the fitted model is read from %s", checkpoint.model_dir)
+                return self._load_fitted(checkpoint.model_dir)
         timings: dict[str, float] = {}
         p = self.params
         with stage_timer(timings, "prepare data"):
@@ -274,7 +289,7 @@ class ACsleuth:
             with stage_timer(timings, "module I"):
                 history = train_detector(
                     generator, critic, loader, self._detector_config(), verbose=p["verbose"] and ctx.is_main,
-                    timings=timings,
+                    timings=timings, checkpoint=checkpoint,
                 )
                 parallel.average_buffers(generator, ctx)
             with stage_timer(timings, "reference residuals"):
@@ -283,7 +298,21 @@ class ACsleuth:
         self.residual_scale_, self.anchors_ = scale, anchors
         self.history_, self.timings_ = history, timings
         logger.info("fitted module I on %d reference cells x %d genes", source.n_obs, len(genes))
+        if checkpoint is not None:
+            self.save(checkpoint.model_dir, overwrite=True)
         return self
+
+    def _fingerprint(self, **inputs: AnnData | str | os.PathLike | None) -> dict[str, Any]:
+        """What makes two runs the same run, for :meth:`Checkpoint.bind`: the settings that
+        change results, and each input's shape (and file, when read from one)."""
+        fingerprint = {k: v for k, v in self.params.items() if k not in ("device", "verbose")}
+        for name, data in inputs.items():
+            if isinstance(data, AnnData):
+                where = f" in {Path(data.filename).resolve()}" if data.isbacked else ""
+                fingerprint[name] = f"{data.n_obs} cells x {data.n_vars} genes{where}"
+            elif data is not None:
+                fingerprint[name] = str(Path(data).resolve())
+        return fingerprint
 
     @contextmanager
     def _seeded(self) -> Iterator[None]:
@@ -340,6 +369,12 @@ class ACsleuth:
         timings: dict[str, float] = {}
         with stage_timer(timings, "prepare target"):
             source = prepare(target, genes=self.genes_, name="target")
+        if score == "mmd" and source.n_obs < 4:
+            raise ValueError(
+                f"target: {source.n_obs} cell(s); the MMD score compares groups of target cells "
+                "and needs at least 4 target cells (score more cells together, or use "
+                "score='scaled', which scores each cell on its own)"
+            )
         by_batch = batch_key is not None
         codes, _ = batch_codes(source.adata, batch_key)
         with self._seeded():
@@ -510,6 +545,7 @@ class ACsleuth:
         correct: bool = True,
         corrected_out: Any = None,
         key_added: str = "acsleuth",
+        checkpoint: Checkpoint | None = None,
     ) -> AnnData:
         """The whole pipeline: detect, batch-correct and subtype the anomalies of ``target``.
 
@@ -540,6 +576,12 @@ class ACsleuth:
             is streamed to disk); subtyping reads the anomalies' rows back from it.
         key_added
             Prefix of every key written.
+        checkpoint
+            Checkpoints module I (with the fitted model) and the style transfer
+            (:class:`~acsleuth.train.Checkpoint`); resuming one skips what it holds, and on
+            the CPU a resumed run ends with the results of an uninterrupted one. The other
+            stages are recomputed from the fitted model: they are seeded, so they repeat
+            exactly. Single-process runs only.
 
         Under ``torchrun`` every rank calls ``run`` with the same arguments: every stage runs
         data-parallel (:mod:`acsleuth.parallel`; DESC's centroids and target distribution
@@ -559,8 +601,10 @@ class ACsleuth:
         """
         if not isinstance(target, AnnData):
             raise TypeError(f"run: target must be an AnnData, got {type(target).__name__}")
+        if checkpoint is not None:
+            checkpoint.bind(self._fingerprint(reference=reference, target=target))
         if not self.is_fitted:
-            self.fit(reference)
+            self.fit(reference, checkpoint=checkpoint)
         saved = self.params["anomaly_ratio"]
         try:
             if anomaly_ratio is not None:
@@ -577,7 +621,7 @@ class ACsleuth:
         if correct:
             corrected = self.correct(
                 target, reference, normal=~anomaly, batch_key=batch_key, kin=kin, out=corrected_out,
-                timings=timings,
+                timings=timings, checkpoint=checkpoint,
             )
             if main and corrected_out is None:
                 tl._write_corrected(target, self, corrected, key_added)
@@ -606,6 +650,7 @@ class ACsleuth:
         anomalies: Literal["shift", "generator"] = "shift",
         out: Any = None,
         timings: dict[str, float] | None = None,
+        checkpoint: Checkpoint | None = None,
     ) -> Any:
         """Batch-corrected expression of every target cell (modules II-III, SPEC §2-§3).
 
@@ -617,7 +662,8 @@ class ACsleuth:
         cells): the generator, trained on normal cells only, maps an unseen cell type onto a
         normal one, and subtyping its output lost much of the subtype signal
         (benchmarks/RESULTS.md, issue 4); ``"generator"`` gives them its output (SPEC §3).
-        Seconds go to ``timings["kin"]`` and ``timings["style"]``.
+        Seconds go to ``timings["kin"]`` and ``timings["style"]``. ``checkpoint`` checkpoints
+        and resumes the style transfer's training.
 
         Returns ``out``, filled chunk by chunk with the float32 ``(n_obs, n_genes_)``
         corrected expression: any array taking row-slice assignment (a numpy array or
@@ -659,7 +705,7 @@ class ACsleuth:
                 train_style(
                     style, target_source, mine, kin_rows, reference_source, codes,
                     config=config, device=self.device, seed=p["random_state"] + ctx.rank,
-                    verbose=p["verbose"] and ctx.is_main,
+                    verbose=p["verbose"] and ctx.is_main, checkpoint=checkpoint,
                 )
                 parallel.average_buffers(style, ctx)
                 corrected = None
@@ -741,19 +787,29 @@ class ACsleuth:
     ) -> SubtypeResult | None:
         """Subtypes of the anomalies from their (corrected) expression ``x (N, n_genes_)``.
 
-        None (logged) when ``N == 0``; one subtype when ``N < 3``. Seconds go to
-        ``timings["subtype"]`` (and its sub-stages).
+        None (logged) when ``N == 0``; one subtype when ``N < 3``. A number of subtypes
+        above ``N`` is lowered to ``N`` with a warning (how many anomalies are called is
+        known only now). Seconds go to ``timings["subtype"]`` (and its sub-stages).
         """
         self._require_fitted()
         p = self.params
+        n_subtypes = check_n_subtypes(n_subtypes)
         if len(x) == 0:
             logger.info("subtype: no anomaly was called; nothing to subtype")
             return None
+        k = 1 if len(x) < 3 else n_subtypes
+        if n_subtypes != "auto" and n_subtypes > len(x):
+            k = min(k, len(x))
+            warnings.warn(
+                f"subtype: n_subtypes={n_subtypes} is more than the {len(x)} anomalies called; "
+                f"making {k} subtype(s) instead (pass a smaller n_subtypes, or 'auto')",
+                UserWarning, stacklevel=2,
+            )
         timings = {} if timings is None else timings
         with stage_timer(timings, "subtype"):
             return subtype_anomalies(
                 self.generator_.encoder, self.generator_, torch.as_tensor(x),
-                n_subtypes=1 if len(x) < 3 else n_subtypes,
+                n_subtypes=k,
                 config=SubtypeConfig(
                     embedding=p["subtype_embedding"], epochs=p["subtype_epochs"],
                     eval_batch_size=p["eval_batch_size"],
@@ -797,19 +853,23 @@ class ACsleuth:
         params = dict(config["params"])
         if device is not None:
             params["device"] = device
-        model = cls(**params)
+        return cls(**params)._load_fitted(path)
+
+    def _load_fitted(self, path: Path) -> ACsleuth:
+        """Read the genes, weights and history of a model saved by :meth:`save` into ``self``."""
+        config = json.loads((path / CONFIG_FILE).read_text())
         genes = list(config["genes"])
-        state = torch.load(path / WEIGHTS_FILE, map_location=model.device, weights_only=True)
-        model.generator_ = model._new_generator(len(genes))
-        model.critic_ = Critic(len(genes)).to(model.device)
-        model.generator_.load_state_dict(state["generator"])
-        model.critic_.load_state_dict(state["critic"])
-        model.residual_scale_, model.anchors_ = state["residual_scale"], state["anchors"]
-        model.generator_.eval()
-        model.critic_.eval()
-        model.genes_, model.history_ = genes, config.get("history", {})
-        model.timings_ = config.get("timings", {})
-        return model
+        state = torch.load(path / WEIGHTS_FILE, map_location=self.device, weights_only=True)
+        self.generator_ = self._new_generator(len(genes))
+        self.critic_ = Critic(len(genes)).to(self.device)
+        self.generator_.load_state_dict(state["generator"])
+        self.critic_.load_state_dict(state["critic"])
+        self.residual_scale_, self.anchors_ = state["residual_scale"], state["anchors"]
+        self.generator_.eval()
+        self.critic_.eval()
+        self.genes_, self.history_ = genes, config.get("history", {})
+        self.timings_ = config.get("timings", {})
+        return self
 
     def __repr__(self) -> str:
         state = f"fitted on {len(self.genes_)} genes" if self.is_fitted else "not fitted"

@@ -42,3 +42,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture
+def cli_files(tmp_path, monkeypatch):
+    """Tiny ``ref.h5ad`` and ``tgt.h5ad`` (two target batches) in ``tmp_path``; the command's
+    model is patched to a few epochs (:class:`fast_model.FastACsleuth`)."""
+    from fast_model import FastACsleuth
+
+    import acsleuth
+    from acsleuth import datasets
+
+    monkeypatch.setattr(acsleuth, "ACsleuth", FastACsleuth)
+    reference, target = datasets.synthetic(120, 100, 50, n_anomaly_types=2, anomaly_ratio=0.3,
+                                           n_batches=2, seed=1)
+    reference.write_h5ad(tmp_path / "ref.h5ad")
+    target.write_h5ad(tmp_path / "tgt.h5ad")
+    return tmp_path

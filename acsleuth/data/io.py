@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import anndata as ad
+import h5py
 import numpy as np
 import pandas as pd
 import scipy.io
@@ -53,13 +54,32 @@ def read(data: str | os.PathLike | AnnData, *, backed: bool = False) -> AnnData:
         return _read_10x(path)
     suffix = next((s for s in (".h5ad", *TABLE_SEPARATORS) if path.name.lower().endswith(s)), None)
     if suffix == ".h5ad":
-        try:
-            return ad.read_h5ad(path, backed="r" if backed else None)
-        except OSError as err:
-            raise DataError(f"{path} could not be read as .h5ad ({err}); is it a valid h5ad file?") from err
+        return _read_h5ad(path, backed)
     if suffix in TABLE_SEPARATORS:
         return _read_table(path, TABLE_SEPARATORS[suffix])
     raise DataError(f"{path} is in an unknown format; pass {FORMATS}")
+
+
+def _read_h5ad(path: Path, backed: bool) -> AnnData:
+    if not h5py.is_hdf5(path):
+        raise DataError(
+            f"{path} could not be read as .h5ad: it is not an HDF5 file (empty, cut short, or "
+            f"another format under a .h5ad name); write it with adata.write_h5ad, or pass {FORMATS}"
+        )
+    try:
+        with h5py.File(path, "r") as f:
+            missing = [key for key in ("obs", "var") if key not in f]
+        if missing:
+            raise DataError(
+                f"{path} could not be read as .h5ad: it is an HDF5 file without AnnData's "
+                f"{' and '.join(missing)} group(s); write it with adata.write_h5ad, or pass {FORMATS}"
+            )
+        return ad.read_h5ad(path, backed="r" if backed else None)
+    except OSError as err:  # h5py: truncated or damaged
+        raise DataError(
+            f"{path} could not be read as .h5ad ({err}); the file is damaged or truncated (e.g. an "
+            "interrupted copy): copy it again or write it again with adata.write_h5ad"
+        ) from err
 
 
 def _read_10x(folder: Path) -> AnnData:

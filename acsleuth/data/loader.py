@@ -6,6 +6,7 @@ import math
 import queue
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -77,6 +78,13 @@ class MinibatchLoader:
         self.rows = _check_rows(rows, source.n_obs)
         self._rng = np.random.default_rng(seed)
         self._cache: torch.Tensor | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The shuffling generator's state: a checkpoint of a training run includes it."""
+        return {"rng": self._rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._rng.bit_generator.state = state["rng"]
 
     def __len__(self) -> int:
         """Batches per epoch."""

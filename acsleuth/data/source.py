@@ -166,7 +166,13 @@ def prepare(
             "each (check the filtering that produced it)"
         )
     reader = open_matrix(_matrix(adata, layer, name), where)
-    scan = scan_values(reader)
+    try:
+        scan = scan_values(reader)
+    except OSError as err:  # h5py, reading a backed file
+        raise DataError(
+            f"{where} could not be read ({err}); the file is damaged: copy it again or write it "
+            "again with adata.write_h5ad"
+        ) from err
     _check_values(scan, where)
     scale = None
     if scan.integer and scan.max > RAW_COUNT_MIN_MAX:

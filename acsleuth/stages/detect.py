@@ -15,7 +15,7 @@ from .. import parallel
 from .._logging import stage_timer
 from .._precision import Precision, autocast
 from ..nn import Critic, Generator
-from ..train import AdversarialConfig, AdversarialStep, train_adversarial
+from ..train import AdversarialConfig, AdversarialStep, Checkpoint, train_adversarial
 
 
 @dataclass(frozen=True)
@@ -48,12 +48,16 @@ def train_detector(
     *,
     verbose: bool = True,
     timings: dict[str, float] | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> dict[str, list[dict[str, float]]]:
     """Stage "prepare" (no memory), then stage "train" (memory on, cosine schedule).
 
     After every generator update of stage "train" the batch's encoder embeddings are
     enqueued into the memory bank. When ``timings`` is given, the seconds each stage took
     are added to ``timings["prepare"]`` and ``timings["train"]`` (0.0 for a skipped stage).
+    ``checkpoint`` resumes and checkpoints both stages (:func:`~acsleuth.train.train_adversarial`;
+    a loader with a ``state_dict``, such as :class:`~acsleuth.data.MinibatchLoader`, has its
+    shuffler checkpointed too).
     """
     if timings is None:
         timings = {}
@@ -68,6 +72,9 @@ def train_detector(
         own = config.reconstruction_weight * F.l1_loss(x_hat.float(), x)
         return AdversarialStep(x, x_hat, own, aux=z)
 
+    state = {"generator": generator}
+    if hasattr(loader, "state_dict"):
+        state["loader"] = loader
     history = {}
     for name, epochs, use_memory in (
         ("prepare", config.prepare_epochs, False),
@@ -89,6 +96,8 @@ def train_detector(
                 ),
                 desc=name,
                 verbose=verbose,
+                state=state,
+                checkpoint=checkpoint,
             )
     generator.eval()
     critic.eval()

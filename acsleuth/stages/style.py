@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from ..data import ExpressionSource, MinibatchLoader
 from ..nn import Critic, Decoder, Encoder, Generator
 from ..nn.generator import EMBEDDING
-from ..train import AdversarialConfig, AdversarialStep, train_adversarial
+from ..train import AdversarialConfig, AdversarialStep, Checkpoint, train_adversarial
 
 
 @dataclass(frozen=True)
@@ -107,13 +107,15 @@ def train_style(
     device: str | torch.device = "cpu",
     seed: int = 0,
     verbose: bool = True,
+    checkpoint: Checkpoint | None = None,
 ) -> list[dict[str, float]]:
     """Train ``generator`` to turn target normal cells into their kin reference cells.
 
     Generator loss ``alpha E|x_kin - x_hat|_1 - beta E[C_3(x_hat)]``, WGAN-GP critic on
     ``(x_kin, x_hat)``, through :func:`~acsleuth.train.train_adversarial`. Minibatches of
     normal cells are shuffled with ``seed``; the critic's weights and dropout use the global
-    torch RNG, as in the other stages. Leaves ``generator`` on ``device`` in eval mode.
+    torch RNG, as in the other stages. ``checkpoint`` resumes and checkpoints the training
+    (stage ``"style"``). Leaves ``generator`` on ``device`` in eval mode.
 
     Parameters
     ----------
@@ -159,7 +161,8 @@ def train_style(
     generator.to(device).train()
     critic = Critic(target.n_genes).to(device).train()
     history = train_adversarial(
-        list(generator.parameters()), critic, batches, step, config, desc="style", verbose=verbose
+        list(generator.parameters()), critic, batches, step, config, desc="style", verbose=verbose,
+        state={"generator": generator, "loader": cells}, checkpoint=checkpoint,
     )
     generator.eval()
     return history

@@ -398,6 +398,8 @@ def principal_components(x: Tensor, n_components: int, *, seed: int = 0) -> np.n
 
     values = x.detach().cpu().numpy().astype(np.float32, copy=False)
     n = min(n_components, *values.shape)
+    if values.shape[0] < 2:  # one cell: no variance (sklearn would divide 0 by 0)
+        return np.zeros((values.shape[0], n), dtype=np.float32)
     return PCA(n, random_state=seed).fit_transform(values).astype(np.float32)
 
 
@@ -424,6 +426,22 @@ def _fusion_encoder(
                     seed=seed, verbose=verbose,
                 )
     return fusion
+
+
+def check_n_subtypes(n_subtypes: object) -> int | Literal["auto"]:
+    """``n_subtypes`` as ``"auto"`` or a positive ``int`` (a string of digits is accepted, as
+    the command line gives it); anything else is a ``ValueError`` saying what to pass."""
+    if isinstance(n_subtypes, str) and n_subtypes.strip().isdigit():
+        n_subtypes = int(n_subtypes)
+    if n_subtypes == "auto":
+        return "auto"
+    is_int = isinstance(n_subtypes, (int, np.integer)) and not isinstance(n_subtypes, bool)
+    if not is_int or n_subtypes < 1:
+        raise ValueError(
+            f"n_subtypes: {n_subtypes!r} is not a number of subtypes (pass a positive integer, "
+            "e.g. 5, or 'auto' to choose it by silhouette)"
+        )
+    return int(n_subtypes)
 
 
 def subtype_anomalies(
@@ -509,6 +527,7 @@ __all__ = [
     "FusionEncoder",
     "SubtypeConfig",
     "SubtypeResult",
+    "check_n_subtypes",
     "choose_n_subtypes",
     "desc",
     "desc_cluster",

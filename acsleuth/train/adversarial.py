@@ -6,6 +6,11 @@ then does ``critic_steps`` critic updates on that batch and one generator update
 ``own - beta * E[C(fake)]``. The generator's forward pass is shared by the critic and generator
 updates: the critic sees it detached, and the generator's parameters do not change in between.
 
+Every epoch starts from a snapshot of the training state. A divergence guard restores it when
+the epoch's losses are not finite or the critic's loss explodes, halves the learning rate and
+retries, a bounded number of times; with a :class:`~acsleuth.train.Checkpoint` the state is
+written every N epochs and, on Ctrl-C, the snapshot is written before the loop stops.
+
 Under ``torch.distributed`` (see :mod:`acsleuth.parallel`) the loop is data-parallel: each
 rank feeds its own shard of batches, gradients are averaged over ranks after every backward
 pass, and all ranks take the same number of steps per epoch, so their models stay identical.
@@ -14,7 +19,7 @@ pass, and all ranks take the same number of steps per epoch, so their models sta
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -22,8 +27,9 @@ import torch
 from torch import Tensor, nn
 
 from .. import parallel
-from .._logging import progress
+from .._logging import logger, progress
 from .._precision import Precision, autocast
+from .checkpoint import Checkpoint, Stateful, TorchRandomState, restore, snapshot, states_of
 
 
 @dataclass(frozen=True)
@@ -38,6 +44,12 @@ class AdversarialConfig:
     gp_weight: float = 10.0
     cosine: bool = False
     precision: Precision = "fp32"
+    max_retries: int = 3  # divergence guard: restores of the last good state per stage
+    max_critic_loss: float = 1e6  # an epoch whose mean |critic loss| passes this has diverged
+
+
+class TrainingDiverged(RuntimeError):
+    """A stage's losses stayed non-finite or exploding after every retry of the guard."""
 
 
 class AdversarialStep(NamedTuple):
@@ -71,6 +83,8 @@ def train_adversarial(
     after_step: Callable[[Any, AdversarialStep], None] | None = None,
     desc: str = "train",
     verbose: bool = True,
+    state: Mapping[str, Stateful] | None = None,
+    checkpoint: Checkpoint | None = None,
 ) -> list[dict[str, float]]:
     """Train a generator against ``critic`` for ``config.epochs`` epochs.
 
@@ -87,11 +101,25 @@ def train_adversarial(
     after_step
         Called with the batch and the step's output after each generator update (the
         memory bank's enqueue).
+    state
+        The rest of the training state, by name: the generator module (its buffers hold the
+        memory bank) and the minibatch loader (its shuffler). The critic, both optimisers and
+        torch's random generator are added here; all of it is snapshotted every epoch for the
+        divergence guard and written to ``checkpoint``.
+    checkpoint
+        Resume stage ``desc`` from it, write to it every ``checkpoint.every`` epochs and at the
+        end, and on Ctrl-C write the state at the start of the interrupted epoch, then raise
+        :class:`~acsleuth.train.TrainingInterrupted` (single-process runs only).
 
     Returns
     -------
     Per-epoch means of ``critic``, ``gp``, ``generator`` and ``own`` losses (means over
     all ranks in a distributed run).
+
+    Raises
+    ------
+    TrainingDiverged
+        When an epoch diverged ``config.max_retries + 1`` times in this stage.
 
     Notes
     -----
@@ -105,6 +133,11 @@ def train_adversarial(
     :func:`acsleuth.parallel.average_buffers`. Only rank 0 shows a progress bar.
     """
     ctx = parallel.context()
+    if checkpoint is not None and ctx.distributed:
+        raise ValueError(
+            f"{desc}: checkpoints are written by single-process runs only; drop the checkpoint "
+            "(--checkpoint-every) or run without torchrun"
+        )
     generator_params = list(generator_params)
     critic_params = [p for p in critic.parameters() if p.requires_grad]
     if ctx.distributed:
@@ -113,13 +146,12 @@ def train_adversarial(
     device = generator_params[0].device
     opt_g = torch.optim.Adam(generator_params, lr=config.lr, betas=config.betas)
     opt_c = torch.optim.Adam(critic_params, lr=config.lr, betas=config.betas)
-    history: list[dict[str, float]] = []
-    bar = progress(range(config.epochs), desc=desc, verbose=verbose and ctx.is_main)
-    for epoch in bar:
-        if config.cosine:
-            for opt in (opt_g, opt_c):
-                for group in opt.param_groups:
-                    group["lr"] = config.lr * _cosine_factor(epoch, config.epochs)
+    tracked: dict[str, Stateful] = {
+        **(state or {}), "critic": critic, "generator_optimizer": opt_g, "critic_optimizer": opt_c,
+        "random": TorchRandomState(device),
+    }
+
+    def run_epoch() -> list[float]:
         losses: list[Tensor] = []
         for batch in parallel.lockstep(batches(), ctx):
             with autocast(device, config.precision):
@@ -149,8 +181,60 @@ def train_adversarial(
         means = torch.stack(losses).float().mean(0)
         if ctx.distributed:
             means = parallel.all_reduce_sum(means, ctx) / ctx.world_size
-        means = means.tolist()  # one host sync per epoch
-        history.append(dict(zip(("critic", "gp", "generator", "own"), means, strict=True)))
-        bar.set_postfix({k: f"{v:.3g}" for k, v in history[-1].items()})
+        return means.tolist()  # one host sync per epoch
+
+    epoch, history, lr_scale = (0, [], 1.0) if checkpoint is None else checkpoint.begin(desc, tracked)
+    retries = 0
+    bar = progress(None, desc=desc, total=config.epochs, verbose=verbose and ctx.is_main)
+    bar.update(epoch)
+    while epoch < config.epochs:
+        good = snapshot(tracked)
+        factor = lr_scale * (_cosine_factor(epoch, config.epochs) if config.cosine else 1.0)
+        for opt in (opt_g, opt_c):
+            for group in opt.param_groups:
+                group["lr"] = config.lr * factor
+        try:
+            losses = dict(zip(("critic", "gp", "generator", "own"), run_epoch(), strict=True))
+        except KeyboardInterrupt:
+            if checkpoint is None:
+                raise
+            checkpoint.save(desc, epoch, history, good, lr_scale=lr_scale)
+            raise checkpoint.interrupted(desc, epoch) from None
+        problem = _divergence(losses, config)
+        if problem is not None:
+            retries += 1
+            if retries > config.max_retries:
+                raise TrainingDiverged(
+                    f"{desc}: training diverged at epoch {epoch + 1} ({problem}) after "
+                    f"{config.max_retries} restarts from the last good state, each at half the "
+                    f"learning rate (last {config.lr * lr_scale:.3g}); check the input for extreme "
+                    "values (unnormalised data?) or lower the learning rate"
+                )
+            restore(tracked, good)
+            lr_scale /= 2
+            logger.warning(
+                "%s: epoch %d diverged (%s); restored the state before it and halved the learning "
+                "rate to %.3g (retry %d of %d)", desc, epoch + 1, problem, config.lr * lr_scale,
+                retries, config.max_retries,
+            )
+            continue
+        history.append(losses)
+        epoch += 1
+        bar.update(1)
+        bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()})
+        if checkpoint is not None and checkpoint.due(epoch, config.epochs):
+            checkpoint.save(desc, epoch, history, states_of(tracked), lr_scale=lr_scale,
+                            done=epoch == config.epochs)
+    bar.close()
     parallel.average_buffers(critic, ctx)
     return history
+
+
+def _divergence(losses: Mapping[str, float], config: AdversarialConfig) -> str | None:
+    """What is wrong with an epoch's mean losses, or None when training may go on."""
+    bad = [f"{name} loss {value}" for name, value in losses.items() if not math.isfinite(value)]
+    if bad:
+        return ", ".join(bad)
+    if abs(losses["critic"]) > config.max_critic_loss:
+        return f"critic loss {losses['critic']:.3g} exploded past {config.max_critic_loss:.3g}"
+    return None

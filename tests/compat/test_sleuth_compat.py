@@ -174,7 +174,7 @@ def test_scoring_before_detect_is_a_clear_error(pbmc_task):
 
 # --------------------------------------------------------------------------- the reference's crashes
 def test_fewer_reference_cells_than_a_batch_still_train(pbmc_task):
-    ref, tgt, label = pbmc_task
+    ref, tgt, _label = pbmc_task
     model = AnomalyModel(quick(AnomalyConfigs(ref.n_vars)))  # batch 128 > 60 cells
     model.detect(ref[:60].copy())
     assert model.engine.history_["prepare"]  # epochs ran

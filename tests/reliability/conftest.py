@@ -1,0 +1,18 @@
+"""Shared by the reliability tests: one uninterrupted ``acsleuth run`` in a child process."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cli_process
+import pytest
+
+
+@pytest.fixture(scope="session")
+def cli_baseline(tmp_path_factory) -> Path:
+    """A folder with ``ref.h5ad``, ``tgt.h5ad`` and ``uninterrupted/``, the output of a whole run."""
+    folder = tmp_path_factory.mktemp("cli")
+    cli_process.write_inputs(folder)
+    done = cli_process.run(cli_process.command(folder, folder / "uninterrupted"))
+    assert done.returncode == 0, done.stderr
+    return folder
