@@ -217,4 +217,9 @@ def gamma_mmd_loss(
         s = linear_pair_form(delta, phi)
     else:
         s = gaussian_pair_form(delta, phi, bandwidths)
+    # Given sizes are Python floats: build Gamma in float64 (as_tensor would make it float32,
+    # capping a float64 loss at float32 accuracy), then cast to the pair form's dtype.
+    m_, n_ = (
+        v if isinstance(v, Tensor) else torch.tensor(v, dtype=torch.float64) for v in (m_, n_)
+    )
     return -(gamma_matrix(m_, n_).to(s) * s).sum()

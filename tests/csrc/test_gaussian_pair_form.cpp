@@ -290,3 +290,32 @@ TEST_CASE(bad_inputs_throw) {
   CHECK_THROWS(
       acsleuth::gaussian_pair_form_backward(at::ones({2, 2}, o), x, phi, Bandwidths{0.0}));
 }
+
+// A cloud of points far from the origin (offset 1e4 times its spread) and a cloud scaled by
+// 1e-6 or 1e6 with bandwidths to match, on N = 1 and N around the 256-row tile: the kernel's
+// centring keeps S finite and close to the dense reference built from explicit differences.
+TEST_CASE(extreme_scales_and_offsets) {
+  torch::manual_seed(61);
+  for (auto dtype : {at::kDouble, at::kFloat}) {
+    for (double scale : {1e-6, 1.0, 1e6}) {
+      for (int64_t n : {1L, kTile + 1}) {
+        SCOPED_CONTEXT("dtype=", dtype, " scale=", scale, " n=", n);
+        const auto x64 = (at::randn({n, 3}, opts(at::kDouble)) + (scale == 1.0 ? 1e4 : 0.0)) * scale;
+        const auto x = x64.to(dtype);
+        const auto phi = at::randn({n, 2}, opts(at::kDouble)).to(dtype);
+        const Bandwidths bw = {0.5 * scale, 2.0 * scale};
+        const auto x_op = x.clone().requires_grad_();
+        const auto out = acsleuth::gaussian_pair_form(x_op, phi, bw);
+        const auto grads = torch::autograd::grad({out}, {x_op}, {at::ones({2, 2}, opts(dtype))});
+        CHECK(at::isfinite(out).all().item<bool>());
+        CHECK(at::isfinite(grads[0]).all().item<bool>());
+        const auto ref = reference(x.to(at::kDouble), phi.to(at::kDouble), bw);
+        // Relative to |phi|^T K |phi|: rounding of d_ij is ~ulp |x - mean|^2 / s^2 per entry.
+        const auto k_abs = reference(x.to(at::kDouble), phi.to(at::kDouble).abs(), bw);
+        const double atol = (dtype == at::kDouble ? 1e-9 : 1e-3) * (k_abs.abs().max().item<double>() + 1e-300);
+        CHECK_CLOSE(out, ref, 0.0, atol);
+        if (n == 1) CHECK(at::equal(out, at::zeros({2, 2}, opts(dtype))));
+      }
+    }
+  }
+}

@@ -311,3 +311,33 @@ TEST_CASE(bad_inputs_throw) {
   CHECK_THROWS(acsleuth::kin_topk(q, keys, 2, "euclidean", false));
   CHECK_THROWS(acsleuth::kin_topk(q, keys, 2, "", false));
 }
+
+// Row norms spanning 12 decades (1e-6 to 1e6), some all-zero rows and exact duplicate keys,
+// on sizes that are not multiples of the query block or the key tile: cosine is unaffected
+// by the scale, dot products up to 1e12 stay finite, and every row passes the consistency
+// checks of check_result (ties in ascending key order).
+TEST_CASE(huge_and_tiny_norms) {
+  torch::manual_seed(51);
+  for (auto dtype : {at::kDouble, at::kFloat}) {
+    for (const std::string metric : {"cosine", "dot"}) {
+      SCOPED_CONTEXT("dtype=", dtype, " metric=", metric);
+      const int64_t nq = kQueryBlock + 3, nk = kKeyTile + 5, d = 5;
+      auto q = at::randn({nq, d}, opts(at::kDouble)) *
+               at::pow(10.0, at::rand({nq, 1}, opts(at::kDouble)) * 12 - 6);
+      auto keys = at::randn({nk, d}, opts(at::kDouble)) *
+                  at::pow(10.0, at::rand({nk, 1}, opts(at::kDouble)) * 12 - 6);
+      q.narrow(0, 0, 2).zero_();
+      keys.narrow(0, 7, 3).zero_();
+      keys.narrow(0, kKeyTile, 5).copy_(keys.narrow(0, 0, 5));  // duplicates across tiles
+      q = q.to(dtype);
+      keys = keys.to(dtype);
+      const Reference ref(q, keys, metric);
+      for (int64_t k : {1L, 3L, acsleuth::kMaxTopK}) {
+        SCOPED_CONTEXT("k=", k);
+        const auto [values, indices] = acsleuth::kin_topk(q, keys, k, metric, false);
+        CHECK(at::isfinite(values).all().item<bool>());
+        check_result(values, indices, ref, k, 4 * rtol_for(dtype));
+      }
+    }
+  }
+}

@@ -414,3 +414,34 @@ TEST_CASE(bad_inputs_throw) {
   CHECK_THROWS(acsleuth::linear_pair_form_backward(g, x, phi, a.narrow(0, 0, 2), sq,
                                                    {true, true}));
 }
+
+// Rows spanning many decades of norm (1e-6 to 1e6 in float32, 1e-100 to 1e100 in float64),
+// N = 1 and N not a multiple of the 64-row block or the 4-row sweep: S and the gradients are
+// finite and within (N + G) ulp of |phi|^T |X| |X|^T |phi|, the size of the terms that the
+// closed form subtracts (for N = 1, S = 0 up to that rounding: the diagonal is all there is).
+TEST_CASE(extreme_magnitudes_and_odd_sizes) {
+  torch::manual_seed(41);
+  for (auto dtype : {at::kDouble, at::kFloat}) {
+    const double decades = dtype == at::kDouble ? 200.0 : 12.0;
+    const double ulp = dtype == at::kDouble ? std::numeric_limits<double>::epsilon()
+                                            : std::numeric_limits<float>::epsilon();
+    for (int64_t n : {1L, 3L, kRowBlock + 3, 2 * kRowBlock - 1}) {
+      SCOPED_CONTEXT("dtype=", dtype, " n=", n);
+      const int64_t g = 11, r = 2;
+      const auto scale = at::pow(10.0, (at::rand({n, 1}, opts(at::kDouble)) - 0.5) * decades);
+      const auto x = (at::randn({n, g}, opts(at::kDouble)) * scale).to(dtype);
+      const auto phi = at::rand({n, r}, opts(at::kDouble)).to(dtype);
+      const auto x_op = x.clone().requires_grad_();
+      const auto phi_op = phi.clone().requires_grad_();
+      const auto s = std::get<0>(acsleuth::linear_pair_form(x_op, phi_op));
+      const auto grads = torch::autograd::grad({s}, {x_op, phi_op}, {at::ones({r, r}, opts(dtype))});
+      const auto x64 = x.to(at::kDouble), phi64 = phi.to(at::kDouble);
+      const auto bound = phi64.abs().t().mm(x64.abs().mm(x64.abs().t())).mm(phi64.abs());
+      const double atol = 4 * (n + g) * ulp * bound.max().item<double>();
+      CHECK(at::isfinite(s).all().item<bool>());
+      CHECK(at::isfinite(grads[0]).all().item<bool>());
+      CHECK(at::isfinite(grads[1]).all().item<bool>());
+      CHECK_CLOSE(s, reference(x64, phi64), 0.0, atol);
+    }
+  }
+}

@@ -323,3 +323,62 @@ TEST_CASE(bad_inputs_throw) {
   CHECK_THROWS(acsleuth::memory_attention_backward(g, z, memory, at::ones({6, 4}, o), 1.0, 0.1));
   CHECK_THROWS(acsleuth::memory_attention_backward(g, z, memory, at::ones({4, 6}, o), 0.0, 0.1));
 }
+
+// Tiny temperatures: logits / t reach ~1e6, so the softmax saturates to a one-hot on the best
+// slot; the output is that slot (a duplicated best slot splits its weight evenly between two
+// equal rows: the same output), with no NaN or inf in the output, probs or gradients. Batches
+// below and above the 16-row parallel grain, an odd number of slots.
+TEST_CASE(tiny_temperature_saturates_without_nan) {
+  torch::manual_seed(31);
+  constexpr int64_t kSlots = 41, kP = 6;
+  for (auto dtype : {at::kDouble, at::kFloat}) {
+    for (double t : {1e-4, 1e-6}) {
+      for (int64_t batch : {1L, 17L}) {
+        SCOPED_CONTEXT("dtype=", dtype, " t=", t, " batch=", batch);
+        auto m64 = at::randn({kSlots, kP}, opts(at::kDouble));
+        m64.select(0, kSlots - 1).copy_(m64.select(0, 0));  // an exact duplicate of slot 0
+        const auto z64 = 10 * at::randn({batch, kP}, opts(at::kDouble));
+        const auto z = z64.to(dtype).requires_grad_();
+        const auto memory = m64.to(dtype).requires_grad_();
+        const auto [out, probs] = acsleuth::memory_attention(z, memory, t, 0.01);
+        CHECK(at::isfinite(out).all().item<bool>());
+        CHECK(at::isfinite(probs).all().item<bool>());
+        // Best distinct slot (the duplicate left out) where it wins by far more than t.
+        const auto zr = z.detach().to(at::kDouble), mr = memory.detach().to(at::kDouble);
+        const auto logits = zr.mm(mr.narrow(0, 0, kSlots - 1).t());
+        const auto [top, best] = logits.topk(2, 1);
+        const auto gap = top.select(1, 0) - top.select(1, 1);
+        const auto decisive = (gap > 50 * t + 1e-4 * top.select(1, 0).abs()).nonzero().squeeze(1);
+        CHECK_CLOSE(out.detach().index_select(0, decisive),
+                    mr.index_select(0, best.select(1, 0).index_select(0, decisive)), 0.0,
+                    16 * rtol_for(dtype));
+        const auto grads = torch::autograd::grad({out}, {z, memory}, {at::ones_like(out)});
+        CHECK(at::isfinite(grads[0]).all().item<bool>());
+        CHECK(at::isfinite(grads[1]).all().item<bool>());
+      }
+    }
+  }
+}
+
+// Memory rows spanning 12 (float32) or 100 (float64) decades of norm at a moderate
+// temperature after scaling z: output and gradients stay finite and match the reference.
+TEST_CASE(extreme_magnitudes_stay_finite) {
+  torch::manual_seed(32);
+  for (auto dtype : {at::kDouble, at::kFloat}) {
+    SCOPED_CONTEXT("dtype=", dtype);
+    const double decades = dtype == at::kDouble ? 100.0 : 12.0;
+    const auto scale = at::pow(10.0, (at::rand({33, 1}, opts(at::kDouble)) - 0.5) * decades);
+    const auto m64 = at::randn({33, 5}, opts(at::kDouble)) * scale;
+    const auto z64 = at::randn({19, 5}, opts(at::kDouble)) / m64.abs().max();
+    const auto z = z64.to(dtype).requires_grad_();
+    const auto memory = m64.to(dtype).requires_grad_();
+    const auto [out, probs] = acsleuth::memory_attention(z, memory, 0.3, 0.01);
+    CHECK(at::isfinite(out).all().item<bool>());
+    const auto [out_ref, probs_ref] =
+        reference(z.detach().to(at::kDouble), memory.detach().to(at::kDouble), 0.3, 0.01);
+    CHECK_CLOSE_REL(probs, probs_ref, 64 * rtol_for(dtype));
+    const auto grads = torch::autograd::grad({out}, {z, memory}, {at::ones_like(out)});
+    CHECK(at::isfinite(grads[0]).all().item<bool>());
+    CHECK(at::isfinite(grads[1]).all().item<bool>());
+  }
+}
