@@ -75,7 +75,8 @@ def _assert_same_results(a, b) -> None:
 INTERRUPTS = sorted(int(n) for n in np.random.default_rng(7).choice(np.arange(1, ALL_UPDATES + 1), 4, replace=False))
 
 
-@pytest.mark.parametrize("n_updates", [*INTERRUPTS, MODULE_I_UPDATES + 1])
+# Fixed points: one in module I's "prepare" stage (updates 1-32), the first of the style transfer.
+@pytest.mark.parametrize("n_updates", sorted({*INTERRUPTS, 11, MODULE_I_UPDATES + 1}))
 def test_ctrl_c_at_a_random_step_then_resume_gives_identical_results(
     data, uninterrupted, tmp_path, monkeypatch, n_updates
 ) -> None:
