@@ -46,7 +46,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         return _run_ranked(args, out, start, ctx)
     except Exception as err:
-        if not isinstance(err, FileExistsError) and (_checkpoint_dir(args) / "training.pt").is_file():
+        if not isinstance(err, FileExistsError) and _has_training_state(args):
             err.add_note(f"the checkpoint in {_checkpoint_dir(args)} keeps the training done so far: "
                          "rerun with --resume to reuse it, or delete it")
         raise
@@ -74,7 +74,7 @@ def _run_ranked(args: argparse.Namespace, out: Path, start: float, ctx: Context)
     if args.model is None and args.reference is None:
         raise ValueError("give --reference (to train) or --model (a saved model)")
     n_subtypes = check_n_subtypes(args.n_subtypes)
-    checkpoint = _checkpoint(args, out, ctx)
+    checkpoint = _checkpoint(args, ctx)
     target = read(args.target, backed=True)
     reference = read(args.reference, backed=True) if args.reference is not None else None
     batch_codes(target, args.batch_key)  # a missing column is refused before any training
@@ -132,7 +132,14 @@ def _checkpoint_dir(args: argparse.Namespace) -> Path:
     return Path(args.checkpoint_dir or f"{args.out}.checkpoint")
 
 
-def _checkpoint(args: argparse.Namespace, out: Path, ctx: Context) -> Checkpoint | None:
+def _has_training_state(args: argparse.Namespace) -> bool:
+    """Whether the run's checkpoint folder holds training state that ``--resume`` would use."""
+    from .train.checkpoint import TRAINING_FILE
+
+    return (_checkpoint_dir(args) / TRAINING_FILE).is_file()
+
+
+def _checkpoint(args: argparse.Namespace, ctx: Context) -> Checkpoint | None:
     """The run's checkpoint (single-process runs): written on Ctrl-C, at the end of each
     training stage and every ``--checkpoint-every`` epochs; read back with ``--resume``."""
     from .train import Checkpoint
@@ -293,7 +300,7 @@ def _interrupted(args: argparse.Namespace, err: KeyboardInterrupt) -> str:
         return (f"interrupted in stage {err.stage!r} after {err.epoch} complete epoch(s); the "
                 f"checkpoint in {err.folder} continues it: rerun the same command with --resume")
     message = "interrupted; the outputs were left as they were"
-    if args.command == "run" and (_checkpoint_dir(args) / "training.pt").is_file():
+    if args.command == "run" and _has_training_state(args):
         message += f" (the checkpoint in {_checkpoint_dir(args)} continues the run: add --resume)"
     return message
 

@@ -853,11 +853,13 @@ class ACsleuth:
         params = dict(config["params"])
         if device is not None:
             params["device"] = device
-        return cls(**params)._load_fitted(path)
+        return cls(**params)._load_fitted(path, config)
 
-    def _load_fitted(self, path: Path) -> ACsleuth:
-        """Read the genes, weights and history of a model saved by :meth:`save` into ``self``."""
-        config = json.loads((path / CONFIG_FILE).read_text())
+    def _load_fitted(self, path: Path, config: dict[str, Any] | None = None) -> ACsleuth:
+        """Read the genes, weights and history of a model saved by :meth:`save` into ``self``
+        (``config``: its ``config.json``, when already read)."""
+        if config is None:
+            config = json.loads((path / CONFIG_FILE).read_text())
         genes = list(config["genes"])
         state = torch.load(path / WEIGHTS_FILE, map_location=self.device, weights_only=True)
         self.generator_ = self._new_generator(len(genes))
