@@ -134,10 +134,17 @@ class Checkpoint:
         self.fingerprint.update(fingerprint)
 
     def remove(self) -> None:
-        """Delete the checkpoint (once the run's outputs are written)."""
+        """Delete the checkpoint (once the run's outputs are written), with the temporaries a
+        killed write left behind."""
         self.training_file.unlink(missing_ok=True)
         if self.model_dir.is_dir():
             shutil.rmtree(self.model_dir)
+        for name in (TRAINING_FILE, MODEL_DIR):  # atomic_path / atomic_dir name them ".NAME.*"
+            for leftover in self.folder.glob(f".{name}.*"):
+                if leftover.is_dir():
+                    shutil.rmtree(leftover)
+                else:
+                    leftover.unlink()
         with contextlib.suppress(OSError):  # left in place when it holds anything else
             self.folder.rmdir()
 

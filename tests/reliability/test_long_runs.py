@@ -130,6 +130,20 @@ def test_an_earlier_checkpoint_is_never_overwritten_without_resume(data, tmp_pat
     assert (tmp_path / "ckpt" / "training.pt").read_bytes() == before
 
 
+def test_removing_a_checkpoint_clears_what_a_killed_write_left_but_nothing_else(data, tmp_path) -> None:
+    reference, _ = data
+    checkpoint = Checkpoint(tmp_path / "ckpt", every=2)
+    acsleuth.ACsleuth(**FAST).fit(reference, checkpoint=checkpoint)
+    (tmp_path / "ckpt" / ".training.pt.x1y2.pt").write_bytes(b"half")  # as kill -9 leaves them
+    (tmp_path / "ckpt" / ".model.a1b2").mkdir()
+    checkpoint.remove()
+    assert not (tmp_path / "ckpt").exists()
+    (tmp_path / "ckpt").mkdir()
+    (tmp_path / "ckpt" / "notes.txt").write_text("mine")
+    checkpoint.remove()
+    assert (tmp_path / "ckpt" / "notes.txt").read_text() == "mine"
+
+
 def test_resume_without_a_checkpoint_says_what_to_do(tmp_path) -> None:
     with pytest.raises(FileNotFoundError, match=r"no checkpoint in .* run without --resume"):
         Checkpoint(tmp_path / "nothing", resume=True)
