@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-Precision = Literal["fp32", "bf16"]
-PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16")
+from ._constants import PRECISIONS, Precision
 
 
 def autocast(device: torch.device | str, precision: Precision) -> torch.autocast:

@@ -17,7 +17,9 @@ import pandas as pd
 from anndata import AnnData
 
 from . import __version__, datasets, metrics, ops
+from ._anndata.detect import keys
 from ._atomic import atomic_dir
+from ._constants import EPOCH_PARAMS, KEY_ADDED, SEED
 from .model import ACsleuth
 
 MARKER = ".acsleuth_demo"
@@ -25,7 +27,6 @@ HELD_OUT = ("CD19+ B", "Dendritic")
 ANOMALY_RATIO = 0.3
 BATCH_EFFECT = 1.0
 BATCH_KEY = "batch"
-EPOCH_PARAMS = ("prepare_epochs", "train_epochs", "score_epochs", "style_epochs", "subtype_epochs")
 
 
 def check_folder(out: Path) -> None:
@@ -37,17 +38,18 @@ def check_folder(out: Path) -> None:
         )
 
 
-def evaluate_run(target: AnnData, key: str = "acsleuth") -> dict[str, float]:
+def evaluate_run(target: AnnData, key: str = KEY_ADDED) -> dict[str, float]:
     """F1 of the calls, NMI/ARI of the subtypes on the true anomalies called, F1 x NMI."""
+    k = keys(key)
     truth = target.obs["is_anomaly"].to_numpy(bool)
-    called = target.obs[f"{key}_anomaly"].to_numpy(bool)
-    subtype = target.obs[f"{key}_subtype"].astype(object).to_numpy()
+    called = target.obs[k.anomaly].to_numpy(bool)
+    subtype = target.obs[k.subtype].astype(object).to_numpy()
     scores = metrics.subtype_scores(truth, called, target.obs["cell_type"].astype(str), subtype)
     return {
-        "AUROC": metrics.auroc(truth, target.obs[f"{key}_score"].to_numpy()),
+        "AUROC": metrics.auroc(truth, target.obs[k.score].to_numpy()),
         "called": int(called.sum()),
         "F1": scores["f1"],
-        "subtypes": int(target.uns[key].get("n_subtypes", 0)),
+        "subtypes": int(target.uns[k.uns].get("n_subtypes", 0)),
         "NMI": scores["nmi"],
         "ARI": scores["ari"],
         "F1 x NMI": scores["f1_nmi"],
@@ -58,7 +60,7 @@ def run_demo(
     out: str | Path = "acsleuth_demo",
     *,
     held_out: Sequence[str] = HELD_OUT,
-    seed: int = 2024,
+    seed: int = SEED,
     device: str = "auto",
     epochs: Sequence[int] | None = None,
     echo=print,
@@ -85,7 +87,7 @@ def run_demo(
     )
     params = dict(zip(EPOCH_PARAMS, epochs, strict=True)) if epochs else {}
     model = ACsleuth(**params, random_state=seed, device=device, verbose=False).fit(reference)
-    rows, seconds = {}, {}
+    rows, seconds, k = {}, {}, keys()
     for name, batch_key in (("without batch correction", None), ("with batch correction", BATCH_KEY)):
         begin = time.perf_counter()
         annotated = model.run(reference, target.copy(), batch_key=batch_key, correct=batch_key is not None)
@@ -99,8 +101,8 @@ def run_demo(
         annotated.write_h5ad(tmp / "target.h5ad")
         pd.DataFrame({
             "cell_type": annotated.obs["cell_type"], "batch": annotated.obs[BATCH_KEY],
-            "is_anomaly": truth, "score": annotated.obs["acsleuth_score"],
-            "anomaly": annotated.obs["acsleuth_anomaly"], "subtype": annotated.obs["acsleuth_subtype"],
+            "is_anomaly": truth, "score": annotated.obs[k.score],
+            "anomaly": annotated.obs[k.anomaly], "subtype": annotated.obs[k.subtype],
         }).to_csv(tmp / "cells.csv", index_label="cell")
         table.to_csv(tmp / "metrics.csv", index_label="run")
         write_report(annotated, tmp, label_key="cell_type", truth_key="is_anomaly")

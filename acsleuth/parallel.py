@@ -15,15 +15,12 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Sized
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
-
-from . import ops
-from .ops.kin_topk import MAX_K
 
 
 @dataclass(frozen=True)
@@ -320,6 +317,13 @@ def _all_gather_equal(t: Tensor, world_size: int) -> Tensor:
     return torch.cat(parts)
 
 
+def all_gather_equal(t: Tensor, ctx: Context) -> Tensor:
+    """Every rank's ``t`` (all of the same shape), concatenated along rows in rank order."""
+    if not ctx.distributed:
+        return t
+    return _all_gather_equal(t, ctx.world_size)
+
+
 class _AllGatherRows(torch.autograd.Function):
     """All-gather of equal-sized blocks whose backward all-reduces the gradient."""
 
@@ -400,90 +404,6 @@ def all_reduce_min_int(x: int, ctx: Context) -> int:
     value = torch.tensor([int(x)], dtype=torch.long, device=_comm_device(ctx))
     dist.all_reduce(value, op=dist.ReduceOp.MIN)
     return int(value.item())
-
-
-# ------------------------------------------------------------------ kin matching
-
-
-def _merge_topk(values: Tensor, indices: Tensor, k: int) -> tuple[Tensor, Tensor]:
-    """Top ``k`` per row by descending value, equal values by ascending index."""
-    order = torch.argsort(indices, dim=1, stable=True)
-    values, indices = values.gather(1, order), indices.gather(1, order)
-    values, order = torch.sort(values, dim=1, descending=True, stable=True)
-    indices = indices.gather(1, order)
-    return values[:, :k].contiguous(), indices[:, :k].contiguous()
-
-
-def sharded_kin_topk(
-    query: Tensor,
-    keys_shard: Tensor,
-    *,
-    key_offset: int,
-    k: int = 1,
-    metric: Literal["cosine", "dot"] = "cosine",
-    ctx: Context,
-    allow_tf32: bool = False,
-) -> tuple[Tensor, Tensor]:
-    """:func:`acsleuth.ops.kin_topk` over reference rows sharded across ranks.
-
-    Each rank searches its own block of keys, then the ranks all-gather their candidates and
-    merge them, so every rank returns what ``kin_topk`` on the full key set returns: values
-    sorted descending, equal values ordered by ascending global key index.
-
-    Parameters
-    ----------
-    query
-        ``(N_q, d)`` queries, identical on every rank.
-    keys_shard
-        ``(n_rank, d)`` this rank's keys, global rows ``key_offset .. key_offset + n_rank``
-        (the block of :func:`shard_bounds`); ``n_rank`` may be 0 or smaller than ``k``.
-    key_offset
-        Global index of this rank's first key.
-    k
-        Neighbours per query, ``1 <= k <= min(64, total keys)``.
-    metric, allow_tf32
-        As in :func:`~acsleuth.ops.kin_topk`.
-    ctx
-        The run's context; single process: ``kin_topk(query, keys_shard)`` with
-        ``key_offset`` added to the indices.
-
-    Returns
-    -------
-    values, indices
-        ``(N_q, k)`` similarities and their ``int64`` global key indices, on every rank.
-    """
-    if not isinstance(k, int) or not 1 <= k <= MAX_K:
-        raise ValueError(f"sharded_kin_topk: k must be an integer in [1, {MAX_K}], got {k!r}")
-    if keys_shard.dim() != 2 or query.dim() != 2 or keys_shard.shape[1] != query.shape[1]:
-        raise ValueError(
-            f"sharded_kin_topk: query {tuple(query.shape)} and keys_shard "
-            f"{tuple(keys_shard.shape)} must be (N, d) matrices with the same d"
-        )
-    if not ctx.distributed:
-        values, indices = ops.kin_topk(query, keys_shard, k=k, metric=metric, allow_tf32=allow_tf32)
-        return values, (indices + key_offset if key_offset else indices)
-    n_keys = int(all_reduce_sum(torch.tensor([keys_shard.shape[0]], device=query.device), ctx))
-    if k > n_keys:
-        raise ValueError(f"sharded_kin_topk: k = {k} but there are only {n_keys} keys; lower k")
-    n_query = query.shape[0]
-    # Padding (-inf, max index) sorts after every real candidate, even one of value -inf.
-    values = torch.full((n_query, k), -torch.inf, dtype=query.dtype, device=query.device)
-    indices = torch.full(
-        (n_query, k), torch.iinfo(torch.long).max, dtype=torch.long, device=query.device
-    )
-    local_k = min(k, keys_shard.shape[0])
-    if local_k > 0:
-        v, i = ops.kin_topk(query, keys_shard, k=local_k, metric=metric, allow_tf32=allow_tf32)
-        values[:, :local_k] = v
-        indices[:, :local_k] = i + key_offset
-    if n_query == 0:
-        return values, indices
-
-    def side_by_side(t: Tensor) -> Tensor:  # (world * N_q, k) -> (N_q, world * k)
-        gathered = _all_gather_equal(t, ctx.world_size).view(ctx.world_size, n_query, k)
-        return gathered.permute(1, 0, 2).reshape(n_query, ctx.world_size * k)
-
-    return _merge_topk(side_by_side(values), side_by_side(indices), k)
 
 
 # ------------------------------------------------------------------ outputs

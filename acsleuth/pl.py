@@ -8,6 +8,9 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from ._anndata.detect import keys
+from ._constants import KEY_ADDED
+
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
@@ -18,7 +21,7 @@ def scores(
     *,
     score: str | None = None,
     groupby: str | None = None,
-    key: str = "acsleuth",
+    key: str = KEY_ADDED,
     bins: int = 40,
     ax: Axes | None = None,
     show: bool | None = None,
@@ -37,7 +40,7 @@ def scores(
         Categorical ``obs`` column to split by (e.g. true labels); default: the anomaly call.
     """
     values, threshold = _score_values(adata, score, key)
-    groups = adata.obs[groupby if groupby is not None else f"{key}_anomaly"]
+    groups = adata.obs[groupby if groupby is not None else keys(key).anomaly]
     fig, ax, own = _figure(ax, (5, 3.5))
     edges = np.histogram_bin_edges(values[np.isfinite(values)], bins=bins)
     for group in groups.astype("category").cat.categories:
@@ -54,7 +57,7 @@ def scores(
 def subtypes(
     adata: AnnData,
     *,
-    key: str = "acsleuth",
+    key: str = KEY_ADDED,
     kind: Literal["sizes", "confusion"] = "sizes",
     label_key: str | None = None,
     ax: Axes | None = None,
@@ -73,7 +76,7 @@ def subtypes(
     label_key
         Categorical ``obs`` column of labels (e.g. true cell types); needed by ``"confusion"``.
     """
-    column = f"{key}_subtype"
+    column = keys(key).subtype
     if column not in adata.obs:
         raise KeyError(
             f"obs[{column!r}] is missing; run acsleuth.tl.subtype_anomalies(adata, model) or "
@@ -141,13 +144,13 @@ def _finish(
 
 
 def _score_values(adata: AnnData, score: str | None, key: str) -> tuple[np.ndarray, float | None]:
-    if f"{key}_score" not in adata.obs:
+    if keys(key).score not in adata.obs:
         raise KeyError(
             f"obs['{key}_score'] is missing; run acsleuth.tl.score_anomalies(adata, model) first"
         )
     if score is None:
-        return adata.obs[f"{key}_score"].to_numpy(float), adata.uns.get(key, {}).get("threshold")
-    table = adata.obsm.get(f"{key}_scores")
+        return adata.obs[keys(key).score].to_numpy(float), adata.uns.get(key, {}).get("threshold")
+    table = adata.obsm.get(keys(key).scores)
     if table is None or score not in table:
         available = [] if table is None else list(table.columns)
         raise KeyError(f"score {score!r} not in obsm['{key}_scores'] (available: {available})")

@@ -12,7 +12,9 @@ import torch
 from anndata import AnnData
 
 from . import metrics, pl
+from ._anndata.detect import keys
 from ._atomic import atomic_path
+from ._constants import KEY_ADDED
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -26,7 +28,7 @@ def write_report(
     adata: AnnData,
     out_dir: Path,
     *,
-    key: str = "acsleuth",
+    key: str = KEY_ADDED,
     label_key: str | None = None,
     truth_key: str | None = None,
     overwrite: bool = True,
@@ -60,7 +62,7 @@ def write_report(
     if not out_dir.is_dir():
         raise FileNotFoundError(f"output directory {out_dir} does not exist")
     _check_keys(adata, key, label_key, truth_key)
-    anomaly = adata.obs[f"{key}_anomaly"].to_numpy(dtype=bool)
+    anomaly = adata.obs[keys(key).anomaly].to_numpy(dtype=bool)
     scores = _metrics(adata, key=key, label_key=label_key, truth_key=truth_key)
     figures: dict[str, tuple[str, Callable[[], Figure]]] = {
         "scores.png": (
@@ -111,24 +113,24 @@ def _metrics(
     if truth_key is None:
         return {}
     truth = adata.obs[truth_key].to_numpy()
-    anomaly = adata.obs[f"{key}_anomaly"].to_numpy(dtype=bool)
-    table = metrics.detection_report(truth, adata.obs[f"{key}_score"].to_numpy(float), anomaly)
+    anomaly = adata.obs[keys(key).anomaly].to_numpy(dtype=bool)
+    table = metrics.detection_report(truth, adata.obs[keys(key).score].to_numpy(float), anomaly)
     if label_key is not None:
         true_type = adata.obs[label_key].to_numpy(object)
-        subtype = adata.obs[f"{key}_subtype"].to_numpy(object)
+        subtype = adata.obs[keys(key).subtype].to_numpy(object)
         table |= metrics.subtype_scores(truth, anomaly, true_type, subtype)
     return table
 
 
 def _check_keys(adata: AnnData, key: str, label_key: str | None, truth_key: str | None) -> None:
     """Fail before writing anything when a needed annotation is missing."""
-    for column in (f"{key}_score", f"{key}_anomaly", f"{key}_subtype"):
+    for column in (keys(key).score, keys(key).anomaly, keys(key).subtype):
         if column not in adata.obs:
             raise KeyError(
                 f"obs[{column!r}] is missing; run ACsleuth.run (or acsleuth.tl.score_anomalies "
                 "and acsleuth.tl.subtype_anomalies) first"
             )
-    if f"X_{key}" not in adata.obsm:
+    if keys(key).embedding not in adata.obsm:
         raise KeyError(f"obsm['X_{key}'] is missing; run ACsleuth.run first")
     for name, column in (("label_key", label_key), ("truth_key", truth_key)):
         if column is not None and column not in adata.obs:
@@ -139,14 +141,14 @@ def _umap_figure(adata: AnnData, key: str) -> Figure:
     """UMAP of ``obsm[f"X_{key}"]`` on a new AnnData, coloured by anomaly call and subtype."""
     import scanpy as sc
 
-    call = np.where(adata.obs[f"{key}_anomaly"].to_numpy(dtype=bool), "anomaly", "normal")
+    call = np.where(adata.obs[keys(key).anomaly].to_numpy(dtype=bool), "anomaly", "normal")
     obs = pd.DataFrame(
         {"anomaly call": pd.Categorical(call, categories=["normal", "anomaly"]),
-         "subtype": adata.obs[f"{key}_subtype"].to_numpy()},
+         "subtype": adata.obs[keys(key).subtype].to_numpy()},
         index=adata.obs_names.copy(),
     )
     obs["subtype"] = obs["subtype"].astype("category")
-    view = AnnData(obs=obs, obsm={"X_rep": np.array(adata.obsm[f"X_{key}"], dtype=np.float32)})
+    view = AnnData(obs=obs, obsm={"X_rep": np.array(adata.obsm[keys(key).embedding], dtype=np.float32)})
     threads = torch.get_num_threads()
     try:
         sc.pp.neighbors(view, use_rep="X_rep", n_neighbors=min(15, view.n_obs - 1), random_state=0)
@@ -174,7 +176,7 @@ def _markdown(
 ) -> str:
     """The text of ``report.md``."""
     uns = adata.uns.get(key, {})
-    n_called = int(adata.obs[f"{key}_anomaly"].sum())
+    n_called = int(adata.obs[keys(key).anomaly].sum())
     threshold = uns.get("threshold")
     lines = [
         "# ACsleuth report",

@@ -5,14 +5,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import pandas as pd
 from anndata import AnnData
 
 from . import ops
+from ._anndata import add_timings, annotated
+from ._anndata import detect as contract
+from ._constants import KEY_ADDED, Kin, Score
 
 if TYPE_CHECKING:
-    from .model import ACsleuth, Score, ScoreResult
-    from .stages.subtype import SubtypeResult
+    from .model import ACsleuth
 
 
 def score_anomalies(
@@ -21,7 +22,7 @@ def score_anomalies(
     *,
     score: Score | None = None,
     batch_key: str | None = None,
-    key_added: str = "acsleuth",
+    key_added: str = KEY_ADDED,
     copy: bool = False,
 ) -> AnnData | None:
     """Score and call anomalies in ``target`` with a fitted :class:`~acsleuth.ACsleuth`.
@@ -53,9 +54,12 @@ def score_anomalies(
     - ``uns[key_added]``: ``params``, ``score``, ``threshold``, ``version``, ``backend``,
       ``seed`` and ``timings`` (seconds per stage)
     """
-    adata = _annotated(target, copy, "score_anomalies")
+    adata = annotated(target, copy, "score_anomalies")
     result = model.evaluate(adata, score=score, batch_key=batch_key)
-    _write_scores(adata, model, result, score, key_added)
+    contract.write_scores(
+        adata, result, model.params, backend=ops.backend(model.device),
+        timings={**model.timings_, **result.timings}, score=score, key_added=key_added,
+    )
     return adata if copy else None
 
 
@@ -65,11 +69,11 @@ def correct_batches(
     *,
     reference: Any,
     batch_key: str | None = None,
-    kin: Literal["nearest", "learned"] = "nearest",
-    key_added: str = "acsleuth",
+    kin: Kin = "nearest",
+    key_added: str = KEY_ADDED,
     copy: bool = False,
 ) -> AnnData | None:
-    """Batch-correct ``target`` into the reference's space (stages II and III, SPEC §2-§3).
+    """Batch-correct ``target`` into the reference's space (stages II and III, docs/method.md §2-§3).
 
     Needs the anomaly calls of :func:`score_anomalies` (run it first with the same
     ``key_added``): only cells called normal train the style transfer.
@@ -100,14 +104,14 @@ def correct_batches(
       ``obsm[f"{key_added}_corrected"]`` (``(n_obs, n_panel_genes)``); ``obs[...]`` is read only
     - ``uns[key_added]["timings"]``: ``"kin"`` and ``"style"`` added
     """
-    adata = _annotated(target, copy, "correct_batches")
-    anomaly = _anomaly_calls(adata, key_added, "correct_batches")
+    adata = annotated(target, copy, "correct_batches")
+    anomaly = contract.anomaly_calls(adata, key_added, "correct_batches")
     timings: dict[str, float] = {}
     corrected = model.correct(
         adata, reference, normal=~anomaly, batch_key=batch_key, kin=kin, timings=timings
     )
-    _write_corrected(adata, model, corrected, key_added)
-    _add_timings(adata, key_added, timings)
+    contract.write_corrected(adata, corrected, model.genes_, key_added)
+    add_timings(adata, key_added, timings)
     return adata if copy else None
 
 
@@ -116,10 +120,10 @@ def subtype_anomalies(
     model: ACsleuth,
     *,
     n_subtypes: int | Literal["auto"] = "auto",
-    key_added: str = "acsleuth",
+    key_added: str = KEY_ADDED,
     copy: bool = False,
 ) -> AnnData | None:
-    """Subtype the anomalies of ``target`` (stage IV, SPEC §4).
+    """Subtype the anomalies of ``target`` (stage IV, docs/method.md §4).
 
     Needs ``obs[f"{key_added}_anomaly"]`` from :func:`score_anomalies`. Uses the corrected
     expression of :func:`correct_batches` when present, else the uncorrected expression
@@ -149,102 +153,11 @@ def subtype_anomalies(
     - ``uns[key_added]``: ``n_subtypes``, ``silhouette_curve`` (``{"k": silhouette}``, empty
       unless ``"auto"``) and ``"subtype"`` timings
     """
-    adata = _annotated(target, copy, "subtype_anomalies")
-    anomaly = _anomaly_calls(adata, key_added, "subtype_anomalies")
+    adata = annotated(target, copy, "subtype_anomalies")
+    anomaly = contract.anomaly_calls(adata, key_added, "subtype_anomalies")
     timings: dict[str, float] = {}
-    x = _corrected_expression(adata, model, key_added, np.flatnonzero(anomaly))
+    x = contract.corrected_expression(adata, model.genes_, key_added, np.flatnonzero(anomaly))
     result = model.subtype(x, n_subtypes=n_subtypes, timings=timings)
-    _write_subtypes(adata, anomaly, result, key_added)
-    _add_timings(adata, key_added, timings)
+    contract.write_subtypes(adata, anomaly, result, key_added)
+    add_timings(adata, key_added, timings)
     return adata if copy else None
-
-
-def _corrected_expression(
-    adata: AnnData, model: ACsleuth, key_added: str, rows: np.ndarray
-) -> np.ndarray:
-    """Rows ``rows`` of the corrected expression written under ``key_added``, else of the
-    prepared (uncorrected) expression on the model's panel: float32 ``(len(rows), G)``."""
-    from .data import prepare
-
-    name = f"{key_added}_corrected"
-    for slot in (adata.layers, adata.obsm):
-        if name in slot:
-            return np.asarray(slot[name][rows], dtype=np.float32)
-    return prepare(adata, genes=model.genes_, name="target").rows(rows)
-
-
-def _annotated(target: AnnData, copy: bool, tool: str) -> AnnData:
-    if not isinstance(target, AnnData):
-        raise TypeError(f"{tool}: target must be an AnnData, got {type(target).__name__}")
-    return target.copy() if copy else target
-
-
-def _anomaly_calls(adata: AnnData, key_added: str, tool: str) -> np.ndarray:
-    column = f"{key_added}_anomaly"
-    if column not in adata.obs:
-        raise KeyError(
-            f"{tool}: obs[{column!r}] is missing; run acsleuth.tl.score_anomalies(adata, model, "
-            f"key_added={key_added!r}) first"
-        )
-    return adata.obs[column].to_numpy(dtype=bool)
-
-
-def _add_timings(adata: AnnData, key_added: str, timings: dict[str, float]) -> None:
-    uns = adata.uns.setdefault(key_added, {})
-    uns["timings"] = {**uns.get("timings", {}), **timings}
-
-
-def _write_scores(
-    adata: AnnData, model: ACsleuth, result: ScoreResult, score: Score | None, key_added: str
-) -> None:
-    """Write ``obs`` score and call, ``obsm`` embedding and scores, and ``uns[key_added]``."""
-    from . import __version__
-
-    adata.obs[f"{key_added}_score"] = pd.Series(result.score, index=adata.obs_names)
-    adata.obs[f"{key_added}_anomaly"] = pd.Series(result.anomaly, index=adata.obs_names)
-    adata.obsm[f"X_{key_added}"] = result.embedding.astype(np.float32)
-    adata.obsm[f"{key_added}_scores"] = pd.DataFrame(result.scores, index=adata.obs_names)
-    adata.uns[key_added] = {
-        "params": {k: ("None" if v is None else v) for k, v in model.params.items()},
-        "score": score or model.params["score"],
-        "threshold": result.threshold,
-        "version": __version__,
-        "backend": ops.backend(),
-        "seed": model.params["random_state"],
-        "timings": {**model.timings_, **result.timings},
-    }
-
-
-def _corrected_slot(adata: AnnData, model: ACsleuth) -> str:
-    """Where corrected expression goes: ``"layers"`` when ``adata``'s genes are the model's
-    panel in order, else ``"obsm"``."""
-    return "layers" if list(map(str, adata.var_names)) == list(model.genes_) else "obsm"
-
-
-def _write_corrected(adata: AnnData, model: ACsleuth, corrected: np.ndarray, key_added: str) -> None:
-    """Store ``corrected`` under :func:`_corrected_slot` (replacing an earlier one anywhere)."""
-    name = f"{key_added}_corrected"
-    for slot in (adata.layers, adata.obsm):
-        if name in slot:
-            del slot[name]
-    getattr(adata, _corrected_slot(adata, model))[name] = corrected
-
-
-def _write_subtypes(
-    adata: AnnData, anomaly: np.ndarray, result: SubtypeResult | None, key_added: str
-) -> None:
-    """Subtypes of the anomalies (``result`` None: no anomaly, nothing subtyped)."""
-    n_subtypes = 0 if result is None else result.n_subtypes
-    codes = np.full(adata.n_obs, -1, dtype=np.int64)
-    width = 0 if result is None else result.embedding.shape[1]
-    embedding = np.full((adata.n_obs, width), np.nan, dtype=np.float32)
-    if result is not None:
-        codes[anomaly] = result.labels
-        embedding[anomaly] = result.embedding
-    categories = [str(k) for k in range(n_subtypes)]
-    adata.obs[f"{key_added}_subtype"] = pd.Categorical.from_codes(codes, categories=categories)
-    adata.obsm[f"X_{key_added}_subtype"] = embedding
-    curve = {} if result is None or result.silhouette_curve is None else result.silhouette_curve
-    uns = adata.uns.setdefault(key_added, {})
-    uns["n_subtypes"] = n_subtypes
-    uns["silhouette_curve"] = {str(k): float(v) for k, v in curve.items()}

@@ -149,7 +149,7 @@ def test_mmd_score_needs_four_target_cells(fitted, data) -> None:
 
 
 def test_mixture_calls_pick_the_top_component() -> None:
-    from acsleuth.model import mixture_calls
+    from acsleuth.stages.score import mixture_calls
 
     rng = np.random.default_rng(0)
     values = np.concatenate([rng.normal(0, 0.3, 200), rng.normal(3, 0.3, 100), rng.normal(8, 0.3, 40)])

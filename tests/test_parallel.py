@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from acsleuth import _extension, ops, parallel
 from acsleuth.nn import Critic, MemoryBank
+from acsleuth.stages.kin import sharded_kin_topk
 from acsleuth.train import AdversarialConfig, AdversarialStep, train_adversarial
 
 WORLD = 2
@@ -120,7 +121,7 @@ def _check_collectives(ctx: parallel.Context) -> dict[str, Any]:
         for case in _kin_cases():
             start, stop = case["blocks"][rank]
             results.append(
-                parallel.sharded_kin_topk(
+                sharded_kin_topk(
                     case["query"],
                     case["keys"][start:stop],
                     key_offset=start,
@@ -133,7 +134,7 @@ def _check_collectives(ctx: parallel.Context) -> dict[str, Any]:
     os.environ.pop("ACSLEUTH_BACKEND")
     out["kin"] = kin
     try:
-        parallel.sharded_kin_topk(torch.ones(2, 3), torch.ones(rank, 3), key_offset=0, k=2, ctx=ctx)
+        sharded_kin_topk(torch.ones(2, 3), torch.ones(rank, 3), key_offset=0, k=2, ctx=ctx)
     except ValueError as error:
         out["kin_too_few_keys"] = str(error)
 
@@ -279,7 +280,7 @@ def test_single_process_context_is_a_no_op(monkeypatch) -> None:
 
     case = _kin_cases()[2]
     expected = ops.kin_topk(case["query"], case["keys"], k=case["k"], metric="dot")
-    got = parallel.sharded_kin_topk(
+    got = sharded_kin_topk(
         case["query"], case["keys"], key_offset=0, k=case["k"], metric="dot", ctx=ctx
     )
     assert all(torch.equal(a, b) for a, b in zip(got, expected, strict=True))

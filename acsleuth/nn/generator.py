@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from .._constants import MEMORY_SHRINK, MEMORY_TEMPERATURE, N_MEMORY
 from .blocks import ResidualBlock, dense_block
 from .memory import MemoryBank
 
@@ -47,11 +48,16 @@ class Generator(nn.Module):
     """``x -> (x_hat, z)`` with ``x_hat = D(mem(E(x)))``, or ``D(E(x))`` when the memory is off.
 
     ``n_memory``, ``temperature`` and ``shrink`` are the memory bank's size, softmax
-    temperature and hard-shrinkage threshold (SPEC §1: 512, 0.05, 0.01).
+    temperature and hard-shrinkage threshold (docs/method.md §1).
     """
 
     def __init__(
-        self, n_genes: int, *, n_memory: int = 512, temperature: float = 0.05, shrink: float = 0.01
+        self,
+        n_genes: int,
+        *,
+        n_memory: int = N_MEMORY,
+        temperature: float = MEMORY_TEMPERATURE,
+        shrink: float = MEMORY_SHRINK,
     ) -> None:
         super().__init__()
         self.encoder = Encoder(n_genes)

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import ops, parallel
+from .._constants import MEMORY_SHRINK, MEMORY_TEMPERATURE, N_MEMORY
 
 
 class MemoryBank(nn.Module):
@@ -23,7 +24,12 @@ class MemoryBank(nn.Module):
     position: Tensor
 
     def __init__(
-        self, n_items: int = 512, dim: int = 256, *, temperature: float = 0.05, shrink: float = 0.01
+        self,
+        n_items: int = N_MEMORY,
+        dim: int = 256,
+        *,
+        temperature: float = MEMORY_TEMPERATURE,
+        shrink: float = MEMORY_SHRINK,
     ) -> None:
         super().__init__()
         if n_items < 1 or dim < 1:

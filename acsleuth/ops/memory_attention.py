@@ -5,12 +5,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .._constants import MEMORY_SHRINK, MEMORY_TEMPERATURE
 from . import _checks, _reference
 from ._backend import route
 
 
 def memory_attention(
-    z: Tensor, memory: Tensor, *, temperature: float = 0.05, shrink: float = 0.01
+    z: Tensor, memory: Tensor, *, temperature: float = MEMORY_TEMPERATURE, shrink: float = MEMORY_SHRINK
 ) -> Tensor:
     """Read the memory with shrunk softmax attention: ``z~ = normalize_l1(shrink(softmax(z M^T / t))) M``.
 

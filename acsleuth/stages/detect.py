@@ -12,8 +12,17 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import parallel
+from .._constants import (
+    ADVERSARIAL_WEIGHT,
+    BETAS,
+    GP_WEIGHT,
+    LEARNING_RATE,
+    N_CRITIC,
+    RECONSTRUCTION_WEIGHT,
+    Precision,
+)
 from .._logging import stage_timer
-from .._precision import Precision, autocast
+from .._precision import autocast
 from ..nn import Critic, Generator
 from ..train import AdversarialConfig, AdversarialStep, Checkpoint, train_adversarial
 
@@ -24,12 +33,12 @@ class DetectorConfig:
 
     prepare_epochs: int = 50
     train_epochs: int = 20
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.5, 0.999)
-    critic_steps: int = 2
-    reconstruction_weight: float = 30.0  # alpha
-    adversarial_weight: float = 1.0  # beta
-    gp_weight: float = 10.0  # lambda
+    lr: float = LEARNING_RATE
+    betas: tuple[float, float] = BETAS
+    critic_steps: int = N_CRITIC
+    reconstruction_weight: float = RECONSTRUCTION_WEIGHT
+    adversarial_weight: float = ADVERSARIAL_WEIGHT
+    gp_weight: float = GP_WEIGHT
     precision: Precision = "fp32"
 
     def stage(self, epochs: int, *, cosine: bool) -> AdversarialConfig:

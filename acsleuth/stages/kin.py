@@ -4,18 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..nn import Critic
+from .. import parallel
+from .._constants import RECONSTRUCTION_WEIGHT, Kin, Metric, Params
+from ..data import ExpressionSource
+from ..nn import Critic, Generator
 from ..ops import kin_topk
+from ..ops.kin_topk import MAX_K
 from ..train import AdversarialConfig, AdversarialStep, train_adversarial
-
-Metric = Literal["cosine", "dot"]
+from .score import embed
 
 
 @dataclass(frozen=True)
@@ -34,7 +36,7 @@ class KinConfig(AdversarialConfig):
     k: int = 32
     batch_size: int = 256
     metric: Metric = "cosine"
-    reconstruction_weight: float = 30.0  # alpha
+    reconstruction_weight: float = RECONSTRUCTION_WEIGHT
     init_weight: float = 0.5
 
 
@@ -150,3 +152,128 @@ def learned_kin(
         list(mapping.parameters()), critic, batches, step, config, desc="kin", verbose=verbose
     )
     return mapping.kin().cpu().numpy()
+
+
+# ------------------------------------------------------------------ sharded search
+
+
+def _merge_topk(values: Tensor, indices: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Top ``k`` per row by descending value, equal values by ascending index."""
+    order = torch.argsort(indices, dim=1, stable=True)
+    values, indices = values.gather(1, order), indices.gather(1, order)
+    values, order = torch.sort(values, dim=1, descending=True, stable=True)
+    indices = indices.gather(1, order)
+    return values[:, :k].contiguous(), indices[:, :k].contiguous()
+
+
+def sharded_kin_topk(
+    query: Tensor,
+    keys_shard: Tensor,
+    *,
+    key_offset: int,
+    k: int = 1,
+    metric: Metric = "cosine",
+    ctx: parallel.Context,
+    allow_tf32: bool = False,
+) -> tuple[Tensor, Tensor]:
+    """:func:`acsleuth.ops.kin_topk` over reference rows sharded across ranks.
+
+    Each rank searches its own block of keys, then the ranks all-gather their candidates and
+    merge them, so every rank returns what ``kin_topk`` on the full key set returns: values
+    sorted descending, equal values ordered by ascending global key index.
+
+    Parameters
+    ----------
+    query
+        ``(N_q, d)`` queries, identical on every rank.
+    keys_shard
+        ``(n_rank, d)`` this rank's keys, global rows ``key_offset .. key_offset + n_rank``
+        (the block of :func:`acsleuth.parallel.shard_bounds`); ``n_rank`` may be 0 or smaller than ``k``.
+    key_offset
+        Global index of this rank's first key.
+    k
+        Neighbours per query, ``1 <= k <= min(64, total keys)``.
+    metric, allow_tf32
+        As in :func:`~acsleuth.ops.kin_topk`.
+    ctx
+        The run's context; single process: ``kin_topk(query, keys_shard)`` with
+        ``key_offset`` added to the indices.
+
+    Returns
+    -------
+    values, indices
+        ``(N_q, k)`` similarities and their ``int64`` global key indices, on every rank.
+    """
+    if not isinstance(k, int) or not 1 <= k <= MAX_K:
+        raise ValueError(f"sharded_kin_topk: k must be an integer in [1, {MAX_K}], got {k!r}")
+    if keys_shard.dim() != 2 or query.dim() != 2 or keys_shard.shape[1] != query.shape[1]:
+        raise ValueError(
+            f"sharded_kin_topk: query {tuple(query.shape)} and keys_shard "
+            f"{tuple(keys_shard.shape)} must be (N, d) matrices with the same d"
+        )
+    if not ctx.distributed:
+        values, indices = kin_topk(query, keys_shard, k=k, metric=metric, allow_tf32=allow_tf32)
+        return values, (indices + key_offset if key_offset else indices)
+    n_keys = int(parallel.all_reduce_sum(torch.tensor([keys_shard.shape[0]], device=query.device), ctx))
+    if k > n_keys:
+        raise ValueError(f"sharded_kin_topk: k = {k} but there are only {n_keys} keys; lower k")
+    n_query = query.shape[0]
+    # Padding (-inf, max index) sorts after every real candidate, even one of value -inf.
+    values = torch.full((n_query, k), -torch.inf, dtype=query.dtype, device=query.device)
+    indices = torch.full(
+        (n_query, k), torch.iinfo(torch.long).max, dtype=torch.long, device=query.device
+    )
+    local_k = min(k, keys_shard.shape[0])
+    if local_k > 0:
+        v, i = kin_topk(query, keys_shard, k=local_k, metric=metric, allow_tf32=allow_tf32)
+        values[:, :local_k] = v
+        indices[:, :local_k] = i + key_offset
+    if n_query == 0:
+        return values, indices
+
+    def side_by_side(t: Tensor) -> Tensor:  # (world * N_q, k) -> (N_q, world * k)
+        gathered = parallel.all_gather_equal(t, ctx).view(ctx.world_size, n_query, k)
+        return gathered.permute(1, 0, 2).reshape(n_query, ctx.world_size * k)
+
+    return _merge_topk(side_by_side(values), side_by_side(indices), k)
+
+
+# ------------------------------------------------------------------ module II in a model
+def find_kin(
+    generator: Generator,
+    target: ExpressionSource,
+    reference: ExpressionSource,
+    rows: np.ndarray,
+    kin: Kin,
+    params: Params,
+    device: torch.device,
+) -> np.ndarray:
+    """Reference kin rows of target ``rows`` (module II) from module I's encoder embeddings.
+
+    In a distributed run ``rows`` are this rank's normal cells; every rank embeds its
+    shard of reference cells and the nearest kin come from a top-k search sharded by
+    reference rows, merged over ranks (:func:`sharded_kin_topk`).
+    """
+    ctx = parallel.context()
+    z_target = embed(generator, target, rows, params, device)
+    if not ctx.distributed:
+        z_reference = embed(generator, reference, None, params, device)
+        if kin == "nearest":
+            return nearest_kin(z_target, z_reference)
+        return learned_kin(
+            z_target, z_reference, config=params.kin_config(), seed=params.random_state,
+            verbose=params.verbose,
+        )
+    first, last = parallel.shard_bounds(reference.n_obs, ctx)
+    z_reference = embed(generator, reference, np.arange(first, last), params, device)
+    queries = parallel.all_gather_rows(z_target, ctx)
+    offset = parallel.row_offset(len(rows), ctx)
+    if kin == "nearest":
+        _, index = sharded_kin_topk(queries, z_reference, key_offset=first, k=1, ctx=ctx)
+        every = index[:, 0].cpu().numpy()
+    else:  # the learned mapping trains on all embeddings, identically on every rank
+        every = learned_kin(
+            queries, parallel.all_gather_rows(z_reference, ctx), config=params.kin_config(),
+            seed=params.random_state, verbose=params.verbose and ctx.is_main,
+        )
+    return every[offset:offset + len(rows)]

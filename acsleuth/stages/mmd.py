@@ -6,20 +6,18 @@ import itertools
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from .. import parallel
+from .._constants import BETAS, LEARNING_RATE, Gamma, Kernel
 from .._logging import progress, stage_timer
 from ..nn import Predictor
 from ..ops import gamma_mmd_loss
 from .residuals import ScaledResiduals
 
-Kernel = Literal["linear", "gaussian"]
-Gamma = Literal["interp", "reference"]
 MIN_BATCH = 4  # two cells per group
 BLOCK_BYTES = 1 << 28  # stored residuals read per shuffle block
 
@@ -44,8 +42,8 @@ class ScorerConfig:
     batch_size: int | None = None
     warm_epochs: int = 0
     supervision: float = 0.0
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.5, 0.999)
+    lr: float = LEARNING_RATE
+    betas: tuple[float, float] = BETAS
 
 
 def pseudo_labels(ranking: Tensor, fraction: float) -> Tensor:

@@ -5,12 +5,22 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import parallel
+from .._constants import (
+    BATCH_SIZE,
+    EVAL_BATCH_SIZE,
+    RECONSTRUCTION_WEIGHT,
+    STYLE_N_CRITIC,
+    AnomalyExpression,
+    Params,
+)
 from ..data import ExpressionSource, MinibatchLoader
 from ..nn import Critic, Decoder, Encoder, Generator
 from ..nn.generator import EMBEDDING
@@ -22,9 +32,9 @@ class StyleConfig(AdversarialConfig):
     """Module III training settings (SPEC §3 defaults)."""
 
     epochs: int = 50
-    critic_steps: int = 3
-    batch_size: int = 128
-    reconstruction_weight: float = 30.0  # alpha
+    critic_steps: int = STYLE_N_CRITIC
+    batch_size: int = BATCH_SIZE
+    reconstruction_weight: float = RECONSTRUCTION_WEIGHT
 
 
 class StyleTransfer(nn.Module):
@@ -174,7 +184,7 @@ def apply_style(
     batch_codes: np.ndarray,
     *,
     device: str | torch.device = "cpu",
-    chunk: int = 4096,
+    chunk: int = EVAL_BATCH_SIZE,
     rows: np.ndarray | None = None,
 ) -> Iterator[tuple[np.ndarray, Tensor, Tensor]]:
     """Batch-corrected expression of every target cell (of ``rows`` when given), normal or
@@ -203,3 +213,86 @@ def _corrected(
 ) -> Iterator[tuple[np.ndarray, Tensor, Tensor]]:
     for rows, x in loader:
         yield rows, x, generator(x, codes[torch.from_numpy(rows).to(codes.device)])
+
+
+def fit_style(
+    init: Generator,
+    target: ExpressionSource,
+    reference: ExpressionSource,
+    normal_rows: np.ndarray,
+    kin_rows: np.ndarray,
+    codes: np.ndarray,
+    n_batches: int,
+    params: Params,
+    *,
+    device: torch.device,
+    checkpoint: Checkpoint | None = None,
+) -> StyleTransfer:
+    """A style transfer started from module I's ``init``, trained on this rank's
+    ``normal_rows`` and their kin (every rank's model alike after training)."""
+    ctx = parallel.context()
+    style = StyleTransfer(target.n_genes, n_batches, init=init)
+    train_style(
+        style, target, normal_rows, kin_rows, reference, codes,
+        config=params.style_config(ctx.world_size), device=device,
+        seed=params.random_state + ctx.rank, verbose=params.verbose and ctx.is_main,
+        checkpoint=checkpoint,
+    )
+    parallel.average_buffers(style, ctx)
+    return style
+
+
+def correct_cells(
+    style: StyleTransfer,
+    target: ExpressionSource,
+    normal: np.ndarray,
+    codes: np.ndarray,
+    n_batches: int,
+    params: Params,
+    *,
+    device: torch.device,
+    anomalies: AnomalyExpression = "shift",
+    out: Any = None,
+) -> Any:
+    """Fill ``out`` (a new array when None; rank 0 only, None elsewhere) with the corrected
+    expression of every target cell, each rank correcting its shard of cells.
+
+    Normal cells get the style transfer's output. With ``anomalies="shift"`` anomalous
+    cells get their own expression plus their batch's mean correction (output minus input
+    over its normal cells); with ``"generator"`` the output too (docs/method.md §3).
+    """
+    ctx = parallel.context()
+    n_genes = target.n_genes
+    first, last = parallel.shard_bounds(target.n_obs, ctx)  # all cells in one process
+    corrected = None
+    if ctx.is_main:
+        corrected = np.empty((target.n_obs, n_genes), dtype=np.float32) if out is None else out
+    shift = torch.zeros((n_batches, n_genes), dtype=torch.float64, device=device)
+    chunks = apply_style(
+        style, target, codes, device=device, chunk=params.eval_batch_size,
+        rows=np.arange(first, last),
+    )
+    nothing = torch.zeros((0, n_genes))
+    for rows, x, styled in parallel.lockstep_padded(
+        chunks, ctx, (np.zeros(0, dtype=np.int64), nothing, nothing)
+    ):
+        x, styled = x.cpu().numpy(), styled.cpu().numpy()
+        if anomalies == "shift":
+            kept, chunk_codes = normal[rows], codes[rows]
+            delta = torch.from_numpy(styled[kept] - x[kept]).to(shift)
+            index = torch.from_numpy(chunk_codes[kept]).to(device)
+            shift.index_add_(0, index, delta)
+            styled[~kept] = x[~kept]  # the batch's mean correction is added below
+        rows, styled = parallel.gather_to_main(rows, ctx), parallel.gather_to_main(styled, ctx)
+        if corrected is not None:  # one run of rows per rank
+            for run in np.split(np.arange(rows.size), np.flatnonzero(np.diff(rows) != 1) + 1):
+                if run.size:
+                    corrected[int(rows[run[0]]):int(rows[run[-1]]) + 1] = styled[run]
+    if anomalies == "shift":
+        shift = parallel.all_reduce_sum(shift, ctx).cpu().numpy()
+        shift /= np.maximum(np.bincount(codes[normal], minlength=n_batches), 1)[:, None]
+        anomalous = np.flatnonzero(~normal) if corrected is not None else []
+        for i in range(0, len(anomalous), params.eval_batch_size):
+            rows = anomalous[i:i + params.eval_batch_size]
+            corrected[rows] = corrected[rows] + shift[codes[rows]].astype(np.float32)
+    return corrected

@@ -13,8 +13,7 @@ change in an epoch.
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -26,7 +25,9 @@ from sklearn.metrics import silhouette_score
 from torch import Tensor, nn
 
 from .. import parallel
+from .._constants import EVAL_BATCH_SIZE, LEARNING_RATE, SubtypeEmbedding
 from .._logging import progress, stage_timer
+from .._seed import seeded
 from ..nn.generator import EMBEDDING
 
 N_TOKENS = 2  # z and zeta
@@ -49,11 +50,11 @@ class SubtypeConfig:
     the default because it scored the higher F1 x NMI (benchmarks/RESULTS.md, issue 4).
     """
 
-    embedding: Literal["pca", "fusion"] = "pca"
+    embedding: SubtypeEmbedding = "pca"
     n_components: int = 30
     epochs: int = 100
     batch_size: int = 64
-    lr: float = 1e-4
+    lr: float = LEARNING_RATE
     weight_decay: float = 1e-4
     dof: float = 1.0
     tol: float = 1e-3
@@ -64,7 +65,7 @@ class SubtypeConfig:
     dropout: float = 0.1
     max_subtypes: int = 10
     silhouette_cells: int = 5000
-    eval_batch_size: int = 4096
+    eval_batch_size: int = EVAL_BATCH_SIZE
     pretrain_epochs: int = 0
     pretrain_lr: float = 1e-3
 
@@ -158,14 +159,6 @@ def freeze_batchnorm(module: nn.Module) -> None:
             layer.eval()
 
 
-@contextmanager
-def _seeded(seed: int, device: torch.device) -> Iterator[None]:
-    """Seed torch's global RNG (weights, dropout) inside, restore it outside."""
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        yield
-
-
 def student_t_logits(z: Tensor, centroids: Tensor, dof: float = 1.0) -> Tensor:
     """``(N, K)`` logs of the Student-t kernel ``(1 + ||z_i - mu_j||^2 / nu)^-(nu+1)/2``.
 
@@ -193,7 +186,7 @@ def target_distribution(q: Tensor, column_sums: Tensor | None = None) -> Tensor:
 
 @torch.no_grad()
 def embed(
-    model: nn.Module, inputs: Sequence[Tensor], *, device: torch.device, batch_size: int = 4096
+    model: nn.Module, inputs: Sequence[Tensor], *, device: torch.device, batch_size: int = EVAL_BATCH_SIZE
 ) -> Tensor:
     """``model(*rows)`` of every row of ``inputs`` (each ``(N, ...)``), in eval mode: ``(N, d)``."""
     model.eval()
@@ -255,7 +248,7 @@ def desc(
     ctx = parallel.context()  # distributed: every rank holds all inputs and trains on its shard
     first, last = parallel.shard_bounds(n, ctx)
     mine = [t[first:last] for t in inputs]
-    with _seeded(seed, device):
+    with seeded(seed, device):
         parallel.broadcast_module(model, ctx)
         z = embed(model, mine, device=device, batch_size=config.eval_batch_size)
         everyone = parallel.all_gather_rows(z, ctx)  # k-means on all cells, alike on every rank
@@ -414,7 +407,7 @@ def _fusion_encoder(
     timings: dict[str, float],
 ) -> FusionEncoder:
     """A seeded fusion encoder on ``device``, autoencoder-pretrained when configured."""
-    with _seeded(seed, device):
+    with seeded(seed, device):
         fusion = FusionEncoder(
             encoder, n_layers=config.n_layers, n_heads=config.n_heads,
             feedforward=config.feedforward, dropout=config.dropout,

@@ -27,21 +27,22 @@ import torch
 from torch import Tensor, nn
 
 from .. import parallel
+from .._constants import ADVERSARIAL_WEIGHT, BETAS, GP_WEIGHT, LEARNING_RATE, N_CRITIC, Precision
 from .._logging import logger, progress
-from .._precision import Precision, autocast
+from .._precision import autocast
 from .checkpoint import Checkpoint, Stateful, TorchRandomState, restore, snapshot, states_of
 
 
 @dataclass(frozen=True)
 class AdversarialConfig:
-    """Optimiser and loss settings of a WGAN-GP stage (SPEC §1 defaults)."""
+    """Optimiser and loss settings of a WGAN-GP stage (docs/method.md §1 defaults)."""
 
     epochs: int
-    lr: float = 1e-4
-    betas: tuple[float, float] = (0.5, 0.999)
-    critic_steps: int = 2
-    adversarial_weight: float = 1.0
-    gp_weight: float = 10.0
+    lr: float = LEARNING_RATE
+    betas: tuple[float, float] = BETAS
+    critic_steps: int = N_CRITIC
+    adversarial_weight: float = ADVERSARIAL_WEIGHT
+    gp_weight: float = GP_WEIGHT
     cosine: bool = False
     precision: Precision = "fp32"
     max_retries: int = 3  # divergence guard: restores of the last good state per stage

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import acsleuth
+import acsleuth.cli.run
 from acsleuth import _atomic
 from acsleuth.cli import main
 
@@ -56,7 +57,7 @@ def test_a_run_failing_late_leaves_the_previous_outputs_and_no_temporaries(cli_f
     def fail(*args, **kwargs):
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(acsleuth.cli, "_write_report", fail)  # the last output written
+    monkeypatch.setattr(acsleuth.cli.run, "_write_report", fail)  # the last output written
     assert _run(cli_files, "--overwrite") == 2
     assert _tree(cli_files / "out") == before
     assert not [p for p in cli_files.iterdir() if p.name.startswith(".")]

@@ -8,7 +8,8 @@ import numpy as np
 from anndata import AnnData
 from numpy.typing import ArrayLike
 
-from ...model import ACsleuth, batch_codes
+from ..._anndata import batch_codes
+from ...model import ACsleuth
 from ...nn import Generator
 from ._engine import check_networks, engine_settings, n_inputs, on_device
 from .configs import AdaptConfigs

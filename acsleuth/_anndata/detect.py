@@ -1,0 +1,184 @@
+"""ACsleuth's AnnData keys, and their writers and readers.
+
+Every key is built from ``key_added`` (default ``"acsleuth"``) by :func:`keys`:
+
+- ``obs[f"{key_added}_score"]``, ``obs[f"{key_added}_anomaly"]``: the called score and call
+- ``obsm[f"X_{key_added}"]``: module I's encoder embedding; ``obsm[f"{key_added}_scores"]``:
+  every score type computed (a DataFrame)
+- ``layers[f"{key_added}_corrected"]`` or ``obsm[f"{key_added}_corrected"]``: the corrected
+  expression (``layers`` when the AnnData's genes are the model's panel in order)
+- ``obs[f"{key_added}_subtype"]``, ``obsm[f"X_{key_added}_subtype"]``: subtypes, and the
+  embedding DESC clustered
+- ``uns[key_added]``: ``params``, ``score``, ``threshold``, ``version``, ``backend``,
+  ``seed``, ``timings``, ``n_subtypes``, ``silhouette_curve``
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from anndata import AnnData
+
+from .._constants import KEY_ADDED
+from . import params_record
+
+if TYPE_CHECKING:
+    from ..stages.score import ScoreResult
+    from ..stages.subtype import SubtypeResult
+
+
+@dataclass(frozen=True)
+class Keys:
+    """The names of everything ACsleuth writes under one ``key_added``."""
+
+    key_added: str = KEY_ADDED
+
+    @property
+    def uns(self) -> str:
+        return self.key_added
+
+    @property
+    def score(self) -> str:
+        return f"{self.key_added}_score"
+
+    @property
+    def anomaly(self) -> str:
+        return f"{self.key_added}_anomaly"
+
+    @property
+    def scores(self) -> str:
+        return f"{self.key_added}_scores"
+
+    @property
+    def embedding(self) -> str:
+        return f"X_{self.key_added}"
+
+    @property
+    def corrected(self) -> str:
+        return f"{self.key_added}_corrected"
+
+    @property
+    def subtype(self) -> str:
+        return f"{self.key_added}_subtype"
+
+    @property
+    def subtype_embedding(self) -> str:
+        return f"X_{self.key_added}_subtype"
+
+    @property
+    def true_anomaly(self) -> str:
+        """The truth column ``acsleuth run --label-key`` derives for its report."""
+        return f"{self.key_added}_true_anomaly"
+
+
+def keys(key_added: str = KEY_ADDED) -> Keys:
+    """The keys of ``key_added``."""
+    return Keys(key_added)
+
+
+# ------------------------------------------------------------------ writers
+def write_scores(
+    adata: AnnData,
+    result: ScoreResult,
+    params: Mapping[str, Any],
+    *,
+    backend: str,
+    timings: Mapping[str, float],
+    score: str | None = None,
+    key_added: str = KEY_ADDED,
+) -> None:
+    """Write ``obs`` score and call, ``obsm`` embedding and scores, and ``uns[key_added]``.
+
+    ``params`` are the model's settings as used (``score`` defaults to theirs); ``backend``
+    is the ops backend of the device that ran.
+    """
+    from .. import __version__
+
+    k = keys(key_added)
+    adata.obs[k.score] = pd.Series(result.score, index=adata.obs_names)
+    adata.obs[k.anomaly] = pd.Series(result.anomaly, index=adata.obs_names)
+    adata.obsm[k.embedding] = result.embedding.astype(np.float32)
+    adata.obsm[k.scores] = pd.DataFrame(result.scores, index=adata.obs_names)
+    adata.uns[k.uns] = {
+        "params": params_record(params),
+        "score": score or params["score"],
+        "threshold": result.threshold,
+        "version": __version__,
+        "backend": backend,
+        "seed": params["random_state"],
+        "timings": dict(timings),
+    }
+
+
+def corrected_slot(adata: AnnData, genes: Sequence[str]) -> str:
+    """Where corrected expression goes: ``"layers"`` when ``adata``'s genes are ``genes`` (the
+    model's panel) in order, else ``"obsm"``."""
+    return "layers" if list(map(str, adata.var_names)) == list(genes) else "obsm"
+
+
+def write_corrected(
+    adata: AnnData, corrected: np.ndarray, genes: Sequence[str], key_added: str = KEY_ADDED
+) -> None:
+    """Store ``corrected`` under :func:`corrected_slot` (replacing an earlier one anywhere)."""
+    name = keys(key_added).corrected
+    for slot in (adata.layers, adata.obsm):
+        if name in slot:
+            del slot[name]
+    getattr(adata, corrected_slot(adata, genes))[name] = corrected
+
+
+def write_subtypes(
+    adata: AnnData, anomaly: np.ndarray, result: SubtypeResult | None, key_added: str = KEY_ADDED
+) -> None:
+    """Subtypes of the anomalies (``result`` None: no anomaly, nothing subtyped)."""
+    k = keys(key_added)
+    n_subtypes = 0 if result is None else result.n_subtypes
+    codes = np.full(adata.n_obs, -1, dtype=np.int64)
+    width = 0 if result is None else result.embedding.shape[1]
+    embedding = np.full((adata.n_obs, width), np.nan, dtype=np.float32)
+    if result is not None:
+        codes[anomaly] = result.labels
+        embedding[anomaly] = result.embedding
+    categories = [str(i) for i in range(n_subtypes)]
+    adata.obs[k.subtype] = pd.Categorical.from_codes(codes, categories=categories)
+    adata.obsm[k.subtype_embedding] = embedding
+    curve = {} if result is None or result.silhouette_curve is None else result.silhouette_curve
+    uns = adata.uns.setdefault(k.uns, {})
+    uns["n_subtypes"] = n_subtypes
+    uns["silhouette_curve"] = {str(i): float(v) for i, v in curve.items()}
+
+
+# ------------------------------------------------------------------ readers
+def anomaly_calls(adata: AnnData, key_added: str, tool: str) -> np.ndarray:
+    """``obs[f"{key_added}_anomaly"]`` as bools; a ``KeyError`` saying what to run when missing."""
+    column = keys(key_added).anomaly
+    if column not in adata.obs:
+        raise KeyError(
+            f"{tool}: obs[{column!r}] is missing; run acsleuth.tl.score_anomalies(adata, model, "
+            f"key_added={key_added!r}) first"
+        )
+    return adata.obs[column].to_numpy(dtype=bool)
+
+
+def corrected_expression(
+    adata: AnnData, genes: Sequence[str], key_added: str, rows: np.ndarray
+) -> np.ndarray:
+    """Rows ``rows`` of the corrected expression written under ``key_added``, else of the
+    prepared (uncorrected) expression on the panel ``genes``: float32 ``(len(rows), G)``."""
+    from ..data import prepare
+
+    name = keys(key_added).corrected
+    for slot in (adata.layers, adata.obsm):
+        if name in slot:
+            return np.asarray(slot[name][rows], dtype=np.float32)
+    return prepare(adata, genes=list(genes), name="target").rows(rows)
+
+
+__all__ = [
+    "Keys", "anomaly_calls", "corrected_expression", "corrected_slot", "keys",
+    "write_corrected", "write_scores", "write_subtypes",
+]

@@ -1,0 +1,207 @@
+"""ACsleuth's defaults and option literals, in one home, and :class:`Params`, its settings.
+
+The numbers are the method's defaults (docs/method.md §1-§4): every stage config and the
+:class:`~acsleuth.ACsleuth` signature take them from here instead of restating them.
+:class:`Params` holds one model's settings, checks them when built, and derives each
+stage's config from them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .stages.detect import DetectorConfig
+    from .stages.kin import KinConfig
+    from .stages.mmd import ScorerConfig
+    from .stages.style import StyleConfig
+    from .stages.subtype import SubtypeConfig
+
+# ------------------------------------------------------------------ option literals
+Score = Literal["mmd", "scaled", "residual", "cosine", "critic"]
+SCORES: tuple[Score, ...] = ("mmd", "scaled", "residual", "cosine", "critic")
+Kernel = Literal["linear", "gaussian"]
+KERNELS: tuple[Kernel, ...] = ("linear", "gaussian")
+Gamma = Literal["interp", "reference"]
+GAMMAS: tuple[Gamma, ...] = ("interp", "reference")
+Kin = Literal["nearest", "learned"]
+KINS: tuple[Kin, ...] = ("nearest", "learned")
+Metric = Literal["cosine", "dot"]
+AnomalyExpression = Literal["shift", "generator"]
+ANOMALY_EXPRESSIONS: tuple[AnomalyExpression, ...] = ("shift", "generator")
+SubtypeEmbedding = Literal["pca", "fusion"]
+SUBTYPE_EMBEDDINGS: tuple[SubtypeEmbedding, ...] = ("pca", "fusion")
+Precision = Literal["fp32", "bf16"]
+PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16")
+
+# ------------------------------------------------------------------ defaults
+LEARNING_RATE = 1e-4
+BETAS = (0.5, 0.999)  # Adam's, in every adversarial stage and the MMD predictor
+RECONSTRUCTION_WEIGHT = 30.0  # alpha
+ADVERSARIAL_WEIGHT = 1.0  # beta
+GP_WEIGHT = 10.0  # lambda
+N_CRITIC = 2  # critic updates per generator update, module I
+STYLE_N_CRITIC = 3  # and module III
+N_MEMORY = 512
+MEMORY_TEMPERATURE = 0.05
+MEMORY_SHRINK = 0.01
+BATCH_SIZE = 128
+EVAL_BATCH_SIZE = 4096
+SEED = 2024
+KEY_ADDED = "acsleuth"
+# the epochs that ``--epochs`` (and ``run_demo(epochs=...)``) set, in order
+EPOCH_PARAMS = ("prepare_epochs", "train_epochs", "score_epochs", "style_epochs", "subtype_epochs")
+
+
+@dataclass(frozen=True)
+class Params:
+    """The settings of one :class:`~acsleuth.ACsleuth` (its constructor's arguments).
+
+    Built (and :func:`dataclasses.replace`-d) only with valid values: a bad one is a
+    ``ValueError`` naming the setting and what it takes. The ``*_config`` methods derive each
+    stage's config from these settings.
+    """
+
+    n_top_genes: int = 3000
+    prepare_epochs: int = 50
+    train_epochs: int = 20
+    score_epochs: int = 5
+    batch_size: int = BATCH_SIZE
+    score: Score = "mmd"
+    kernel: Kernel = "gaussian"
+    gamma: Gamma = "interp"
+    anomaly_ratio: float | None = None
+    score_batch_size: int | None = BATCH_SIZE
+    warm_epochs: int = 10
+    anchor: bool = True
+    n_memory: int = N_MEMORY
+    memory_temperature: float = MEMORY_TEMPERATURE
+    memory_shrink: float = MEMORY_SHRINK
+    n_critic: int = N_CRITIC
+    style_n_critic: int = STYLE_N_CRITIC
+    reconstruction_weight: float = RECONSTRUCTION_WEIGHT
+    adversarial_weight: float = ADVERSARIAL_WEIGHT
+    gp_weight: float = GP_WEIGHT
+    learning_rate: float = LEARNING_RATE
+    eval_batch_size: int = EVAL_BATCH_SIZE
+    kin_epochs: int = 20
+    style_epochs: int = 50
+    subtype_epochs: int = 100
+    subtype_embedding: SubtypeEmbedding = "pca"
+    cache_gb: float | None = None
+    precision: Precision = "fp32"
+    device: str = "auto"
+    random_state: int = SEED
+    verbose: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("n_top_genes", "batch_size", "n_memory", "eval_batch_size", "n_critic",
+                     "style_n_critic"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"ACsleuth: {name} must be a positive integer, got {getattr(self, name)}")
+        for name in ("prepare_epochs", "train_epochs", "score_epochs", "warm_epochs", "kin_epochs",
+                     "style_epochs", "subtype_epochs"):
+            if int(getattr(self, name)) < 0:
+                raise ValueError(f"ACsleuth: {name} must be >= 0, got {getattr(self, name)}")
+        check_option("score", self.score, SCORES)
+        if self.kernel not in KERNELS:
+            raise ValueError(f"ACsleuth: kernel must be 'linear' or 'gaussian', got {self.kernel!r}")
+        if self.gamma not in GAMMAS:
+            raise ValueError(f"ACsleuth: gamma must be 'interp' or 'reference', got {self.gamma!r}")
+        check_anomaly_ratio(self.anomaly_ratio)
+        if self.subtype_embedding not in SUBTYPE_EMBEDDINGS:
+            raise ValueError(
+                f"ACsleuth: subtype_embedding must be 'pca' or 'fusion', got {self.subtype_embedding!r}"
+            )
+        if self.cache_gb is not None and not float(self.cache_gb) >= 0:
+            raise ValueError(f"ACsleuth: cache_gb must be >= 0 or None (automatic), got {self.cache_gb}")
+        check_option("precision", self.precision, PRECISIONS)
+        for name in ("learning_rate", "memory_temperature"):
+            if not float(getattr(self, name)) > 0:
+                raise ValueError(f"ACsleuth: {name} must be > 0, got {getattr(self, name)}")
+        for name in ("memory_shrink", "reconstruction_weight", "adversarial_weight", "gp_weight"):
+            if not float(getattr(self, name)) >= 0:
+                raise ValueError(f"ACsleuth: {name} must be >= 0, got {getattr(self, name)}")
+
+    # ------------------------------------------------------------------ stage configs
+    def detector_config(self) -> DetectorConfig:
+        """Module I (docs/method.md §1)."""
+        from .stages.detect import DetectorConfig
+
+        return DetectorConfig(
+            prepare_epochs=self.prepare_epochs, train_epochs=self.train_epochs,
+            lr=self.learning_rate, critic_steps=self.n_critic,
+            reconstruction_weight=self.reconstruction_weight,
+            adversarial_weight=self.adversarial_weight, gp_weight=self.gp_weight,
+            precision=self.precision,
+        )
+
+    def generator_settings(self) -> dict[str, float]:
+        """The memory bank's keyword arguments of :class:`~acsleuth.nn.Generator`."""
+        return {"n_memory": self.n_memory, "temperature": self.memory_temperature,
+                "shrink": self.memory_shrink}
+
+    def scorer_config(self) -> ScorerConfig:
+        """The MMD predictor (docs/method.md §1.1)."""
+        from .stages.mmd import ScorerConfig
+
+        return ScorerConfig(
+            epochs=self.score_epochs, kernel=self.kernel, gamma=self.gamma,
+            batch_size=self.score_batch_size, warm_epochs=self.warm_epochs, lr=self.learning_rate,
+        )
+
+    def kin_config(self) -> KinConfig:
+        """The learned kin mapping (module II, docs/method.md §2)."""
+        from .stages.kin import KinConfig
+
+        return KinConfig(epochs=self.kin_epochs)
+
+    def style_config(self, world_size: int = 1) -> StyleConfig:
+        """The style transfer (module III, docs/method.md §3); each of ``world_size`` ranks
+        takes its share of every minibatch."""
+        from .stages.style import StyleConfig
+
+        return StyleConfig(
+            epochs=self.style_epochs, batch_size=max(2, self.batch_size // world_size),
+            lr=self.learning_rate, critic_steps=self.style_n_critic,
+            reconstruction_weight=self.reconstruction_weight,
+            adversarial_weight=self.adversarial_weight, gp_weight=self.gp_weight,
+            precision=self.precision,
+        )
+
+    def subtype_config(self) -> SubtypeConfig:
+        """DESC (module IV, docs/method.md §4)."""
+        from .stages.subtype import SubtypeConfig
+
+        return SubtypeConfig(
+            embedding=self.subtype_embedding, epochs=self.subtype_epochs,
+            eval_batch_size=self.eval_batch_size,
+        )
+
+
+def check_option(name: str, value: object, choices: tuple[str, ...]) -> None:
+    """A ``ValueError`` naming ``name`` and its ``choices`` unless ``value`` is one of them."""
+    if value not in choices:
+        raise ValueError(f"ACsleuth: {name} must be one of {choices}, got {value!r}")
+
+
+def check_anomaly_ratio(ratio: object) -> None:
+    """``None`` or a number in ``(0, 1)``; anything else is a ``ValueError`` saying so."""
+    number = isinstance(ratio, int | float | np.integer | np.floating)
+    if ratio is not None and not (number and 0.0 < float(ratio) < 1.0):
+        raise ValueError(
+            f"ACsleuth: anomaly_ratio must be in (0, 1) or None (estimate), got {ratio} "
+            "(pass the expected fraction of anomalous cells, e.g. 0.1, or leave it out)"
+        )
+
+
+DEFAULTS = Params()  # the defaults of every setting, e.g. for a signature
+
+__all__ = [
+    "ANOMALY_EXPRESSIONS", "DEFAULTS", "EPOCH_PARAMS", "GAMMAS", "KERNELS", "KINS", "PRECISIONS", "SCORES",
+    "SUBTYPE_EMBEDDINGS", "AnomalyExpression", "Gamma", "Kernel", "Kin", "Metric", "Params",
+    "Precision", "Score", "SubtypeEmbedding", "check_anomaly_ratio", "check_option",
+]

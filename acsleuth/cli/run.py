@@ -1,0 +1,251 @@
+"""``acsleuth run``: detect, batch-correct and subtype the anomalous cells of files."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .._anndata.detect import corrected_slot, keys
+from . import add_common, epoch_settings, non_negative, refuse_existing
+
+if TYPE_CHECKING:
+    import h5py
+    from anndata import AnnData
+
+    from ..model import ACsleuth
+    from ..parallel import Context
+    from ..train import Checkpoint
+
+CORRECTED_FILE = ".corrected.h5"
+KEYS = keys()
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``run`` to ``subparsers``."""
+    run = subparsers.add_parser("run", help="detect, batch-correct and subtype anomalous target cells")
+    run.add_argument("--reference", help="normal reference cells (.h5ad, 10x folder or CSV)")
+    run.add_argument("--target", required=True, help="cells to screen (.h5ad, 10x folder or CSV)")
+    run.add_argument("--out", required=True, help="output folder (refused if it exists)")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    run.add_argument("--batch-key", help="obs column of the target's batches")
+    run.add_argument("--anomaly-ratio", type=float, help="expected fraction of anomalies")
+    run.add_argument("--n-subtypes", default="auto", help="'auto' or a number (default auto)")
+    run.add_argument("--label-key", help="obs column of known cell types (report only)")
+    run.add_argument("--model", help="a saved model folder (e.g. OUT/model): skip training")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_common(run)
+    run.add_argument("--checkpoint-every", type=non_negative, default=0, metavar="N",
+                     help="write the training state every N epochs (default 0: at the end of each "
+                     "training stage and on Ctrl-C only)")
+    run.add_argument("--checkpoint-dir", help="where checkpoints go (default: OUT.checkpoint)")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the interrupted run checkpointed in --checkpoint-dir (same "
+                     "inputs and settings); the result equals an uninterrupted run's")
+    run.set_defaults(func=run_command, interrupted_note=interrupted_note)
+    return run
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """The whole pipeline on files: never modifies the inputs, writes ``--out`` atomically.
+
+    Under ``torchrun --nproc_per_node=K -m acsleuth run ...`` the K processes share the work
+    on torch.distributed (gloo on CPU, NCCL on GPUs) and rank 0 writes ``--out``.
+    """
+    from .. import parallel
+
+    start = time.perf_counter()
+    out = Path(args.out)
+    refuse_existing(out, args.overwrite)
+    if args.model is not None and args.epochs is not None:
+        raise ValueError("--epochs sets the training of a new model; drop it when scoring with --model")
+    ctx, _ = parallel.init(args.device)  # under torchrun: join the process group
+    try:
+        return run_ranked(args, out, start, ctx)
+    except Exception as err:
+        if not isinstance(err, FileExistsError) and has_training_state(args):
+            err.add_note(f"the checkpoint in {checkpoint_dir(args)} keeps the training done so far: "
+                         "rerun with --resume to reuse it, or delete it")
+        raise
+    finally:
+        parallel.shutdown()
+
+
+def run_ranked(args: argparse.Namespace, out: Path, start: float, ctx: Context) -> int:
+    """:func:`run_command` in one process of ``ctx`` (rank 0 alone writes ``out``).
+
+    An ``.h5ad`` target is read backed and the corrected expression streamed into a file in
+    the output folder, so an atlas is never held as a dense matrix.
+    """
+    import contextlib
+
+    from .._atomic import atomic_dir
+
+    model, reference, target, checkpoint, n_subtypes = _inputs(args, ctx)
+    writing = atomic_dir(out, overwrite=args.overwrite) if ctx.is_main else contextlib.nullcontext()
+    with writing as tmp:
+        sink = None
+        if tmp is not None and reference is not None:
+            sink = _corrected_sink(tmp / CORRECTED_FILE, target.n_obs, len(model.genes_))
+        try:
+            if reference is not None:
+                model.run(reference, target, batch_key=args.batch_key, anomaly_ratio=args.anomaly_ratio,
+                          n_subtypes=n_subtypes, corrected_out=sink, checkpoint=checkpoint)
+            else:  # a saved model without a reference: detect and subtype, no batch correction
+                model.run(None, target, anomaly_ratio=args.anomaly_ratio, n_subtypes=n_subtypes,
+                          correct=False)
+            if tmp is None:
+                return 0
+            _write_target(target, tmp / "target.h5ad", model, sink)
+        finally:
+            if sink is not None:
+                sink.file.close()
+                (tmp / CORRECTED_FILE).unlink()
+        _write_tables(args, model, reference, target, tmp)
+    if checkpoint is not None and ctx.is_main:  # the outputs are complete: the checkpoint has served
+        checkpoint.remove()
+    n_anomalies = int(target.obs[KEYS.anomaly].sum())
+    print(f"acsleuth run: {target.n_obs} target cells, {n_anomalies} called anomalous, "
+          f"{target.uns[KEYS.uns].get('n_subtypes', 0)} subtypes; wrote {out}/ "
+          f"in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def _inputs(args: argparse.Namespace, ctx: Context) -> tuple[ACsleuth, Any, AnnData, Any, Any]:
+    """The model (loaded, or fitted on the reference), the reference, the target, the
+    checkpoint and the number of subtypes, every input checked before any training."""
+    import acsleuth
+
+    from .._anndata import batch_codes
+    from ..data import read
+    from ..stages.subtype import check_n_subtypes
+
+    if args.model is None and args.reference is None:
+        raise ValueError("give --reference (to train) or --model (a saved model)")
+    n_subtypes = check_n_subtypes(args.n_subtypes)
+    checkpoint = _checkpoint(args, ctx)
+    target = read(args.target, backed=True)
+    reference = read(args.reference, backed=True) if args.reference is not None else None
+    batch_codes(target, args.batch_key)  # a missing column is refused before any training
+    if args.label_key is not None and args.label_key not in target.obs:
+        raise KeyError(f"--label-key {args.label_key!r} is not an obs column of the target "
+                       f"(columns: {list(target.obs.columns)})")
+    if args.model is not None:
+        model = acsleuth.ACsleuth.load(args.model, device=args.device)
+    else:  # the ratio is checked here, before training
+        model = acsleuth.ACsleuth(device=args.device, random_state=args.seed, verbose=not args.quiet,
+                                  anomaly_ratio=args.anomaly_ratio, **epoch_settings(args.epochs))
+        model.fit(reference, checkpoint=checkpoint)
+    return model, reference, target, checkpoint, n_subtypes
+
+
+def _write_tables(args: argparse.Namespace, model: ACsleuth, reference, target: AnnData,
+                  folder: Path) -> None:
+    """``cells.csv``, the saved model and the report into ``folder``."""
+    import pandas as pd
+
+    truth_key = None
+    if args.label_key is not None:
+        truth_key = _label_truth(target, reference, args.label_key)
+    pd.DataFrame({
+        "score": target.obs[KEYS.score], "anomaly": target.obs[KEYS.anomaly],
+        "subtype": target.obs[KEYS.subtype],
+    }).to_csv(folder / "cells.csv", index_label="cell")
+    model.save(folder / "model")
+    _write_report(target, folder, args.label_key, truth_key)
+
+
+def checkpoint_dir(args: argparse.Namespace) -> Path:
+    return Path(args.checkpoint_dir or f"{args.out}.checkpoint")
+
+
+def has_training_state(args: argparse.Namespace) -> bool:
+    """Whether the run's checkpoint folder holds training state that ``--resume`` would use."""
+    from ..train.checkpoint import TRAINING_FILE
+
+    return (checkpoint_dir(args) / TRAINING_FILE).is_file()
+
+
+def interrupted_note(args: argparse.Namespace) -> str:
+    """What to add to the message of an interrupted run."""
+    if has_training_state(args):
+        return f" (the checkpoint in {checkpoint_dir(args)} continues the run: add --resume)"
+    return ""
+
+
+def _checkpoint(args: argparse.Namespace, ctx: Context) -> Checkpoint | None:
+    """The run's checkpoint (single-process runs): written on Ctrl-C, at the end of each
+    training stage and every ``--checkpoint-every`` epochs; read back with ``--resume``."""
+    from ..train import Checkpoint
+
+    if ctx.distributed:
+        if args.resume or args.checkpoint_every:
+            raise ValueError(
+                "--checkpoint-every and --resume work in single-process runs only; drop them or "
+                "run without torchrun"
+            )
+        return None
+    return Checkpoint(checkpoint_dir(args), every=args.checkpoint_every, resume=args.resume)
+
+
+def _corrected_sink(path: Path, n_obs: int, n_genes: int) -> h5py.Dataset:
+    """An on-disk float32 ``(n_obs, n_genes)`` dataset that the corrected expression streams into."""
+    import h5py
+
+    handle = h5py.File(path, "w")
+    chunks = (max(1, min(n_obs, (1 << 20) // (4 * n_genes))), n_genes) if n_obs else None  # ~1 MB rows
+    return handle.create_dataset("corrected", shape=(n_obs, n_genes), dtype="f4", chunks=chunks)
+
+
+def _write_target(target: AnnData, path: Path, model: ACsleuth, corrected: h5py.Dataset | None) -> None:
+    """The annotated target as ``.h5ad``, with the ``corrected`` expression (when given) under
+    ``layers`` or ``obsm`` as :func:`acsleuth.tl.correct_batches` would put it.
+
+    A backed target's file is copied and only its annotations are rewritten, so ``X`` is
+    never loaded; datasets are copied on disk.
+    """
+    import shutil
+
+    import h5py
+    from anndata.io import write_elem
+
+    if target.isbacked:
+        shutil.copyfile(target.filename, path)
+        with h5py.File(path, "r+") as f:
+            write_elem(f, "obs", target.obs)
+            write_elem(f, "obsm", dict(target.obsm))
+            write_elem(f, "uns", dict(target.uns))
+    else:
+        target.write_h5ad(path)
+    if corrected is None:
+        return
+    with h5py.File(path, "r+") as f:
+        group = f[corrected_slot(target, model.genes_)]
+        if KEYS.corrected in group:  # the target is an earlier run's output
+            del group[KEYS.corrected]
+        f.copy(corrected, group, name=KEYS.corrected)
+        group[KEYS.corrected].attrs.update({"encoding-type": "array", "encoding-version": "0.2.0"})
+
+
+def _label_truth(target, reference, label_key: str) -> str | None:
+    """Mark target cells whose label the reference lacks as true anomalies (for the report)."""
+    if label_key not in target.obs:
+        raise KeyError(f"--label-key {label_key!r} is not an obs column of the target")
+    if reference is None or label_key not in reference.obs:
+        return None
+    seen = set(reference.obs[label_key].astype(str))
+    target.obs[KEYS.true_anomaly] = ~target.obs[label_key].astype(str).isin(seen).to_numpy()
+    return KEYS.true_anomaly
+
+
+def _write_report(target, folder: Path, label_key: str | None, truth_key: str | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from ..report import write_report
+
+    write_report(target, folder, label_key=label_key, truth_key=truth_key)
+
+
+__all__ = ["add_parser", "checkpoint_dir", "has_training_state", "run_command", "run_ranked"]

@@ -1,0 +1,88 @@
+"""A fitted model on disk: ``config.json`` (format, settings, genes, history) and ``weights.pt``.
+
+``config.json["format"]`` is :data:`FORMAT`; :func:`read_config` refuses any other, and
+:func:`read_weights` refuses weights whose gene count differs from the saved gene list, each
+with one line saying what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._atomic import atomic_dir
+
+FORMAT = 1  # raise when the files' layout changes; read_config refuses other formats
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "weights.pt"
+
+
+def write(
+    path: str | os.PathLike,
+    *,
+    params: Mapping[str, Any],
+    genes: Sequence[str],
+    history: Mapping[str, Any],
+    timings: Mapping[str, float],
+    weights: Mapping[str, Any],
+    overwrite: bool = False,
+) -> Path:
+    """Write ``config.json`` and ``weights.pt`` into ``path``, under a temporary name then
+    renamed; an existing ``path`` is refused unless ``overwrite=True``."""
+    from .. import __version__
+
+    with atomic_dir(path, overwrite=overwrite) as tmp:
+        config = {
+            "format": FORMAT, "acsleuth_version": __version__, "params": dict(params),
+            "genes": list(genes), "history": dict(history), "timings": dict(timings),
+        }
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1))
+        torch.save(dict(weights), tmp / WEIGHTS_FILE)
+    return Path(path)
+
+
+def read_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``config.json`` of a model folder written by :func:`write`, checked: both files
+    present, the format one this version reads, a settings table and a gene list."""
+    path = Path(path)
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (path / name).is_file():
+            raise FileNotFoundError(f"{path} is not a saved ACsleuth model: {name} is missing")
+    try:
+        config = json.loads((path / CONFIG_FILE).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path / CONFIG_FILE} is not valid JSON ({err}); save the model again") from None
+    version = config.get("format") if isinstance(config, dict) else None
+    if version != FORMAT:
+        raise ValueError(
+            f"{path} holds a saved model of format {version!r}; this acsleuth reads format "
+            f"{FORMAT} (save the model again with this version)"
+        )
+    for name, kind in (("params", dict), ("genes", list)):
+        if not isinstance(config.get(name), kind):
+            raise ValueError(f"{path / CONFIG_FILE} has no {name} {kind.__name__}; save the model again")
+    return config
+
+
+def read_weights(path: str | os.PathLike, n_genes: int, device: torch.device) -> dict[str, Any]:
+    """``weights.pt`` of a model folder on ``device``, checked against the ``n_genes`` of its
+    gene list."""
+    path = Path(path)
+    state = torch.load(path / WEIGHTS_FILE, map_location=device, weights_only=True)
+    scale = state.get("residual_scale") if isinstance(state, dict) else None
+    if scale is None or "generator" not in state or "critic" not in state:
+        raise ValueError(f"{path / WEIGHTS_FILE} is not an ACsleuth model's weights; save the model again")
+    if scale.shape[-1] != n_genes:
+        raise ValueError(
+            f"{path}: the weights are for {scale.shape[-1]} genes but config.json lists "
+            f"{n_genes}; the folder mixes two models' files (save the model again)"
+        )
+    return state
+
+
+__all__ = ["CONFIG_FILE", "FORMAT", "WEIGHTS_FILE", "read_config", "read_weights", "write"]
