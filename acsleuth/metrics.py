@@ -1,4 +1,4 @@
-"""Evaluation metrics of anomaly detection and subtyping (SPEC section 6).
+"""Evaluation metrics of anomaly detection and subtyping (docs/method.md §6).
 
 Every function takes array-likes of per-cell values (numpy arrays, lists, pandas Series) and
 raises ``ValueError`` on mismatched lengths, empty inputs or non-finite scores.

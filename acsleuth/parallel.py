@@ -11,10 +11,7 @@ that skips one leaves the others waiting until the process group's timeout.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable, Iterator, Sized
-from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -22,143 +19,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-
-@dataclass(frozen=True)
-class Context:
-    """Where this process stands in the run.
-
-    Attributes
-    ----------
-    rank
-        This process's rank, ``0 <= rank < world_size``.
-    world_size
-        Number of processes.
-    local_rank
-        Rank on this node (the GPU index under ``torchrun``).
-    backend
-        ``"nccl"``, ``"gloo"``, or None when ``torch.distributed`` is not initialised.
-    """
-
-    rank: int
-    world_size: int
-    local_rank: int
-    backend: str | None
-
-    @property
-    def is_main(self) -> bool:
-        """True on rank 0, the rank that writes outputs."""
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        """True when there is more than one process; collectives are no-ops otherwise."""
-        return self.world_size > 1
-
-
-SINGLE = Context(rank=0, world_size=1, local_rank=0, backend=None)
-
-
-def _initialized() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def context() -> Context:
-    """The current run's :class:`Context`; ``Context(0, 1, 0, None)`` without a process group."""
-    if not _initialized():
-        return SINGLE
-    rank = dist.get_rank()
-    return Context(
-        rank=rank,
-        world_size=dist.get_world_size(),
-        local_rank=int(os.environ.get("LOCAL_RANK", rank)),
-        backend=str(dist.get_backend()),
-    )
-
-
-def _resolve(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type not in ("cpu", "cuda"):
-        raise ValueError(f"acsleuth runs on 'cpu' or 'cuda', got device {str(device)!r}")
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            "device='cuda' was requested but torch sees no CUDA GPU; use 'cpu' or 'auto'"
-        )
-    return device
-
-
-def _rank_cuda_device(local_rank: int) -> torch.device:
-    n_gpus = torch.cuda.device_count()
-    if local_rank >= n_gpus:
-        raise RuntimeError(
-            f"LOCAL_RANK={local_rank} but this node has {n_gpus} CUDA GPU(s); start at most "
-            f"{n_gpus} processes per node (torchrun --nproc_per_node={n_gpus})"
-        )
-    device = torch.device("cuda", local_rank)
-    torch.cuda.set_device(device)
-    return device
-
-
-def init(
-    device: str | torch.device = "auto", *, timeout: timedelta | None = None
-) -> tuple[Context, torch.device]:
-    """Join the ``torchrun`` process group when there is one.
-
-    With ``WORLD_SIZE > 1`` in the environment, initialise ``torch.distributed`` (backend
-    ``"nccl"`` for a CUDA ``device``, ``"gloo"`` for CPU; rendezvous from torchrun's
-    environment variables) and, on CUDA, make GPU ``LOCAL_RANK`` this process's device.
-    Otherwise nothing happens. Calling it again in an initialised process only returns the
-    current context.
-
-    Parameters
-    ----------
-    device
-        ``"auto"`` (CUDA when available), ``"cpu"`` or ``"cuda"``; under torchrun a CUDA
-        device index is replaced by ``LOCAL_RANK``.
-    timeout
-        How long a collective may wait for the other ranks before failing; torch's
-        default when None.
-
-    Returns
-    -------
-    context, device
-        This process's :class:`Context` and the device it should compute on.
-    """
-    device = _resolve(device)
-    if _initialized():
-        ctx = context()
-        if device.type == "cuda" and ctx.distributed:
-            device = _rank_cuda_device(ctx.local_rank)
-        return ctx, device
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size <= 1:
-        return SINGLE, device
-    if not dist.is_available():
-        raise RuntimeError(
-            f"WORLD_SIZE={world_size} but this torch build has no torch.distributed; "
-            "run a single process or install a torch build with distributed support"
-        )
-    if device.type == "cuda":
-        device = _rank_cuda_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend="nccl", device_id=device, timeout=timeout)
-    else:
-        dist.init_process_group(backend="gloo", timeout=timeout)
-    return context(), device
-
-
-def shutdown() -> None:
-    """Destroy the process group, if any (call once at the end of a distributed run)."""
-    if _initialized():
-        dist.destroy_process_group()
-
-
-def _comm_device(ctx: Context) -> torch.device:
-    """Where tensors made up for a collective live: the rank's GPU for NCCL, else CPU."""
-    if ctx.backend == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
+from ._process_group import SINGLE, Context, comm_device, context, init, shutdown
 
 # ------------------------------------------------------------------ sharding
 
@@ -277,7 +138,7 @@ def row_offset(n_rows: int, ctx: Context) -> int:
     (what :func:`all_gather_rows` returns). Single process: 0."""
     if not ctx.distributed:
         return 0
-    return sum(_row_counts(n_rows, ctx, _comm_device(ctx))[: ctx.rank])
+    return sum(_row_counts(n_rows, ctx, comm_device(ctx))[: ctx.rank])
 
 
 def all_gather_rows(t: Tensor, ctx: Context) -> Tensor:
@@ -401,7 +262,7 @@ def all_reduce_min_int(x: int, ctx: Context) -> int:
     """The smallest of the ranks' ``x`` (to agree on step counts). Single process: ``x``."""
     if not ctx.distributed:
         return int(x)
-    value = torch.tensor([int(x)], dtype=torch.long, device=_comm_device(ctx))
+    value = torch.tensor([int(x)], dtype=torch.long, device=comm_device(ctx))
     dist.all_reduce(value, op=dist.ReduceOp.MIN)
     return int(value.item())
 
@@ -438,7 +299,7 @@ def gather_to_main(array: np.ndarray, ctx: Context) -> np.ndarray | None:
         dist.gather_object(array, parts, dst=0)
         return np.concatenate(parts) if parts is not None else None
     raw = array.view(np.uint8) if array.dtype == np.bool_ else array
-    t = torch.from_numpy(np.ascontiguousarray(raw)).to(_comm_device(ctx))
+    t = torch.from_numpy(np.ascontiguousarray(raw)).to(comm_device(ctx))
     sizes = _row_counts(t.shape[0], ctx, t.device)
     if max(sizes) == 0:
         return array if ctx.is_main else None
@@ -514,7 +375,7 @@ def broadcast_object(obj: Any, ctx: Context, src: int = 0) -> Any:
     if not ctx.distributed:
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=src, device=_comm_device(ctx))
+    dist.broadcast_object_list(box, src=src, device=comm_device(ctx))
     return box[0]
 
 
@@ -527,6 +388,32 @@ def broadcast_array(array: np.ndarray | None, ctx: Context, src: int = 0) -> np.
     )
     t = (torch.from_numpy(np.ascontiguousarray(array)) if ctx.rank == src
          else torch.empty(shape, dtype=torch.from_numpy(np.empty(0, dtype=dtype)).dtype))
-    t = t.to(_comm_device(ctx))
+    t = t.to(comm_device(ctx))
     dist.broadcast(t, src)
     return t.cpu().numpy()
+
+
+__all__ = [
+    "SINGLE",
+    "Context",
+    "all_gather_autograd",
+    "all_gather_equal",
+    "all_gather_rows",
+    "all_reduce_min_int",
+    "all_reduce_sum",
+    "average_buffers",
+    "average_gradients",
+    "broadcast_array",
+    "broadcast_module",
+    "broadcast_object",
+    "broadcast_tensors",
+    "context",
+    "gather_to_main",
+    "init",
+    "lockstep",
+    "lockstep_padded",
+    "row_offset",
+    "shard_bounds",
+    "shard_rows",
+    "shutdown",
+]

@@ -105,8 +105,8 @@ def run(name: str, seed: int, *, effect: float, epochs: dict) -> list[dict]:
     ):
         start = time.perf_counter()
         labels = subtype_anomalies(
-            model.generator_.encoder, model.generator_, torch.as_tensor(values[anomaly]),
-            config=config, seed=seed, verbose=False,
+            torch.as_tensor(values[anomaly]), generator=model.generator_, config=config,
+            seed=seed, verbose=False,
         ).labels
         seconds = time.perf_counter() - start + correct_seconds * (source != "uncorrected")
         record(f"{embedding} + DESC on {source}", anomaly, labels, seconds)

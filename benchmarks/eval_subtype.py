@@ -5,8 +5,9 @@ anomalies (so detection errors do not interfere; no batch correction, the target
 batch) are then clustered with the true number of types: k-means on 50 principal components
 of their expression ``x`` (an analyst's default), on module I's embedding ``z = E(x)``, on the
 initial fused embedding ``z*`` (DESC with 0 epochs), DESC on ``z*`` (stage IV), and stage IV
-with ``n_subtypes="auto"``; the last three also after an autoencoder warm-up of the encoder
-on the anomalies (``pretrain_epochs``). Prints NMI against the true types (mean and standard
+with ``n_subtypes="auto"``. (The rows with an autoencoder warm-up of the encoder in
+benchmarks/RESULTS.md, issue 4, came from a ``pretrain_epochs`` option removed in issue 15:
+it did not help.) Prints NMI against the true types (mean and standard
 deviation over seeds) and writes the per-run rows to a CSV.
 
     python benchmarks/eval_subtype.py --out benchmarks/eval_subtype.csv
@@ -30,7 +31,6 @@ from acsleuth.data import prepare
 from acsleuth.stages.subtype import SubtypeConfig, kmeans, subtype_anomalies
 
 PBMC_HELD_OUT = ("CD19+ B", "Dendritic", "CD14+ Monocyte")
-PRETRAIN_EPOCHS = 30
 
 
 def scenario(name: str, seed: int) -> tuple[AnnData, AnnData]:
@@ -56,7 +56,7 @@ def run(name: str, seed: int, *, quick: bool) -> list[dict]:
 
     def stage_iv(n_subtypes: int | str, cfg: SubtypeConfig):
         return subtype_anomalies(
-            gen.encoder, gen, x, n_subtypes=n_subtypes, config=cfg, seed=seed, verbose=False
+            x, generator=gen, n_subtypes=n_subtypes, config=cfg, seed=seed, verbose=False
         )
 
     out = []
@@ -73,14 +73,10 @@ def run(name: str, seed: int, *, quick: bool) -> list[dict]:
         start = time.perf_counter()
         labels = kmeans(features(), n_types, n_init=config.n_init, seed=seed).labels_
         record(method, labels, time.perf_counter() - start)
-    warm = replace(config, pretrain_epochs=PRETRAIN_EPOCHS)
     for method, n_subtypes, cfg in (
         ("k-means on z*", n_types, replace(config, epochs=0)),
         ("DESC on z* (stage IV)", n_types, config),
         ("stage IV, auto k", "auto", config),
-        ("warm-up + k-means on z*", n_types, replace(warm, epochs=0)),
-        ("warm-up + DESC (stage IV)", n_types, warm),
-        ("warm-up + stage IV, auto k", "auto", warm),
     ):
         start = time.perf_counter()
         result = stage_iv(n_subtypes, cfg)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -73,7 +75,7 @@ def test_synthetic_is_deterministic_and_dense_matches_sparse(small):
 def test_synthetic_does_not_depend_on_thread_count(monkeypatch):
     # more cells than one random stream covers, so several chunks are sampled
     parallel = datasets.synthetic(10, 5000, 20)[1].X
-    monkeypatch.setattr(datasets.os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
     serial = datasets.synthetic(10, 5000, 20)[1].X
     assert (parallel != serial).nnz == 0
 

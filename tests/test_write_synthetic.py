@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import anndata as ad
@@ -12,6 +13,7 @@ import scipy.sparse as sp
 from anndata.abc import CSRDataset
 
 from acsleuth import datasets
+from acsleuth.datasets import files, simulator
 
 # more reference cells than one random stream covers (2,048), so blocks and appends straddle
 SIZES = (2500, 300, 30)
@@ -86,7 +88,7 @@ def test_backed_reading(tmp_path, expected):
 
 
 def test_output_does_not_depend_on_thread_count(tmp_path, monkeypatch, expected):
-    monkeypatch.setattr(datasets.os, "cpu_count", lambda: 1)
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
     reference_path, _ = _write(tmp_path, chunk_cells=700)
     _assert_same_csr(ad.read_h5ad(reference_path).X, expected[0].X)
 
@@ -121,7 +123,7 @@ def test_failure_while_writing_leaves_existing_files_alone(tmp_path, monkeypatch
     for name in ("reference.h5ad", "target.h5ad"):
         (tmp_path / name).write_text(f"old {name}")
     calls = []
-    original = datasets._CountSampler.block
+    original = simulator.CountSampler.block
 
     def failing(self, i, as_sparse):  # the reference is written; the target fails midway
         calls.append(i)
@@ -129,7 +131,7 @@ def test_failure_while_writing_leaves_existing_files_alone(tmp_path, monkeypatch
             raise OSError("disk full")
         return original(self, i, as_sparse)
 
-    monkeypatch.setattr(datasets._CountSampler, "block", failing)
+    monkeypatch.setattr(simulator.CountSampler, "block", failing)
     with pytest.raises(OSError, match="disk full"):
         _write(tmp_path, overwrite=True)
     assert len(calls) > 1
@@ -170,15 +172,15 @@ def test_bad_arguments_are_refused_before_writing(tmp_path, kwargs, error, messa
 
 
 def test_count_blocks_are_drawn_a_bounded_number_ahead(monkeypatch):
-    monkeypatch.setattr(datasets.os, "cpu_count", lambda: 1)
-    reference = datasets._simulate(
-        20 * datasets._CHUNK_CELLS, 1, 2, n_types=1, n_anomaly_types=0, anomaly_ratio=0.0,
+    monkeypatch.setattr(os, "cpu_count", lambda: 1)
+    reference = simulator.simulate(
+        20 * simulator.CHUNK_CELLS, 1, 2, n_types=1, n_anomaly_types=0, anomaly_ratio=0.0,
         n_batches=1, batch_effect=0.0, sparse=True, seed=0,
     ).reference
     drawn = []
-    original = datasets._CountSampler.block
+    original = simulator.CountSampler.block
     monkeypatch.setattr(
-        datasets._CountSampler, "block", lambda self, i, s: drawn.append(i) or original(self, i, s)
+        simulator.CountSampler, "block", lambda self, i, s: drawn.append(i) or original(self, i, s)
     )
     blocks = reference.counts.blocks(as_sparse=True)
     next(blocks)
@@ -191,7 +193,7 @@ def test_rechunk_regroups_rows_exactly():
     blocks = [sp.random(n, 5, density=0.5, format="csr", random_state=rng) for n in (3, 7, 1, 9)]
     whole = sp.vstack(blocks, format="csr")
     for size in (1, 4, 10, 20, 50):
-        chunks = list(datasets._rechunk(iter(blocks), size))
+        chunks = list(files.rechunk(iter(blocks), size))
         assert [c.shape[0] for c in chunks[:-1]] == [size] * (len(chunks) - 1)
         assert 0 < chunks[-1].shape[0] <= size
         assert (sp.vstack(chunks, format="csr") != whole).nnz == 0

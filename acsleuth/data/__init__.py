@@ -1,4 +1,4 @@
-"""The data layer: read, validate, align and batch single-cell expression data (SPEC section 0)."""
+"""The data layer: read, validate, align and batch single-cell expression data (docs/method.md §0)."""
 
 from __future__ import annotations
 

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
+from .._device import resolve_device
 from ..stages.score import ScoreResult
-from .acsleuth import ACsleuth, resolve_device
+from .acsleuth import ACsleuth
 
 __all__ = ["ACsleuth", "ScoreResult", "resolve_device"]

@@ -8,7 +8,6 @@ their defaults in :mod:`acsleuth._constants`, what is written into AnnData in
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
@@ -18,12 +17,11 @@ import torch
 from anndata import AnnData
 
 from .. import ops, parallel
-from .._anndata import add_timings, batch_codes
+from .._anndata import add_timings
 from .._anndata import detect as contract
 from .._constants import (
-    ANOMALY_EXPRESSIONS,
     DEFAULTS,
-    KINS,
+    KEY_ADDED,
     AnomalyExpression,
     Gamma,
     Kernel,
@@ -33,45 +31,31 @@ from .._constants import (
     Score,
     SubtypeEmbedding,
 )
+from .._device import cache_bytes, resolve_device
 from .._logging import logger, stage_timer
 from .._seed import seeded
-from ..data import ExpressionSource, MinibatchLoader, highly_variable_genes, prepare
+from ..data import ExpressionSource, highly_variable_genes, prepare
 from ..nn import Critic, Generator
-from ..stages.detect import train_detector
+from ..stages.detect import fit_detector
 from ..stages.kin import find_kin
 from ..stages.residuals import ScaledResiduals
 from ..stages.score import (
     Detector,
     ScoreResult,
-    call_anomalies,
     embed,
+    evaluate_target,
     reconstruct_target,
     reference_residuals,
-    score_target,
 )
-from ..stages.style import correct_cells, fit_style
-from ..stages.subtype import SubtypeResult, check_n_subtypes, subtype_anomalies
+from ..stages.style import correct_expression
+from ..stages.subtype import SubtypeResult, subtype_cells
 from ..train import Checkpoint
+from ..train.checkpoint import fingerprint
 from . import persist
-
-DEFAULT_CACHE_BYTES = 2 << 30  # cache_gb=None on CPU
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` is CUDA when available, else CPU; a CUDA request without CUDA is an error."""
-    if str(device) == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was requested but torch sees no CUDA GPU; use 'cpu' or 'auto'")
-    ctx = parallel.context()
-    if device.type == "cuda" and ctx.distributed:  # one GPU per torchrun process
-        return torch.device("cuda", ctx.local_rank)
-    return device
 
 
 class ACsleuth:
-    """Anomalous-cell detection with ACsleuth (SPEC §1): fit on normal reference cells, score targets.
+    """Anomalous-cell detection with ACsleuth (docs/method.md §1): fit on normal reference cells, score targets.
 
     Parameters
     ----------
@@ -90,7 +74,7 @@ class ACsleuth:
         (``||x - x_hat||``), ``"cosine"`` (``1 - cos(E(x), E(x_hat))``) or ``"critic"``
         (``||C(x) - C(x_hat)||``).
     kernel, gamma
-        Kernel and weight function of the MMD predictor (SPEC §1.1).
+        Kernel and weight function of the MMD predictor (docs/method.md §1.1).
     anomaly_ratio
         Expected fraction of anomalies: the top ``ratio * N`` cells are called anomalous.
         ``None``: the cells in the top component of a Gaussian mixture on the scores (three
@@ -101,18 +85,18 @@ class ACsleuth:
         it first spends learning the scaled-residual ranking, and whether reference
         residuals join its minibatches as known normal cells.
     n_memory, memory_temperature, memory_shrink
-        The memory bank's size, softmax temperature and hard-shrinkage threshold (SPEC §1).
+        The memory bank's size, softmax temperature and hard-shrinkage threshold (docs/method.md §1).
     n_critic, style_n_critic
         Critic updates per generator update in module I and in the style transfer.
     reconstruction_weight, adversarial_weight, gp_weight
-        alpha, beta and lambda of the WGAN-GP losses of modules I and III (SPEC §1, §3).
+        alpha, beta and lambda of the WGAN-GP losses of modules I and III (docs/method.md §1, §3).
     kin_epochs, style_epochs, subtype_epochs
         Epochs of the learned kin mapping (module II, ``kin="learned"``), of the style
         transfer (module III) and the most epochs of DESC (module IV), used by :meth:`run`.
     subtype_embedding
         What DESC clusters (module IV): ``"pca"``, principal components of the anomalies'
         expression (default: the higher F1 x NMI on the two-batch PBMC evaluation), or
-        ``"fusion"``, the SPEC's transformer fusion of ``E(x)`` and ``E(x - x_hat)``.
+        ``"fusion"``, the transformer fusion (docs/method.md §4) of ``E(x)`` and ``E(x - x_hat)``.
     cache_gb
         Largest cache held in memory (on the GPU when the device is CUDA): the dense
         training data, the target's float16 scaled residuals, its embeddings. Larger
@@ -183,19 +167,12 @@ class ACsleuth:
 
     def _cache_bytes(self) -> int:
         """The ``cache_gb`` budget in bytes (see the class docstring for the default)."""
-        if self.params["cache_gb"] is not None:
-            return int(float(self.params["cache_gb"]) * 2**30)
-        if self.device.type == "cuda":
-            return torch.cuda.mem_get_info(self.device)[0] // 2
-        return DEFAULT_CACHE_BYTES
+        return cache_bytes(self.params["cache_gb"], self.device)
 
     # ------------------------------------------------------------------ training
     @property
     def is_fitted(self) -> bool:
         return self.generator_ is not None
-
-    def _new_generator(self, n_genes: int) -> Generator:
-        return Generator(n_genes, **self.settings.generator_settings()).to(self.device)
 
     def fit(self, reference: AnnData | str | os.PathLike, *, checkpoint: Checkpoint | None = None) -> ACsleuth:
         """Train module I on ``reference`` (normal cells only; AnnData, backed AnnData or a path).
@@ -206,7 +183,7 @@ class ACsleuth:
         resuming a checkpoint that holds it reads it instead of training.
         """
         if checkpoint is not None:
-            checkpoint.bind(self._fingerprint(reference=reference))
+            checkpoint.bind(fingerprint(self.params, reference=reference))
             if checkpoint.has_model():
                 logger.info("resumed: the fitted model is read from %s", checkpoint.model_dir)
                 return self._load_fitted(checkpoint.model_dir)
@@ -216,28 +193,11 @@ class ACsleuth:
             source = prepare(reference, name="reference")
             genes = highly_variable_genes(source, p.n_top_genes, seed=p.random_state)
             source = source.with_genes(genes)
-        ctx = parallel.context()
-        if source.n_obs < 2 * ctx.world_size:
-            raise ValueError(
-                f"reference: {source.n_obs} cell(s); module I needs at least 2 normal cells "
-                f"(BatchNorm statistics) per process ({ctx.world_size} processes)"
-            )
-        rows = parallel.shard_rows(source.n_obs, ctx)  # all cells in a single process
         with seeded(p.random_state, self.device):
-            generator = self._new_generator(len(genes))
-            critic = Critic(len(genes)).to(self.device)
-            parallel.broadcast_module(generator, ctx)
-            loader = MinibatchLoader(
-                source, batch_size=min(max(2, p.batch_size // ctx.world_size), rows.size),
-                shuffle=True, drop_last=True, seed=p.random_state + ctx.rank, device=self.device,
-                resident_bytes=self._cache_bytes(), rows=rows,
+            generator, critic, history = fit_detector(
+                source, p, device=self.device, resident_bytes=self._cache_bytes(),
+                timings=timings, checkpoint=checkpoint,
             )
-            with stage_timer(timings, "module I"):
-                history = train_detector(
-                    generator, critic, loader, p.detector_config(), verbose=p.verbose and ctx.is_main,
-                    timings=timings, checkpoint=checkpoint,
-                )
-                parallel.average_buffers(generator, ctx)
             with stage_timer(timings, "reference residuals"):
                 scale, anchors = reference_residuals(generator, source, p, self.device)
         self.genes_, self.generator_, self.critic_ = genes, generator, critic
@@ -247,18 +207,6 @@ class ACsleuth:
         if checkpoint is not None:
             self.save(checkpoint.model_dir, overwrite=True)
         return self
-
-    def _fingerprint(self, **inputs: AnnData | str | os.PathLike | None) -> dict[str, Any]:
-        """What makes two runs the same run, for :meth:`Checkpoint.bind`: the settings that
-        change results, and each input's shape (and file, when read from one)."""
-        fingerprint = {k: v for k, v in self.params.items() if k not in ("device", "verbose")}
-        for name, data in inputs.items():
-            if isinstance(data, AnnData):
-                where = f" in {Path(data.filename).resolve()}" if data.isbacked else ""
-                fingerprint[name] = f"{data.n_obs} cells x {data.n_vars} genes{where}"
-            elif data is not None:
-                fingerprint[name] = str(Path(data).resolve())
-        return fingerprint
 
     # ------------------------------------------------------------------ scoring
     def _require_fitted(self) -> None:
@@ -297,27 +245,9 @@ class ACsleuth:
         self, target: AnnData | str | os.PathLike, p: Params, batch_key: str | None
     ) -> ScoreResult:
         """:meth:`evaluate` with the settings ``p`` (this call's score and anomaly ratio)."""
-        timings: dict[str, float] = {}
-        with stage_timer(timings, "prepare target"):
-            source = prepare(target, genes=self.genes_, name="target")
-        if p.score == "mmd" and source.n_obs < 4:
-            raise ValueError(
-                f"target: {source.n_obs} cell(s); the MMD score compares groups of target cells "
-                "and needs at least 4 target cells (score more cells together, or use "
-                "score='scaled', which scores each cell on its own)"
-            )
-        codes, _ = batch_codes(source.adata, batch_key)
-        with seeded(p.random_state, self.device):
-            scores, embedding = score_target(
-                self._detector(), source, p, codes if batch_key is not None else None,
-                device=self.device, budget=self._cache_bytes(), timings=timings,
-            )
-        chosen = scores[p.score]
-        anomaly, threshold = call_anomalies(chosen, p.score, p.anomaly_ratio)
-        return ScoreResult(
-            scores={k: v.numpy().astype(np.float64) for k, v in scores.items()},
-            score=chosen.numpy().astype(np.float64), anomaly=anomaly,
-            embedding=embedding, threshold=threshold, timings=timings,
+        return evaluate_target(
+            self._detector(), target, self.genes_, p, batch_key, device=self.device,
+            budget=self._cache_bytes(),
         )
 
     def reconstruct(
@@ -352,6 +282,7 @@ class ACsleuth:
     def predict(self, target: AnnData | str | os.PathLike) -> np.ndarray:
         """Boolean anomaly calls, one per target cell."""
         return self.evaluate(target).anomaly
+
     # ------------------------------------------------------------------ stages II-IV
     def run(
         self,
@@ -361,10 +292,10 @@ class ACsleuth:
         batch_key: str | None = None,
         anomaly_ratio: float | None = None,
         n_subtypes: int | Literal["auto"] = "auto",
-        kin: Literal["nearest", "learned"] = "nearest",
+        kin: Kin = "nearest",
         correct: bool = True,
         corrected_out: Any = None,
-        key_added: str = "acsleuth",
+        key_added: str = KEY_ADDED,
         checkpoint: Checkpoint | None = None,
     ) -> AnnData:
         """The whole pipeline: detect, batch-correct and subtype the anomalies of ``target``.
@@ -422,7 +353,7 @@ class ACsleuth:
         if not isinstance(target, AnnData):
             raise TypeError(f"run: target must be an AnnData, got {type(target).__name__}")
         if checkpoint is not None:
-            checkpoint.bind(self._fingerprint(reference=reference, target=target))
+            checkpoint.bind(fingerprint(self.params, reference=reference, target=target))
         if not self.is_fitted:
             self.fit(reference, checkpoint=checkpoint)
         settings, params = self.settings, dict(self.params)
@@ -490,37 +421,11 @@ class ACsleuth:
         None.
         """
         self._require_fitted()
-        if kin not in KINS:
-            raise ValueError(f"ACsleuth: kin must be 'nearest' or 'learned', got {kin!r}")
-        if anomalies not in ANOMALY_EXPRESSIONS:
-            raise ValueError(f"ACsleuth: anomalies must be 'shift' or 'generator', got {anomalies!r}")
-        p = self.settings
-        timings = {} if timings is None else timings
-        target_source = prepare(target, genes=self.genes_, name="target")
-        reference_source = prepare(reference, genes=self.genes_, name="reference")
-        normal = np.asarray(normal, dtype=bool)
-        if normal.shape != (target_source.n_obs,):
-            raise ValueError(f"normal must be {target_source.n_obs} booleans, got shape {normal.shape}")
-        shape = (target_source.n_obs, len(self.genes_))
-        if out is not None and tuple(out.shape) != shape:
-            raise ValueError(f"correct: out has shape {tuple(out.shape)}, expected {shape} (cells x model genes)")
-        codes, n_batches = batch_codes(target_source.adata, batch_key)
-        ctx = parallel.context()
-        first, last = parallel.shard_bounds(target_source.n_obs, ctx)  # all cells in one process
-        normal_rows = np.flatnonzero(normal)
-        mine = normal_rows[(normal_rows >= first) & (normal_rows < last)]
-        with seeded(p.random_state, self.device):
-            with stage_timer(timings, "kin"):
-                kin_rows = self._kin(target_source, reference_source, mine, kin)
-            with stage_timer(timings, "style"):
-                style = fit_style(
-                    self.generator_, target_source, reference_source, mine, kin_rows, codes,
-                    n_batches, p, device=self.device, checkpoint=checkpoint,
-                )
-                return correct_cells(
-                    style, target_source, normal, codes, n_batches, p, device=self.device,
-                    anomalies=anomalies, out=out,
-                )
+        return correct_expression(
+            self.generator_, target, reference, normal, self.genes_, self.settings,
+            batch_key=batch_key, kin=kin, anomalies=anomalies, out=out, device=self.device,
+            timings={} if timings is None else timings, checkpoint=checkpoint,
+        )
 
     def _kin(
         self, target: ExpressionSource, reference: ExpressionSource, rows: np.ndarray, kin: Kin
@@ -535,33 +440,15 @@ class ACsleuth:
         n_subtypes: int | Literal["auto"] = "auto",
         timings: dict[str, float] | None = None,
     ) -> SubtypeResult | None:
-        """Subtypes of the anomalies from their (corrected) expression ``x (N, n_genes_)``.
-
-        None (logged) when ``N == 0``; one subtype when ``N < 3``. A number of subtypes
-        above ``N`` is lowered to ``N`` with a warning (how many anomalies are called is
-        known only now). Seconds go to ``timings["subtype"]`` (and its sub-stages).
-        """
+        """Subtypes of the anomalies from their (corrected) expression ``x (N, n_genes_)``
+        (:func:`acsleuth.stages.subtype.subtype_cells`: None when ``N == 0``, ``n_subtypes``
+        lowered to ``N`` with a warning). Seconds go to ``timings["subtype"]``."""
         self._require_fitted()
-        p = self.settings
-        n_subtypes = check_n_subtypes(n_subtypes)
-        if len(x) == 0:
-            logger.info("subtype: no anomaly was called; nothing to subtype")
-            return None
-        k = 1 if len(x) < 3 else n_subtypes
-        if n_subtypes != "auto" and n_subtypes > len(x):
-            k = min(k, len(x))
-            warnings.warn(
-                f"subtype: n_subtypes={n_subtypes} is more than the {len(x)} anomalies called; "
-                f"making {k} subtype(s) instead (pass a smaller n_subtypes, or 'auto')",
-                UserWarning, stacklevel=2,
-            )
         timings = {} if timings is None else timings
-        with stage_timer(timings, "subtype"):
-            return subtype_anomalies(
-                self.generator_.encoder, self.generator_, torch.as_tensor(x), n_subtypes=k,
-                config=p.subtype_config(), device=self.device, seed=p.random_state,
-                verbose=p.verbose, timings=timings,
-            )
+        return subtype_cells(
+            x, self.generator_, self.settings, n_subtypes=n_subtypes, device=self.device,
+            timings=timings,
+        )
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
@@ -597,19 +484,10 @@ class ACsleuth:
     def _load_fitted(self, path: Path, config: dict[str, Any] | None = None) -> ACsleuth:
         """Read the genes, weights and history of a model saved by :meth:`save` into ``self``
         (``config``: its checked ``config.json``, when already read)."""
-        if config is None:
-            config = persist.read_config(path)
-        genes = list(config["genes"])
-        state = persist.read_weights(path, len(genes), self.device)
-        self.generator_ = self._new_generator(len(genes))
-        self.critic_ = Critic(len(genes)).to(self.device)
-        self.generator_.load_state_dict(state["generator"])
-        self.critic_.load_state_dict(state["critic"])
-        self.residual_scale_, self.anchors_ = state["residual_scale"], state["anchors"]
-        self.generator_.eval()
-        self.critic_.eval()
-        self.genes_, self.history_ = genes, config.get("history", {})
-        self.timings_ = config.get("timings", {})
+        fitted = persist.read_model(path, self.settings, self.device, config)
+        self.genes_, self.generator_, self.critic_ = fitted.genes, fitted.generator, fitted.critic
+        self.residual_scale_, self.anchors_ = fitted.residual_scale, fitted.anchors
+        self.history_, self.timings_ = fitted.history, fitted.timings
         return self
 
     def __repr__(self) -> str:
@@ -617,4 +495,4 @@ class ACsleuth:
         return f"ACsleuth(score={self.params['score']!r}, device={self.device.type!r}, {state})"
 
 
-__all__ = ["ACsleuth", "ScoreResult", "resolve_device"]
+__all__ = ["ACsleuth"]

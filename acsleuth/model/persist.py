@@ -10,12 +10,15 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from .._atomic import atomic_dir
+from .._constants import Params
+from ..nn import Critic, Generator
 
 FORMAT = 1  # raise when the files' layout changes; read_config refuses other formats
 CONFIG_FILE = "config.json"
@@ -85,4 +88,41 @@ def read_weights(path: str | os.PathLike, n_genes: int, device: torch.device) ->
     return state
 
 
-__all__ = ["CONFIG_FILE", "FORMAT", "WEIGHTS_FILE", "read_config", "read_weights", "write"]
+@dataclass
+class Fitted:
+    """What :func:`read_model` reads: a fitted model's genes, networks and records."""
+
+    genes: list[str]
+    generator: Generator
+    critic: Critic
+    residual_scale: torch.Tensor
+    anchors: torch.Tensor
+    history: dict[str, Any]
+    timings: dict[str, float]
+
+
+def read_model(
+    path: str | os.PathLike, params: Params, device: torch.device, config: dict[str, Any] | None = None
+) -> Fitted:
+    """The networks and records of a model folder, built with ``params`` on ``device`` in eval
+    mode (``config``: its checked ``config.json``, when already read)."""
+    if config is None:
+        config = read_config(path)
+    genes = list(config["genes"])
+    state = read_weights(path, len(genes), device)
+    generator = Generator(len(genes), **params.generator_settings()).to(device)
+    critic = Critic(len(genes)).to(device)
+    generator.load_state_dict(state["generator"])
+    critic.load_state_dict(state["critic"])
+    generator.eval()
+    critic.eval()
+    return Fitted(
+        genes, generator, critic, state["residual_scale"], state["anchors"],
+        config.get("history", {}), config.get("timings", {}),
+    )
+
+
+__all__ = [
+    "CONFIG_FILE", "FORMAT", "WEIGHTS_FILE", "Fitted", "read_config", "read_model", "read_weights",
+    "write",
+]

@@ -1,4 +1,4 @@
-"""Neural-network building blocks of the ACsleuth modules (SPEC §1)."""
+"""Neural-network building blocks of the ACsleuth modules (docs/method.md §1)."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ def dense_block(n_in: int, n_out: int, *, norm: bool = True, spectral: bool = Fa
 
 
 class ResidualBlock(nn.Module):
-    """``LeakyReLU(x + f(x))`` with ``f = dense_block -> Linear`` (SPEC §1)."""
+    """``LeakyReLU(x + f(x))`` with ``f = dense_block -> Linear`` (docs/method.md §1)."""
 
     def __init__(self, dim: int, *, norm: bool = True, spectral: bool = False) -> None:
         super().__init__()

@@ -1,4 +1,4 @@
-"""The spectral-normalised critic of the WGAN-GP (SPEC §1)."""
+"""The spectral-normalised critic of the WGAN-GP (docs/method.md §1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The reconstruction generator: encoder, memory bank, decoder (SPEC §1)."""
+"""The reconstruction generator: encoder, memory bank, decoder (docs/method.md §1)."""
 
 from __future__ import annotations
 

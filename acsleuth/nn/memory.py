@@ -12,7 +12,7 @@ from .._constants import MEMORY_SHRINK, MEMORY_TEMPERATURE, N_MEMORY
 
 
 class MemoryBank(nn.Module):
-    """A queue ``Q (N_mem, p)`` read with :func:`acsleuth.ops.memory_attention` (SPEC §1).
+    """A queue ``Q (N_mem, p)`` read with :func:`acsleuth.ops.memory_attention` (docs/method.md §1).
 
     The queue and its write position are buffers: they are saved with the model and are
     not trained by gradient descent; :meth:`enqueue` overwrites the oldest rows. In a

@@ -1,4 +1,4 @@
-"""The anomaly predictor ``f_p: R^G -> (0, 1)`` of the MMD score (SPEC §1.1)."""
+"""The anomaly predictor ``f_p: R^G -> (0, 1)`` of the MMD score (docs/method.md §1.1)."""
 
 from __future__ import annotations
 

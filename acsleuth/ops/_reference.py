@@ -1,6 +1,6 @@
 """Slow, obviously-correct references for the fused ops (dense; small inputs only).
 
-Tests compare every backend against these; they follow SPEC §1, §1.1 and §2 literally.
+Tests compare every backend against these; they follow docs/method.md §1, §1.1 and §2 literally.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ def pair_form(x: Tensor, phi: Tensor, kernel: str, bandwidths: list[float] | Non
 
 
 def gamma_c(p_i: Tensor, p_j: Tensor, m: float | Tensor, n: float | Tensor) -> Tensor:
-    """Interpolated weight gamma_c(p_i, p_j) of SPEC §1.1 (s = 1 means anomaly)."""
+    """Interpolated weight gamma_c(p_i, p_j) of docs/method.md §1.1 (s = 1 means anomaly)."""
     l0_i, l1_i = torch.sinc(p_i), torch.sinc(1 - p_i)
     l0_j, l1_j = torch.sinc(p_j), torch.sinc(1 - p_j)
     g00, g11, g01 = 1 / (m * (m - 1)), 1 / (n * (n - 1)), -1 / (m * n)

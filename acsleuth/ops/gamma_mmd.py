@@ -1,4 +1,4 @@
-"""The gamma_c MMD loss of the anomaly predictor (SPEC §1.1) and its pair forms.
+"""The gamma_c MMD loss of the anomaly predictor (docs/method.md §1.1) and its pair forms.
 
 With ``Phi = [L0(p), L1(p)]`` (N x 2) and kernel matrix K, the loss is
 ``-<Gamma, S>`` with ``S = Phi^T (K - diag K) Phi``:
@@ -176,7 +176,7 @@ def gamma_mmd_loss(
 ) -> Tensor:
     """MMD between the residuals the predictor calls normal and those it calls anomalous.
 
-    ``L = -sum_{i != j} k(delta_i, delta_j) gamma_c(p_i, p_j)`` (SPEC §1.1); minimising it
+    ``L = -sum_{i != j} k(delta_i, delta_j) gamma_c(p_i, p_j)`` (docs/method.md §1.1); minimising it
     maximises the MMD. Differentiable in ``p`` (through Phi and soft m, n) and ``delta``.
 
     Parameters

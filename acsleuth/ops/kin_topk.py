@@ -1,4 +1,4 @@
-"""Streaming top-k similarity search for kin matching (SPEC §2)."""
+"""Streaming top-k similarity search for kin matching (docs/method.md §2)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Memory-bank attention of the anomaly generator (SPEC §1)."""
+"""Memory-bank attention of the anomaly generator (docs/method.md §1)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage I: train the reconstruction GAN on the reference, reconstruct target cells (SPEC §1)."""
+"""Stage I: train the reconstruction GAN on the reference, reconstruct target cells (docs/method.md §1)."""
 
 from __future__ import annotations
 
@@ -19,17 +19,19 @@ from .._constants import (
     LEARNING_RATE,
     N_CRITIC,
     RECONSTRUCTION_WEIGHT,
+    Params,
     Precision,
 )
 from .._logging import stage_timer
 from .._precision import autocast
+from ..data import ExpressionSource, MinibatchLoader
 from ..nn import Critic, Generator
 from ..train import AdversarialConfig, AdversarialStep, Checkpoint, train_adversarial
 
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    """Module I training settings (SPEC §1 defaults)."""
+    """Module I training settings (docs/method.md §1 defaults)."""
 
     prepare_epochs: int = 50
     train_epochs: int = 20
@@ -113,6 +115,46 @@ def train_detector(
     return history
 
 
+def fit_detector(
+    source: ExpressionSource,
+    params: Params,
+    *,
+    device: torch.device,
+    resident_bytes: int,
+    timings: dict[str, float],
+    checkpoint: Checkpoint | None = None,
+) -> tuple[Generator, Critic, dict[str, list[dict[str, float]]]]:
+    """Module I built from ``params`` and trained on the reference ``source`` (each rank on its
+    shard of cells, all ranks' networks alike); returns the generator, critic and history.
+
+    Call it under a seeded torch RNG (the weights' initial values). Seconds go to
+    ``timings["module I"]`` and its stages; ``resident_bytes`` of the training data may stay
+    on ``device``.
+    """
+    ctx = parallel.context()
+    if source.n_obs < 2 * ctx.world_size:
+        raise ValueError(
+            f"reference: {source.n_obs} cell(s); module I needs at least 2 normal cells "
+            f"(BatchNorm statistics) per process ({ctx.world_size} processes)"
+        )
+    rows = parallel.shard_rows(source.n_obs, ctx)  # all cells in a single process
+    generator = Generator(source.n_genes, **params.generator_settings()).to(device)
+    critic = Critic(source.n_genes).to(device)
+    parallel.broadcast_module(generator, ctx)
+    loader = MinibatchLoader(
+        source, batch_size=min(max(2, params.batch_size // ctx.world_size), rows.size),
+        shuffle=True, drop_last=True, seed=params.random_state + ctx.rank, device=device,
+        resident_bytes=resident_bytes, rows=rows,
+    )
+    with stage_timer(timings, "module I"):
+        history = train_detector(
+            generator, critic, loader, params.detector_config(),
+            verbose=params.verbose and ctx.is_main, timings=timings, checkpoint=checkpoint,
+        )
+        parallel.average_buffers(generator, ctx)
+    return generator, critic, history
+
+
 class _Inputs:
     """A sized loader's tensors without their row positions: distributed ranks then agree on
     the steps of an epoch once (:func:`acsleuth.parallel.lockstep`)."""
@@ -176,7 +218,7 @@ def residual_scale(
 def chunk_scores(
     generator: Generator, critic: Critic, chunk: Reconstruction, scale: Tensor
 ) -> dict[str, Tensor]:
-    """The per-cell scores that need only the chunk (SPEC §1, plus the scaled residual)."""
+    """The per-cell scores that need only the chunk (docs/method.md §1, plus the scaled residual)."""
     delta = chunk.x - chunk.x_hat
     return {
         "residual": delta.norm(dim=1),

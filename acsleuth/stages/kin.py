@@ -1,4 +1,4 @@
-"""Stage II: match every target normal cell to its "kin" reference cell (SPEC §2)."""
+"""Stage II: match every target normal cell to its "kin" reference cell (docs/method.md §2)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from .score import embed
 
 @dataclass(frozen=True)
 class KinConfig(AdversarialConfig):
-    """Settings of the learned mapping ``Z_T_hat = ReLU(M) Z_R`` (SPEC §2).
+    """Settings of the learned mapping ``Z_T_hat = ReLU(M) Z_R`` (docs/method.md §2).
 
     Each row of ``M`` gets one update per epoch, so it takes a larger learning rate and
     more cells per minibatch than the expression GANs. ``init_weight`` is the share of the
@@ -104,7 +104,7 @@ def learned_kin(
     seed: int = 0,
     verbose: bool = True,
 ) -> np.ndarray:
-    """Kin from the paper's adversarially trained non-negative mapping (SPEC §2).
+    """Kin from the paper's adversarially trained non-negative mapping (docs/method.md §2).
 
     ``Z_T_hat = ReLU(M) Z_R`` with each row of ``M`` restricted to the target cell's
     ``config.k`` most similar reference cells (``config.metric``), so ``M`` is

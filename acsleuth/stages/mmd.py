@@ -1,4 +1,4 @@
-"""The MMD anomaly predictor (SPEC §1.1): a classifier of residuals trained to maximise gamma_c MMD."""
+"""The MMD anomaly predictor (docs/method.md §1.1): a classifier of residuals trained to maximise gamma_c MMD."""
 
 from __future__ import annotations
 
@@ -31,9 +31,7 @@ class ScorerConfig:
     fits the predictor to pseudo-labels from a ranking (its top ``ratio``, or its top half
     when the ratio is unknown) before the ``epochs`` of MMD training. Reference residuals
     passed as ``anchors`` join every minibatch as known normal cells (``p = 0``), which
-    breaks the symmetry between the two groups of the MMD objective. ``supervision`` keeps
-    the warm start's cross-entropy (pseudo-labels, anchors as 0) in the MMD epochs with
-    that weight, so the MMD refines the ranking instead of replacing it.
+    breaks the symmetry between the two groups of the MMD objective.
     """
 
     epochs: int = 20
@@ -41,7 +39,6 @@ class ScorerConfig:
     gamma: Gamma = "interp"
     batch_size: int | None = None
     warm_epochs: int = 0
-    supervision: float = 0.0
     lr: float = LEARNING_RATE
     betas: tuple[float, float] = BETAS
 
@@ -139,7 +136,8 @@ def fit_predictor(
     ``residuals`` (a tensor or a possibly disk-backed :class:`ScaledResiduals`) may be
     stored in a lower precision (float16); minibatches are computed in float32. Epochs visit
     the rows block by block (:func:`blocked_minibatches`), so a store larger than memory is
-    read sequentially, once per epoch.
+    read sequentially, once per epoch. (Over 80 lines: the warm start and the MMD epochs
+    share closures over one shuffled epoch, so both see the same minibatches.)
 
     Parameters
     ----------
@@ -172,11 +170,10 @@ def fit_predictor(
     parallel.broadcast_module(predictor, ctx)
     opt = torch.optim.Adam(predictor.parameters(), lr=config.lr, betas=config.betas)
     gen = torch.Generator().manual_seed(seed + ctx.rank)
-    need_labels = config.warm_epochs > 0 or config.supervision > 0
-    if need_labels and ranking is None:
-        raise ValueError("fit_predictor: warm_epochs > 0 or supervision > 0 needs a ranking")
+    if config.warm_epochs > 0 and ranking is None:
+        raise ValueError("fit_predictor: warm_epochs > 0 needs a ranking")
     targets = None
-    if need_labels:
+    if config.warm_epochs > 0:
         targets = pseudo_labels(ranking, ratio if ratio is not None else 0.5).to(device)
 
     def share(batch_size: int | None) -> int | None:
@@ -225,7 +222,7 @@ def fit_predictor(
     step = 0
     with stage_timer(timings, "mmd train"):
         for _ in progress(range(config.epochs), desc="mmd score", verbose=verbose):
-            for rows, delta, logits, bce in itertools.islice(epoch(config.batch_size), steps):
+            for rows, delta, logits, _ in itertools.islice(epoch(config.batch_size), steps):
                 for group in opt.param_groups:  # cosine schedule over all steps
                     group["lr"] = config.lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
                 p = torch.sigmoid(logits)
@@ -235,8 +232,6 @@ def fit_predictor(
                     p = parallel.all_gather_autograd(p, ctx)
                 n = None if ratio is None else max(ratio * len(rows) * ctx.world_size, 1.5)
                 loss = gamma_mmd_loss(delta, p, n=n, kernel=config.kernel, gamma=config.gamma)
-                if config.supervision > 0:
-                    loss = loss + config.supervision * bce
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 parallel.average_gradients(predictor.parameters(), ctx)

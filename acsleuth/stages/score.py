@@ -8,17 +8,21 @@ those; the chosen score's anomalies are called by a ratio or a Gaussian mixture.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from anndata import AnnData
 from torch import Tensor
 
 from .. import parallel
+from .._anndata import batch_codes
 from .._constants import Params, Score
 from .._logging import stage_timer
 from .._precision import autocast
-from ..data import ExpressionSource, MinibatchLoader
+from .._seed import seeded
+from ..data import ExpressionSource, MinibatchLoader, prepare
 from ..data.store import RowStore
 from ..nn import Critic, Generator
 from ..nn.generator import EMBEDDING
@@ -183,7 +187,46 @@ def mmd_scores(
     return predict_logits(predictor, residuals).float().cpu()
 
 
-def score_target(
+def evaluate_target(
+    detector: Detector,
+    target: AnnData | str | os.PathLike,
+    genes: list[str],
+    params: Params,
+    batch_key: str | None,
+    *,
+    device: torch.device,
+    budget: int,
+) -> ScoreResult:
+    """Score every cell of ``target`` on the panel ``genes`` and call anomalies, with the
+    settings ``params`` (score type, anomaly ratio, seed); see :meth:`acsleuth.ACsleuth.evaluate`.
+
+    ``budget``: bytes the residual store and embeddings may hold on ``device``.
+    """
+    timings: dict[str, float] = {}
+    with stage_timer(timings, "prepare target"):
+        source = prepare(target, genes=genes, name="target")
+    if params.score == "mmd" and source.n_obs < 4:
+        raise ValueError(
+            f"target: {source.n_obs} cell(s); the MMD score compares groups of target cells "
+            "and needs at least 4 target cells (score more cells together, or use "
+            "score='scaled', which scores each cell on its own)"
+        )
+    codes, _ = batch_codes(source.adata, batch_key)
+    with seeded(params.random_state, device):
+        scores, embedding = score_cells(
+            detector, source, params, codes if batch_key is not None else None,
+            device=device, budget=budget, timings=timings,
+        )
+    chosen = scores[params.score]
+    anomaly, threshold = call_anomalies(chosen, params.score, params.anomaly_ratio)
+    return ScoreResult(
+        scores={k: v.numpy().astype(np.float64) for k, v in scores.items()},
+        score=chosen.numpy().astype(np.float64), anomaly=anomaly,
+        embedding=embedding, threshold=threshold, timings=timings,
+    )
+
+
+def score_cells(
     detector: Detector,
     source: ExpressionSource,
     params: Params,
@@ -256,5 +299,6 @@ def mixture_calls(values: np.ndarray, n_components: int) -> np.ndarray:
 
 __all__ = [
     "N_ANCHORS", "RESIDUAL_DTYPE", "Detector", "ScoreResult", "call_anomalies", "embed",
-    "mixture_calls", "mmd_scores", "reconstruct_target", "reference_residuals", "score_target",
+    "evaluate_target", "mixture_calls", "mmd_scores", "reconstruct_target", "reference_residuals",
+    "score_cells",
 ]

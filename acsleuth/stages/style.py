@@ -1,8 +1,9 @@
-"""Stage III: style transfer of target cells into the reference's space (SPEC §3)."""
+"""Stage III: style transfer of target cells into the reference's space (docs/method.md §3)."""
 
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -10,26 +11,34 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from anndata import AnnData
 from torch import Tensor, nn
 
 from .. import parallel
+from .._anndata import batch_codes
 from .._constants import (
+    ANOMALY_EXPRESSIONS,
     BATCH_SIZE,
     EVAL_BATCH_SIZE,
+    KINS,
     RECONSTRUCTION_WEIGHT,
     STYLE_N_CRITIC,
     AnomalyExpression,
+    Kin,
     Params,
 )
-from ..data import ExpressionSource, MinibatchLoader
+from .._logging import stage_timer
+from .._seed import seeded
+from ..data import ExpressionSource, MinibatchLoader, prepare
 from ..nn import Critic, Decoder, Encoder, Generator
 from ..nn.generator import EMBEDDING
 from ..train import AdversarialConfig, AdversarialStep, Checkpoint, train_adversarial
+from .kin import find_kin
 
 
 @dataclass(frozen=True)
 class StyleConfig(AdversarialConfig):
-    """Module III training settings (SPEC §3 defaults)."""
+    """Module III training settings (docs/method.md §3 defaults)."""
 
     epochs: int = 50
     critic_steps: int = STYLE_N_CRITIC
@@ -296,3 +305,54 @@ def correct_cells(
             rows = anomalous[i:i + params.eval_batch_size]
             corrected[rows] = corrected[rows] + shift[codes[rows]].astype(np.float32)
     return corrected
+
+
+def correct_expression(
+    generator: Generator,
+    target: AnnData | str | os.PathLike,
+    reference: AnnData | str | os.PathLike,
+    normal: np.ndarray,
+    genes: list[str],
+    params: Params,
+    *,
+    batch_key: str | None,
+    kin: Kin,
+    anomalies: AnomalyExpression,
+    out: Any,
+    device: torch.device,
+    timings: dict[str, float],
+    checkpoint: Checkpoint | None = None,
+) -> Any:
+    """Modules II-III with module I's ``generator``: match the ``normal`` target cells to
+    reference kin, train the style transfer on them and correct every target cell on the
+    panel ``genes`` (see :meth:`acsleuth.ACsleuth.correct`, which documents the arguments).
+    Seconds go to ``timings["kin"]`` and ``timings["style"]``."""
+    if kin not in KINS:
+        raise ValueError(f"ACsleuth: kin must be 'nearest' or 'learned', got {kin!r}")
+    if anomalies not in ANOMALY_EXPRESSIONS:
+        raise ValueError(f"ACsleuth: anomalies must be 'shift' or 'generator', got {anomalies!r}")
+    target_source = prepare(target, genes=genes, name="target")
+    reference_source = prepare(reference, genes=genes, name="reference")
+    normal = np.asarray(normal, dtype=bool)
+    if normal.shape != (target_source.n_obs,):
+        raise ValueError(f"normal must be {target_source.n_obs} booleans, got shape {normal.shape}")
+    shape = (target_source.n_obs, len(genes))
+    if out is not None and tuple(out.shape) != shape:
+        raise ValueError(f"correct: out has shape {tuple(out.shape)}, expected {shape} (cells x model genes)")
+    codes, n_batches = batch_codes(target_source.adata, batch_key)
+    ctx = parallel.context()
+    first, last = parallel.shard_bounds(target_source.n_obs, ctx)  # all cells in one process
+    normal_rows = np.flatnonzero(normal)
+    mine = normal_rows[(normal_rows >= first) & (normal_rows < last)]
+    with seeded(params.random_state, device):
+        with stage_timer(timings, "kin"):
+            kin_rows = find_kin(generator, target_source, reference_source, mine, kin, params, device)
+        with stage_timer(timings, "style"):
+            style = fit_style(
+                generator, target_source, reference_source, mine, kin_rows, codes, n_batches,
+                params, device=device, checkpoint=checkpoint,
+            )
+            return correct_cells(
+                style, target_source, normal, codes, n_batches, params, device=device,
+                anomalies=anomalies, out=out,
+            )

@@ -1,7 +1,7 @@
-"""Stage IV: subtype the anomalies with DESC (SPEC §4).
+"""Stage IV: subtype the anomalies with DESC (docs/method.md §4).
 
 DESC clusters an embedding of the anomalies: their principal components
-(``embedding="pca"``), or the SPEC's fused embedding (``embedding="fusion"``). For the
+(``embedding="pca"``), or the fused embedding of docs/method.md §4 (``embedding="fusion"``). For the
 latter, each anomaly gives two tokens, ``z = E(x)`` of its corrected expression and ``zeta = E(r)`` of
 its module-I residual ``r = x - x_hat``; a small transformer fuses them into ``z*``. DESC then
 clusters ``z*`` while fine-tuning the fusion encoder: centroids start from k-means, the loss
@@ -12,7 +12,7 @@ change in an epoch.
 
 from __future__ import annotations
 
-import copy
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -25,26 +25,22 @@ from sklearn.metrics import silhouette_score
 from torch import Tensor, nn
 
 from .. import parallel
-from .._constants import EVAL_BATCH_SIZE, LEARNING_RATE, SubtypeEmbedding
-from .._logging import progress, stage_timer
+from .._constants import EVAL_BATCH_SIZE, LEARNING_RATE, Params, SubtypeEmbedding
+from .._logging import logger, progress, stage_timer
 from .._seed import seeded
-from ..nn.generator import EMBEDDING
-
-N_TOKENS = 2  # z and zeta
+from .fusion import FusionEncoder, residuals
 
 
 @dataclass(frozen=True)
 class SubtypeConfig:
-    """Stage IV settings (SPEC §4 defaults).
+    """Stage IV settings (docs/method.md §4 defaults).
 
     ``dof`` is the Student-t degrees of freedom ``nu``; ``tol`` the fraction of hard
     assignments whose change stops DESC; ``n_init`` the k-means restarts of the centroid
     initialisation and of each candidate ``k`` of ``"auto"``. ``max_subtypes`` bounds the
     ``"auto"`` search (``k`` in ``2..max_subtypes``), whose silhouettes are computed on at
     most ``silhouette_cells`` cells (a seeded sample) to keep them ``O(N)``.
-    ``pretrain_epochs > 0`` first trains the encoder copy with a copy of module I's decoder as
-    an autoencoder on the anomalies (L1, Adam at ``pretrain_lr``), DESC's own pretraining
-    step; 0 follows SPEC §4. ``embedding`` picks what DESC clusters: ``"fusion"`` (SPEC §4,
+    ``embedding`` picks what DESC clusters: ``"fusion"`` (docs/method.md §4,
     the fusion encoder is fine-tuned) or ``"pca"``, the first ``n_components`` principal
     components of the anomalies' expression (only the centroids are trained); ``"pca"`` is
     the default because it scored the higher F1 x NMI (benchmarks/RESULTS.md, issue 4).
@@ -66,48 +62,6 @@ class SubtypeConfig:
     max_subtypes: int = 10
     silhouette_cells: int = 5000
     eval_batch_size: int = EVAL_BATCH_SIZE
-    pretrain_epochs: int = 0
-    pretrain_lr: float = 1e-3
-
-
-class FusionEncoder(nn.Module):
-    """``x (B, G), r (B, G) -> z* (B, p)``: tokens ``E(x)``, ``E(r)`` fused by a transformer.
-
-    ``E`` is a deep copy of ``encoder`` (module I is left untouched) and is fine-tuned with
-    the rest, except that its BatchNorm layers keep module I's running statistics: batch
-    statistics would mix the expression and residual tokens and differ between training
-    and evaluation.
-    """
-
-    def __init__(
-        self,
-        encoder: nn.Module,
-        *,
-        dim: int = EMBEDDING,
-        n_layers: int = 3,
-        n_heads: int = 4,
-        feedforward: int = 512,
-        dropout: float = 0.1,
-    ) -> None:
-        super().__init__()
-        self.encoder = copy.deepcopy(encoder)
-        self.token_type = nn.Parameter(torch.empty(N_TOKENS, dim).normal_(std=0.02))
-        layer = nn.TransformerEncoderLayer(dim, n_heads, feedforward, dropout, batch_first=True)
-        self.transformer = nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
-
-    def train(self, mode: bool = True) -> FusionEncoder:
-        super().train(mode)
-        freeze_batchnorm(self.encoder)
-        return self
-
-    def tokens(self, x: Tensor, r: Tensor) -> Tensor:
-        """``(B, 2, p)``: ``[E(x), E(r)]`` plus the token-type embeddings."""
-        n = x.shape[0]
-        z = self.encoder(torch.cat([x, r])).view(N_TOKENS, n, -1).transpose(0, 1)
-        return z + self.token_type
-
-    def forward(self, x: Tensor, r: Tensor) -> Tensor:
-        return self.transformer(self.tokens(x, r)).mean(dim=1)
 
 
 @dataclass
@@ -150,13 +104,6 @@ class SubtypeResult:
         """``(N, n_subtypes)`` Student-t soft assignments ``q`` of the cells to the centroids."""
         q = soft_assignment(torch.from_numpy(self.embedding), torch.from_numpy(self.centroids), dof)
         return q.numpy()
-
-
-def freeze_batchnorm(module: nn.Module) -> None:
-    """Put every BatchNorm layer of ``module`` in eval mode (running statistics, no updates)."""
-    for layer in module.modules():
-        if isinstance(layer, nn.modules.batchnorm._BatchNorm):
-            layer.eval()
 
 
 def student_t_logits(z: Tensor, centroids: Tensor, dof: float = 1.0) -> Tensor:
@@ -338,53 +285,6 @@ def choose_n_subtypes(
     return (max(finite, key=finite.get) if finite else 1), curve
 
 
-def pretrain_encoder(
-    encoder: nn.Module,
-    decoder: nn.Module,
-    x: Tensor,
-    *,
-    config: SubtypeConfig = SubtypeConfig(),
-    device: torch.device,
-    seed: int = 0,
-    verbose: bool = True,
-) -> list[float]:
-    """Train ``encoder`` in place, with a copy of ``decoder``, to reconstruct ``x (N, G)`` (L1).
-
-    BatchNorm layers keep their running statistics. Returns the mean loss of each epoch.
-    """
-    decoder = copy.deepcopy(decoder).to(device)
-    params = [*encoder.parameters(), *decoder.parameters()]
-    opt = torch.optim.Adam(params, lr=config.pretrain_lr)
-    order = torch.Generator().manual_seed(seed)
-    losses = []
-    for _ in progress(range(config.pretrain_epochs), desc="pretrain", verbose=verbose):
-        for module in (encoder, decoder):
-            module.train()
-            freeze_batchnorm(module)
-        total = torch.zeros((), device=device)
-        for rows in torch.randperm(x.shape[0], generator=order).split(config.batch_size):
-            batch = x[rows.to(x.device)].to(device, torch.float32)
-            loss = F.l1_loss(decoder(encoder(batch)), batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            total += loss.detach() * len(rows)
-        losses.append(total.item() / x.shape[0])
-    encoder.eval()
-    return losses
-
-
-@torch.no_grad()
-def residuals(generator: nn.Module, x: Tensor, *, device: torch.device, batch_size: int) -> Tensor:
-    """``r = x - x_hat (N, G)``, ``x_hat`` from ``generator(x) -> (x_hat, z)`` in eval mode."""
-    generator.eval()
-    parts = []
-    for part in x.split(batch_size):
-        part = part.to(device, torch.float32)
-        parts.append((part - generator(part)[0]).to(x.device, x.dtype))
-    return torch.cat(parts)
-
-
 def principal_components(x: Tensor, n_components: int, *, seed: int = 0) -> np.ndarray:
     """The first ``min(n_components, N, G)`` principal components of ``x (N, G)``, float32."""
     from sklearn.decomposition import PCA
@@ -394,31 +294,6 @@ def principal_components(x: Tensor, n_components: int, *, seed: int = 0) -> np.n
     if values.shape[0] < 2:  # one cell: no variance (sklearn would divide 0 by 0)
         return np.zeros((values.shape[0], n), dtype=np.float32)
     return PCA(n, random_state=seed).fit_transform(values).astype(np.float32)
-
-
-def _fusion_encoder(
-    encoder: nn.Module,
-    generator: nn.Module,
-    x: Tensor,
-    config: SubtypeConfig,
-    device: torch.device,
-    seed: int,
-    verbose: bool,
-    timings: dict[str, float],
-) -> FusionEncoder:
-    """A seeded fusion encoder on ``device``, autoencoder-pretrained when configured."""
-    with seeded(seed, device):
-        fusion = FusionEncoder(
-            encoder, n_layers=config.n_layers, n_heads=config.n_heads,
-            feedforward=config.feedforward, dropout=config.dropout,
-        ).to(device)
-        if config.pretrain_epochs:
-            with stage_timer(timings, "subtype pretrain"):
-                pretrain_encoder(
-                    fusion.encoder, generator.decoder, x, config=config, device=device,
-                    seed=seed, verbose=verbose,
-                )
-    return fusion
 
 
 def check_n_subtypes(n_subtypes: object) -> int | Literal["auto"]:
@@ -438,10 +313,9 @@ def check_n_subtypes(n_subtypes: object) -> int | Literal["auto"]:
 
 
 def subtype_anomalies(
-    encoder: nn.Module,
-    generator: nn.Module,
     x: Tensor,
     *,
+    generator: nn.Module | None = None,
     n_subtypes: int | Literal["auto"] = "auto",
     config: SubtypeConfig = SubtypeConfig(),
     device: str | torch.device = "cpu",
@@ -449,18 +323,16 @@ def subtype_anomalies(
     verbose: bool = True,
     timings: dict[str, float] | None = None,
 ) -> SubtypeResult:
-    """Subtype anomalies from their expression ``x (N, G)`` (SPEC §4).
+    """Subtype anomalies from their expression ``x (N, G)`` (docs/method.md §4).
 
     Parameters
     ----------
-    encoder
-        Module I's encoder ``(B, G) -> (B, p)``; with ``config.embedding == "fusion"`` a copy
-        of it is fine-tuned (unused with ``"pca"``).
-    generator
-        Module I's generator ``x -> (x_hat, z)``, on ``device``; with ``"fusion"`` it is
-        evaluated (its ``decoder`` is copied when ``config.pretrain_epochs > 0``).
     x
         Corrected expression of the anomalies, on any device; minibatches move to ``device``.
+    generator
+        Module I's generator ``x -> (x_hat, z)``, on ``device``; needed with
+        ``config.embedding == "fusion"`` only: it gives the residuals, and a copy of its
+        encoder is fine-tuned.
     n_subtypes
         An integer in ``1..N``, or ``"auto"``: the ``k`` in ``2..config.max_subtypes`` (and
         ``< N``) with the best silhouette of k-means on the initial embedding. Fewer than 3
@@ -468,8 +340,7 @@ def subtype_anomalies(
     seed
         Seeds the fusion encoder's weights, k-means, minibatch order and dropout.
     timings
-        When given, seconds are added under ``"subtype pretrain"`` (``pretrain_epochs > 0``
-        only), ``"subtype embed"``, ``"subtype choose k"`` (``"auto"`` only) and
+        When given, seconds are added under ``"subtype embed"``, ``"subtype choose k"`` (``"auto"`` only) and
         ``"subtype desc"``.
     """
     timings = {} if timings is None else timings
@@ -485,12 +356,18 @@ def subtype_anomalies(
     device = torch.device(device)
     if config.embedding not in ("pca", "fusion"):
         raise ValueError(f"subtype_anomalies: embedding must be 'pca' or 'fusion', got {config.embedding!r}")
+    if config.embedding == "fusion" and generator is None:
+        raise ValueError("subtype_anomalies: embedding='fusion' needs module I's generator")
     if config.embedding == "pca":
         with stage_timer(timings, "subtype embed"):
             z = principal_components(x, config.n_components, seed=seed)
         model, inputs = nn.Identity(), (torch.as_tensor(z, device=device),)
     else:
-        model = _fusion_encoder(encoder, generator, x, config, device, seed, verbose, timings)
+        with seeded(seed, device):
+            model = FusionEncoder(
+                generator.encoder, n_layers=config.n_layers, n_heads=config.n_heads,
+                feedforward=config.feedforward, dropout=config.dropout,
+            ).to(device)
         with stage_timer(timings, "subtype embed"):
             r = residuals(generator, x, device=device, batch_size=config.eval_batch_size)
             z = embed(model, (x, r), device=device, batch_size=config.eval_batch_size).cpu().numpy()
@@ -515,9 +392,44 @@ def subtype_anomalies(
     )
 
 
+
+def subtype_cells(
+    x: np.ndarray,
+    generator: nn.Module,
+    params: Params,
+    *,
+    n_subtypes: int | Literal["auto"] = "auto",
+    device: torch.device,
+    timings: dict[str, float],
+) -> SubtypeResult | None:
+    """:func:`subtype_anomalies` of the anomalies ``x (N, G)`` as a model runs it, with the
+    settings of ``params``.
+
+    None (logged) when ``N == 0``; one subtype when ``N < 3``. A number of subtypes above
+    ``N`` is lowered to ``N`` with a warning (how many anomalies are called is known only
+    now). Seconds go to ``timings["subtype"]`` (and its sub-stages).
+    """
+    n_subtypes = check_n_subtypes(n_subtypes)
+    if len(x) == 0:
+        logger.info("subtype: no anomaly was called; nothing to subtype")
+        return None
+    k = 1 if len(x) < 3 else n_subtypes
+    if n_subtypes != "auto" and n_subtypes > len(x):
+        k = min(k, len(x))
+        warnings.warn(
+            f"subtype: n_subtypes={n_subtypes} is more than the {len(x)} anomalies called; "
+            f"making {k} subtype(s) instead (pass a smaller n_subtypes, or 'auto')",
+            UserWarning, stacklevel=3,
+        )
+    with stage_timer(timings, "subtype"):
+        return subtype_anomalies(
+            torch.as_tensor(x), generator=generator, n_subtypes=k,
+            config=params.subtype_config(), device=device, seed=params.random_state,
+            verbose=params.verbose, timings=timings,
+        )
+
 __all__ = [
     "DescResult",
-    "FusionEncoder",
     "SubtypeConfig",
     "SubtypeResult",
     "check_n_subtypes",
@@ -525,13 +437,11 @@ __all__ = [
     "desc",
     "desc_cluster",
     "embed",
-    "freeze_batchnorm",
     "kmeans",
-    "pretrain_encoder",
     "principal_components",
-    "residuals",
     "soft_assignment",
     "student_t_logits",
     "subtype_anomalies",
+    "subtype_cells",
     "target_distribution",
 ]

@@ -132,6 +132,8 @@ def train_adversarial(
     the critic's floating-point buffers are averaged. The generator's buffers (BatchNorm
     statistics, the memory bank) are the caller's: average them with
     :func:`acsleuth.parallel.average_buffers`. Only rank 0 shows a progress bar.
+    (Over 80 lines: the epoch loop, the divergence guard's restore-and-retry and the
+    checkpoint hooks share one training state, which splitting would pass around.)
     """
     ctx = parallel.context()
     if checkpoint is not None and ctx.distributed:

@@ -228,3 +228,19 @@ class Checkpoint:
 
     def interrupted(self, stage: str, epoch: int) -> TrainingInterrupted:
         return TrainingInterrupted(stage, epoch, self.folder)
+
+
+def fingerprint(params: Mapping[str, Any], **inputs: Any) -> dict[str, Any]:
+    """What makes two runs the same run, for :meth:`Checkpoint.bind`: the ``params`` that
+    change results (all but ``device`` and ``verbose``), and each input's shape (and file,
+    when read from one); an input is an AnnData, a path or None (left out)."""
+    from anndata import AnnData
+
+    result = {k: v for k, v in params.items() if k not in ("device", "verbose")}
+    for name, data in inputs.items():
+        if isinstance(data, AnnData):
+            where = f" in {Path(data.filename).resolve()}" if data.isbacked else ""
+            result[name] = f"{data.n_obs} cells x {data.n_vars} genes{where}"
+        elif data is not None:
+            result[name] = str(Path(data).resolve())
+    return result

@@ -27,6 +27,7 @@ from acsleuth.compat.sleuth import (
     update_configs_with_args,
 )
 from acsleuth.compat.sleuth.configs import AdaptConfigs, AnomalyConfigs, SubtypeConfigs
+from acsleuth.nn import Generator
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -94,7 +95,7 @@ def test_default_configs_give_the_engine_the_spec_settings():
     assert {k: params[k] for k in expected} == expected
     style = AdaptModel(AdaptConfigs(50), 1)._settings
     assert (style["style_epochs"], style["style_n_critic"], style["batch_size"]) == (50, 3, 128)
-    subtype = SubtypeModel(SubtypeConfigs(50), AnomalyModel(AnomalyConfigs(50)).engine._new_generator(50), 3)
+    subtype = SubtypeModel(SubtypeConfigs(50), Generator(50), 3)
     c = subtype.config
     assert (c.embedding, c.epochs, c.batch_size, c.lr, c.weight_decay, c.dof, c.n_init) == (
         "fusion", 100, 64, 1e-4, 1e-4, 1.0, 20)

@@ -105,7 +105,7 @@ def test_resuming_a_finished_fit_reads_the_model_instead_of_training(data, unint
         _run(data, Checkpoint(tmp_path / "ckpt"))
     monkeypatch.undo()
     calls = []
-    monkeypatch.setattr(acsleuth.model.acsleuth, "train_detector", lambda *a, **k: calls.append(1))
+    monkeypatch.setattr(acsleuth.stages.detect, "train_detector", lambda *a, **k: calls.append(1))
     _assert_same_results(_run(data, Checkpoint(tmp_path / "ckpt", resume=True)), uninterrupted)
     assert calls == []
 

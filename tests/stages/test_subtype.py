@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 from dataclasses import replace
 
 import numpy as np
@@ -13,12 +12,11 @@ import acsleuth
 from acsleuth.data import prepare
 from acsleuth.metrics import nmi
 from acsleuth.nn import Encoder, Generator
+from acsleuth.stages.fusion import FusionEncoder
 from acsleuth.stages.subtype import (
-    FusionEncoder,
     SubtypeConfig,
     choose_n_subtypes,
     desc_cluster,
-    pretrain_encoder,
     soft_assignment,
     subtype_anomalies,
     target_distribution,
@@ -115,7 +113,7 @@ def test_subtype_anomalies_finds_the_planted_types(anomalies, embedding, width) 
     model, x, truth = anomalies
     gen = model.generator_
     config = replace(FAST, embedding=embedding)
-    result = subtype_anomalies(gen.encoder, gen, x, n_subtypes=3, config=config, verbose=False)
+    result = subtype_anomalies(x, generator=gen, n_subtypes=3, config=config, verbose=False)
     assert result.labels.shape == (90,) and result.labels.dtype == np.int64
     assert result.embedding.shape == (90, width) and result.embedding.dtype == np.float32
     assert result.n_subtypes == 3 and result.silhouette_curve is None
@@ -128,7 +126,7 @@ def test_subtype_anomalies_is_deterministic_given_the_seed(anomalies, embedding)
     model, x, _ = anomalies
     gen = model.generator_
     config = replace(FAST, epochs=2, embedding=embedding)
-    runs = [subtype_anomalies(gen.encoder, gen, x, n_subtypes="auto", config=config, seed=3,
+    runs = [subtype_anomalies(x, generator=gen, n_subtypes="auto", config=config, seed=3,
                               verbose=False) for _ in range(2)]
     np.testing.assert_array_equal(runs[0].labels, runs[1].labels)
     np.testing.assert_array_equal(runs[0].embedding, runs[1].embedding)
@@ -136,32 +134,19 @@ def test_subtype_anomalies_is_deterministic_given_the_seed(anomalies, embedding)
     assert sorted(runs[0].silhouette_curve) == list(range(2, 11))
 
 
-def test_pretraining_fits_the_anomalies_and_leaves_module_one_alone(anomalies) -> None:
-    model, x, _ = anomalies
-    gen = model.generator_
-    before = {name: value.clone() for name, value in gen.state_dict().items()}
-    encoder = copy.deepcopy(gen.encoder)
-    norms = [m for m in encoder.modules() if isinstance(m, torch.nn.BatchNorm1d)]
-    means = [m.running_mean.clone() for m in norms]
-    config = replace(FAST, pretrain_epochs=8)
-    losses = pretrain_encoder(encoder, gen.decoder, x, config=config, device=torch.device("cpu"),
-                              verbose=False)
-    assert len(losses) == 8 and losses[-1] < losses[0]
-    assert all(torch.equal(m.running_mean, mean) for m, mean in zip(norms, means, strict=True))
-    for name, value in gen.state_dict().items():
-        torch.testing.assert_close(value, before[name], rtol=0, atol=0)
-
-
 def test_few_anomalies_make_one_subtype_and_bad_counts_are_refused() -> None:
     gen = Generator(10, n_memory=8)
     x = torch.rand(2, 10)
-    result = subtype_anomalies(gen.encoder, gen, x, n_subtypes="auto", verbose=False)
+    result = subtype_anomalies(x, generator=gen, n_subtypes="auto", verbose=False)
     assert result.labels.tolist() == [0, 0] and result.n_subtypes == 1
     assert result.silhouette_curve == {} and result.history == []
     with pytest.raises(ValueError, match=r"integer in 1\.\.2"):
-        subtype_anomalies(gen.encoder, gen, x, n_subtypes=3, verbose=False)
+        subtype_anomalies(x, generator=gen, n_subtypes=3, verbose=False)
     with pytest.raises(ValueError, match=r"\(N >= 1, G\)"):
-        subtype_anomalies(gen.encoder, gen, x[:0], verbose=False)
+        subtype_anomalies(x[:0], generator=gen, verbose=False)
     with pytest.raises(ValueError, match="'pca' or 'fusion'"):
-        subtype_anomalies(gen.encoder, gen, torch.rand(5, 10), n_subtypes=2,
+        subtype_anomalies(torch.rand(5, 10), generator=gen, n_subtypes=2,
                           config=replace(FAST, embedding="umap"), verbose=False)
+    with pytest.raises(ValueError, match="'fusion' needs module I's generator"):
+        subtype_anomalies(torch.rand(5, 10), n_subtypes=2, config=replace(FAST, embedding="fusion"),
+                          verbose=False)

@@ -1,4 +1,4 @@
-"""A drop-in replacement for the reference ACsleuth library, ``sleuth`` (SPEC §7).
+"""A drop-in replacement for the reference ACsleuth library, ``sleuth`` (docs/method.md §7).
 
 Scripts written for it run on acsleuth's engine and ops after changing their imports only::
 

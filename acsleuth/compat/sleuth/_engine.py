@@ -28,7 +28,7 @@ def check_networks(configs: Any, n_genes: int) -> None:
             if (list(got) if isinstance(got, (list, tuple)) else got) != expected:
                 raise ValueError(
                     f"{name}.{section}[{key!r}] = {got!r} is not supported: acsleuth's networks "
-                    f"have the fixed shapes of SPEC §1 ({key} {expected!r}); remove that assignment"
+                    f"have the fixed shapes of docs/method.md §1 ({key} {expected!r}); remove that assignment"
                 )
         if values.get("in_dim", n_genes) != n_genes:
             raise ValueError(

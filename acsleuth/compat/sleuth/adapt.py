@@ -22,7 +22,7 @@ class AdaptModel:
     number of target batches (rows of the style matrix). Unlike the reference library:
 
     - Every batch gets its own style vector: the style block receives each cell's batch
-      (the reference's never does, so more than one batch fails, SPEC §3).
+      (the reference's never does, so more than one batch fails, docs/method.md §3).
     - Kin are matched on encoder embeddings by cosine similarity, streamed in tiles (the
       reference feeds the generator's output tuple to a dense N_T x N_R product and fails).
     - The corrected target is a new AnnData: ``tgt`` is not modified (the reference

@@ -20,11 +20,11 @@ class AnomalyModel:
 
     - The memory bank enqueues the encoder embeddings ``z`` in a ring buffer that works for any
       batch size (the reference asserts that the batch size divides ``mem_dim``; the paper's
-      enqueueing of the reconstructions would freeze the queue, SPEC §1).
+      enqueueing of the reconstructions would freeze the queue, docs/method.md §1).
     - Fewer reference cells than ``batch_size`` train on one smaller batch per epoch (the
       reference drops every batch and trains nothing below 128 cells).
     - Target genes are matched to the reference's by name.
-    - :meth:`predict` uses acsleuth's MMD predictor (SPEC §1.1: the corrected gamma_c weights,
+    - :meth:`predict` uses acsleuth's MMD predictor (docs/method.md §1.1: the corrected gamma_c weights,
       Gaussian kernel, a warm start from the scaled-residual ranking, reference residuals as
       known normal cells), which scored higher than the reference's (benchmarks/RESULTS.md).
     - ``anomaly_ratio`` does not change the scores: fixing the MMD's group sizes from it

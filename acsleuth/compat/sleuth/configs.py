@@ -1,4 +1,4 @@
-"""The reference library's configuration objects, with its defaults (SPEC §7).
+"""The reference library's configuration objects, with its defaults (docs/method.md §7).
 
 They are plain mutable objects: scripts assign to their attributes
 (``configs.train_epochs = 10``) and to the entries of their dicts

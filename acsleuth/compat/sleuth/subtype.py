@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from anndata import AnnData
 
+from ..._device import resolve_device
 from ...data import prepare
-from ...model import resolve_device
 from ...nn import Generator
 from ...stages.subtype import SubtypeConfig, SubtypeResult, subtype_anomalies
 from ._engine import check_genes, n_inputs, on_device
@@ -22,7 +22,7 @@ class SubtypeModel:
 
     - The expression token ``E(x)`` and the residual token ``E(x - x_hat)`` are fused by a
       transformer over both tokens (the reference attends from one token to one token, where
-      the softmax is identically 1, SPEC §4).
+      the softmax is identically 1, docs/method.md §4).
     - The target distribution P is refreshed once per epoch over all cells, so a cluster
       empty in a minibatch is no error (the reference computes P per minibatch and fails),
       and training stops early when fewer than 0.1 % of the hard assignments change.
@@ -60,7 +60,7 @@ class SubtypeModel:
         source = prepare(adata, name="anomalies")
         x = torch.from_numpy(source.rows(np.arange(source.n_obs)))
         self.result_ = subtype_anomalies(
-            self.generator.encoder, self.generator, x, n_subtypes=self.num_types, config=self.config,
+            x, generator=self.generator, n_subtypes=self.num_types, config=self.config,
             device=self.device, seed=self.seed,
         )
         self.labels_ = self.result_.labels
