@@ -4,23 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _helpers import FastACsleuth, available_backends
 
 from acsleuth import _extension
 
 _extension.load()
-
-
-def available_backends() -> list[str]:
-    found = ["torch"]
-    if _extension.HAS_OPS:
-        found.append("cpu")
-    if _extension.HAS_CUDA_OPS and torch.cuda.is_available():
-        found.append("cuda")
-    return found
-
-
-def device_of(backend: str) -> str:
-    return "cuda" if backend == "cuda" else "cpu"
 
 
 @pytest.fixture(params=["torch", "cpu", "cuda"])
@@ -47,9 +35,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def cli_files(tmp_path, monkeypatch):
     """Tiny ``ref.h5ad`` and ``tgt.h5ad`` (two target batches) in ``tmp_path``; the command's
-    model is patched to a few epochs (:class:`fast_model.FastACsleuth`)."""
-    from fast_model import FastACsleuth
-
+    model is patched to a few epochs (:class:`_helpers.FastACsleuth`)."""
     import acsleuth
     from acsleuth import datasets
 

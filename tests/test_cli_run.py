@@ -6,7 +6,7 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-from fast_model import FastACsleuth
+from _helpers import FastACsleuth
 
 import acsleuth
 from acsleuth.cli import main

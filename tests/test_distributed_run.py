@@ -18,7 +18,7 @@ import anndata as ad
 import numpy as np
 import pytest
 import torch
-from gloo_ranks import run_ranks
+from _helpers import FAST_PIPELINE, run_ranks
 from scipy.stats import spearmanr
 
 from acsleuth import ACsleuth, datasets, metrics, parallel
@@ -28,9 +28,9 @@ from acsleuth.stages.subtype import SubtypeConfig, desc_cluster
 
 WORLD = 2
 TIMEOUT_S = 300
-FAST = {"prepare_epochs": 10, "train_epochs": 3, "score_epochs": 2, "warm_epochs": 3, "batch_size": 64,
-        "n_memory": 64, "eval_batch_size": 64, "style_epochs": 2, "subtype_epochs": 3,
-        "device": "cpu", "verbose": False, "random_state": 3}
+RUN_SETTINGS = {**FAST_PIPELINE, "prepare_epochs": 10, "train_epochs": 3, "warm_epochs": 3,
+                "batch_size": 64, "n_memory": 64, "eval_batch_size": 64, "style_epochs": 2,
+                "subtype_epochs": 3, "random_state": 3}
 
 
 def _blobs() -> torch.Tensor:
@@ -62,7 +62,7 @@ def _body(_ctx: parallel.Context, _device: torch.device, folder: Path) -> dict:
     reference = ad.read_h5ad(folder / "reference.h5ad", backed="r")
     target = ad.read_h5ad(folder / "target.h5ad")
     result = _outputs(ACsleuth.load(folder / "model"), reference, target)
-    trained = ACsleuth(**FAST).fit(reference)
+    trained = ACsleuth(**RUN_SETTINGS).fit(reference)
     result["trained_state"] = {k: v.clone() for k, v in trained.generator_.state_dict().items()}
     result["trained_scaled"] = trained.evaluate(target, score="scaled").score
     annotated = trained.run(reference, target.copy(), batch_key="batch", anomaly_ratio=0.2)
@@ -76,13 +76,13 @@ def runs(tmp_path_factory):
     reference, target = datasets.pbmc_holdout("CD19+ B", n_batches=2, batch_effect=1.0, seed=0)
     reference.write_h5ad(folder / "reference.h5ad")
     target.write_h5ad(folder / "target.h5ad")
-    model = ACsleuth(**FAST).fit(reference)
+    model = ACsleuth(**RUN_SETTINGS).fit(reference)
     model.save(folder / "model")
     ranks = run_ranks(_body, folder, world=WORLD, timeout_s=TIMEOUT_S)
     single = _outputs(model, reference, target)
-    trained = ACsleuth(**FAST).fit(reference)
+    trained = ACsleuth(**RUN_SETTINGS).fit(reference)
     single["trained_scaled"] = trained.evaluate(target, score="scaled").score
-    reseeded = ACsleuth(**{**FAST, "random_state": 4}).fit(reference)
+    reseeded = ACsleuth(**{**RUN_SETTINGS, "random_state": 4}).fit(reference)
     single["reseeded_scaled"] = reseeded.evaluate(target, score="scaled").score
     return single, ranks, target
 

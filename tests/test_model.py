@@ -5,12 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _helpers import FAST
 
 from acsleuth import ACsleuth, datasets, metrics, tl
 from acsleuth.data import DataError
-
-FAST = {"prepare_epochs": 2, "train_epochs": 1, "score_epochs": 2, "batch_size": 32,
-        "n_memory": 50, "device": "cpu", "verbose": False}
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from gloo_ranks import run_ranks
+from _helpers import run_ranks
 from torch import Tensor, nn
 
 from acsleuth import _extension, ops, parallel

@@ -6,8 +6,8 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
+from _helpers import FAST_RUN
 from anndata import AnnData
-from test_run import FAST
 
 from acsleuth import ACsleuth, datasets, pl
 from acsleuth.report import write_report
@@ -41,7 +41,7 @@ def by_hand(n: int = 12) -> AnnData:
 @pytest.fixture(scope="module")
 def annotated() -> AnnData:
     reference, target = datasets.synthetic(80, 80, 40, anomaly_ratio=0.25, seed=0)
-    return ACsleuth(**FAST, random_state=0).run(reference, target)
+    return ACsleuth(**FAST_RUN, random_state=0).run(reference, target)
 
 
 @pytest.fixture(scope="module")

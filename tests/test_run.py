@@ -5,13 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from _helpers import FAST_RUN
 
 from acsleuth import ACsleuth, datasets, tl
 from acsleuth.data import prepare
-
-FAST = {"prepare_epochs": 2, "train_epochs": 1, "score_epochs": 2, "batch_size": 32,
-        "n_memory": 50, "kin_epochs": 1, "style_epochs": 1, "subtype_epochs": 2, "score": "scaled",
-        "anomaly_ratio": 0.25, "device": "cpu", "verbose": False}
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +18,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def fitted(data):
-    return ACsleuth(**FAST, random_state=5).fit(data[0])
+    return ACsleuth(**FAST_RUN, random_state=5).fit(data[0])
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +138,7 @@ def test_missing_batch_key_is_a_clear_error(fitted, data) -> None:
 
 
 def test_run_fits_an_unfitted_model_and_it_saves_and_loads(data, tmp_path) -> None:
-    model = ACsleuth(**FAST)
+    model = ACsleuth(**FAST_RUN)
     target = model.run(data[0], data[1].copy(), kin="learned", batch_key="batch")
     assert model.is_fitted and np.isfinite(target.layers["acsleuth_corrected"]).all()
     loaded = ACsleuth.load(model.save(tmp_path / "model"))
@@ -152,4 +149,4 @@ def test_run_fits_an_unfitted_model_and_it_saves_and_loads(data, tmp_path) -> No
 @pytest.mark.parametrize(("name", "value"), [("kin_epochs", -1), ("style_epochs", -1), ("subtype_epochs", -2)])
 def test_stage_epochs_are_validated(name, value) -> None:
     with pytest.raises(ValueError, match=f"{name} must be >= 0"):
-        ACsleuth(**{**FAST, name: value})
+        ACsleuth(**{**FAST_RUN, name: value})

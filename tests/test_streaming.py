@@ -6,12 +6,12 @@ from __future__ import annotations
 import anndata as ad
 import numpy as np
 import pytest
+from _helpers import FAST
 
 from acsleuth import ACsleuth, datasets
 from acsleuth.stages import mmd
 
-FAST = {"prepare_epochs": 2, "train_epochs": 1, "score_epochs": 2, "warm_epochs": 2,
-        "batch_size": 32, "n_memory": 50, "eval_batch_size": 48, "device": "cpu", "verbose": False}
+STREAMING = {**FAST, "warm_epochs": 2, "eval_batch_size": 48}
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def fitted(data):
-    return ACsleuth(**FAST, random_state=1).fit(data[0])
+    return ACsleuth(**STREAMING, random_state=1).fit(data[0])
 
 
 def _same(a, b) -> None:

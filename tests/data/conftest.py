@@ -9,8 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-
-FORMATS = ["dense", "csr", "csc", "backed-dense", "backed-csr", "backed-csc"]
+from _helpers import names
 
 
 @pytest.fixture
@@ -30,10 +29,6 @@ def lognorm() -> np.ndarray:
     x = np.log1p(rng.gamma(0.5, 3.0, size=(60, 25))).astype(np.float32)
     x[rng.random(x.shape) < 0.5] = 0
     return x
-
-
-def names(prefix: str, n: int) -> list[str]:
-    return [f"{prefix}{i}" for i in range(n)]
 
 
 @pytest.fixture

@@ -9,9 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 import scanpy as sc
+from _helpers import names
 
 from acsleuth.data import DataError, highly_variable_genes, prepare
-from tests.data.conftest import names
 
 
 def test_reordered_panel(make_adata, lognorm):

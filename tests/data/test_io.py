@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import scipy.io
 import scipy.sparse as sp
+from _helpers import names
 
 from acsleuth.data import DataError, read
-from tests.data.conftest import names
 
 
 def test_anndata_passes_through_unchanged(lognorm):

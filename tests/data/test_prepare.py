@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import scanpy as sc
 import scipy.sparse as sp
+from _helpers import FORMATS
 
 from acsleuth.data import DataError, matrix, prepare
-from tests.data.conftest import FORMATS
 
 
 def _scanpy_lognorm(counts: np.ndarray) -> np.ndarray:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from _helpers import FORMATS
 
 from acsleuth.data import prepare
-from tests.data.conftest import FORMATS
 
 INDICES = {
     "slice": slice(10, 30),

@@ -9,9 +9,9 @@ import textwrap
 
 import pytest
 import torch
+from _helpers import available_backends
 
 from acsleuth import _extension, ops
-from tests.conftest import available_backends
 
 
 def test_backend_reports_compiled_cpu_ops():

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from _helpers import device_of
 
 from acsleuth.ops import (
     _reference,
@@ -15,7 +16,6 @@ from acsleuth.ops import (
     gaussian_pair_form,
     linear_pair_form,
 )
-from tests.conftest import device_of
 
 
 def _data(n, g, dtype=torch.float64, seed=0):

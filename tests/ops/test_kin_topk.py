@@ -9,9 +9,9 @@ import textwrap
 
 import pytest
 import torch
+from _helpers import device_of
 
 from acsleuth.ops import _reference, kin_topk
-from tests.conftest import device_of
 
 DTYPES = [torch.float32, torch.float64]
 

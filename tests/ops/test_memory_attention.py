@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _helpers import device_of
 
 from acsleuth.ops import _reference, memory_attention
-from tests.conftest import device_of
 
 
 def _inputs(b, slots, p, dtype, seed=0, scale=0.2):

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cli_process
 import pytest
+from _helpers import cli_command, cli_run, write_cli_inputs
 
 
 @pytest.fixture(scope="session")
 def cli_baseline(tmp_path_factory) -> Path:
     """A folder with ``ref.h5ad``, ``tgt.h5ad`` and ``uninterrupted/``, the output of a whole run."""
     folder = tmp_path_factory.mktemp("cli")
-    cli_process.write_inputs(folder)
-    done = cli_process.run(cli_process.command(folder, folder / "uninterrupted"))
+    write_cli_inputs(folder)
+    done = cli_run(cli_command(folder, folder / "uninterrupted"))
     assert done.returncode == 0, done.stderr
     return folder

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from fast_model import FastACsleuth
+from _helpers import FastACsleuth
 from scipy.stats import spearmanr
 
 import acsleuth

@@ -6,10 +6,10 @@ import logging
 import signal
 import time
 
-import cli_process
 import numpy as np
 import pytest
 import torch
+from _helpers import FAST_PIPELINE, cli_command, cli_run, cli_start, cli_stop, cli_wait_for
 from torch import nn
 
 import acsleuth
@@ -24,9 +24,8 @@ from acsleuth.train import (
     train_adversarial,
 )
 
-FAST = {"prepare_epochs": 4, "train_epochs": 3, "score_epochs": 2, "warm_epochs": 2, "style_epochs": 3,
-        "subtype_epochs": 2, "batch_size": 32, "n_memory": 50, "verbose": False, "device": "cpu"}
-# Critic updates (one gradient penalty each) of one run of FAST on ``data``: module I takes
+RUN_SETTINGS = {**FAST_PIPELINE, "prepare_epochs": 4, "train_epochs": 3, "style_epochs": 3}
+# Critic updates (one gradient penalty each) of one run of RUN_SETTINGS on ``data``: module I takes
 # 4 batches x 2 critic steps per epoch for 7 epochs, the style transfer 2 x 3 for 3 epochs.
 MODULE_I_UPDATES, ALL_UPDATES = 56, 74
 
@@ -40,14 +39,14 @@ def data():
 def uninterrupted(data):
     reference, target = data
     target = target.copy()
-    acsleuth.ACsleuth(**FAST).run(reference, target, batch_key="batch")
+    acsleuth.ACsleuth(**RUN_SETTINGS).run(reference, target, batch_key="batch")
     return target
 
 
 def _run(data, checkpoint: Checkpoint):
     reference, target = data
     target = target.copy()
-    acsleuth.ACsleuth(**FAST).run(reference, target, batch_key="batch", checkpoint=checkpoint)
+    acsleuth.ACsleuth(**RUN_SETTINGS).run(reference, target, batch_key="batch", checkpoint=checkpoint)
     return target
 
 
@@ -117,7 +116,7 @@ def test_resume_refuses_a_checkpoint_of_another_run(data, tmp_path, monkeypatch)
     monkeypatch.undo()
     reference, _ = data
     with pytest.raises(ValueError, match=r"different run \(train_epochs: 3 then, 5 now\)"):
-        acsleuth.ACsleuth(**{**FAST, "train_epochs": 5}).fit(reference, checkpoint=Checkpoint(tmp_path / "ckpt", resume=True))
+        acsleuth.ACsleuth(**{**RUN_SETTINGS, "train_epochs": 5}).fit(reference, checkpoint=Checkpoint(tmp_path / "ckpt", resume=True))
 
 
 def test_an_earlier_checkpoint_is_never_overwritten_without_resume(data, tmp_path, monkeypatch) -> None:
@@ -133,7 +132,7 @@ def test_an_earlier_checkpoint_is_never_overwritten_without_resume(data, tmp_pat
 def test_removing_a_checkpoint_clears_what_a_killed_write_left_but_nothing_else(data, tmp_path) -> None:
     reference, _ = data
     checkpoint = Checkpoint(tmp_path / "ckpt", every=2)
-    acsleuth.ACsleuth(**FAST).fit(reference, checkpoint=checkpoint)
+    acsleuth.ACsleuth(**RUN_SETTINGS).fit(reference, checkpoint=checkpoint)
     (tmp_path / "ckpt" / ".training.pt.x1y2.pt").write_bytes(b"half")  # as kill -9 leaves them
     (tmp_path / "ckpt" / ".model.a1b2").mkdir()
     checkpoint.remove()
@@ -240,20 +239,20 @@ def test_a_retry_after_divergence_is_checkpointed_and_resumed_exactly(tmp_path, 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill"])
 def test_cli_interrupted_or_killed_mid_training_resumes_to_identical_outputs(cli_baseline, tmp_path, sig) -> None:
     out = tmp_path / "out"
-    args = cli_process.command(cli_baseline, out, "--checkpoint-every", "3")
-    process = cli_process.start(args)
-    assert cli_process.wait_for(out.with_name("out.checkpoint") / "training.pt", process)
+    args = cli_command(cli_baseline, out, "--checkpoint-every", "3")
+    process = cli_start(args)
+    assert cli_wait_for(out.with_name("out.checkpoint") / "training.pt", process)
     time.sleep(np.random.default_rng(int(sig)).uniform(0, 0.5))  # a random epoch
-    code, err = cli_process.stop(process, sig)
+    code, err = cli_stop(process, sig)
     assert not out.exists()
     if sig == signal.SIGINT:
         # in a training epoch or between stages: either way one line naming the checkpoint
         assert code == 130
         assert err.count("\n") == 1 and "Traceback" not in err
         assert "interrupted" in err and "checkpoint in" in err and "--resume" in err
-    again = cli_process.run(args)  # without --resume: refused, the checkpoint kept
+    again = cli_run(args)  # without --resume: refused, the checkpoint kept
     assert again.returncode == 2 and "--resume" in again.stderr
-    resumed = cli_process.run([*args, "--resume"])
+    resumed = cli_run([*args, "--resume"])
     assert resumed.returncode == 0, resumed.stderr
     assert (out / "cells.csv").read_text() == (cli_baseline / "uninterrupted" / "cells.csv").read_text()
     assert not out.with_name("out.checkpoint").exists()  # removed once the outputs are complete

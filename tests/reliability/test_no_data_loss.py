@@ -8,9 +8,9 @@ import signal
 import time
 
 import anndata as ad
-import cli_process
 import numpy as np
 import pytest
+from _helpers import cli_command, cli_run, cli_start, cli_stop
 
 import acsleuth
 import acsleuth.cli.run
@@ -99,7 +99,7 @@ def test_folders_are_swapped_in_one_atomic_step_on_linux(tmp_path) -> None:
 
 def test_kill_9_at_random_moments_leaves_the_previous_or_the_complete_new_outputs(cli_baseline, tmp_path) -> None:
     start = time.monotonic()
-    old = cli_process.run(cli_process.command(cli_baseline, tmp_path / "out", "--seed", "1"))
+    old = cli_run(cli_command(cli_baseline, tmp_path / "out", "--seed", "1"))
     assert old.returncode == 0, old.stderr
     duration = time.monotonic() - start
     new = cli_baseline / "uninterrupted"  # the same run with the default seed
@@ -107,11 +107,11 @@ def test_kill_9_at_random_moments_leaves_the_previous_or_the_complete_new_output
     assert old_cells != new_cells
     new_files = sorted(p.relative_to(new) for p in new.rglob("*"))
     for trial, delay in enumerate(np.random.default_rng(0).uniform(0.3, 1.0, 3) * duration):
-        args = cli_process.command(cli_baseline, tmp_path / "out", "--overwrite",
+        args = cli_command(cli_baseline, tmp_path / "out", "--overwrite",
                                    "--checkpoint-dir", str(tmp_path / f"checkpoint{trial}"))
-        process = cli_process.start(args)
+        process = cli_start(args)
         time.sleep(delay)
-        cli_process.stop(process, signal.SIGKILL)
+        cli_stop(process, signal.SIGKILL)
         cells = (tmp_path / "out" / "cells.csv").read_text()
         assert cells in (old_cells, new_cells), f"trial {trial}: out/cells.csv is neither run's"
         if cells == new_cells:  # the whole new output, readable

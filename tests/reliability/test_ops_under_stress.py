@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+from _helpers import device_of
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -16,7 +17,6 @@ from acsleuth.ops import (
     memory_attention,
 )
 from acsleuth.ops.gamma_mmd import gamma_matrix, group_sizes
-from tests.conftest import device_of
 
 # Tolerances below are forward error bounds: u is the unit roundoff of the op's dtype, and
 # each bound is the textbook one for the sums and products involved, evaluated in float64
