@@ -27,16 +27,19 @@ agree, so a fast but wrong kernel does not go unnoticed.
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import sys
-from pathlib import Path
 
 import pytest
 import torch
-
-if importlib.util.find_spec("acsleuth") is None:  # source checkout without PYTHONPATH
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import (
+    MMD_RATIO,
+    chunked_torch_topk,
+    dense_mmd_loss,
+    dense_pair_form,
+    keops_pair_form,
+    set_threads,
+    sync,
+)
 
 from acsleuth.ops import (
     _reference,
@@ -71,20 +74,10 @@ PAIR = _sizes("PAIR", (2000, 128))
 MEMATTN = _sizes("MEMATTN", (1024, 512, 256))
 MMD = _sizes("MMD", (2000, 256))
 MMD_LARGE = _sizes("MMD_LARGE", (200_000, 256))
-MMD_RATIO = 0.1
 THREADS = os.environ.get("ACSLEUTH_BENCH_THREADS")
 if THREADS:
-    torch.set_num_threads(int(THREADS))
-    if faiss is not None:
-        faiss.omp_set_num_threads(int(THREADS))
+    set_threads(int(THREADS))
 BANDWIDTH_COUNT = 3
-# Temporary similarity block of the chunked torch peer, in bytes.
-CHUNK_BYTES = 256 * 2**20
-
-
-def _sync() -> None:
-    if DEVICE.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def _randn(*shape: int, seed: int) -> torch.Tensor:
@@ -107,19 +100,6 @@ def topk_inputs():
     return _randn(n_q, d, seed=1), _randn(n_k, d, seed=2)
 
 
-def chunked_torch_topk(query, keys, k):
-    """The obvious torch baseline: normalise, then query blocks of ``q @ keys.T`` + topk."""
-    query = torch.nn.functional.normalize(query, dim=1)
-    keys = torch.nn.functional.normalize(keys, dim=1)
-    rows = max(1, CHUNK_BYTES // (4 * keys.shape[0]))
-    values, indices = [], []
-    for q0 in range(0, query.shape[0], rows):
-        v, i = torch.topk(query[q0 : q0 + rows] @ keys.T, k, dim=1)
-        values.append(v)
-        indices.append(i)
-    return torch.cat(values), torch.cat(indices)
-
-
 def _check_topk(values, indices, ref_values):
     assert indices.shape == ref_values.shape
     torch.testing.assert_close(values.float().cpu(), ref_values.float().cpu(), rtol=0, atol=1e-4)
@@ -137,7 +117,7 @@ class TestKinTopk:
 
         def call():
             out = fn()
-            _sync()
+            sync(DEVICE)
             return out
 
         return benchmark(call)
@@ -192,25 +172,6 @@ def pair_inputs():
     return x, phi, bandwidths
 
 
-def dense_pair_form(x, phi, bandwidths):
-    """Dense torch formulation: cdist, then the summed exps, then Phi^T (K - diag K) Phi."""
-    d2 = torch.cdist(x, x).square_()
-    k = sum(torch.exp(d2 * (-0.5 / (s * s))) for s in bandwidths)
-    k.diagonal().zero_()
-    return phi.T @ (k @ phi)
-
-
-def keops_pair_form(x, phi, bandwidths):
-    from pykeops.torch import LazyTensor
-
-    x_i, x_j = LazyTensor(x[:, None, :]), LazyTensor(x[None, :, :])
-    d2 = ((x_i - x_j) ** 2).sum(-1)
-    k = sum((d2 * (-0.5 / (s * s))).exp() for s in bandwidths)
-    kphi = k @ phi  # (N, r), the N x N kernel stays symbolic
-    # Every Gaussian is exactly 1 on the diagonal: remove len(bandwidths) * phi_i phi_i^T.
-    return phi.T @ kphi - len(bandwidths) * (phi.T @ phi)
-
-
 @pytest.mark.benchmark(group=f"gaussian_pair_form fwd N={PAIR[0]} G={PAIR[1]} r=2 3 bandwidths")
 class TestGaussianPairForm:
     def _run(self, benchmark, fn, inputs):
@@ -218,7 +179,7 @@ class TestGaussianPairForm:
 
         def call():
             out = fn(x, phi, bandwidths)
-            _sync()
+            sync(DEVICE)
             return out
 
         out = benchmark(call)
@@ -269,7 +230,7 @@ class TestMemoryAttention:
         def call():
             out = op(z, memory, 0.05, 0.01)
             grads = torch.autograd.grad(out, (z, memory), grad_out)
-            _sync()
+            sync(DEVICE)
             return out.detach(), grads
 
         out, grads = benchmark(call)
@@ -311,18 +272,13 @@ def _acsleuth_mmd(delta, p):
     return gamma_mmd_loss(delta, p, ratio=MMD_RATIO, kernel="linear")
 
 
-def _dense_mmd(delta, p):
-    n = MMD_RATIO * delta.shape[0]
-    return _reference.gamma_mmd_loss(delta, p, delta.shape[0] - n, n, kernel="linear")
-
-
 def _loss_and_grad(benchmark, fn, delta, p0):
     p = p0.clone().requires_grad_(True)
 
     def call():
         loss = fn(delta, p)  # delta does not require grad: only d loss / d p
         (grad,) = torch.autograd.grad(loss, p)
-        _sync()
+        sync(DEVICE)
         return loss.detach(), grad
 
     return benchmark(call)
@@ -334,7 +290,7 @@ class TestGammaMmdLinear:
         loss, grad = _loss_and_grad(benchmark, _acsleuth_mmd, *mmd_inputs)
         delta, p0 = mmd_inputs
         p = p0.double().requires_grad_(True)
-        ref = _dense_mmd(delta.double(), p)
+        ref = dense_mmd_loss(delta.double(), p)
         (ref_grad,) = torch.autograd.grad(ref, p)
         torch.testing.assert_close(loss.double(), ref.detach(), rtol=1e-3, atol=1e-6)
         torch.testing.assert_close(
@@ -345,7 +301,7 @@ class TestGammaMmdLinear:
         _loss_and_grad(benchmark, _acsleuth_mmd, *mmd_inputs)
 
     def test_dense_reference(self, benchmark, mmd_inputs):
-        _loss_and_grad(benchmark, _dense_mmd, *mmd_inputs)
+        _loss_and_grad(benchmark, dense_mmd_loss, *mmd_inputs)
 
 
 @pytest.mark.benchmark(

@@ -32,42 +32,23 @@ from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import importlib.util
-import inspect
 import json
 import os
 import platform
-import shlex
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
-
-if importlib.util.find_spec("acsleuth") is None:  # source checkout without PYTHONPATH
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import command_line, device_name, package_default, sync, write_atomic
 
 from acsleuth import ops
-from acsleuth._atomic import atomic_path
 from acsleuth._resources import cpu_model, current_rss, peak_rss, reset_peak_rss
 from acsleuth.datasets import synthetic
 from acsleuth.model import ACsleuth, resolve_device
 
 QUICK_CELLS = 1000
 WARMUP_CELLS = 256
-
-
-def _device_name(device: torch.device) -> str:
-    """The GPU's name on CUDA, the CPU model otherwise."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return cpu_model()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _rate(cells: int, seconds: float) -> float:
@@ -104,7 +85,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         small_ref, small_tgt = synthetic(WARMUP_CELLS, WARMUP_CELLS, args.genes, seed=args.seed + 1)
         _model(args, device, [1, 1, 1], min(e_warm, 1)).fit(small_ref).evaluate(small_tgt)
         del small_ref, small_tgt
-        _sync(device)
+        sync(device)
 
     rss_data = current_rss()
     peak_reset = reset_peak_rss()
@@ -114,11 +95,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     model = _model(args, device, [e_prep, e_train, e_score], e_warm)
     t0 = time.perf_counter()
     model.fit(reference)
-    _sync(device)
+    sync(device)
     fit_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     result = model.evaluate(target)
-    _sync(device)
+    sync(device)
     score_s = time.perf_counter() - t0
 
     fit_t, score_t = model.timings_, result.timings
@@ -158,7 +139,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             k: model.params[k] for k in ("kernel", "gamma", "score_batch_size", "anchor", "batch_size")
         },
         "device": device.type,
-        "device_name": _device_name(device),
+        "device_name": device_name(device),
         "cpu": cpu_model(),
         "logical_cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
@@ -226,11 +207,6 @@ def render(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _default(name: str) -> Any:
-    """The default of one ``ACsleuth`` parameter."""
-    return inspect.signature(ACsleuth).parameters[name].default
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Command-line options; ``--quick`` shrinks the defaults to a smoke run."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -242,7 +218,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--warm-epochs", type=int, default=1,
-        help=f"warm-start epochs of the MMD predictor (package default: {_default('warm_epochs')})",
+        help=f"warm-start epochs of the MMD predictor (package default: {package_default('warm_epochs')})",
     )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--threads", type=int, help="torch threads (default: left alone)")
@@ -261,8 +237,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("epochs must be >= 0, and module I needs at least one")
     if args.threads is not None and args.threads < 1:
         parser.error("--threads must be >= 1")
-    words = sys.argv[1:] if argv is None else argv
-    args.command = shlex.join(["python", "benchmarks/bench_pipeline.py", *words])
+    args.command = command_line(__file__, argv)
     return args
 
 
@@ -272,8 +247,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     res = run(args)
     print(render(res), flush=True)
     if args.json:
-        with atomic_path(args.json, overwrite=True) as tmp:
-            tmp.write_text(json.dumps(res, indent=1) + "\n")
+        write_atomic(args.json, json.dumps(res, indent=1) + "\n")
     return res
 
 

@@ -25,10 +25,8 @@ at torch's and faiss's defaults. Nothing is asserted: targets are reported as me
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as _dt
 import gc
-import importlib.util
 import json
 import os
 import platform
@@ -36,21 +34,27 @@ import shlex
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-
-if importlib.util.find_spec("acsleuth") is None:  # source checkout without PYTHONPATH
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import (
+    MMD_RATIO,
+    chunked_torch_topk,
+    dense_mmd_loss,
+    dense_pair_form,
+    device_name,
+    keops_pair_form,
+    set_threads,
+    sync,
+    write_atomic,
+)
 
 from acsleuth._resources import cpu_model, current_rss, peak_rss, reset_peak_rss
 
 ACS = "acsleuth"
-MMD_RATIO = 0.1
 
 # --------------------------------------------------------------------------- cases
 
@@ -84,15 +88,10 @@ def _randn(device, seed, *shape):
     return torch.randn(*shape, device=device, generator=_gen(device, seed))
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _timed_call(device, fn):
     def call():
         out = fn()
-        _sync(device)
+        sync(device)
         return out
 
     return call
@@ -121,20 +120,7 @@ def _topk_acsleuth(k):
 def _topk_chunked_torch(k):
     def make(inp):
         q, keys = inp["query"], inp["keys"]
-        budget = (1024 if keys.is_cuda else 256) * 2**20  # bytes of one similarity block
-        rows = max(1, budget // (4 * keys.shape[0]))
-
-        def run():
-            qn = torch.nn.functional.normalize(q, dim=1)
-            kn = torch.nn.functional.normalize(keys, dim=1)
-            values, indices = [], []
-            for q0 in range(0, qn.shape[0], rows):
-                v, i = torch.topk(qn[q0 : q0 + rows] @ kn.T, k, dim=1)
-                values.append(v)
-                indices.append(i)
-            return torch.cat(values), torch.cat(indices)
-
-        return run
+        return lambda: chunked_torch_topk(q, keys, k)
 
     return make
 
@@ -223,14 +209,10 @@ def _mmd_acsleuth(inp):
 
 
 def _mmd_dense(inp):
-    from acsleuth.ops import _reference
-
     delta, p = inp["delta"], inp["p"]
-    n = MMD_RATIO * delta.shape[0]
-    m = delta.shape[0] - n
 
     def run():
-        loss = _reference.gamma_mmd_loss(delta, p, m, n, kernel="linear")
+        loss = dense_mmd_loss(delta, p)
         return torch.autograd.grad(loss, p)
 
     return run
@@ -259,32 +241,16 @@ def _pair_acsleuth(inp):
 
 def _pair_dense(inp):
     x, phi, bw = inp["x"], inp["phi"], inp["bandwidths"]
-
-    def run():
-        d2 = torch.cdist(x, x).square_()
-        k = sum(torch.exp(d2 * (-0.5 / (s * s))) for s in bw)
-        del d2
-        k.diagonal().zero_()
-        return phi.T @ (k @ phi)
-
-    return run
+    return lambda: dense_pair_form(x, phi, bw)
 
 
 def _pair_keops(inp):
     try:
-        from pykeops.torch import LazyTensor
+        import pykeops.torch  # noqa: F401  (the peer needs it)
     except ImportError as err:
         raise Skip("pykeops is not installed (optional peer)") from err
     x, phi, bw = inp["x"], inp["phi"], inp["bandwidths"]
-
-    def run():
-        x_i, x_j = LazyTensor(x[:, None, :]), LazyTensor(x[None, :, :])
-        d2 = ((x_i - x_j) ** 2).sum(-1)
-        k = sum((d2 * (-0.5 / (s * s))).exp() for s in bw)
-        # Each Gaussian is 1 on the diagonal: subtract len(bw) * Phi^T Phi.
-        return phi.T @ (k @ phi) - len(bw) * (phi.T @ phi)
-
-    return run
+    return lambda: keops_pair_form(x, phi, bw)
 
 
 # ---- memory attention
@@ -468,14 +434,6 @@ def build_cases(quick: bool, device: str) -> list[Case]:
 # --------------------------------------------------------------------------- worker
 
 
-def _set_threads(n: int) -> None:
-    torch.set_num_threads(n)
-    with contextlib.suppress(ImportError):
-        import faiss
-
-        faiss.omp_set_num_threads(n)
-
-
 def run_worker(args) -> dict:
     case_id, impl = args.worker
     device = torch.device(args.device)
@@ -483,7 +441,7 @@ def run_worker(args) -> dict:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
     if args.threads:
-        _set_threads(args.threads)
+        set_threads(args.threads)
     case = {c.id: c for c in build_cases(args.quick, args.device)}[case_id]
     result: dict = {"case": case_id, "impl": impl}
     torch.manual_seed(0)
@@ -493,7 +451,7 @@ def run_worker(args) -> dict:
     except Skip as why:
         return {**result, "skipped": str(why)}
     gc.collect()
-    _sync(device)
+    sync(device)
     rss_base = current_rss()
     reset_ok = reset_peak_rss()
     if device.type == "cuda":
@@ -539,12 +497,6 @@ def run_worker(args) -> dict:
 
 
 # --------------------------------------------------------------------------- parent
-
-
-def _device_name(device: str) -> str:
-    if device == "cuda" and torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    return "cpu"
 
 
 def _launch(args, case: Case, impl: str) -> dict:
@@ -614,7 +566,7 @@ def render(args, cases: list[Case], results: dict, command: str) -> str:
         f"- machine: {cpu_model()}, {os.cpu_count()} logical cores, torch threads "
         f"{args.threads or torch.get_num_threads()}"
         + (" (--threads)" if args.threads else " (default)")
-        + f", device {_device_name(args.device)}",
+        + f", device {args.device} ({device_name(torch.device(args.device))})",
         f"- torch {torch.__version__}, python {platform.python_version()}, acsleuth backend "
         f"`{acs_backend}`"
         + (
@@ -706,22 +658,6 @@ def render(args, cases: list[Case], results: dict, command: str) -> str:
     return "\n".join(out)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path = path.resolve()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
@@ -808,9 +744,9 @@ def main(argv: list[str] | None = None) -> int:
     text = render(args, cases, results, command)
     print(text)
     if args.out:
-        _write_atomic(args.out, text)
+        write_atomic(args.out, text)
     if args.json:
-        _write_atomic(args.json, json.dumps([results[k] for k in results], indent=1))
+        write_atomic(args.json, json.dumps([results[k] for k in results], indent=1))
     return 0
 
 

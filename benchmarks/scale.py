@@ -48,13 +48,11 @@ import argparse
 import datetime as _dt
 import gc
 import importlib.metadata
-import importlib.util
-import inspect
+import io
 import json
 import math
 import os
 import platform
-import shlex
 import sys
 import tempfile
 import time
@@ -66,12 +64,9 @@ import anndata as ad
 import h5py
 import numpy as np
 import torch
-
-if importlib.util.find_spec("acsleuth") is None:  # source checkout without PYTHONPATH
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from _common import command_line, device_name, package_default, sync, write_atomic
 
 from acsleuth import metrics, ops
-from acsleuth._atomic import atomic_path
 from acsleuth._resources import cpu_model, current_rss, peak_rss, reset_peak_rss
 from acsleuth.datasets import synthetic, write_synthetic
 from acsleuth.model import ACsleuth, resolve_device
@@ -85,23 +80,6 @@ QUICK_GENES = 500
 WARMUP_CELLS = 256
 DEFAULT_PNG = Path(__file__).resolve().parent / "scale.png"
 GB = 1e9
-
-
-def _default(name: str) -> Any:
-    """The default of one ``ACsleuth`` parameter."""
-    return inspect.signature(ACsleuth).parameters[name].default
-
-
-def _device_name(device: torch.device) -> str:
-    """The GPU's name on CUDA, the CPU model otherwise."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return cpu_model()
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # ---------------------------------------------------------------------- data
@@ -173,7 +151,7 @@ def measure(
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
     value = fn()
-    _sync(device)
+    sync(device)
     seconds = time.perf_counter() - t0
     peak = peak_rss()
     return value, {
@@ -212,7 +190,7 @@ def warm_up(args: argparse.Namespace, device: torch.device) -> None:
             if not args.no_subtype:
                 model.subtype(anomaly_rows(corrected, result.anomaly))
             corrected.file.close()
-    _sync(device)
+    sync(device)
 
 
 def run_size(args: argparse.Namespace, device: torch.device, n_target: int) -> dict[str, Any]:
@@ -314,7 +292,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         | {"style": args.style_epochs, "subtype": args.subtype_epochs},
         "correct_max": args.correct_max,
         "device": device.type,
-        "device_name": _device_name(device),
+        "device_name": device_name(device),
         "cpu": cpu_model(),
         "logical_cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
@@ -434,9 +412,10 @@ def plot(res: dict[str, Any], path: Path) -> None:
         f"acsleuth scaling: {res['genes']:,} genes, {res['device_name']}, "
         f"{res['threads']} torch threads", fontsize=10,
     )
-    with atomic_path(path, overwrite=True) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
     plt.close(fig)
+    write_atomic(path, png.getvalue())
 
 
 # ---------------------------------------------------------------------- command line
@@ -500,10 +479,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.genes = args.genes or 2000
     if args.epochs is None:
         names = ("prepare_epochs", "train_epochs", "score_epochs", "warm_epochs")
-        args.epochs = [_default(n) for n in names] if cuda and not args.quick else [1, 1, 1, 1]
+        args.epochs = [package_default(n) for n in names] if cuda and not args.quick else [1, 1, 1, 1]
     for name, parameter in (("style_epochs", "style_epochs"), ("subtype_epochs", "subtype_epochs")):
         if getattr(args, name) is None:
-            setattr(args, name, _default(parameter) if cuda and not args.quick else 1)
+            setattr(args, name, package_default(parameter) if cuda and not args.quick else 1)
     if args.png is None and not args.no_png:
         args.png = args.data_dir / "scale_quick.png" if args.quick else DEFAULT_PNG
     if args.no_png:
@@ -521,8 +500,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--style-epochs and --subtype-epochs must be >= 0")
     if args.threads is not None and args.threads < 1:
         parser.error("--threads must be >= 1")
-    words = sys.argv[1:] if argv is None else argv
-    args.command = shlex.join(["python", "benchmarks/scale.py", *words])
+    args.command = command_line(__file__, argv)
     return args
 
 
@@ -533,8 +511,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print()
     print(render(res), flush=True)
     if args.json:
-        with atomic_path(args.json, overwrite=True) as tmp:
-            tmp.write_text(json.dumps(res, indent=1) + "\n")
+        write_atomic(args.json, json.dumps(res, indent=1) + "\n")
     if args.png:
         plot(res, args.png)
         print(f"figure: {args.png}")
