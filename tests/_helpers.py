@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import torch
 import torch.multiprocessing as mp
+from anndata import AnnData
 
 import acsleuth
 from acsleuth import _extension, datasets, parallel
@@ -73,6 +74,13 @@ def names(prefix: str, n: int) -> list[str]:
     return [f"{prefix}{i}" for i in range(n)]
 
 
+def two_batches(n_reference: int, n_genes: int) -> tuple[AnnData, AnnData]:
+    """Raw UMI counts (CSR float32): ``n_reference`` reference and 100 target cells, 30 % of
+    them anomalies of two types, over two target batches (seed 1)."""
+    return datasets.synthetic(n_reference, 100, n_genes, n_anomaly_types=2, anomaly_ratio=0.3,
+                              n_batches=2, seed=1)
+
+
 # ------------------------------------------------------------------ gloo ranks
 
 Body = Callable[[parallel.Context, torch.device, Path], Any]
@@ -123,8 +131,7 @@ CLI_EPOCHS = ["20", "5", "2", "5", "2"]
 
 def write_cli_inputs(folder: Path) -> tuple[Path, Path]:
     """Write the child runs' ``ref.h5ad`` and ``tgt.h5ad`` (two target batches) into ``folder``."""
-    reference, target = datasets.synthetic(150, 100, 60, n_anomaly_types=2, anomaly_ratio=0.3,
-                                           n_batches=2, seed=1)
+    reference, target = two_batches(150, 60)
     reference.write_h5ad(folder / "ref.h5ad")
     target.write_h5ad(folder / "tgt.h5ad")
     return folder / "ref.h5ad", folder / "tgt.h5ad"

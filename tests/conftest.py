@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _helpers import FastACsleuth, available_backends
+from _helpers import FastACsleuth, available_backends, two_batches
 
 from acsleuth import _extension
 
@@ -37,11 +37,9 @@ def cli_files(tmp_path, monkeypatch):
     """Tiny ``ref.h5ad`` and ``tgt.h5ad`` (two target batches) in ``tmp_path``; the command's
     model is patched to a few epochs (:class:`_helpers.FastACsleuth`)."""
     import acsleuth
-    from acsleuth import datasets
 
     monkeypatch.setattr(acsleuth, "ACsleuth", FastACsleuth)
-    reference, target = datasets.synthetic(120, 100, 50, n_anomaly_types=2, anomaly_ratio=0.3,
-                                           n_batches=2, seed=1)
+    reference, target = two_batches(120, 50)
     reference.write_h5ad(tmp_path / "ref.h5ad")
     target.write_h5ad(tmp_path / "tgt.h5ad")
     return tmp_path

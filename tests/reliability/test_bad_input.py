@@ -21,11 +21,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from _helpers import FastACsleuth
+from _helpers import FastACsleuth, two_batches
 from scipy.stats import spearmanr
 
 import acsleuth
-from acsleuth import datasets, tl
+from acsleuth import tl
 from acsleuth.cli import main
 from acsleuth.data import DataError, highly_variable_genes, prepare, read
 
@@ -38,7 +38,7 @@ COLUMNS = r"\['cell_type', 'is_anomaly', 'batch'\]"  # the target's obs columns
 @pytest.fixture(scope="module")
 def data() -> tuple[ad.AnnData, ad.AnnData]:
     """Raw UMI counts (CSR float32): 120 reference and 100 target cells x 50 genes, two batches."""
-    return datasets.synthetic(120, 100, 50, n_anomaly_types=2, anomaly_ratio=0.3, n_batches=2, seed=1)
+    return two_batches(120, 50)
 
 
 @pytest.fixture

@@ -9,11 +9,18 @@ import time
 import numpy as np
 import pytest
 import torch
-from _helpers import FAST_PIPELINE, cli_command, cli_run, cli_start, cli_stop, cli_wait_for
+from _helpers import (
+    FAST_PIPELINE,
+    cli_command,
+    cli_run,
+    cli_start,
+    cli_stop,
+    cli_wait_for,
+    two_batches,
+)
 from torch import nn
 
 import acsleuth
-from acsleuth import datasets
 from acsleuth.train import (
     AdversarialConfig,
     AdversarialStep,
@@ -32,7 +39,7 @@ MODULE_I_UPDATES, ALL_UPDATES = 56, 74
 
 @pytest.fixture(scope="module")
 def data():
-    return datasets.synthetic(150, 100, 60, n_anomaly_types=2, anomaly_ratio=0.3, n_batches=2, seed=1)
+    return two_batches(150, 60)  # the data of the child runs (write_cli_inputs)
 
 
 @pytest.fixture(scope="module")
