@@ -14,7 +14,7 @@ import inspect
 import os
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +95,26 @@ def chunked_torch_topk(
         values.append(v)
         indices.append(i)
     return torch.cat(values), torch.cat(indices)
+
+
+def faiss_cpu_topk(
+    query: torch.Tensor, keys: torch.Tensor, k: int
+) -> Callable[[], tuple[Any, Any]]:
+    """The faiss-cpu peer of ``kin_topk``: L2-normalised numpy copies are made now; the call
+    returned builds an ``IndexFlatIP``, adds the keys and searches, as acsleuth also starts
+    from the raw key matrix. Raises ImportError without faiss."""
+    import faiss
+
+    qn, kn = query.numpy().copy(), keys.numpy().copy()
+    faiss.normalize_L2(qn)
+    faiss.normalize_L2(kn)
+
+    def search() -> tuple[Any, Any]:
+        index = faiss.IndexFlatIP(kn.shape[1])
+        index.add(kn)
+        return index.search(qn, k)
+
+    return search
 
 
 def dense_pair_form(x: torch.Tensor, phi: torch.Tensor, bandwidths: list[float]) -> torch.Tensor:

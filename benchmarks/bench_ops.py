@@ -36,6 +36,7 @@ from _common import (
     chunked_torch_topk,
     dense_mmd_loss,
     dense_pair_form,
+    faiss_cpu_topk,
     keops_pair_form,
     set_threads,
     sync,
@@ -142,18 +143,7 @@ class TestKinTopk:
         if DEVICE.type != "cpu":
             pytest.skip("faiss-cpu peer runs on CPU inputs only")
         q, keys = topk_inputs
-        qn = q.numpy().copy()
-        kn = keys.numpy().copy()
-        faiss.normalize_L2(qn)
-        faiss.normalize_L2(kn)
-
-        def search():
-            # Build + add + search: acsleuth also starts from the raw key matrix.
-            index = faiss.IndexFlatIP(kn.shape[1])
-            index.add(kn)
-            return index.search(qn, k)
-
-        distances, labels = self._run(benchmark, search, k)
+        distances, labels = self._run(benchmark, faiss_cpu_topk(q, keys, k), k)
         _check_topk(
             torch.from_numpy(distances), torch.from_numpy(labels), kin_topk(q, keys, k=k)[0]
         )

@@ -46,6 +46,7 @@ from _common import (
     dense_mmd_loss,
     dense_pair_form,
     device_name,
+    faiss_cpu_topk,
     keops_pair_form,
     set_threads,
     sync,
@@ -152,18 +153,7 @@ def _topk_faiss(k):
                 return index.search(qn, k)
 
             return run_gpu
-        qn = q.numpy().copy()
-        kn = keys.numpy().copy()
-        faiss.normalize_L2(qn)
-        faiss.normalize_L2(kn)
-
-        def run():
-            # Index build + add + search: acsleuth also starts from the raw key matrix.
-            index = faiss.IndexFlatIP(kn.shape[1])
-            index.add(kn)
-            return index.search(qn, k)
-
-        return run
+        return faiss_cpu_topk(q, keys, k)
 
     return make
 
