@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from fast_model import FAST
+from _helpers import FAST_PIPELINE
 
 from acsleuth import ACsleuth, datasets, ops
 from acsleuth.model import persist
@@ -15,7 +15,7 @@ from acsleuth.model import persist
 @pytest.fixture(scope="module")
 def saved(tmp_path_factory):
     reference, target = datasets.synthetic(60, 40, 30, anomaly_ratio=0.25, seed=5)
-    model = ACsleuth(**FAST, random_state=3).fit(reference)
+    model = ACsleuth(**FAST_PIPELINE, random_state=3).fit(reference)
     return model.save(tmp_path_factory.mktemp("m") / "model"), model, target
 
 
