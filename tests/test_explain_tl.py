@@ -1,0 +1,86 @@
+"""acsleuth.tl.explain_groups / explain_subtypes write what scanpy reads (SPEC §8.3)."""
+
+from __future__ import annotations
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+import scanpy as sc
+import torch
+from anndata import AnnData
+
+import acsleuth
+from acsleuth.stages.explain import ExplainConfig
+
+matplotlib.use("Agg")
+FAST = ExplainConfig(max_iter=60, max_cells=30, n_components=5)
+
+
+@pytest.fixture(scope="module")
+def toy() -> AnnData:
+    adata = acsleuth.datasets.causal_panels(90, 3, n_dependent=10, n_noise=10, seed=1)
+    adata.obs["group"] = adata.obs["group"].map({"0": "a", "1": "b", "2": "c"}).astype("category")
+    return adata
+
+
+def test_scanpy_reads_the_panels(toy: AnnData) -> None:
+    before = toy.copy()
+    out = acsleuth.tl.explain_groups(toy, groupby="group", config=FAST, n_genes=12, copy=True)
+    assert "acsleuth_explain" not in toy.uns and np.array_equal(toy.X, before.X)  # copy=True
+    uns = out.uns["acsleuth_explain"]
+    assert uns["params"]["method"] == "ace" and uns["params"]["groupby"] == "group"
+    df = sc.get.rank_genes_groups_df(out, "a", key="acsleuth_explain")
+    assert len(df) == 12 and list(df["names"]) == list(uns["names"]["a"])
+    assert np.all(np.diff(df["scores"].to_numpy()) <= 0)  # best first
+    assert set(uns["flipped"]) == {"a", "b", "c"} and all(0 <= v <= 1 for v in uns["flipped"].values())
+    assert set(np.unique(uns["direction"]["b"])) <= {-1, 1}
+    dotplot = sc.pl.rank_genes_groups_dotplot(out, key="acsleuth_explain", n_genes=3, show=False)
+    assert dotplot is not None
+
+
+def test_signal_genes_lead_and_direction_matches_the_means(toy: AnnData) -> None:
+    out = acsleuth.tl.explain_groups(toy, groupby="group", config=FAST, n_genes=5, copy=True)
+    uns = out.uns["acsleuth_explain"]
+    roles = toy.var["role"]
+    for group in ("a", "b", "c"):
+        top = list(uns["names"][group][:3])
+        assert (roles[top] != "noise").all()
+        inside = (toy.obs["group"] == group).to_numpy()
+        gene = top[0]
+        column = toy[:, gene].X.ravel()
+        enriched = column[inside].mean() > column[~inside].mean()
+        assert uns["direction"][group][0] == (1 if enriched else -1)
+
+
+def test_embeddings_obsm_key_and_callable_and_determinism(toy: AnnData) -> None:
+    adata = toy.copy()
+    sc.pp.pca(adata, n_comps=5)
+    acsleuth.tl.explain_groups(adata, groupby="group", embedding="X_pca", config=FAST)
+    first = adata.uns["acsleuth_explain"]
+    assert first["params"]["embedding"] == "X_pca" and first["params"]["embedding_r2"] > 0.999
+    acsleuth.tl.explain_groups(adata, groupby="group", embedding="X_pca", config=FAST, key_added="again")
+    np.testing.assert_array_equal(first["scores"]["a"], adata.uns["again_explain"]["scores"]["a"])
+
+    def identity(x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    acsleuth.tl.explain_groups(adata, groupby="group", embedding=identity, config=FAST, key_added="id")
+    assert adata.uns["id_explain"]["params"]["embedding"] == "identity"
+
+
+def test_one_vs_one_and_bad_inputs_say_what_to_fix(toy: AnnData) -> None:
+    out = acsleuth.tl.explain_groups(
+        toy, groupby="group", mode="one_vs_one", reference="c", config=FAST, copy=True
+    )
+    assert set(out.uns["acsleuth_explain"]["names"].dtype.names) == {"a", "b"}
+    with pytest.raises(KeyError, match="obs\\['nope'\\]"):
+        acsleuth.tl.explain_groups(toy, groupby="nope")
+    with pytest.raises(KeyError, match="neither 'pca' nor an obsm key"):
+        acsleuth.tl.explain_groups(toy, groupby="group", embedding="X_missing")
+    with pytest.raises(ValueError, match="reference"):
+        acsleuth.tl.explain_groups(toy, groupby="group", mode="one_vs_one")
+    single = toy.copy()
+    single.obs["one"] = pd.Categorical(["x"] * single.n_obs)
+    with pytest.raises(ValueError, match="at least 2"):
+        acsleuth.tl.explain_groups(single, groupby="one")
