@@ -84,3 +84,14 @@ def test_one_vs_one_and_bad_inputs_say_what_to_fix(toy: AnnData) -> None:
     single.obs["one"] = pd.Categorical(["x"] * single.n_obs)
     with pytest.raises(ValueError, match="at least 2"):
         acsleuth.tl.explain_groups(single, groupby="one")
+
+
+def test_panel_plot_draws_signed_bars(toy: AnnData) -> None:
+    out = acsleuth.tl.explain_groups(toy, groupby="group", config=FAST, copy=True)
+    fig = acsleuth.pl.explain_panels(out, n_genes=4, return_fig=True)
+    assert len(fig.axes) == 3
+    bars = fig.axes[0].patches
+    direction = out.uns["acsleuth_explain"]["direction"]["a"][:4][::-1]
+    assert len(bars) == 4 and all(np.sign(b.get_width()) in (d, 0) for b, d in zip(bars, direction, strict=True))
+    with pytest.raises(KeyError, match="explain_groups"):
+        acsleuth.pl.explain_panels(toy)
