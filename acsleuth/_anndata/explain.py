@@ -107,7 +107,8 @@ def resolve_embedding(
     if isinstance(embedding, ACsleuth):
         return _Encoder(embedding), {"embedding": "acsleuth_encoder"}
     if isinstance(embedding, str) and embedding == "pca":
-        return pca_embedding(x, config.n_components, seed=config.seed), {"embedding": "pca"}
+        mapping = pca_embedding(x, config.n_components, standardize=config.standardize, seed=config.seed)
+        return mapping, {"embedding": "pca"}
     if isinstance(embedding, str):
         if embedding not in adata.obsm:
             raise KeyError(

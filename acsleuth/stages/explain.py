@@ -43,7 +43,7 @@ class ExplainConfig:
     ``max_iter`` FISTA steps and stops once no cell's best objective improved by more than
     ``tol`` (relative) in ``patience`` steps. ``max_cells`` bounds the cells explained per
     group (a sample seeded by ``seed``); ``n_components`` is the number of principal
-    components of the ``"pca"`` embedding.
+    components of the ``"pca"`` embedding, of the z-scored genes with ``standardize``.
     """
 
     beta: float = 1.0
@@ -55,6 +55,7 @@ class ExplainConfig:
     steps_to_cross: float = 20.0
     max_cells: int = 200
     n_components: int = 30
+    standardize: bool = False
     seed: int = 0
 
 
@@ -104,13 +105,20 @@ class LinearEmbedding(nn.Module):
         return (x - self.mean) @ self.components.T + self.offset
 
 
-def pca_embedding(x: np.ndarray, n_components: int, *, seed: int = 0) -> LinearEmbedding:
-    """The first ``min(n_components, N - 1, G)`` principal components of ``x (N, G)``."""
+def pca_embedding(
+    x: np.ndarray, n_components: int, *, standardize: bool = False, seed: int = 0
+) -> LinearEmbedding:
+    """The first ``min(n_components, N - 1, G)`` principal components of ``x (N, G)``.
+
+    ``standardize``: of the z-scored genes (a constant gene gets scale 1); the map still
+    takes ``x`` in its own units."""
     from sklearn.decomposition import PCA
 
     n = max(1, min(n_components, x.shape[0] - 1, x.shape[1]))
-    pca = PCA(n, random_state=seed).fit(x)
-    return LinearEmbedding(pca.mean_, pca.components_)
+    scale = x.std(0) if standardize else np.ones(x.shape[1])
+    scale = np.where(scale > 0, scale, 1.0)
+    pca = PCA(n, random_state=seed).fit(x / scale)
+    return LinearEmbedding(pca.mean_ * scale, pca.components_ / scale)
 
 
 def fitted_embedding(x: np.ndarray, z: np.ndarray) -> tuple[LinearEmbedding, float]:
