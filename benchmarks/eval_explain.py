@@ -14,6 +14,7 @@ Methods: ACE (``tl.explain_groups``, PCA embedding), Wilcoxon and t-test and log
 (``sc.tl.rank_genes_groups``), gradient saliency on the same neuralised k-means, random genes.
 
     OMP_NUM_THREADS=1 python benchmarks/eval_explain.py --out benchmarks/explain
+    OMP_NUM_THREADS=1 python benchmarks/eval_explain.py --parts pbmc   # one part
 """
 
 from __future__ import annotations
@@ -159,23 +160,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/explain", help="prefix of the .json and .png written")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--skip-use-case", action="store_true")
+    parser.add_argument("--parts", nargs="+", default=["simulation", "pbmc", "use_case"],
+                        choices=["simulation", "pbmc", "use_case"],
+                        help="what to run; each part writes OUT_PART.json, the figure needs the first two")
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = ace.ExplainConfig(seed=args.seed)
-    results = {"config": config.__dict__}
-    for complex_ in (False, True):
-        name = "complex" if complex_ else "clean"
-        results[f"simulation_{name}"] = sim = simulation(complex_, config, args.seed)
-        print(name, "recall@20", sim["recall20"], f"ACE {sim['ace_seconds']:.1f} s", flush=True)
-    results["pbmc"] = pbmc(config, args.seed)
-    print("pbmc ACE seconds (10 groups):", round(results["pbmc"]["ace_seconds_10_groups"], 1), flush=True)
-    if not args.skip_use_case:
-        results["use_case"] = use_case(config, args.seed)
+    print("ExplainConfig:", config, flush=True)
+    if "simulation" in args.parts:
+        results = {"config": config.__dict__}
+        for complex_ in (False, True):
+            name = "complex" if complex_ else "clean"
+            results[f"simulation_{name}"] = sim = simulation(complex_, config, args.seed)
+            print(name, "recall@20", sim["recall20"], f"ACE {sim['ace_seconds']:.1f} s", flush=True)
+        Path(f"{args.out}_simulation.json").write_text(json.dumps(results, indent=1))
+    if "pbmc" in args.parts:
+        results = {"config": config.__dict__, "pbmc": pbmc(config, args.seed)}
+        print("pbmc ACE seconds (10 groups):", round(results["pbmc"]["ace_seconds_10_groups"], 1), flush=True)
+        Path(f"{args.out}_pbmc.json").write_text(json.dumps(results, indent=1))
+    if "use_case" in args.parts:
+        results = {"config": config.__dict__, "use_case": use_case(config, args.seed)}
         print(json.dumps(results["use_case"], indent=1), flush=True)
-    Path(f"{args.out}.json").write_text(json.dumps(results, indent=1))
-    figure(results, Path(f"{args.out}.png"))
-    print(f"wrote {args.out}.json and {args.out}.png")
+        Path(f"{args.out}_use_case.json").write_text(json.dumps(results, indent=1))
+    parts = [Path(f"{args.out}_{part}.json") for part in ("simulation", "pbmc")]
+    if all(p.exists() for p in parts):
+        merged = {k: v for p in parts for k, v in json.loads(p.read_text()).items()}
+        figure(merged, Path(f"{args.out}.png"))
+        print(f"wrote {args.out}.png")
 
 
 if __name__ == "__main__":
