@@ -8,6 +8,7 @@ from anndata import AnnData
 
 from .simulator import check_int
 
+
 def causal_panels(
     n_cells: int = 500,
     n_groups: int = 5,
