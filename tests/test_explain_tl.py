@@ -95,3 +95,21 @@ def test_panel_plot_draws_signed_bars(toy: AnnData) -> None:
     assert len(bars) == 4 and all(np.sign(b.get_width()) in (d, 0) for b, d in zip(bars, direction, strict=True))
     with pytest.raises(KeyError, match="explain_groups"):
         acsleuth.pl.explain_panels(toy)
+
+
+def test_explain_subtypes_uses_desc_centroids_and_lands_in_the_report() -> None:
+    from acsleuth.report import _subtype_panels
+    from tests.fast_model import FastACsleuth
+
+    reference, target = acsleuth.datasets.pbmc_holdout(["CD19+ B", "CD56+ NK"], seed=0)
+    model = FastACsleuth(random_state=0)
+    with pytest.raises(KeyError, match="subtype_anomalies"):
+        acsleuth.tl.explain_subtypes(target, model)
+    model.run(reference, target, n_subtypes=2, correct=False)
+    acsleuth.tl.explain_subtypes(target, model, config=FAST, n_genes=6)
+    uns = target.uns["acsleuth_explain"]
+    assert uns["params"]["head"] == "student_t" and uns["params"]["embedding_r2"] > 0.999
+    assert uns["params"]["groupby"] == "acsleuth_subtype"
+    assert set(uns["names"].dtype.names) == {"0", "1"} and min(uns["flipped"].values()) > 0.5
+    text = "\n".join(_subtype_panels(target, "acsleuth"))  # the section report.md gains
+    assert "## Subtype panels (ACE)" in text and f"| 0 | {uns['flipped']['0']:.0%} |" in text

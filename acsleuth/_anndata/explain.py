@@ -159,7 +159,8 @@ def write(
     lfc = {}
     for g in results:
         inside = codes == names.index(g)
-        a, b = x[inside][:, top[g]].mean(0), x[~inside & (codes >= 0)][:, top[g]].mean(0)
+        a = np.clip(x[inside][:, top[g]].mean(0), 0.0, None)  # corrected values may dip below 0
+        b = np.clip(x[~inside & (codes >= 0)][:, top[g]].mean(0), 0.0, None)
         lfc[g] = np.log2((np.expm1(a) + 1e-9) / (np.expm1(b) + 1e-9)).astype(np.float32)
     nan = {g: np.full(len(t), np.nan, dtype=np.float32) for g, t in top.items()}
     adata.uns[explain_key(key_added)] = {
