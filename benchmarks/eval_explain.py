@@ -131,6 +131,18 @@ def use_case(config: ace.ExplainConfig, seed: int) -> dict:
     return {"head": uns["params"]["head"], "embedding_r2": uns["params"]["embedding_r2"], "subtypes": rows}
 
 
+def timing(config: ace.ExplainConfig, repeats: int = 3) -> dict:
+    """Wall and CPU seconds of ``tl.explain_groups`` on pbmc68k_reduced's 10 groups."""
+    adata = sc.datasets.pbmc68k_reduced()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        acsleuth.tl.explain_groups(adata, groupby="bulk_labels", config=config)
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return {"groups": 10, "wall_s": wall, "cpu_s": cpu, "torch_threads": torch.get_num_threads()}
+
+
 def figure(results: dict, path: Path) -> None:
     import matplotlib
 
@@ -161,7 +173,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/explain", help="prefix of the .json and .png written")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--parts", nargs="+", default=["simulation", "pbmc", "use_case"],
-                        choices=["simulation", "pbmc", "use_case"],
+                        choices=["simulation", "pbmc", "use_case", "timing"],
                         help="what to run; each part writes OUT_PART.json, the figure needs the first two")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -182,6 +194,10 @@ def main() -> None:
         results = {"config": config.__dict__, "use_case": use_case(config, args.seed)}
         print(json.dumps(results["use_case"], indent=1), flush=True)
         Path(f"{args.out}_use_case.json").write_text(json.dumps(results, indent=1))
+    if "timing" in args.parts:
+        results = {"config": config.__dict__, "timing": timing(config)}
+        print("timing:", results["timing"], flush=True)
+        Path(f"{args.out}_timing.json").write_text(json.dumps(results, indent=1))
     parts = [Path(f"{args.out}_{part}.json") for part in ("simulation", "pbmc")]
     if all(p.exists() for p in parts):
         merged = {k: v for p in parts for k, v in json.loads(p.read_text()).items()}
