@@ -113,3 +113,11 @@ def test_explain_subtypes_uses_desc_centroids_and_lands_in_the_report() -> None:
     assert set(uns["names"].dtype.names) == {"0", "1"} and min(uns["flipped"].values()) > 0.5
     text = "\n".join(_subtype_panels(target, "acsleuth"))  # the section report.md gains
     assert "## Subtype panels (ACE)" in text and f"| 0 | {uns['flipped']['0']:.0%} |" in text
+    # the model's encoder as the embedding of any grouping
+    cells = target[:, list(model.genes_)].copy()
+    acsleuth.tl.explain_groups(cells, groupby="cell_type", embedding=model, config=FAST, use_raw=False)
+    assert cells.uns["acsleuth_explain"]["params"]["embedding"] == "acsleuth_encoder"
+    assert np.mean(list(cells.uns["acsleuth_explain"]["flipped"].values())) > 0.5
+    with pytest.raises(ValueError, match="model's genes in order"):
+        acsleuth.tl.explain_groups(target[:, ::-1].copy(), groupby="cell_type", embedding=model,
+                                   use_raw=False)

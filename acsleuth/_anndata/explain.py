@@ -127,6 +127,17 @@ def resolve_embedding(
     )
 
 
+def _check_model_genes(embedding: Any, genes: list[str]) -> None:
+    """An ACsleuth embedding needs the expression on its genes, in its order."""
+    from ..model import ACsleuth
+
+    if isinstance(embedding, ACsleuth) and list(genes) != list(embedding.genes_):
+        raise ValueError(
+            "explain: embedding=model needs the expression on the model's genes in order; pass "
+            "adata[:, model.genes_] (and use_raw=False if .raw holds other genes)"
+        )
+
+
 def embed(mapping: Callable[[Tensor], Tensor], x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
     """``mapping`` of every row of ``x``, as float64 numpy ``(N, d)``."""
     with torch.no_grad():
@@ -213,6 +224,7 @@ def explain_adata(
     unknown = sorted(set(chosen) - set(names))
     if unknown:
         raise ValueError(f"explain: groups {unknown} are not in obs[{groupby!r}]: {names}")
+    _check_model_genes(embedding, genes)
     mapping, info = resolve_embedding(adata, x, embedding, config)
     labelled = codes >= 0
     z = embed(mapping, x[labelled])
