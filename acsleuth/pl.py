@@ -155,3 +155,50 @@ def _score_values(adata: AnnData, score: str | None, key: str) -> tuple[np.ndarr
         available = [] if table is None else list(table.columns)
         raise KeyError(f"score {score!r} not in obsm['{key}_scores'] (available: {available})")
     return np.asarray(table[score], dtype=float), None
+
+
+def explain_panels(
+    adata: AnnData,
+    *,
+    key: str = "acsleuth",
+    groups: list[str] | None = None,
+    n_genes: int = 8,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    return_fig: bool = False,
+) -> Figure | Axes | None:
+    """Signed gene panels of :func:`acsleuth.tl.explain_groups`: one bar chart per group.
+
+    A bar is the gene's ACE score, to the right (red) when the gene is enriched in the group,
+    to the left (blue) when depleted. With ``ax``, ``groups`` must name one group.
+    """
+    import matplotlib.pyplot as plt
+
+    uns = adata.uns.get(f"{key}_explain")
+    if uns is None:
+        raise KeyError(
+            f"uns['{key}_explain'] is missing; run acsleuth.tl.explain_groups(adata, groupby=...) first"
+        )
+    names = list(uns["names"].dtype.names)
+    groups = names if groups is None else [str(g) for g in groups]
+    unknown = sorted(set(groups) - set(names))
+    if unknown:
+        raise ValueError(f"groups {unknown} were not explained; explained groups are {names}")
+    if ax is not None and len(groups) != 1:
+        raise ValueError("with ax, pass groups=[one group]: each group needs its own axes")
+    if ax is None:
+        fig, axes = plt.subplots(1, len(groups), figsize=(2.6 * len(groups), 0.3 * n_genes + 1.2),
+                                 squeeze=False)
+        axes, own = list(axes[0]), True
+    else:
+        fig, axes, own = ax.figure, [ax], False
+    for axis, group in zip(axes, groups, strict=True):
+        genes = list(uns["names"][group][:n_genes])[::-1]
+        signed = (uns["scores"][group][:n_genes] * uns["direction"][group][:n_genes])[::-1]
+        axis.barh(genes, signed, color=np.where(signed >= 0, "tab:red", "tab:blue"))
+        axis.axvline(0, color="k", linewidth=0.8)
+        axis.set_title(f"{group} (flipped {uns['flipped'][group]:.0%})", fontsize="small")
+        axis.tick_params(labelsize="x-small")
+    axes[0].set_xlabel("ACE score (+ enriched, - depleted)", fontsize="small")
+    fig.tight_layout()
+    return _finish(fig, axes[0], own=own, show=show, return_fig=return_fig)

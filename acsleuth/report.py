@@ -199,6 +199,7 @@ def _markdown(
     lines += ["## Timings", ""]
     timings = uns.get("timings", {})
     lines += _table(("stage", "seconds"), timings) if len(timings) else ["None recorded.", ""]
+    lines += _subtype_panels(adata, key)
     if scores:
         lines += ["## Metrics", "", *_table(("metric", "value"), scores)]
     if notes:
@@ -207,6 +208,23 @@ def _markdown(
     for name, title in figures.items():
         lines += [f"![{title}]({name})", ""]
     return "\n".join(lines)
+
+
+def _subtype_panels(adata: AnnData, key: str) -> list[str]:
+    """Markdown lines of each subtype's ACE panel (:func:`acsleuth.tl.explain_subtypes`), if any."""
+    from ._anndata.explain import explain_key
+
+    uns = adata.uns.get(explain_key(key))
+    if uns is None:
+        return []
+    lines = ["## Subtype panels (ACE)", "", "Top 8 genes that move a cell out of its subtype "
+             "(+ enriched, - depleted in it); flipped: fraction of cells moved out.", "",
+             "| subtype | flipped | genes |", "|---|---:|---|"]
+    for group in uns["names"].dtype.names:
+        genes = zip(uns["names"][group][:8], uns["direction"][group][:8], strict=True)
+        panel = ", ".join(f"{name}{'+' if sign > 0 else '-'}" for name, sign in genes)
+        lines.append(f"| {group} | {float(uns['flipped'][group]):.0%} | {panel} |")
+    return [*lines, ""]
 
 
 def _table(header: tuple[str, str], rows: dict) -> list[str]:

@@ -11,6 +11,7 @@ from . import ops
 from ._anndata import add_timings, annotated
 from ._anndata import detect as contract
 from ._constants import KEY_ADDED, Kin, Score
+from .stages.explain import ExplainConfig
 
 if TYPE_CHECKING:
     from .model import ACsleuth
@@ -160,4 +161,139 @@ def subtype_anomalies(
     result = model.subtype(x, n_subtypes=n_subtypes, timings=timings)
     contract.write_subtypes(adata, anomaly, result, key_added)
     add_timings(adata, key_added, timings)
+    return adata if copy else None
+
+
+def explain_groups(
+    adata: AnnData,
+    *,
+    groupby: str,
+    embedding: Any = "pca",
+    mode: Literal["one_vs_rest", "one_vs_one"] = "one_vs_rest",
+    reference: str | None = None,
+    groups: list[str] | None = None,
+    n_genes: int = 50,
+    use_raw: bool | None = None,
+    layer: str | None = None,
+    config: ExplainConfig | None = None,
+    key_added: str = KEY_ADDED,
+    copy: bool = False,
+) -> AnnData | None:
+    """Explain groups of cells with small, signed gene panels (ACE, SPEC §8.3).
+
+    For each cell of a group, the smallest (L1) change of its expression that moves it out
+    of its group in ``embedding`` (the neuralised k-means on the groups' mean embeddings);
+    a gene's score is its mean ``|delta|`` over the group's cells (at most
+    ``config.max_cells``, a seeded sample).
+
+    Parameters
+    ----------
+    adata
+        Cells with groups in ``obs[groupby]`` (cells with a missing group are left out).
+    groupby
+        ``obs`` column of the groups (any labels; at least 2 groups).
+    embedding
+        ``"pca"`` (principal components of the expression), an ``obsm`` key (a least-squares
+        linear map from the expression to it is fitted; its R^2 is recorded), a fitted
+        :class:`~acsleuth.ACsleuth` (its encoder; the expression must be on its genes) or a
+        callable mapping ``(B, G)`` float32 tensors to ``(B, d)``.
+    mode
+        ``"one_vs_rest"`` (out of the group, to whichever group is closest) or
+        ``"one_vs_one"`` (into ``reference``).
+    reference
+        The target group of ``"one_vs_one"``.
+    groups
+        Groups to explain (default: all).
+    n_genes
+        Genes kept per group, best first.
+    use_raw, layer
+        Expression read: ``layers[layer]``, else ``.raw`` when present (unless
+        ``use_raw=False``), else ``X``; perturbations are in its units (log-normalised
+        expression is expected).
+    config
+        Solver and model settings (:class:`~acsleuth.stages.explain.ExplainConfig`).
+    key_added
+        Prefix: the panels go to ``uns[f"{key_added}_explain"]``.
+    copy
+        Return an annotated copy instead of writing into ``adata``.
+
+    Returns
+    -------
+    ``None`` (or the copy with ``copy=True``); reads ``obs[groupby]`` and writes
+    ``uns[f"{key_added}_explain"]`` in the layout of ``sc.tl.rank_genes_groups`` (so
+    ``sc.get.rank_genes_groups_df(adata, group, key=...)`` reads it):
+
+    - ``names``, ``scores`` (mean ``|delta|``), ``direction`` (+1 enriched, -1 depleted),
+      ``mean_delta``, ``logfoldchanges`` (as scanpy computes them), ``pvals`` and
+      ``pvals_adj`` (NaN: ACE has no test): record arrays with a field per group
+    - ``flipped`` and ``mean_l1``: per group, the fraction of cells moved out of the group
+      and the mean ``||delta||_1``; ``n_cells`` explained
+    - ``params``: ``method="ace"``, ``groupby``, ``reference``, ``mode``, the embedding,
+      the head and every setting of ``config``
+    """
+    from ._anndata.explain import explain_adata, expression
+
+    adata = annotated(adata, copy, "explain_groups")
+    config = ExplainConfig() if config is None else config
+    x, genes = expression(adata, use_raw=use_raw, layer=layer)
+    explain_adata(
+        adata, groupby=groupby, embedding=embedding, mode=mode, reference=reference, groups=groups,
+        n_genes=n_genes, x=x, genes=genes, config=config, key_added=key_added,
+        extra={"use_raw": adata.raw is not None and use_raw is not False and layer is None,
+               "layer": "None" if layer is None else layer},
+    )
+    return adata if copy else None
+
+
+def explain_subtypes(
+    target: AnnData,
+    model: ACsleuth,
+    *,
+    n_genes: int = 50,
+    corrected: Any = None,
+    config: ExplainConfig | None = None,
+    key_added: str = KEY_ADDED,
+    copy: bool = False,
+) -> AnnData | None:
+    """Explain the anomaly subtypes of ``target`` with signed gene panels (ACE, SPEC §8.3).
+
+    Needs :func:`subtype_anomalies` (or :meth:`ACsleuth.run`) with the same ``key_added``.
+    The subtypes are explained by the model that found them: DESC's Student-t assignment
+    to its centroids (``uns[key_added]["subtype_centroids"]``; the subtypes' mean
+    embeddings when absent, with the neuralised k-means) on the embedding DESC clustered,
+    mapped from the anomalies' corrected expression (the model's genes) by the
+    least-squares linear map, which is exact for the principal components.
+
+    Parameters
+    ----------
+    target
+        Annotated cells.
+    model
+        The fitted model that subtyped them.
+    n_genes
+        Genes kept per subtype.
+    corrected
+        The corrected expression of every cell when it is not in ``target`` (any array taking
+        row indices, e.g. the ``h5py`` dataset :meth:`ACsleuth.run` streamed it into);
+        default: what :func:`subtype_anomalies` read.
+    config
+        Solver settings (:class:`~acsleuth.stages.explain.ExplainConfig`).
+    key_added
+        Prefix of the keys read and written.
+    copy
+        Return an annotated copy instead of writing into ``target``.
+
+    Returns
+    -------
+    ``None`` (or the copy); reads ``obs[f"{key_added}_subtype"]`` and
+    ``obsm[f"X_{key_added}_subtype"]`` and writes ``uns[f"{key_added}_explain"]`` as
+    :func:`explain_groups` does (``params["groupby"]`` is ``f"{key_added}_subtype"``).
+    """
+    from ._anndata.explain import explain_subtypes_into
+
+    adata = annotated(target, copy, "explain_subtypes")
+    explain_subtypes_into(
+        adata, model.genes_, key_added=key_added, n_genes=n_genes, corrected=corrected,
+        config=ExplainConfig() if config is None else config,
+    )
     return adata if copy else None

@@ -150,6 +150,8 @@ def write_subtypes(
     uns = adata.uns.setdefault(k.uns, {})
     uns["n_subtypes"] = n_subtypes
     uns["silhouette_curve"] = {str(i): float(v) for i, v in curve.items()}
+    if result is not None:  # DESC's centroids: acsleuth.tl.explain_subtypes explains with them
+        uns["subtype_centroids"] = result.centroids.astype(np.float32)
 
 
 # ------------------------------------------------------------------ readers

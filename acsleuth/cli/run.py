@@ -97,6 +97,7 @@ def run_ranked(args: argparse.Namespace, out: Path, start: float, ctx: Context) 
                           correct=False)
             if tmp is None:
                 return 0
+            _explain_subtypes(target, model, sink)
             _write_target(target, tmp / "target.h5ad", model, sink)
         finally:
             if sink is not None:
@@ -138,6 +139,14 @@ def _inputs(args: argparse.Namespace, ctx: Context) -> tuple[ACsleuth, Any, AnnD
                                   anomaly_ratio=args.anomaly_ratio, **epoch_settings(args.epochs))
         model.fit(reference, checkpoint=checkpoint)
     return model, reference, target, checkpoint, n_subtypes
+
+
+def _explain_subtypes(target: AnnData, model: ACsleuth, corrected: Any) -> None:
+    """ACE panels of the subtypes (for ``report.md``), when there are at least two."""
+    from ..tl import explain_subtypes
+
+    if target.uns[KEYS.uns].get("n_subtypes", 0) >= 2:
+        explain_subtypes(target, model, corrected=corrected)
 
 
 def _write_tables(args: argparse.Namespace, model: ACsleuth, reference, target: AnnData,

@@ -1,0 +1,92 @@
+"""ACE's solver and scores on toys whose answer is known (SPEC §8.3)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from acsleuth.nn.neural_kmeans import NeuralKMeans
+from acsleuth.stages import explain as ace
+
+
+def _one_gene_toy(n: int = 40, genes: int = 6, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Two groups that differ in gene 0 only (0 vs 3); the other genes are the same noise."""
+    rng = np.random.default_rng(seed)
+    codes = np.repeat([0, 1], n // 2)
+    x = rng.normal(0.0, 0.3, (n, genes)).astype(np.float32)
+    x[:, 0] = np.where(codes == 0, 0.0, 3.0) + rng.normal(0, 0.2, n)
+    return x, codes
+
+
+def _identity_model(x: np.ndarray, codes: np.ndarray, beta: float = 1.0) -> nn.Module:
+    centroids = ace.group_centroids(x, codes, 2)
+    centroids[:, 1:] = 0.0  # separated by gene 0 alone
+    return ace.cluster_model(nn.Identity(), NeuralKMeans(torch.as_tensor(centroids), beta))
+
+
+def test_identity_embedding_split_by_one_gene_moves_that_gene_only_and_every_cell_flips() -> None:
+    x, codes = _one_gene_toy()
+    out = ace.explain(x, codes, _identity_model(x, codes), config=ace.ExplainConfig(lam=4.0))
+    for result in out.values():
+        assert result.flipped == 1.0
+        assert result.score[0] > 0 and np.all(result.score[1:] == 0.0)  # exact zeros
+        assert result.order[0] == 0
+
+
+def test_direction_marks_a_gene_enriched_in_the_group_as_negative_delta() -> None:
+    x, codes = _one_gene_toy()
+    out = ace.explain(x, codes, _identity_model(x, codes))
+    assert out[1].mean_delta[0] < 0 and out[1].direction[0] == 1  # gene 0 is high in group 1
+    assert out[0].mean_delta[0] > 0 and out[0].direction[0] == -1  # and low in group 0
+
+
+def test_one_vs_rest_margin_uses_the_largest_other_logit() -> None:
+    logits = torch.tensor([[2.0, 0.5, 1.5, -3.0], [0.0, 4.0, 1.0, 2.0]])
+    torch.testing.assert_close(ace.margin(logits, 0, None), torch.tensor([0.5, -4.0]))
+    torch.testing.assert_close(ace.margin(logits, 0, 3), torch.tensor([5.0, -2.0]))
+
+
+def test_one_vs_rest_moves_cells_to_the_nearest_other_group_not_the_first() -> None:
+    # three groups on a line at genes (0, 0), (4, 0), (0, 4): group 0 cells near (1, 0)
+    # leave through gene 0 (towards group 1); in one-vs-one towards group 2, through gene 1
+    rng = np.random.default_rng(3)
+    centres = np.array([[0.0, 0.0], [4.0, 0.0], [0.0, 4.0]])
+    codes = np.repeat([0, 1, 2], 20)
+    x = (centres[codes] + rng.normal(0, 0.2, (60, 2))).astype(np.float32)
+    x[codes == 0, 0] += 1.0
+    model = ace.cluster_model(nn.Identity(), NeuralKMeans(torch.as_tensor(centres, dtype=torch.float32)))
+    rest = ace.explain(x, codes, model, groups=[0])[0]
+    one = ace.explain(x, codes, model, groups=[0], mode="one_vs_one", reference=2)[0]
+    assert rest.order[0] == 0 and rest.score[1] < rest.score[0] / 10
+    assert one.order[0] == 1 and one.flipped == 1.0
+
+
+def test_solver_is_deterministic_and_samples_at_most_max_cells() -> None:
+    x, codes = _one_gene_toy(n=60)
+    x[:, 1:] += np.linspace(0, 1, 60)[:, None].astype(np.float32)
+    model = ace.cluster_model(ace.pca_embedding(x, 3), NeuralKMeans(torch.zeros(2, 3) + torch.tensor([[1.0], [-1.0]])))
+    config = ace.ExplainConfig(max_cells=10)
+    first, second = ace.explain(x, codes, model, config=config), ace.explain(x, codes, model, config=config)
+    for k in first:
+        assert first[k].n_cells == 10
+        np.testing.assert_array_equal(first[k].score, second[k].score)
+
+
+def test_mode_and_reference_are_checked() -> None:
+    x, codes = _one_gene_toy()
+    with pytest.raises(ValueError, match="one_vs_rest"):
+        ace.explain(x, codes, _identity_model(x, codes), mode="pairs")
+    with pytest.raises(ValueError, match="reference"):
+        ace.explain(x, codes, _identity_model(x, codes), mode="one_vs_one")
+
+
+def test_fitted_embedding_reproduces_pca() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 8)) @ rng.normal(size=(8, 8))
+    pca = ace.pca_embedding(x.astype(np.float32), 3)
+    z = pca(torch.as_tensor(x, dtype=torch.float32)).double().numpy() + 5.0
+    mapping, r2 = ace.fitted_embedding(x, z)
+    assert r2 > 0.999999
+    np.testing.assert_allclose(mapping(torch.as_tensor(x, dtype=torch.float32)).numpy(), z, atol=1e-3)
