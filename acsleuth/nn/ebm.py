@@ -40,7 +40,8 @@ class EnergyClassifier(nn.Module):
     """``(B, G)`` log-normalised expression -> ``(B, K)`` logits.
 
     Inputs are standardised per gene with the reference's mean and scale (buffers, saved with
-    the weights); :meth:`logits` takes standardised inputs, the space SGLD samples in. Each
+    the weights) and optionally clipped; :meth:`logits` takes standardised inputs, the space
+    SGLD samples in. Each
     stage ``i`` is a ``Linear`` to ``widths[i]`` followed by ``blocks[i]`` residual blocks.
     """
 
@@ -52,8 +53,10 @@ class EnergyClassifier(nn.Module):
         widths: Sequence[int] = (800, 200),
         blocks: Sequence[int] = (2, 4),
         dropout: float = 0.0,
+        max_value: float | None = None,
     ) -> None:
         super().__init__()
+        self.max_value = max_value
         if len(widths) != len(blocks) or not widths:
             raise ValueError(f"widths {tuple(widths)} and blocks {tuple(blocks)} must pair up, one each")
         layers: list[nn.Module] = []
@@ -73,7 +76,10 @@ class EnergyClassifier(nn.Module):
         self.scale.copy_(std.clamp_min(MIN_SCALE))
 
     def standardise(self, x: Tensor) -> Tensor:
-        return (x - self.mean) / self.scale
+        """``(x - mean) / scale``, clipped to ``[-max_value, max_value]`` when that is set (as
+        ``scanpy.pp.scale(max_value=...)``: rare genes otherwise reach z of 100 and more)."""
+        z = (x - self.mean) / self.scale
+        return z if self.max_value is None else z.clamp(-self.max_value, self.max_value)
 
     def logits(self, z: Tensor) -> Tensor:
         """Logits of standardised inputs ``z``."""

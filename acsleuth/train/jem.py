@@ -36,8 +36,8 @@ class JEMConfig:
 
     epochs: int = 20
     batch_size: int = 64
-    lr: float = 1e-4
-    weight_decay: float = 0.0
+    lr: float = 1e-3  # tuned (the authors' code: 1e-4, no weight decay)
+    weight_decay: float = 1e-3
     milestones: tuple[int, ...] = (6, 15)  # the learning rate is multiplied by ``decay`` there
     decay: float = 0.3
     generative: bool = True
@@ -48,7 +48,7 @@ class JEMConfig:
     sgld_noise: float = 0.01
     buffer_size: int = 10_000
     reinit: float = 0.05
-    sgld_start: Start = "noise"  # chains start from N(0, I), or from training cells ("data")
+    sgld_start: Start = "data"  # chains start from training cells (tuned), or from N(0, I)
     max_retries: int = 3  # divergence guard: restores of the last good state
     max_energy: float = 1e4  # an epoch whose mean |LSE| passes this has diverged
 
@@ -117,14 +117,16 @@ def train_jem(
     state
         More training state to snapshot and checkpoint (the minibatch loader).
     start
-        ``n -> (n, G)`` draws of the SGLD start distribution in the standardised space;
-        default N(0, I).
+        ``n -> (n, G)`` draws of the SGLD start distribution in the standardised space
+        (needed when ``config.sgld_start == "data"``); N(0, I) when None.
 
     Raises
     ------
     TrainingDiverged
         When an epoch diverged ``config.max_retries + 1`` times.
     """
+    if start is None and config.sgld_start == "data":
+        raise ValueError(f"{desc}: sgld_start='data' needs start= (a sampler of training cells)")
     device = labels.device
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     buffer = ReplayBuffer(config.buffer_size, start or noise_start(model.mean.numel(), device),

@@ -10,7 +10,7 @@ from acsleuth.nn.ebm import EnergyClassifier
 from acsleuth.train import TrainingDiverged
 from acsleuth.train.jem import JEMConfig, train_jem
 
-CONFIG = JEMConfig(epochs=3, batch_size=16, lr=1e-3, buffer_size=64, sgld_steps=2, p_on=1.0)
+CONFIG = JEMConfig(epochs=3, batch_size=16, lr=1e-3, buffer_size=64, sgld_steps=2, p_on=1.0, sgld_start="noise")
 
 
 class Batches:
@@ -65,3 +65,19 @@ def test_the_best_validation_epoch_is_kept() -> None:
     assert result.best_epoch == 1 and result.best_validation == (0.9, -2.0)
     for name, value in model.state_dict().items():
         assert torch.equal(value, kept[(0.9, -2.0)][name])
+
+
+def test_chains_started_from_data_need_a_sampler_of_training_cells() -> None:
+    batches = Batches(n_poisoned=0)
+    with pytest.raises(ValueError, match="sgld_start='data' needs start="):
+        train_jem(network(), batches, batches.labels, lambda: (0.5, 0.0),
+                  JEMConfig(epochs=1, sgld_start="data"), seed=0, verbose=False)
+    start_calls = []
+
+    def start(n: int) -> torch.Tensor:
+        start_calls.append(n)
+        return batches.x[torch.randint(0, 32, (n,))]
+
+    config = JEMConfig(epochs=1, batch_size=16, buffer_size=64, sgld_steps=1, p_on=1.0, reinit=0.0)
+    train_jem(network(), batches, batches.labels, lambda: (0.5, 0.0), config, seed=0, verbose=False, start=start)
+    assert start_calls[0] == 64  # the buffer is filled from the sampler
