@@ -32,6 +32,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from acsleuth import ACsleuth, datasets, metrics
 from acsleuth.classifier import CellTypeClassifier
+from acsleuth.data import prepare
 from acsleuth.train import TrainingDiverged
 
 LABEL = "cell_type"
@@ -40,7 +41,10 @@ KNN_K = 10
 
 
 def standardised(reference: AnnData, target: AnnData) -> tuple[np.ndarray, np.ndarray]:
-    x, y = reference.X.toarray(), target.X.toarray()
+    """Both as the package reads them (counts are log-normalised), standardised per gene on
+    the reference."""
+    x = prepare(reference, name="reference").rows(slice(None))
+    y = prepare(target, genes=list(map(str, reference.var_names))).rows(slice(None))
     mean, std = x.mean(0), x.std(0) + 1e-3
     return (x - mean) / std, (y - mean) / std
 
