@@ -8,7 +8,7 @@ import pytest
 from classify_toy import FAST, toy
 
 from acsleuth import metrics
-from acsleuth.classifier import CellTypeClassifier
+from acsleuth import CellTypeClassifier
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""CLAMS' keys in AnnData: where the classification of target cells is written and read."""
+"""CellTypeClassifier's (CLAMS) keys in AnnData: where the classification of target cells is
+written and read."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
-from ._logging import logger
+from .._logging import logger
+from . import params_record
 
 if TYPE_CHECKING:
-    from .classifier import CellTypeClassifier, Classification
+    from ..model.classifier import CellTypeClassifier, Classification
 
 UNASSIGNED = "unassigned"
 KEY = "acsleuth_class"
@@ -50,7 +52,7 @@ def write_classification(
     layer: str | None,
 ) -> None:
     """Write the per-cell outputs and ``uns[key_added]`` (see :func:`acsleuth.tl.classify`)."""
-    from . import __version__
+    from .. import __version__
 
     k = keys(key_added)
     classes = list(model.classes_)
@@ -64,7 +66,6 @@ def write_classification(
     adata.obs[k["ood_score"]] = pd.Series(result.ood_score.astype(np.float32), index=index)
     adata.obs[k["ood"]] = pd.Series(result.ood, index=index)
     adata.obsm[k["proba"]] = result.proba.astype(np.float32)
-    params = {key: ("None" if v is None else v) for key, v in model.params.items()}
     adata.uns[k["uns"]] = {
         "classes": list(model.classes_),
         "validation_accuracy": model.validation_accuracy_,
@@ -74,7 +75,7 @@ def write_classification(
         "best_epoch": model.best_epoch_,
         "reject": bool(reject),
         "input": layer or "X",
-        "params": params,
+        "params": params_record({k: list(v) if isinstance(v, tuple) else v for k, v in model.params.items()}),
         "version": __version__,
         "timings": {**model.timings_, **result.timings},
     }

@@ -16,20 +16,21 @@ import numpy as np
 import torch
 from anndata import AnnData
 
-from ._atomic import atomic_dir
-from ._logging import logger, stage_timer
-from .data import DataError, ExpressionSource, highly_variable_genes, prepare, read
-from .model import resolve_device
-from .stages.classify import (
+from .._atomic import atomic_dir
+from .._constants import SEED
+from .._device import resolve_device
+from .._logging import logger, stage_timer
+from ..data import DataError, ExpressionSource, highly_variable_genes, prepare, read
+from ..stages.classify import (
     ClassifierConfig,
     fit_classifier,
     predict_logits,
     reference_labels,
     summarise,
 )
-from .train import Checkpoint
-from .train.jem import JEMConfig
-from .train.sgld import CLIPS
+from ..train import Checkpoint
+from ..train.jem import JEMConfig
+from ..train.sgld import CLIPS
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
@@ -115,7 +116,7 @@ class CellTypeClassifier:
         Epochs the divergence guard restored.
     """
 
-    def __init__(self, *, device: str = "auto", random_state: int = 0, verbose: bool = True,
+    def __init__(self, *, device: str = "auto", random_state: int = SEED, verbose: bool = True,
                  **settings: Any) -> None:
         self.config = make_config(**settings)
         self.settings = settings
@@ -214,7 +215,7 @@ class CellTypeClassifier:
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write ``config.json`` and ``weights.pt`` into ``path`` (refused if it exists,
         unless ``overwrite``); written under a temporary name and renamed."""
-        from . import __version__
+        from .. import __version__
 
         self._require_fitted()
         with atomic_dir(path, overwrite=overwrite) as tmp:
