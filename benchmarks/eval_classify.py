@@ -30,8 +30,7 @@ from anndata import AnnData
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import NearestNeighbors
 
-from acsleuth import ACsleuth, datasets, metrics
-from acsleuth.classifier import CellTypeClassifier
+from acsleuth import ACsleuth, CellTypeClassifier, datasets, metrics
 from acsleuth.data import prepare
 from acsleuth.train import TrainingDiverged
 
@@ -127,15 +126,16 @@ def splits(types: list[str], seeds: list[int], synthetic: bool) -> Callable:
 def summary(frame: pd.DataFrame) -> pd.DataFrame:
     """Per data set and method: mean AUROC, the worst held-out type (mean over seeds), accuracy,
     ECE, diverged runs and seconds per run."""
-    ok = frame[~frame.get("failed", pd.Series(False, index=frame.index)).fillna(False).astype(bool)]
+    frame = frame.assign(**{c: frame[c].astype("boolean").fillna(False).astype(bool)
+                            for c in ("failed", "diverged") if c in frame})
+    ok = frame[~frame["failed"]] if "failed" in frame else frame
     per_type = ok.groupby(["data", "method", "held_out"])["auroc"].mean()
     table = ok.groupby(["data", "method"]).agg(
         auroc=("auroc", "mean"), accuracy=("accuracy", "mean"), ece=("ece", "mean"),
-        seconds=("seconds", "mean"), runs=("seed", "size"),
+        seconds=("seconds", "mean"), cpu_seconds=("cpu_seconds", "mean"), runs=("seed", "size"),
     )
     table["worst_type_auroc"] = per_type.groupby(["data", "method"]).min()
-    diverged = frame.groupby(["data", "method"])["diverged"].apply(lambda d: d.fillna(False).astype(bool).sum())
-    table["diverged_runs"] = diverged
+    table["diverged_runs"] = frame.groupby(["data", "method"])["diverged"].sum()
     return table.sort_values(["data", "auroc"], ascending=[True, False])
 
 
