@@ -13,4 +13,7 @@ try:
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.1.0"
 
-__all__ = ["ACsleuth", "CellTypeClassifier", "__version__", "data", "datasets", "metrics", "ops", "pl", "report", "tl"]
+__all__ = [
+    "ACsleuth", "CellTypeClassifier", "__version__", "data", "datasets", "metrics", "ops", "pl",
+    "report", "tl",
+]

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from classify_toy import FAST, toy
 
-from acsleuth import metrics
-from acsleuth import CellTypeClassifier
+from acsleuth import CellTypeClassifier, metrics
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +54,7 @@ def test_a_saved_classifier_predicts_the_same(fitted, target, tmp_path) -> None:
     assert loaded.threshold_ == fitted.threshold_ and loaded.params == fitted.params
     with pytest.raises(FileExistsError, match="exists"):
         fitted.save(tmp_path / "m")
-    with pytest.raises(FileNotFoundError, match="not a saved CellTypeClassifier: config.json is missing"):
+    with pytest.raises(FileNotFoundError, match=r"not a saved CellTypeClassifier: config\.json is missing"):
         CellTypeClassifier.load(tmp_path / "nowhere")
 
 

@@ -68,7 +68,7 @@ def test_classify_trains_from_a_reference_and_says_what_it_needs() -> None:
 
 def test_the_ood_plot_draws_a_box_per_predicted_type_and_the_threshold(model) -> None:
     target = toy(n_per_type=20, types=(0, 1, 2), seed=2)
-    with pytest.raises(KeyError, match="run acsleuth.tl.classify"):
+    with pytest.raises(KeyError, match=r"run acsleuth\.tl\.classify"):
         pl.ood_scores(target, show=False)
     tl.classify(target, model=model)
     fig = pl.ood_scores(target, return_fig=True)

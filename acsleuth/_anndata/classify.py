@@ -22,8 +22,9 @@ KEY = "acsleuth_class"
 def keys(key_added: str) -> dict[str, str]:
     """Every key :func:`write_classification` writes, by role."""
     return {
-        "label": key_added, "confidence": f"{key_added}_confidence", "ood_score": f"{key_added}_ood_score",
-        "ood": f"{key_added}_ood", "proba": f"{key_added}_proba", "uns": key_added,
+        "label": key_added, "confidence": f"{key_added}_confidence",
+        "ood_score": f"{key_added}_ood_score", "ood": f"{key_added}_ood",
+        "proba": f"{key_added}_proba", "uns": key_added,
     }
 
 
@@ -75,7 +76,9 @@ def write_classification(
         "best_epoch": model.best_epoch_,
         "reject": bool(reject),
         "input": layer or "X",
-        "params": params_record({k: list(v) if isinstance(v, tuple) else v for k, v in model.params.items()}),
+        "params": params_record(
+            {k: list(v) if isinstance(v, tuple) else v for k, v in model.params.items()}  # h5ad
+        ),
         "version": __version__,
         "timings": {**model.timings_, **result.timings},
     }

@@ -47,7 +47,7 @@ def test_the_temperature_calibrates_probabilities_but_not_the_ood_score() -> Non
     codes = np.array([0, 1, 1, 0])  # overconfident: 3 of 4 right at confidence 0.98
     temperature = fit_temperature(logits, codes)
     assert temperature > 1.0
-    proba, confidence, score = summarise(logits, temperature)
+    _, confidence, score = summarise(logits, temperature)
     plain = summarise(logits)
     assert confidence.max() < plain[1].max()
     np.testing.assert_array_equal(score, plain[2])
