@@ -1,15 +1,19 @@
-"""acsleuth: fast, scalable detection, correction and subtyping of anomalous cells."""
+"""acsleuth: fast, scalable detection, correction and subtyping of anomalous cells, and
+classification against a labelled reference with an out-of-distribution score (CLAMS)."""
 
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
 from . import data, datasets, metrics, ops, pl, report, tl
-from .model import ACsleuth
+from .model import ACsleuth, CellTypeClassifier
 
 try:
     __version__ = version("acsleuth")
 except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.1.0"
 
-__all__ = ["ACsleuth", "__version__", "data", "datasets", "metrics", "ops", "pl", "report", "tl"]
+__all__ = [
+    "ACsleuth", "CellTypeClassifier", "__version__", "data", "datasets", "metrics", "ops", "pl",
+    "report", "tl",
+]

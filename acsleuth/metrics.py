@@ -1,4 +1,5 @@
-"""Evaluation metrics of anomaly detection and subtyping (docs/method.md §6).
+"""Evaluation metrics of anomaly detection and subtyping (docs/method.md §6), and of cell-type
+classification with an out-of-distribution score (SPEC §8.1).
 
 Every function takes array-likes of per-cell values (numpy arrays, lists, pandas Series) and
 raises ``ValueError`` on mismatched lengths, empty inputs or non-finite scores.
@@ -16,10 +17,12 @@ __all__ = [
     "auroc",
     "average_precision",
     "detection_report",
+    "ece",
     "f1",
     "f1_at_ratio",
     "knn_jaccard_distance",
     "nmi",
+    "ood_auroc",
     "panel_auroc",
     "panel_redundancy",
     "subtype_scores",
@@ -274,3 +277,30 @@ def panel_redundancy(x: ArrayLike, genes: ArrayLike) -> float:
     r = np.abs(scaled.T @ scaled)
     upper = np.triu_indices(len(panel), 1)
     return float(r[upper].mean())
+def ood_auroc(in_scores: ArrayLike, out_scores: ArrayLike) -> float:
+    """AUROC of an OOD score (higher = more out of distribution) separating the cells of
+    ``out_scores`` (out of distribution) from those of ``in_scores``."""
+    inside = _as_scores("in_scores", in_scores)
+    outside = _as_scores("out_scores", out_scores)
+    truth = np.concatenate([np.zeros(inside.size, bool), np.ones(outside.size, bool)])
+    return auroc(truth, np.concatenate([inside, outside]))
+
+
+def ece(correct: ArrayLike, confidence: ArrayLike, *, n_bins: int = 15) -> float:
+    """Expected calibration error: ``sum_b |B_b| / N * |acc(B_b) - conf(B_b)|``.
+
+    ``correct`` says whether each prediction was right, ``confidence`` is its max p(y|x) in
+    [0, 1]. Bins are ``n_bins`` equal-width intervals ``(k/n, (k+1)/n]`` of the confidence
+    (0 falls in the first); weighting by count over N is the SPEC §8.1 erratum of the seed's
+    eq. 6, which divides by the number of bins.
+    """
+    right = _as_bool("correct", correct)
+    conf = _as_scores("confidence", confidence)
+    _check_lengths(correct=right, confidence=conf)
+    if conf.min() < 0.0 or conf.max() > 1.0:
+        raise ValueError(f"confidence must lie in [0, 1], got [{conf.min():.3g}, {conf.max():.3g}]")
+    if int(n_bins) < 1:
+        raise ValueError(f"n_bins must be at least 1, got {n_bins}")
+    bins = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
+    gap = np.bincount(bins, weights=right - conf, minlength=n_bins)  # |B_b| (acc - conf) per bin
+    return float(np.abs(gap).sum() / conf.size)

@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from ._anndata.classify import KEY as CLASSIFY_KEY
+from ._anndata.classify import read_scores
 from ._anndata.detect import keys
 from ._constants import KEY_ADDED
 
@@ -102,6 +104,32 @@ def subtypes(
         fig.colorbar(image, ax=ax, label="cells")
     else:
         raise ValueError(f"kind must be 'sizes' or 'confusion', got {kind!r}")
+    return _finish(fig, ax, own=own, show=show, return_fig=return_fig)
+
+
+
+def ood_scores(
+    adata: AnnData,
+    *,
+    key: str = CLASSIFY_KEY,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    return_fig: bool = False,
+) -> Figure | Axes | None:
+    """OOD scores (``-LSE``) of :func:`acsleuth.tl.classify`, a box per predicted type, with the
+    threshold of the OOD call; higher = more out of distribution."""
+    labels, values, threshold = read_scores(adata, key)
+    groups = [str(g) for g in labels.astype("category").cat.categories]
+    data = [values[(labels.astype(str) == g).to_numpy()] for g in groups]
+    fig, ax, own = _figure(ax, (max(4.0, 0.6 * len(groups) + 2), 3.5))
+    ax.boxplot(data, showfliers=True)
+    ax.set_xticks(range(1, len(groups) + 1), [f"{g} ({len(d)})" for g, d in zip(groups, data, strict=True)],
+                  rotation=60, ha="right", fontsize="small")
+    if threshold is not None and np.isfinite(threshold):
+        ax.axhline(threshold, color="k", linestyle="--", linewidth=1, label="OOD threshold")
+        ax.legend(fontsize="small")
+    ax.set_ylabel("OOD score (-LSE)")
+    ax.set_xlabel("predicted type")
     return _finish(fig, ax, own=own, show=show, return_fig=return_fig)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -10,11 +11,12 @@ from anndata import AnnData
 from . import ops
 from ._anndata import add_timings, annotated
 from ._anndata import detect as contract
+from ._anndata.classify import KEY as CLASSIFY_KEY
 from ._constants import KEY_ADDED, Kin, Score
 from .stages.explain import ExplainConfig
 
 if TYPE_CHECKING:
-    from .model import ACsleuth
+    from .model import ACsleuth, CellTypeClassifier
 
 
 def score_anomalies(
@@ -296,4 +298,77 @@ def explain_subtypes(
         adata, model.genes_, key_added=key_added, n_genes=n_genes, corrected=corrected,
         config=ExplainConfig() if config is None else config,
     )
+    return adata if copy else None
+
+
+def classify(
+    target: AnnData,
+    reference: AnnData | str | os.PathLike | None = None,
+    *,
+    label_key: str | None = None,
+    key_added: str = CLASSIFY_KEY,
+    reject: bool = False,
+    model: CellTypeClassifier | None = None,
+    corrected_key: str | None = KEY_ADDED,
+    copy: bool = False,
+    **settings: Any,
+) -> AnnData | None:
+    """Classify ``target`` cells against a labelled ``reference`` with CLAMS (SPEC §8.1),
+    and score how far each cell is from every known type.
+
+    Bad labels (a missing ``label_key``, missing labels, a type with one cell) are refused
+    in one line before any training.
+
+    Parameters
+    ----------
+    target
+        Cells to classify (in memory or backed); genes are matched to the reference's by name.
+        When :func:`correct_batches` wrote ``layers[f"{corrected_key}_corrected"]``, that
+        batch-corrected expression is classified instead of ``X``.
+    reference
+        Labelled cells (AnnData or path) to train on; not needed with a fitted ``model``.
+    label_key
+        ``reference.obs`` column of cell types (at least two types, two cells each, none missing).
+    key_added
+        Prefix of every key written.
+    reject
+        Call cells over the OOD threshold ``"unassigned"`` in ``obs[key_added]``.
+    model
+        A fitted (or loaded) :class:`~acsleuth.CellTypeClassifier`; trained here when None.
+    corrected_key
+        ``key_added`` of :func:`correct_batches` (None: always classify ``X``).
+    copy
+        Return an annotated copy instead of writing into ``target``.
+    **settings
+        Passed to :class:`~acsleuth.CellTypeClassifier` (``epochs``, ``random_state``, ...).
+
+    Returns
+    -------
+    ``None`` (or the copy with ``copy=True``), having written
+
+    - ``obs[key_added]``: predicted type (categorical; ``"unassigned"`` where ``reject`` and
+      the cell is called out of distribution)
+    - ``obs[f"{key_added}_confidence"]``: max p(y|x)
+    - ``obs[f"{key_added}_ood_score"]``: ``-LSE(x)``, higher = more out of distribution
+    - ``obs[f"{key_added}_ood"]``: bool OOD call, score above ``uns[key_added]["threshold"]``
+      (the ``ood_quantile``, default 0.95, of the reference's validation cells' scores)
+    - ``obsm[f"{key_added}_proba"]``: ``(n_obs, K)`` p(y|x), columns in ``classes`` order
+    - ``uns[key_added]``: ``classes``, ``validation_accuracy``, ``validation_ece``,
+      ``threshold``, ``divergences`` (epochs the divergence guard restored), ``best_epoch``,
+      ``reject``, ``input`` (``"X"`` or the layer classified), ``params``, ``version`` and
+      ``timings``
+    """
+    from ._anndata.classify import corrected_layer, write_classification
+    from .model import CellTypeClassifier
+
+    adata = annotated(target, copy, "classify")
+    if model is None:
+        if reference is None or label_key is None:
+            raise ValueError("classify: give reference= and label_key= (to train), or model= (a fitted classifier)")
+        model = CellTypeClassifier(**settings).fit(reference, label_key=label_key)
+    elif settings:
+        raise TypeError(f"classify: {sorted(settings)} set the training of a new model; drop them with model=")
+    layer = corrected_layer(adata, corrected_key)
+    result = model.classify(adata, layer=layer)
+    write_classification(adata, model, result, key_added=key_added, reject=reject, layer=layer)
     return adata if copy else None

@@ -28,9 +28,10 @@ from torch import Tensor, nn
 
 from .. import parallel
 from .._constants import ADVERSARIAL_WEIGHT, BETAS, GP_WEIGHT, LEARNING_RATE, N_CRITIC, Precision
-from .._logging import logger, progress
+from .._logging import progress
 from .._precision import autocast
-from .checkpoint import Checkpoint, Stateful, TorchRandomState, restore, snapshot, states_of
+from .checkpoint import Checkpoint, Stateful, TorchRandomState, snapshot, states_of
+from .guard import DivergenceGuard
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,6 @@ class AdversarialConfig:
     precision: Precision = "fp32"
     max_retries: int = 3  # divergence guard: restores of the last good state per stage
     max_critic_loss: float = 1e6  # an epoch whose mean |critic loss| passes this has diverged
-
-
-class TrainingDiverged(RuntimeError):
-    """A stage's losses stayed non-finite or exploding after every retry of the guard."""
 
 
 class AdversarialStep(NamedTuple):
@@ -187,12 +184,12 @@ def train_adversarial(
         return means.tolist()  # one host sync per epoch
 
     epoch, history, lr_scale = (0, [], 1.0) if checkpoint is None else checkpoint.begin(desc, tracked)
-    retries = 0
+    guard = DivergenceGuard(desc, config.lr, "critic", config.max_critic_loss, config.max_retries, lr_scale)
     bar = progress(None, desc=desc, total=config.epochs, verbose=verbose and ctx.is_main)
     bar.update(epoch)
     while epoch < config.epochs:
         good = snapshot(tracked)
-        factor = lr_scale * (_cosine_factor(epoch, config.epochs) if config.cosine else 1.0)
+        factor = guard.lr_scale * (_cosine_factor(epoch, config.epochs) if config.cosine else 1.0)
         for opt in (opt_g, opt_c):
             for group in opt.param_groups:
                 group["lr"] = config.lr * factor
@@ -201,43 +198,18 @@ def train_adversarial(
         except KeyboardInterrupt:
             if checkpoint is None:
                 raise
-            checkpoint.save(desc, epoch, history, good, lr_scale=lr_scale)
+            checkpoint.save(desc, epoch, history, good, lr_scale=guard.lr_scale)
             raise checkpoint.interrupted(desc, epoch) from None
-        problem = _divergence(losses, config)
-        if problem is not None:
-            retries += 1
-            if retries > config.max_retries:
-                raise TrainingDiverged(
-                    f"{desc}: training diverged at epoch {epoch + 1} ({problem}) after "
-                    f"{config.max_retries} restarts from the last good state, each at half the "
-                    f"learning rate (last {config.lr * lr_scale:.3g}); check the input for extreme "
-                    "values (unnormalised data?) or lower the learning rate"
-                )
-            restore(tracked, good)
-            lr_scale /= 2
-            logger.warning(
-                "%s: epoch %d diverged (%s); restored the state before it and halved the learning "
-                "rate to %.3g (retry %d of %d)", desc, epoch + 1, problem, config.lr * lr_scale,
-                retries, config.max_retries,
-            )
+        if guard.diverged(losses, epoch, tracked, good):
             continue
         history.append(losses)
         epoch += 1
         bar.update(1)
         bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()})
         if checkpoint is not None and checkpoint.due(epoch, config.epochs):
-            checkpoint.save(desc, epoch, history, states_of(tracked), lr_scale=lr_scale,
+            checkpoint.save(desc, epoch, history, states_of(tracked), lr_scale=guard.lr_scale,
                             done=epoch == config.epochs)
     bar.close()
     parallel.average_buffers(critic, ctx)
     return history
 
-
-def _divergence(losses: Mapping[str, float], config: AdversarialConfig) -> str | None:
-    """What is wrong with an epoch's mean losses, or None when training may go on."""
-    bad = [f"{name} loss {value}" for name, value in losses.items() if not math.isfinite(value)]
-    if bad:
-        return ", ".join(bad)
-    if abs(losses["critic"]) > config.max_critic_loss:
-        return f"critic loss {losses['critic']:.3g} exploded past {config.max_critic_loss:.3g}"
-    return None
