@@ -9,11 +9,15 @@ other processes already put on them.
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any, TypeVar
 
-import torch
+F = TypeVar("F", bound=Callable[..., Any])
+_chosen = contextvars.ContextVar("acsleuth_threads_chosen", default=False)
 
 
 def usable_cores() -> int:
@@ -40,19 +44,19 @@ def default_threads() -> int:
 def resolve_threads(n_jobs: int | None) -> int:
     """``n_jobs`` as a thread count: None is :func:`default_threads`, -1 every usable core,
     a positive number itself."""
+    from ._constants import check_n_jobs
+
+    check_n_jobs(n_jobs)
     if n_jobs is None:
         return default_threads()
-    if isinstance(n_jobs, bool) or not isinstance(n_jobs, int) or n_jobs == 0 or n_jobs < -1:
-        raise ValueError(
-            f"n_jobs must be a positive number of threads, -1 (every usable core) or None "
-            f"(automatic), got {n_jobs!r}"
-        )
-    return usable_cores() if n_jobs == -1 else n_jobs
+    return usable_cores() if n_jobs == -1 else int(n_jobs)
 
 
 @contextmanager
 def torch_threads(n: int) -> Iterator[None]:
     """Run torch's CPU work on ``n`` threads inside, restoring the previous count after."""
+    import torch
+
     before = torch.get_num_threads()
     if n != before:
         torch.set_num_threads(n)
@@ -61,3 +65,21 @@ def torch_threads(n: int) -> Iterator[None]:
     finally:
         if torch.get_num_threads() != before:
             torch.set_num_threads(before)
+
+
+def with_threads(method: F) -> F:
+    """Run a model method on ``resolve_threads(self.params["n_jobs"])`` threads; a method called
+    from another keeps the count the outer one chose (the load changes while we run)."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args: Any, **kwargs: Any) -> Any:
+        if _chosen.get():
+            return method(self, *args, **kwargs)
+        token = _chosen.set(True)
+        try:
+            with torch_threads(resolve_threads(self.params.get("n_jobs"))):
+                return method(self, *args, **kwargs)
+        finally:
+            _chosen.reset(token)
+
+    return wrapper  # type: ignore[return-value]

@@ -22,6 +22,7 @@ def score_anomalies(
     *,
     score: Score | None = None,
     batch_key: str | None = None,
+    layer: str | None = None,
     key_added: str = KEY_ADDED,
     copy: bool = False,
 ) -> AnnData | None:
@@ -38,6 +39,8 @@ def score_anomalies(
     batch_key
         ``obs`` column of target batches: the residuals behind the ``"scaled"`` and
         ``"mmd"`` scores are centred per batch (see :meth:`ACsleuth.evaluate`).
+    layer
+        Score ``layers[layer]`` (e.g. ``"counts"``) instead of ``X``.
     key_added
         Prefix of every key written.
     copy
@@ -51,15 +54,21 @@ def score_anomalies(
     - ``obs[f"{key_added}_anomaly"]``: bool anomaly call
     - ``obsm[f"X_{key_added}"]``: encoder embedding, ``(n_obs, 256)``
     - ``obsm[f"{key_added}_scores"]``: every score type computed (a DataFrame, a column each)
-    - ``uns[key_added]``: ``params``, ``score``, ``threshold``, ``version``, ``backend``,
-      ``seed`` and ``timings`` (seconds per stage)
+    - ``uns[key_added]``: ``params`` (the model's settings, with this call's ``batch_key`` and
+      ``layer``; settings that are None are left out), ``score``, ``threshold``, ``version``,
+      ``backend``, ``device``, ``seed`` and ``timings`` (seconds per stage)
+
+    A cell's ``"mmd"`` score depends on the other cells of ``target``: the predictor is
+    trained on the cells it scores.
     """
     adata = annotated(target, copy, "score_anomalies")
-    result = model.evaluate(adata, score=score, batch_key=batch_key)
+    result = model.evaluate(adata, score=score, batch_key=batch_key, layer=layer)
     contract.write_scores(
-        adata, result, model.params, backend=ops.backend(model.device),
-        timings={**model.timings_, **result.timings}, score=score, key_added=key_added,
+        adata, result, {**model.params, "batch_key": batch_key, "layer": layer},
+        backend=ops.backend(model.device), timings={**model.timings_, **result.timings},
+        score=score, key_added=key_added,
     )
+    adata.uns[key_added]["device"] = str(model.device)
     return adata if copy else None
 
 
