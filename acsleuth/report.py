@@ -187,7 +187,9 @@ def _markdown(
         f"| anomalies called | {n_called} ({n_called / max(adata.n_obs, 1):.1%}) |",
         f"| threshold | {'n/a' if threshold is None else f'{float(threshold):.4g}'} |",
         f"| subtypes | {uns.get('n_subtypes', 'n/a')} |",
+        *(f"| {name} | {uns[name]} |" for name in ("version", "backend", "device") if name in uns),
         "",
+        *_parameters(uns.get("params", {})),
         "## Silhouette curve",
         "",
     ]
@@ -207,6 +209,14 @@ def _markdown(
     for name, title in figures.items():
         lines += [f"![{title}]({name})", ""]
     return "\n".join(lines)
+
+
+def _parameters(params: dict) -> list[str]:
+    """The run's settings and inputs as a Markdown table (settings that were None are absent)."""
+    if not len(params):
+        return []
+    rows = [f"| {name} | `{str(value).replace('|', '/')}` |" for name, value in sorted(params.items())]
+    return ["## Parameters", "", "| setting | value |", "|---|---|", *rows, ""]
 
 
 def _table(header: tuple[str, str], rows: dict) -> list[str]:
