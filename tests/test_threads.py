@@ -38,3 +38,25 @@ def test_torch_threads_restores_the_count() -> None:
     with _threads.torch_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+def test_the_model_runs_on_n_jobs_threads_and_restores_the_count(monkeypatch) -> None:
+    from fast_model import FastACsleuth
+
+    import acsleuth.model.acsleuth as orchestration
+    from acsleuth import datasets
+
+    seen = []
+    real = orchestration.evaluate_target
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(orchestration, "evaluate_target", spy)
+    reference, target = datasets.synthetic(60, 40, 20, n_anomaly_types=1, anomaly_ratio=0.25, seed=0)
+    with _threads.torch_threads(2):
+        model = FastACsleuth(n_jobs=1, score="scaled").fit(reference)
+        model.evaluate(target)
+        assert torch.get_num_threads() == 2
+    assert seen == [1]
