@@ -48,7 +48,7 @@ def scores(
     """
     values, threshold = _score_values(adata, score, key)
     if groupby is not None:
-        obs_column(adata, groupby, "groupby")
+        _obs_column(adata, groupby, "groupby")
     groups = adata.obs[groupby if groupby is not None else keys(key).anomaly]
     fig, ax, own = _figure(ax, (5, 3.5))
     edges = np.histogram_bin_edges(values[np.isfinite(values)], bins=bins)
@@ -122,7 +122,7 @@ def _confusion(adata: AnnData, subtype: pd.Series, label_key: str | None) -> pd.
     """Counts of subtype (rows, every category) x label (columns) over the subtyped cells."""
     if label_key is None:
         raise ValueError("kind='confusion' needs label_key, the obs column of labels to compare")
-    obs_column(adata, label_key, "label_key")
+    _obs_column(adata, label_key, "label_key")
     typed = subtype.notna().to_numpy()
     if not typed.any():
         raise ValueError("no cell has a subtype (no predicted anomalies); nothing to compare")
@@ -141,7 +141,7 @@ def _figure(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes
     return ax.figure, ax, False
 
 
-def obs_column(adata: AnnData, column: str, argument: str) -> pd.Series:
+def _obs_column(adata: AnnData, column: str, argument: str) -> pd.Series:
     """``adata.obs[column]``; a ``KeyError`` listing the columns when it is not there."""
     if column not in adata.obs:
         raise KeyError(f"{argument} {column!r} is not an obs column (columns: {list(adata.obs.columns)})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -215,7 +216,10 @@ def _write_tables(args: argparse.Namespace, model: ACsleuth, reference, target: 
 
 
 def checkpoint_dir(args: argparse.Namespace) -> Path:
-    return Path(args.checkpoint_dir or f"{args.out}.checkpoint")
+    if args.checkpoint_dir is not None:
+        return Path(args.checkpoint_dir)
+    out = Path(os.path.abspath(args.out))  # "results/" and "." too: beside it
+    return out.with_name(f"{out.name}.checkpoint")
 
 
 def has_training_state(args: argparse.Namespace) -> bool:
