@@ -23,6 +23,7 @@ def score_anomalies(
     score: Score | None = None,
     batch_key: str | None = None,
     layer: str | None = None,
+    use_raw: bool = False,
     key_added: str = KEY_ADDED,
     copy: bool = False,
 ) -> AnnData | None:
@@ -39,8 +40,9 @@ def score_anomalies(
     batch_key
         ``obs`` column of target batches: the residuals behind the ``"scaled"`` and
         ``"mmd"`` scores are centred per batch (see :meth:`ACsleuth.evaluate`).
-    layer
-        Score ``layers[layer]`` (e.g. ``"counts"``) instead of ``X``.
+    layer, use_raw
+        Score ``layers[layer]`` (e.g. ``"counts"``), or ``raw.X`` with ``use_raw=True``,
+        instead of ``X``.
     key_added
         Prefix of every key written.
     copy
@@ -62,9 +64,11 @@ def score_anomalies(
     trained on the cells it scores.
     """
     adata = annotated(target, copy, "score_anomalies")
-    result = model.evaluate(adata, score=score, batch_key=batch_key, layer=layer)
+    result = model.evaluate(_expression(adata, layer, use_raw), score=score, batch_key=batch_key,
+                            layer=layer)
     contract.write_scores(
-        adata, result, {**model.params, "batch_key": batch_key, "layer": layer},
+        adata, result, {**model.params, "batch_key": batch_key, "layer": layer,
+                        "use_raw": use_raw or None},
         backend=ops.backend(model.device), timings={**model.timings_, **result.timings},
         score=score, key_added=key_added,
     )
@@ -170,3 +174,15 @@ def subtype_anomalies(
     contract.write_subtypes(adata, anomaly, result, key_added)
     add_timings(adata, key_added, timings)
     return adata if copy else None
+
+
+def _expression(adata: AnnData, layer: str | None, use_raw: bool) -> AnnData:
+    """``adata``, or with ``use_raw`` its ``raw`` as an AnnData (same cells, raw genes)."""
+    if not use_raw:
+        return adata
+    if layer is not None:
+        raise ValueError("use_raw=True and layer=... name two matrices; pass one of them")
+    if adata.raw is None:
+        raise ValueError("use_raw=True but adata.raw is None; pass layer=... or score X")
+    return adata.raw.to_adata()
+

@@ -60,3 +60,19 @@ def test_a_cells_mmd_score_depends_on_the_cells_scored_with_it(model, data) -> N
     alone = model.evaluate(data[1][:40].copy()).scores
     np.testing.assert_allclose(alone["scaled"], together["scaled"][:40], rtol=1e-5)  # per cell
     assert np.abs(alone["mmd"] - together["mmd"][:40]).max() > 1e-4
+
+
+def test_score_anomalies_reads_raw_or_a_layer_like_scanpy(model, data) -> None:
+    expected = data[1].copy()
+    tl.score_anomalies(expected, model)
+    scaled = data[1].copy()
+    scaled.raw = data[1].copy()
+    scaled.layers["counts"] = data[1].X.copy()
+    scaled.X = data[1].X.toarray() - 1.0  # scaled data: refused as X
+    for kwargs in ({"use_raw": True}, {"layer": "counts"}):
+        tl.score_anomalies(scaled, model, **kwargs)
+        np.testing.assert_array_equal(scaled.obs["acsleuth_score"], expected.obs["acsleuth_score"])
+    with pytest.raises(ValueError, match="negative"):
+        tl.score_anomalies(scaled, model)
+    with pytest.raises(ValueError, match="name two matrices"):
+        tl.score_anomalies(scaled, model, use_raw=True, layer="counts")
