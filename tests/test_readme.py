@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 import shlex
 import subprocess
-import tomllib
 from pathlib import Path
 
 import anndata as ad
@@ -44,7 +43,7 @@ def test_the_makefile_installs_the_cpu_torch_wheel_the_readme_names() -> None:
 
 def test_the_licence_is_mit_as_pyproject_says() -> None:
     assert (ROOT / "LICENSE").read_text().startswith("MIT License")
-    assert tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["license"] == {"text": "MIT"}
+    assert re.search(r'^license = \{ text = "MIT" \}$', (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
 
 
 @pytest.mark.slow
