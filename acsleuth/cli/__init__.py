@@ -82,7 +82,8 @@ EPOCH_STAGES = {name.removesuffix("_epochs"): name for name in Params.__dataclas
 def add_common(parser: argparse.ArgumentParser) -> None:
     """``--device``, ``--seed``, ``--epochs``, ``--quiet``, ``--verbose`` and ``--debug``, as
     every subcommand takes them."""
-    parser.add_argument("--device", default=DEFAULTS.device, choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--device", default=DEFAULTS.device, choices=["auto", "cpu", "cuda"],
+                        help="where to compute (auto: CUDA when there is a GPU)")
     parser.add_argument("--seed", type=int, help=f"random seed of training (default {DEFAULTS.random_state})")
     parser.add_argument(
         "--epochs", nargs="+", metavar="STAGE=N",
