@@ -1,6 +1,8 @@
 # Set-up, demo, tests and checks. `make demo` and `make test` work on a fresh machine.
 PYTHON ?= python3
 TORCH_VERSION ?= 2.13.0
+# The CPU wheels; for a GPU, e.g. `make setup TORCH_INDEX=https://download.pytorch.org/whl/cu128`.
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 STAMP := build/.installed
 SOURCES := setup.py pyproject.toml $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
 
@@ -8,9 +10,9 @@ SOURCES := setup.py pyproject.toml $(shell find csrc -name '*.cpp' -o -name '*.h
 
 setup: $(STAMP)
 
-# torch first: a bare `torch` requirement would pull several GB of CUDA wheels.
+# torch first, from TORCH_INDEX: a bare `torch` requirement would pull several GB of CUDA wheels.
 $(STAMP): $(SOURCES)
-	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "torch==$(TORCH_VERSION)"
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "torch==$(TORCH_VERSION)" --index-url $(TORCH_INDEX)
 	$(PYTHON) -m pip install setuptools wheel ninja pybind11
 	MAX_JOBS=$${MAX_JOBS:-2} $(PYTHON) -m pip install --no-build-isolation -e ".[test,bench]"
 	@mkdir -p build && touch $(STAMP)

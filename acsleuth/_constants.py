@@ -96,6 +96,7 @@ class Params:
     device: str = "auto"
     random_state: int = SEED
     verbose: bool = True
+    n_jobs: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("n_top_genes", "batch_size", "n_memory", "eval_batch_size", "n_critic",
@@ -119,6 +120,7 @@ class Params:
         if self.cache_gb is not None and not float(self.cache_gb) >= 0:
             raise ValueError(f"ACsleuth: cache_gb must be >= 0 or None (automatic), got {self.cache_gb}")
         check_option("precision", self.precision, PRECISIONS)
+        check_n_jobs(self.n_jobs)
         for name in ("learning_rate", "memory_temperature"):
             if not float(getattr(self, name)) > 0:
                 raise ValueError(f"ACsleuth: {name} must be > 0, got {getattr(self, name)}")
@@ -198,10 +200,20 @@ def check_anomaly_ratio(ratio: object) -> None:
         )
 
 
+def check_n_jobs(n_jobs: object) -> None:
+    """``None`` (automatic), -1 (every usable core) or a positive number of CPU threads."""
+    if n_jobs is not None and (isinstance(n_jobs, bool) or not isinstance(n_jobs, int | np.integer)
+                               or n_jobs == 0 or n_jobs < -1):
+        raise ValueError(
+            f"ACsleuth: n_jobs must be a positive number of threads, -1 (every usable core) or "
+            f"None (automatic), got {n_jobs!r}"
+        )
+
+
 DEFAULTS = Params()  # the defaults of every setting, e.g. for a signature
 
 __all__ = [
     "ANOMALY_EXPRESSIONS", "DEFAULTS", "EPOCH_PARAMS", "GAMMAS", "KERNELS", "KINS", "PRECISIONS", "SCORES",
     "SUBTYPE_EMBEDDINGS", "AnomalyExpression", "Gamma", "Kernel", "Kin", "Metric", "Params",
-    "Precision", "Score", "SubtypeEmbedding", "check_anomaly_ratio", "check_option",
+    "Precision", "Score", "SubtypeEmbedding", "check_anomaly_ratio", "check_n_jobs", "check_option",
 ]

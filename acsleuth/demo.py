@@ -10,7 +10,7 @@ against the truth (F1 of the calls, NMI and ARI of the subtypes, F1 x NMI).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -62,10 +62,14 @@ def run_demo(
     held_out: Sequence[str] = HELD_OUT,
     seed: int = SEED,
     device: str = "auto",
-    epochs: Sequence[int] | None = None,
+    epochs: Mapping[str, int] | Sequence[int] | None = None,
     echo=print,
 ) -> pd.DataFrame:
-    """Run the demo, write ``out/`` and return the table of metrics (a row per run)."""
+    """Run the demo, write ``out/`` and return the table of metrics (a row per run).
+
+    ``epochs``: :class:`ACsleuth` epoch settings by name (``{"prepare_epochs": 5}``), or five
+    numbers in :data:`~acsleuth._constants.EPOCH_PARAMS` order.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -85,7 +89,7 @@ def run_demo(
         f"({truth.sum()} anomalous) in 2 batches, one with a per-gene batch effect "
         f"(sd {BATCH_EFFECT} on the log scale)"
     )
-    params = dict(zip(EPOCH_PARAMS, epochs, strict=True)) if epochs else {}
+    params = dict(epochs) if isinstance(epochs, Mapping) else dict(zip(EPOCH_PARAMS, epochs or (), strict=True))
     model = ACsleuth(**params, random_state=seed, device=device, verbose=False).fit(reference)
     rows, seconds, k = {}, {}, keys()
     for name, batch_key in (("without batch correction", None), ("with batch correction", BATCH_KEY)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -25,8 +26,10 @@ def scores(
     groupby: str | None = None,
     key: str = KEY_ADDED,
     bins: int = 40,
+    title: str | None = None,
     ax: Axes | None = None,
     show: bool | None = None,
+    save: str | os.PathLike | None = None,
     return_fig: bool = False,
 ) -> Figure | Axes | None:
     """Histogram of anomaly scores, one colour per ``obs[groupby]`` group.
@@ -40,8 +43,14 @@ def scores(
         called score ``obs[f"{key}_score"]``, drawn with its threshold.
     groupby
         Categorical ``obs`` column to split by (e.g. true labels); default: the anomaly call.
+        A column that is not there is a ``KeyError`` listing the columns.
+    title, save
+        The axes' title; a file to write the figure to (its suffix picks the format; the
+        figure is then not shown unless ``show=True``).
     """
     values, threshold = _score_values(adata, score, key)
+    if groupby is not None:
+        _obs_column(adata, groupby, "groupby")
     groups = adata.obs[groupby if groupby is not None else keys(key).anomaly]
     fig, ax, own = _figure(ax, (5, 3.5))
     edges = np.histogram_bin_edges(values[np.isfinite(values)], bins=bins)
@@ -53,7 +62,7 @@ def scores(
     ax.set_xlabel(f"{score or 'anomaly'} score")
     ax.set_ylabel("cells")
     ax.legend(fontsize="small", title=groupby)
-    return _finish(fig, ax, own=own, show=show, return_fig=return_fig)
+    return _finish(fig, ax, own=own, show=show, return_fig=return_fig, title=title, save=save)
 
 
 def subtypes(
@@ -62,8 +71,10 @@ def subtypes(
     key: str = KEY_ADDED,
     kind: Literal["sizes", "confusion"] = "sizes",
     label_key: str | None = None,
+    title: str | None = None,
     ax: Axes | None = None,
     show: bool | None = None,
+    save: str | os.PathLike | None = None,
     return_fig: bool = False,
 ) -> Figure | Axes | None:
     """Bar chart of anomaly subtype sizes, or a subtype x label count heatmap.
@@ -77,6 +88,8 @@ def subtypes(
         over the predicted anomalies (the cells with a subtype).
     label_key
         Categorical ``obs`` column of labels (e.g. true cell types); needed by ``"confusion"``.
+    title, save
+        As in :func:`scores`.
     """
     column = keys(key).subtype
     if column not in adata.obs:
@@ -104,7 +117,7 @@ def subtypes(
         fig.colorbar(image, ax=ax, label="cells")
     else:
         raise ValueError(f"kind must be 'sizes' or 'confusion', got {kind!r}")
-    return _finish(fig, ax, own=own, show=show, return_fig=return_fig)
+    return _finish(fig, ax, own=own, show=show, return_fig=return_fig, title=title, save=save)
 
 
 
@@ -137,8 +150,7 @@ def _confusion(adata: AnnData, subtype: pd.Series, label_key: str | None) -> pd.
     """Counts of subtype (rows, every category) x label (columns) over the subtyped cells."""
     if label_key is None:
         raise ValueError("kind='confusion' needs label_key, the obs column of labels to compare")
-    if label_key not in adata.obs:
-        raise KeyError(f"label_key {label_key!r} is not an obs column")
+    _obs_column(adata, label_key, "label_key")
     typed = subtype.notna().to_numpy()
     if not typed.any():
         raise ValueError("no cell has a subtype (no predicted anomalies); nothing to compare")
@@ -157,13 +169,26 @@ def _figure(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes
     return ax.figure, ax, False
 
 
+def _obs_column(adata: AnnData, column: str, argument: str) -> pd.Series:
+    """``adata.obs[column]``; a ``KeyError`` listing the columns when it is not there."""
+    if column not in adata.obs:
+        raise KeyError(f"{argument} {column!r} is not an obs column (columns: {list(adata.obs.columns)})")
+    return adata.obs[column]
+
+
 def _finish(
-    fig: Figure, ax: Axes, *, own: bool, show: bool | None, return_fig: bool
+    fig: Figure, ax: Axes, *, own: bool, show: bool | None, return_fig: bool,
+    title: str | None = None, save: str | os.PathLike | None = None,
 ) -> Figure | Axes | None:
-    """scanpy's ending: show when asked (or by default on a new figure), then return."""
+    """scanpy's ending: title, save when asked, show when asked (or by default on a new
+    figure that is not saved), then return."""
     import matplotlib.pyplot as plt
 
-    shown = show or (show is None and own and not return_fig)
+    if title is not None:
+        ax.set_title(title)
+    if save is not None:
+        fig.savefig(save, dpi=150, bbox_inches="tight")
+    shown = show or (show is None and own and not return_fig and save is None)
     if shown:
         plt.show()
     if return_fig:

@@ -119,6 +119,9 @@ def _metrics(
         true_type = adata.obs[label_key].to_numpy(object)
         subtype = adata.obs[keys(key).subtype].to_numpy(object)
         table |= metrics.subtype_scores(truth, anomaly, true_type, subtype)
+        evaluated = truth.astype(bool) & anomaly
+        if len(set(true_type[evaluated])) < 2:  # one true type: NMI and ARI say nothing
+            table |= {"nmi": np.nan, "ari": np.nan, "f1_nmi": np.nan}
     return table
 
 
@@ -187,7 +190,9 @@ def _markdown(
         f"| anomalies called | {n_called} ({n_called / max(adata.n_obs, 1):.1%}) |",
         f"| threshold | {'n/a' if threshold is None else f'{float(threshold):.4g}'} |",
         f"| subtypes | {uns.get('n_subtypes', 'n/a')} |",
+        *(f"| {name} | {uns[name]} |" for name in ("version", "backend", "device") if name in uns),
         "",
+        *_parameters(uns.get("params", {})),
         "## Silhouette curve",
         "",
     ]
@@ -201,7 +206,7 @@ def _markdown(
     lines += _table(("stage", "seconds"), timings) if len(timings) else ["None recorded.", ""]
     lines += _subtype_panels(adata, key)
     if scores:
-        lines += ["## Metrics", "", *_table(("metric", "value"), scores)]
+        lines += ["## Metrics", "", *_table(("metric", "value"), scores), *METRIC_DEFINITIONS]
     if notes:
         lines += ["## Notes", "", *notes, ""]
     lines += ["## Figures", ""]
@@ -225,9 +230,27 @@ def _subtype_panels(adata: AnnData, key: str) -> list[str]:
         panel = ", ".join(f"{name}{'+' if sign > 0 else '-'}" for name, sign in genes)
         lines.append(f"| {group} | {float(uns['flipped'][group]):.0%} | {panel} |")
     return [*lines, ""]
+def _parameters(params: dict) -> list[str]:
+    """The run's settings and inputs as a Markdown table (settings that were None are absent)."""
+    if not len(params):
+        return []
+    rows = [f"| {name} | `{str(value).replace('|', '/')}` |" for name, value in sorted(params.items())]
+    return ["## Parameters", "", "| setting | value |", "|---|---|", *rows, ""]
+
+
+METRIC_DEFINITIONS = [
+    "AUROC and AP: ranking of the true anomalies by score (1 = all above every normal cell; "
+    "AP's chance level is the anomaly fraction). F1: of the anomaly calls against the truth; "
+    "f1_at_ratio: of the top-N scores, N the number of true anomalies. NMI and ARI: agreement "
+    "of the subtypes with the true labels over the true anomalies called (n/a when these hold "
+    "a single true type); f1_nmi = F1 x NMI.",
+    "",
+]
 
 
 def _table(header: tuple[str, str], rows: dict) -> list[str]:
-    """Markdown lines of a two-column table of numbers, then a blank line."""
-    body = [f"| {name} | {float(value):.4g} |" for name, value in rows.items()]
+    """Markdown lines of a two-column table of numbers ("n/a" for undefined ones), then a
+    blank line."""
+    body = [f"| {name} | {float(value):.4g} |" if np.isfinite(float(value)) else f"| {name} | n/a |"
+            for name, value in rows.items()]
     return [f"| {header[0]} | {header[1]} |", "|---|---:|", *body, ""]

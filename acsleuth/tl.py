@@ -25,6 +25,8 @@ def score_anomalies(
     *,
     score: Score | None = None,
     batch_key: str | None = None,
+    layer: str | None = None,
+    use_raw: bool = False,
     key_added: str = KEY_ADDED,
     copy: bool = False,
 ) -> AnnData | None:
@@ -41,6 +43,9 @@ def score_anomalies(
     batch_key
         ``obs`` column of target batches: the residuals behind the ``"scaled"`` and
         ``"mmd"`` scores are centred per batch (see :meth:`ACsleuth.evaluate`).
+    layer, use_raw
+        Score ``layers[layer]`` (e.g. ``"counts"``), or ``raw.X`` with ``use_raw=True``,
+        instead of ``X``.
     key_added
         Prefix of every key written.
     copy
@@ -54,15 +59,23 @@ def score_anomalies(
     - ``obs[f"{key_added}_anomaly"]``: bool anomaly call
     - ``obsm[f"X_{key_added}"]``: encoder embedding, ``(n_obs, 256)``
     - ``obsm[f"{key_added}_scores"]``: every score type computed (a DataFrame, a column each)
-    - ``uns[key_added]``: ``params``, ``score``, ``threshold``, ``version``, ``backend``,
-      ``seed`` and ``timings`` (seconds per stage)
+    - ``uns[key_added]``: ``params`` (the model's settings, with this call's ``batch_key`` and
+      ``layer``; settings that are None are left out), ``score``, ``threshold``, ``version``,
+      ``backend``, ``device``, ``seed`` and ``timings`` (seconds per stage)
+
+    A cell's ``"mmd"`` score depends on the other cells of ``target``: the predictor is
+    trained on the cells it scores.
     """
     adata = annotated(target, copy, "score_anomalies")
-    result = model.evaluate(adata, score=score, batch_key=batch_key)
+    result = model.evaluate(_expression(adata, layer, use_raw), score=score, batch_key=batch_key,
+                            layer=layer)
     contract.write_scores(
-        adata, result, model.params, backend=ops.backend(model.device),
-        timings={**model.timings_, **result.timings}, score=score, key_added=key_added,
+        adata, result, {**model.params, "batch_key": batch_key, "layer": layer,
+                        "use_raw": use_raw or None},
+        backend=ops.backend(model.device), timings={**model.timings_, **result.timings},
+        score=score, key_added=key_added,
     )
+    adata.uns[key_added]["device"] = str(model.device)
     return adata if copy else None
 
 
@@ -372,3 +385,13 @@ def classify(
     result = model.classify(adata, layer=layer)
     write_classification(adata, model, result, key_added=key_added, reject=reject, layer=layer)
     return adata if copy else None
+def _expression(adata: AnnData, layer: str | None, use_raw: bool) -> AnnData:
+    """``adata``, or with ``use_raw`` its ``raw`` as an AnnData (same cells, raw genes)."""
+    if not use_raw:
+        return adata
+    if layer is not None:
+        raise ValueError("use_raw=True and layer=... name two matrices; pass one of them")
+    if adata.raw is None:
+        raise ValueError("use_raw=True but adata.raw is None; pass layer=... or score X")
+    return adata.raw.to_adata()
+

@@ -1,7 +1,7 @@
 """Two gloo processes against one: what a ``torchrun`` run reproduces exactly, and what it
 only reproduces statistically.
 
-Exact (given the same fitted model): the reconstruction scores and embeddings of every cell
+Exact up to float32 rounding (given the same fitted model): the reconstruction scores and embeddings of every cell
 (each rank scores its shard), the batch centres (gathered samples) and the nearest kin (top-k
 sharded by reference rows, merged over ranks); DESC's labels and all-reduced centroids are
 identical on every rank. Statistical: anything trained with two ranks
@@ -92,7 +92,13 @@ def test_scores_embeddings_and_kin_of_a_fitted_model_match_one_process(runs) -> 
     for rank in ranks:  # every rank holds every cell's scores
         for name, values in single["scaled"].items():
             np.testing.assert_allclose(rank["scaled"][name], values, rtol=1e-5, atol=1e-6, err_msg=name)
-    np.testing.assert_allclose(ranks[0]["embedding"], single["embedding"], rtol=1e-5, atol=1e-6)
+    # Each rank encodes its own rows in its own minibatches, so the float32 matrix products are
+    # blocked differently from one process: entries near zero can differ by float32 rounding of
+    # the layer's scale (measured 1.9e-6 at |z| ~ 0.01 on an Intel Xeon), so the absolute bound
+    # is a few hundred float32 epsilons of the embedding's largest entry, not a fixed 1e-6.
+    scale = np.abs(single["embedding"]).max()
+    atol = 256 * np.finfo(np.float32).eps * scale
+    np.testing.assert_allclose(ranks[0]["embedding"], single["embedding"], rtol=1e-5, atol=atol)
     assert ranks[1]["embedding"] is None  # per-cell outputs are gathered on rank 0 only
     np.testing.assert_array_equal(ranks[0]["kin"], single["kin"])
 

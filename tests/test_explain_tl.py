@@ -98,8 +98,9 @@ def test_panel_plot_draws_signed_bars(toy: AnnData) -> None:
 
 
 def test_explain_subtypes_uses_desc_centroids_and_lands_in_the_report() -> None:
-    from acsleuth.report import _subtype_panels
     from tests.fast_model import FastACsleuth
+
+    from acsleuth.report import _subtype_panels
 
     reference, target = acsleuth.datasets.pbmc_holdout(["CD19+ B", "CD56+ NK"], seed=0)
     model = FastACsleuth(random_state=0)

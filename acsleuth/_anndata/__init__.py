@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-import pandas as pd
 from anndata import AnnData
 
 
@@ -22,9 +21,19 @@ def annotated(target: AnnData, copy: bool, tool: str) -> AnnData:
 
 
 def params_record(params: Mapping[str, Any]) -> dict[str, Any]:
-    """``params`` as ``uns[key]["params"]`` stores them (``None`` written as ``"None"``: h5ad
-    has no null)."""
-    return {k: ("None" if v is None else v) for k, v in params.items()}
+    """``params`` as ``uns[key]["params"]`` stores them: a setting that is ``None`` is left out
+    (h5ad has no null), so ``params.get(name)`` reads it back as None."""
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def source_path(data: Any) -> str | None:
+    """Where an input was read from, for ``uns[key]["params"]``: its resolved path (a backed
+    AnnData's file); None for an AnnData in memory (or no input)."""
+    from pathlib import Path
+
+    if isinstance(data, AnnData):
+        return str(Path(data.filename).resolve()) if data.isbacked else None
+    return None if data is None else str(Path(data).resolve())
 
 
 def add_timings(adata: AnnData, key: str, timings: Mapping[str, float]) -> None:
@@ -35,16 +44,12 @@ def add_timings(adata: AnnData, key: str, timings: Mapping[str, float]) -> None:
 
 def batch_codes(adata: AnnData, batch_key: str | None) -> tuple[np.ndarray, int]:
     """``(n_obs,)`` int64 codes of ``adata.obs[batch_key]`` (its categories) and their number."""
+    from ..data.checks import check_obs_column
+
     if batch_key is None:
         return np.zeros(adata.n_obs, dtype=np.int64), 1
-    if batch_key not in adata.obs:
-        raise KeyError(
-            f"target: batch_key {batch_key!r} is not an obs column (columns: {list(adata.obs.columns)})"
-        )
-    batches = pd.Categorical(adata.obs[batch_key])
-    if (batches.codes < 0).any():
-        raise ValueError(f"target: obs[{batch_key!r}] has missing values; every cell needs a batch")
+    batches = check_obs_column(adata, batch_key, option="batch_key")
     return batches.codes.astype(np.int64), len(batches.categories)
 
 
-__all__ = ["add_timings", "annotated", "batch_codes", "params_record"]
+__all__ = ["add_timings", "annotated", "batch_codes", "params_record", "source_path"]

@@ -167,17 +167,18 @@ def anomaly_calls(adata: AnnData, key_added: str, tool: str) -> np.ndarray:
 
 
 def corrected_expression(
-    adata: AnnData, genes: Sequence[str], key_added: str, rows: np.ndarray
+    adata: AnnData, genes: Sequence[str], key_added: str, rows: np.ndarray, *, layer: str | None = None
 ) -> np.ndarray:
     """Rows ``rows`` of the corrected expression written under ``key_added``, else of the
-    prepared (uncorrected) expression on the panel ``genes``: float32 ``(len(rows), G)``."""
+    prepared (uncorrected) expression on the panel ``genes`` (``layers[layer]`` when given):
+    float32 ``(len(rows), G)``."""
     from ..data import prepare
 
     name = keys(key_added).corrected
     for slot in (adata.layers, adata.obsm):
         if name in slot:
             return np.asarray(slot[name][rows], dtype=np.float32)
-    return prepare(adata, genes=list(genes), name="target").rows(rows)
+    return prepare(adata, genes=list(genes), name="target", layer=layer).rows(rows)
 
 
 __all__ = [

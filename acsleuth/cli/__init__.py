@@ -8,11 +8,12 @@ Each subcommand is a module of this package with ``add_parser(subparsers)`` and 
 from __future__ import annotations
 
 import argparse
+import logging
+import shlex
 import sys
-from pathlib import Path
 
 from .. import __version__
-from .._constants import DEFAULTS, EPOCH_PARAMS
+from .._constants import DEFAULTS, EPOCH_PARAMS, Params
 
 ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError, FileExistsError, RuntimeError)
 
@@ -21,7 +22,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``acsleuth`` parser, a subparser per subcommand module."""
     from . import classify, demo, explain, run
 
-    parser = argparse.ArgumentParser(prog="acsleuth", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="acsleuth", description=__doc__.splitlines()[0],
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"acsleuth {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     demo.add_parser(sub)
@@ -32,7 +34,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .._logging import set_verbosity
+
     args = build_parser().parse_args(argv)
+    args.command_line = shlex.join(["acsleuth", *(sys.argv[1:] if argv is None else argv)])
+    set_verbosity(verbosity(args))
     if getattr(args, "debug", False):
         return args.func(args)
     try:
@@ -61,21 +67,73 @@ def interrupted(args: argparse.Namespace, err: KeyboardInterrupt) -> str:
 
 
 # ------------------------------------------------------------------ shared by subcommands
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """``--help`` shows each option's default (unless it is None or False) and keeps the
+    line breaks of the examples in the epilog."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False or "%(default)" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+EPOCH_STAGES = {name.removesuffix("_epochs"): name for name in Params.__dataclass_fields__
+                if name.endswith("_epochs")}
+"""``--epochs`` stage names and the :class:`~acsleuth.ACsleuth` setting each sets."""
+
+
 def add_common(parser: argparse.ArgumentParser) -> None:
-    """``--device``, ``--seed``, ``--debug`` and ``--epochs``, as every subcommand takes them."""
-    parser.add_argument("--device", default=DEFAULTS.device, choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--seed", type=int, default=DEFAULTS.random_state)
-    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    """``--device``, ``--seed``, ``--epochs``, ``--quiet``, ``--verbose`` and ``--debug``, as
+    every subcommand takes them."""
+    parser.add_argument("--device", default=DEFAULTS.device, choices=["auto", "cpu", "cuda"],
+                        help="where to compute (auto: CUDA when there is a GPU)")
+    parser.add_argument("--seed", type=int, help=f"random seed of training (default {DEFAULTS.random_state})")
     parser.add_argument(
-        "--epochs", type=non_negative, nargs=5, metavar=("PREPARE", "TRAIN", "SCORE", "STYLE", "SUBTYPE"),
-        help="epochs of the two module I stages, the MMD predictor, the style transfer and DESC "
-        f"(default: the model's, {' '.join(str(getattr(DEFAULTS, p)) for p in EPOCH_PARAMS)})",
+        "--epochs", nargs="+", metavar="STAGE=N",
+        help="training epochs per stage, e.g. prepare=10,train=5 (stages: "
+        f"{', '.join(f'{k} {getattr(DEFAULTS, v)}' for k, v in EPOCH_STAGES.items())}); five plain "
+        "numbers set prepare, train, score, style and subtype in this order",
     )
+    quiet = parser.add_mutually_exclusive_group()
+    quiet.add_argument("--quiet", action="store_true", help="no progress: errors and warnings only")
+    quiet.add_argument("--verbose", action="store_true", help="also log the sub-stages")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
 
 
-def epoch_settings(epochs: list[int] | None) -> dict[str, int]:
-    """``--epochs`` as :class:`~acsleuth.ACsleuth` keyword arguments (none when not given)."""
-    return dict(zip(EPOCH_PARAMS, epochs, strict=True)) if epochs else {}
+def verbosity(args: argparse.Namespace) -> int:
+    """The stderr log level that ``--quiet`` / ``--verbose`` choose (INFO by default)."""
+    if getattr(args, "quiet", False):
+        return logging.WARNING
+    return logging.DEBUG if getattr(args, "verbose", False) else logging.INFO
+
+
+def epoch_settings(epochs: list[str] | None) -> dict[str, int]:
+    """``--epochs`` as :class:`~acsleuth.ACsleuth` keyword arguments (none when not given):
+    ``STAGE=N`` items (separated by commas or spaces), or five numbers in
+    :data:`~acsleuth._constants.EPOCH_PARAMS` order."""
+    if not epochs:
+        return {}
+    items = [item for value in epochs for item in value.split(",") if item]
+    if all("=" not in item for item in items):
+        if len(items) != len(EPOCH_PARAMS):
+            raise ValueError(f"--epochs: {len(items)} plain numbers; give five ({', '.join(EPOCH_PARAMS)}) "
+                             "or STAGE=N items, e.g. --epochs prepare=10,train=5")
+        return {name: _epoch_count(name, text) for name, text in zip(EPOCH_PARAMS, items, strict=True)}
+    settings = {}
+    for item in items:
+        stage, _, text = item.partition("=")
+        if stage.strip() not in EPOCH_STAGES:
+            raise ValueError(f"--epochs: unknown stage {stage!r} in {item!r}; the stages are "
+                             f"{', '.join(EPOCH_STAGES)}, e.g. --epochs prepare=10,train=5")
+        settings[EPOCH_STAGES[stage.strip()]] = _epoch_count(stage, text)
+    return settings
+
+
+def _epoch_count(stage: str, text: str) -> int:
+    try:
+        return non_negative(text)
+    except argparse.ArgumentTypeError as err:
+        raise ValueError(f"--epochs {stage}: {err}") from None
 
 
 def non_negative(text: str) -> int:
@@ -89,13 +147,7 @@ def non_negative(text: str) -> int:
     return value
 
 
-def refuse_existing(out: Path, overwrite: bool) -> None:
-    """``--out`` must not exist unless ``--overwrite`` is given."""
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-
-
 __all__ = [
-    "add_common", "build_parser", "epoch_settings", "interrupted", "main",
-    "non_negative", "refuse_existing",
+    "EPOCH_STAGES", "HelpFormatter", "add_common", "build_parser", "epoch_settings", "interrupted",
+    "main", "non_negative", "verbosity",
 ]

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._anndata.detect import corrected_slot, keys
-from . import add_common, epoch_settings, non_negative, refuse_existing
+from .._constants import DEFAULTS, SCORES
+from . import HelpFormatter, add_common, epoch_settings, non_negative
+from ._safety import check_checkpoint_folder, check_output_folder
 
 if TYPE_CHECKING:
     import h5py
@@ -22,22 +25,50 @@ CORRECTED_FILE = ".corrected.h5"
 KEYS = keys()
 
 
+EPILOG = """examples:
+  acsleuth run --reference ref.h5ad --target target.h5ad --batch-key batch --out results/
+  acsleuth run --reference ref.h5ad --target target.h5ad --layer counts --no-correct \\
+      --epochs prepare=10,train=5 --out quick/
+  acsleuth run --model results/model --target new.h5ad --batch-key batch --out new_results/
+
+outputs: OUT/target.h5ad (annotated target), OUT/cells.csv (score, call, subtype per cell),
+OUT/model/ (the fitted model) and OUT/report.md with its figures."""
+
+TRAINING_OPTIONS = ("epochs", "n_top_genes", "seed", "checkpoint_every", "resume", "checkpoint_dir")
+"""Options that set the training of a new model, refused with ``--model``."""
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``run`` to ``subparsers``."""
-    run = subparsers.add_parser("run", help="detect, batch-correct and subtype anomalous target cells")
+    run = subparsers.add_parser(
+        "run", help="detect, batch-correct and subtype anomalous target cells",
+        description="Fit ACsleuth on normal reference cells (or load a saved model), then score, "
+        "call, batch-correct and subtype the cells of a target.",
+        formatter_class=HelpFormatter, epilog=EPILOG,
+    )
     run.add_argument("--reference", help="normal reference cells (.h5ad, 10x folder or CSV)")
     run.add_argument("--target", required=True, help="cells to screen (.h5ad, 10x folder or CSV)")
     run.add_argument("--out", required=True, help="output folder (refused if it exists)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    run.add_argument("--batch-key", help="obs column of the target's batches")
-    run.add_argument("--anomaly-ratio", type=float, help="expected fraction of anomalies")
-    run.add_argument("--n-subtypes", default="auto", help="'auto' or a number (default auto)")
-    run.add_argument("--label-key", help="obs column of known cell types (report only)")
     run.add_argument("--model", help="a saved model folder (e.g. OUT/model): skip training")
-    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.add_argument("--batch-key", help="obs column of the target's batches")
+    run.add_argument("--label-key", help="obs column of known cell types (report only)")
+    run.add_argument("--layer", help="read layers[LAYER] of both inputs instead of X (e.g. counts)")
+    run.add_argument("--score", choices=SCORES, help=f"score type (default {DEFAULTS.score})")
+    run.add_argument("--anomaly-ratio", type=float, help="expected fraction of anomalies "
+                     "(default: estimated from the scores)")
+    run.add_argument("--n-subtypes", default="auto", help="'auto' or a number")
+    run.add_argument("--n-top-genes", type=int, help="highly variable reference genes the model "
+                     f"uses (default {DEFAULTS.n_top_genes})")
+    run.add_argument("--no-correct", action="store_true", help="skip batch correction (subtype "
+                     "the uncorrected expression)")
+    run.add_argument("--no-corrected-layer", action="store_true", help="do not write the dense "
+                     "corrected expression into OUT/target.h5ad (it is still used for subtyping)")
+    run.add_argument("--threads", type=int, help="CPU threads (default: the usable cores minus those "
+                     "other processes keep busy; -1: every usable core)")
     add_common(run)
-    run.add_argument("--checkpoint-every", type=non_negative, default=0, metavar="N",
-                     help="write the training state every N epochs (default 0: at the end of each "
+    run.add_argument("--checkpoint-every", type=non_negative, metavar="N",
+                     help="write the training state every N epochs (default: at the end of each "
                      "training stage and on Ctrl-C only)")
     run.add_argument("--checkpoint-dir", help="where checkpoints go (default: OUT.checkpoint)")
     run.add_argument("--resume", action="store_true",
@@ -50,16 +81,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 def run_command(args: argparse.Namespace) -> int:
     """The whole pipeline on files: never modifies the inputs, writes ``--out`` atomically.
 
+    Before any work, ``--out`` and the checkpoint folder are checked against the inputs
+    (:mod:`acsleuth.cli._safety`) and every option is checked to apply to the branch taken.
     Under ``torchrun --nproc_per_node=K -m acsleuth run ...`` the K processes share the work
     on torch.distributed (gloo on CPU, NCCL on GPUs) and rank 0 writes ``--out``.
     """
     from .. import parallel
 
     start = time.perf_counter()
-    out = Path(args.out)
-    refuse_existing(out, args.overwrite)
-    if args.model is not None and args.epochs is not None:
-        raise ValueError("--epochs sets the training of a new model; drop it when scoring with --model")
+    inputs = {"--reference": args.reference, "--target": args.target, "--model": args.model}
+    out = check_output_folder(args.out, inputs, overwrite=args.overwrite)
+    _check_branch(args)
+    if args.model is None:
+        check_checkpoint_folder(checkpoint_dir(args), inputs, out)
     ctx, _ = parallel.init(args.device)  # under torchrun: join the process group
     try:
         return run_ranked(args, out, start, ctx)
@@ -70,6 +104,18 @@ def run_command(args: argparse.Namespace) -> int:
         raise
     finally:
         parallel.shutdown()
+
+
+def _check_branch(args: argparse.Namespace) -> None:
+    """Refuse options the branch taken cannot honour, rather than ignore them."""
+    if args.model is None and args.reference is None:
+        raise ValueError("give --reference (to train) or --model (a saved model)")
+    if args.model is not None:
+        given = [name for name in TRAINING_OPTIONS if getattr(args, name) not in (None, False)]
+        if given:
+            options = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise ValueError(f"{options} set the training of a new model; drop them when scoring "
+                             "with --model (or train anew with --reference)")
 
 
 def run_ranked(args: argparse.Namespace, out: Path, start: float, ctx: Context) -> int:
@@ -83,22 +129,21 @@ def run_ranked(args: argparse.Namespace, out: Path, start: float, ctx: Context) 
     from .._atomic import atomic_dir
 
     model, reference, target, checkpoint, n_subtypes = _inputs(args, ctx)
+    correct = reference is not None and not args.no_correct
     writing = atomic_dir(out, overwrite=args.overwrite) if ctx.is_main else contextlib.nullcontext()
     with writing as tmp:
         sink = None
-        if tmp is not None and reference is not None:
+        if tmp is not None and correct:
             sink = _corrected_sink(tmp / CORRECTED_FILE, target.n_obs, len(model.genes_))
         try:
-            if reference is not None:
-                model.run(reference, target, batch_key=args.batch_key, anomaly_ratio=args.anomaly_ratio,
-                          n_subtypes=n_subtypes, corrected_out=sink, checkpoint=checkpoint)
-            else:  # a saved model without a reference: detect and subtype, no batch correction
-                model.run(None, target, anomaly_ratio=args.anomaly_ratio, n_subtypes=n_subtypes,
-                          correct=False)
+            model.run(reference, target, batch_key=args.batch_key, anomaly_ratio=args.anomaly_ratio,
+                      n_subtypes=n_subtypes, correct=correct, corrected_out=sink,
+                      checkpoint=checkpoint, layer=args.layer)
             if tmp is None:
                 return 0
+            _record_command(args, target)
             _explain_subtypes(target, model, sink)
-            _write_target(target, tmp / "target.h5ad", model, sink)
+            _write_target(target, tmp / "target.h5ad", model, None if args.no_corrected_layer else sink)
         finally:
             if sink is not None:
                 sink.file.close()
@@ -118,26 +163,31 @@ def _inputs(args: argparse.Namespace, ctx: Context) -> tuple[ACsleuth, Any, AnnD
     checkpoint and the number of subtypes, every input checked before any training."""
     import acsleuth
 
-    from .._anndata import batch_codes
+    from .._logging import stage_timer
     from ..data import read
+    from ..data.checks import check_inputs, check_obs_column
     from ..stages.subtype import check_n_subtypes
 
-    if args.model is None and args.reference is None:
-        raise ValueError("give --reference (to train) or --model (a saved model)")
     n_subtypes = check_n_subtypes(args.n_subtypes)
-    checkpoint = _checkpoint(args, ctx)
-    target = read(args.target, backed=True)
-    reference = read(args.reference, backed=True) if args.reference is not None else None
-    batch_codes(target, args.batch_key)  # a missing column is refused before any training
-    if args.label_key is not None and args.label_key not in target.obs:
-        raise KeyError(f"--label-key {args.label_key!r} is not an obs column of the target "
-                       f"(columns: {list(target.obs.columns)})")
-    if args.model is not None:
-        model = acsleuth.ACsleuth.load(args.model, device=args.device)
-    else:  # the ratio is checked here, before training
-        model = acsleuth.ACsleuth(device=args.device, random_state=args.seed, verbose=not args.quiet,
-                                  anomaly_ratio=args.anomaly_ratio, **epoch_settings(args.epochs))
-        model.fit(reference, checkpoint=checkpoint)
+    with stage_timer({}, "checking the inputs"):
+        target = read(args.target, backed=True)
+        reference = read(args.reference, backed=True) if args.reference is not None else None
+        settings: dict[str, Any] = {"verbose": not args.quiet, "n_jobs": args.threads}
+        settings |= {k: v for k, v in (("score", args.score), ("anomaly_ratio", args.anomaly_ratio))
+                     if v is not None}
+        if args.model is not None:
+            model = acsleuth.ACsleuth.load(args.model, device=args.device).set_params(**settings)
+        else:
+            training = {"random_state": args.seed, "n_top_genes": args.n_top_genes}
+            settings |= {k: v for k, v in training.items() if v is not None}
+            model = acsleuth.ACsleuth(device=args.device, **settings, **epoch_settings(args.epochs))
+        check_inputs(reference, target, genes=model.genes_, layer=args.layer,
+                     batch_key=args.batch_key, score=model.params["score"])
+        if args.label_key is not None:
+            check_obs_column(target, args.label_key, option="--label-key")
+    checkpoint = _checkpoint(args, ctx) if args.model is None else None
+    if not model.is_fitted:
+        model.fit(reference, checkpoint=checkpoint, layer=args.layer)
     return model, reference, target, checkpoint, n_subtypes
 
 
@@ -147,6 +197,15 @@ def _explain_subtypes(target: AnnData, model: ACsleuth, corrected: Any) -> None:
 
     if target.uns[KEYS.uns].get("n_subtypes", 0) >= 2:
         explain_subtypes(target, model, corrected=corrected)
+
+
+def _record_command(args: argparse.Namespace, target: AnnData) -> None:
+    """Add the command line and the input paths to ``uns[key]["params"]``."""
+    params = target.uns[KEYS.uns]["params"]
+    params["command"] = args.command_line
+    for name in ("reference", "target", "model"):
+        if getattr(args, name) is not None:
+            params[name] = str(Path(getattr(args, name)).resolve())
 
 
 def _write_tables(args: argparse.Namespace, model: ACsleuth, reference, target: AnnData,
@@ -166,7 +225,10 @@ def _write_tables(args: argparse.Namespace, model: ACsleuth, reference, target: 
 
 
 def checkpoint_dir(args: argparse.Namespace) -> Path:
-    return Path(args.checkpoint_dir or f"{args.out}.checkpoint")
+    if args.checkpoint_dir is not None:
+        return Path(args.checkpoint_dir)
+    out = Path(os.path.abspath(args.out))  # "results/" and "." too: beside it
+    return out.with_name(f"{out.name}.checkpoint")
 
 
 def has_training_state(args: argparse.Namespace) -> bool:
@@ -195,7 +257,7 @@ def _checkpoint(args: argparse.Namespace, ctx: Context) -> Checkpoint | None:
                 "run without torchrun"
             )
         return None
-    return Checkpoint(checkpoint_dir(args), every=args.checkpoint_every, resume=args.resume)
+    return Checkpoint(checkpoint_dir(args), every=args.checkpoint_every or 0, resume=args.resume)
 
 
 def _corrected_sink(path: Path, n_obs: int, n_genes: int) -> h5py.Dataset:

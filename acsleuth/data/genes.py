@@ -41,21 +41,57 @@ def align(var_names: pd.Index, genes: Sequence[str], name: str) -> tuple[np.ndar
     columns = var_names.get_indexer(panel)
     found = columns >= 0
     if not found.any():
-        raise DataError(
-            f"{name}: none of the {len(panel)} panel genes (e.g. {_examples(panel)}) is among its "
-            f"var_names (e.g. {_examples(var_names)}). The two may use different gene identifiers "
-            "(e.g. Ensembl ids vs gene symbols): give both AnnData objects the same kind of "
-            "var_names, e.g. adata.var_names = adata.var['gene_symbols']"
-        )
+        raise DataError(no_shared_genes(var_names, panel, name))
     if not found.all():
         warnings.warn(
             f"{name}: {int(found.sum())} of the {len(panel)} panel genes were found in its "
             f"var_names; the {int((~found).sum())} missing (e.g. {_examples(panel[~found])}) are "
-            "filled with zeros",
+            f"filled with zeros{_case_hint(var_names, panel[~found], 'of them ')}",
             UserWarning,
             stacklevel=4,
         )
     return columns[found].astype(np.int64), np.flatnonzero(found)
+
+
+def no_shared_genes(var_names: pd.Index, panel: pd.Index, name: str) -> str:
+    """The message for a matrix sharing no gene with ``panel``, saying when the names match
+    only ignoring case, or when one side holds Ensembl IDs and the other gene symbols."""
+    message = (
+        f"{name}: none of the {len(panel)} panel genes (e.g. {_examples(panel)}) is among its "
+        f"var_names (e.g. {_examples(var_names)})"
+    )
+    hint = _case_hint(var_names, panel)
+    if hint:
+        return (f"{message}{hint}: write both with the same capitalisation, e.g. "
+                "adata.var_names = adata.var_names.str.upper() on both")
+    ensembl_panel, ensembl_var = _looks_ensembl(panel), _looks_ensembl(var_names)
+    if ensembl_panel != ensembl_var:
+        kind = "its var_names look like Ensembl IDs and the panel's like gene symbols"
+        if ensembl_panel:
+            kind = "the panel genes look like Ensembl IDs and its var_names like gene symbols"
+        message = f"{message}; {kind}"
+    return (f"{message}. The two may use different gene identifiers (e.g. Ensembl IDs vs gene "
+            "symbols): give both AnnData objects the same kind of var_names, e.g. "
+            "adata.var_names = adata.var['gene_symbols']")
+
+
+def _case_hint(var_names: pd.Index, panel: pd.Index, what: str = "") -> str:
+    """``"; N match ... only ignoring case (e.g. 'A' vs 'a')"`` for the ``panel`` genes that are
+    in ``var_names`` only when case is ignored; empty when there are none."""
+    folded: dict[str, str] = {}
+    for name in map(str, var_names):
+        folded.setdefault(name.casefold(), name)
+    hits = [(gene, folded[gene.casefold()]) for gene in map(str, panel)
+            if folded.get(gene.casefold(), gene) != gene]
+    if not hits:
+        return ""
+    return (f"; {len(hits)} of the {len(panel)} {what}match its var_names only ignoring case "
+            f"(e.g. {hits[0][0]!r} vs {hits[0][1]!r})")
+
+
+def _looks_ensembl(names: pd.Index) -> bool:
+    """Whether most ``names`` look like Ensembl gene IDs (``ENSG00000139618``, ``ENSMUSG...``)."""
+    return bool(len(names)) and float(names.astype(str).str.match(r"ENS[A-Z]*G\d{5,}").mean()) > 0.5
 
 
 def _examples(names: pd.Index, k: int = 3) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -17,7 +16,7 @@ import torch
 from anndata import AnnData
 
 from .. import ops, parallel
-from .._anndata import add_timings
+from .._anndata import add_timings, source_path
 from .._anndata import detect as contract
 from .._constants import (
     DEFAULTS,
@@ -34,7 +33,9 @@ from .._constants import (
 from .._device import cache_bytes, resolve_device
 from .._logging import logger, stage_timer
 from .._seed import seeded
+from .._threads import with_threads
 from ..data import ExpressionSource, highly_variable_genes, prepare
+from ..data.checks import check_inputs
 from ..nn import Critic, Generator
 from ..stages.detect import fit_detector
 from ..stages.kin import find_kin
@@ -52,9 +53,10 @@ from ..stages.subtype import SubtypeResult, subtype_cells
 from ..train import Checkpoint
 from ..train.checkpoint import fingerprint
 from . import persist
+from .familiar import FamiliarAPI
 
 
-class ACsleuth:
+class ACsleuth(FamiliarAPI, persist.Persistent):
     """Anomalous-cell detection with ACsleuth (docs/method.md §1): fit on normal reference cells, score targets.
 
     Parameters
@@ -111,7 +113,13 @@ class ACsleuth:
     random_state
         Seed of every random choice (weights, minibatches, dropout).
     verbose
-        Progress bars and per-stage log lines.
+        Progress bars on a terminal, a progress line every 30 s elsewhere (stage lines follow
+        scanpy's verbosity, see :mod:`acsleuth._logging`).
+    n_jobs
+        CPU threads: None the usable cores minus those other processes keep busy, -1 all
+        usable cores, or a number (:mod:`acsleuth._threads`).
+
+    scikit-learn's, pyod's and scvi-tools' method names work too: :mod:`acsleuth.model.familiar`.
     """
 
     def __init__(
@@ -148,6 +156,7 @@ class ACsleuth:
         device: str = DEFAULTS.device,
         random_state: int = DEFAULTS.random_state,
         verbose: bool = DEFAULTS.verbose,
+        n_jobs: int | None = DEFAULTS.n_jobs,
     ) -> None:
         self.params: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         Params(**self.params)  # checks every setting before anything is built
@@ -174,8 +183,11 @@ class ACsleuth:
     def is_fitted(self) -> bool:
         return self.generator_ is not None
 
-    def fit(self, reference: AnnData | str | os.PathLike, *, checkpoint: Checkpoint | None = None) -> ACsleuth:
-        """Train module I on ``reference`` (normal cells only; AnnData, backed AnnData or a path).
+    @with_threads
+    def fit(self, reference: AnnData | str | os.PathLike, *, checkpoint: Checkpoint | None = None,
+            layer: str | None = None) -> ACsleuth:
+        """Train module I on ``reference`` (normal cells only; AnnData, backed AnnData or a path;
+        ``layers[layer]`` instead of ``X`` when ``layer`` is given).
 
         With a :class:`~acsleuth.train.Checkpoint` the training state is written every
         ``checkpoint.every`` epochs and on Ctrl-C, an interrupted fit is continued (to the
@@ -190,7 +202,7 @@ class ACsleuth:
         timings: dict[str, float] = {}
         p = self.settings
         with stage_timer(timings, "prepare data"):
-            source = prepare(reference, name="reference")
+            source = prepare(reference, name="reference", layer=layer)
             genes = highly_variable_genes(source, p.n_top_genes, seed=p.random_state)
             source = source.with_genes(genes)
         with seeded(p.random_state, self.device):
@@ -216,12 +228,14 @@ class ACsleuth:
     def _detector(self) -> Detector:
         return Detector(self.generator_, self.critic_, self.residual_scale_, self.anchors_)
 
+    @with_threads
     def evaluate(
         self,
         target: AnnData | str | os.PathLike,
         *,
         score: Score | None = None,
         batch_key: str | None = None,
+        layer: str | None = None,
     ) -> ScoreResult:
         """Score every target cell and call anomalies; returns every score type computed.
 
@@ -233,22 +247,25 @@ class ACsleuth:
         Target cells are read, reconstructed and scored in chunks of ``eval_batch_size``;
         the scaled residuals the MMD predictor trains on are kept once, in float16, in
         memory when they fit ``cache_gb`` and in a temporary file otherwise, so memory
-        grows only with the per-cell outputs.
+        grows only with the per-cell outputs. ``layer``: read ``layers[layer]`` instead of ``X``.
+        A cell's ``"mmd"`` score depends on the other cells scored with it (the predictor is
+        trained on this target).
         """
         self._require_fitted()
         settings = self.settings
         if score is not None:
             settings = replace(settings, score=score)
-        return self._evaluate(target, settings, batch_key)
+        return self._evaluate(target, settings, batch_key, layer)
 
-    def _evaluate(
-        self, target: AnnData | str | os.PathLike, p: Params, batch_key: str | None
-    ) -> ScoreResult:
+    def _evaluate(self, target: AnnData | str | os.PathLike, p: Params, batch_key: str | None,
+                  layer: str | None = None) -> ScoreResult:
         """:meth:`evaluate` with the settings ``p`` (this call's score and anomaly ratio)."""
-        return evaluate_target(
+        result = evaluate_target(
             self._detector(), target, self.genes_, p, batch_key, device=self.device,
-            budget=self._cache_bytes(),
+            budget=self._cache_bytes(), layer=layer,
         )
+        self.threshold_ = result.threshold
+        return result
 
     def reconstruct(
         self,
@@ -267,13 +284,19 @@ class ACsleuth:
             budget=self._cache_bytes(), keep_residuals=keep_residuals, codes=codes,
         )
 
-    def embed(self, source: ExpressionSource, rows: np.ndarray | None = None) -> torch.Tensor:
-        """Module I encoder embeddings ``(n, 256)`` of ``rows`` (all cells when None), in chunks.
+    @with_threads
+    def embed(self, data: ExpressionSource | AnnData | str | os.PathLike, rows: np.ndarray | None = None,
+              *, layer: str | None = None) -> torch.Tensor:
+        """Module I encoder embeddings ``(n, 256)`` of ``rows`` (all cells when None), in chunks,
+        of an AnnData (genes matched to the model's by name), a path, or a prepared source.
 
         Only the encoder runs: cheaper than :meth:`reconstruct` when no score is needed.
         """
         self._require_fitted()
+        source = data if isinstance(data, ExpressionSource) else prepare(
+            data, genes=self.genes_, name="target", layer=layer)
         return embed(self.generator_, source, rows, self.settings, self.device)
+
 
     def score(self, target: AnnData | str | os.PathLike) -> np.ndarray:
         """One anomaly score per target cell (higher = more anomalous)."""
@@ -284,6 +307,7 @@ class ACsleuth:
         return self.evaluate(target).anomaly
 
     # ------------------------------------------------------------------ stages II-IV
+    @with_threads
     def run(
         self,
         reference: AnnData | str | os.PathLike,
@@ -297,6 +321,7 @@ class ACsleuth:
         corrected_out: Any = None,
         key_added: str = KEY_ADDED,
         checkpoint: Checkpoint | None = None,
+        layer: str | None = None,
     ) -> AnnData:
         """The whole pipeline: detect, batch-correct and subtype the anomalies of ``target``.
 
@@ -333,6 +358,9 @@ class ACsleuth:
             the CPU a resumed run ends with the results of an uninterrupted one. The other
             stages are recomputed from the fitted model: they are seeded, so they repeat
             exactly. Single-process runs only.
+        layer
+            Read ``layers[layer]`` of both inputs instead of ``X`` (e.g. ``"counts"``). Before a
+            fit, both inputs are checked first (:func:`acsleuth.data.checks.check_inputs`).
 
         Under ``torchrun`` every rank calls ``run`` with the same arguments: every stage runs
         data-parallel (:mod:`acsleuth.parallel`; DESC's centroids and target distribution
@@ -348,31 +376,36 @@ class ACsleuth:
         - ``obsm[f"X_{key_added}_subtype"]``: the embedding DESC clustered, NaN rows for normal
           cells (``obsm[f"X_{key_added}"]`` keeps module I's embedding of every cell)
         - ``uns[key_added]``: also ``n_subtypes``, ``silhouette_curve`` and the ``"kin"``,
-          ``"style"`` and ``"subtype"`` timings
+          ``"style"`` and ``"subtype"`` timings, the ``device`` that ran, and in ``params``
+          this call's arguments and the inputs' paths (when read from files)
         """
         if not isinstance(target, AnnData):
             raise TypeError(f"run: target must be an AnnData, got {type(target).__name__}")
         if checkpoint is not None:
             checkpoint.bind(fingerprint(self.params, reference=reference, target=target))
         if not self.is_fitted:
-            self.fit(reference, checkpoint=checkpoint)
+            check_inputs(reference, target, layer=layer, batch_key=batch_key, score=self.params["score"])
+            self.fit(reference, checkpoint=checkpoint, layer=layer)
         settings, params = self.settings, dict(self.params)
+        params |= {"batch_key": batch_key, "n_subtypes": n_subtypes, "kin": kin, "correct": correct,
+                   "layer": layer, "reference": source_path(reference), "target": source_path(target)}
         if anomaly_ratio is not None:  # this call only; the parameters written include it
             settings = replace(settings, anomaly_ratio=anomaly_ratio)
             params["anomaly_ratio"] = anomaly_ratio
-        result = self._evaluate(target, settings, batch_key)
+        result = self._evaluate(target, settings, batch_key, layer)
         main = parallel.context().is_main
         if main:
             contract.write_scores(
                 target, result, params, backend=ops.backend(self.device),
                 timings={**self.timings_, **result.timings}, key_added=key_added,
             )
+            target.uns[key_added]["device"] = str(self.device)
         anomaly = result.anomaly
         timings: dict[str, float] = {}
         if correct:
             corrected = self.correct(
                 target, reference, normal=~anomaly, batch_key=batch_key, kin=kin, out=corrected_out,
-                timings=timings, checkpoint=checkpoint,
+                timings=timings, checkpoint=checkpoint, layer=layer,
             )
             if main and corrected_out is None:
                 contract.write_corrected(target, corrected, self.genes_, key_added)
@@ -380,7 +413,8 @@ class ACsleuth:
         if main and correct and corrected_out is not None:
             x = np.asarray(corrected_out[np.flatnonzero(anomaly)], dtype=np.float32)
         elif main:
-            x = contract.corrected_expression(target, self.genes_, key_added, np.flatnonzero(anomaly))
+            x = contract.corrected_expression(target, self.genes_, key_added, np.flatnonzero(anomaly),
+                                              layer=layer)
         # every rank clusters the anomalies (DESC trains on each rank's shard of them)
         result = self.subtype(parallel.broadcast_array(x, parallel.context()), n_subtypes=n_subtypes,
                               timings=timings)
@@ -389,6 +423,7 @@ class ACsleuth:
             add_timings(target, key_added, timings)
         return target
 
+    @with_threads
     def correct(
         self,
         target: AnnData | str | os.PathLike,
@@ -401,6 +436,7 @@ class ACsleuth:
         out: Any = None,
         timings: dict[str, float] | None = None,
         checkpoint: Checkpoint | None = None,
+        layer: str | None = None,
     ) -> Any:
         """Batch-corrected expression of every target cell (modules II-III, docs/method.md §2-§3).
 
@@ -424,7 +460,7 @@ class ACsleuth:
         return correct_expression(
             self.generator_, target, reference, normal, self.genes_, self.settings,
             batch_key=batch_key, kin=kin, anomalies=anomalies, out=out, device=self.device,
-            timings={} if timings is None else timings, checkpoint=checkpoint,
+            timings={} if timings is None else timings, checkpoint=checkpoint, layer=layer,
         )
 
     def _kin(
@@ -433,6 +469,7 @@ class ACsleuth:
         """Reference kin rows of target ``rows`` (module II; :func:`acsleuth.stages.kin.find_kin`)."""
         return find_kin(self.generator_, target, reference, rows, kin, self.settings, self.device)
 
+    @with_threads
     def subtype(
         self,
         x: np.ndarray,
@@ -449,46 +486,6 @@ class ACsleuth:
             x, self.generator_, self.settings, n_subtypes=n_subtypes, device=self.device,
             timings=timings,
         )
-
-    # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-        """Write ``config.json`` (format, parameters, genes, version) and ``weights.pt`` into
-        ``path`` (:mod:`acsleuth.model.persist`).
-
-        The folder is written under a temporary name and renamed; an existing ``path`` is
-        refused unless ``overwrite=True``.
-        """
-        self._require_fitted()
-        return persist.write(
-            path, params=self.params, genes=self.genes_, history=self.history_,
-            timings=self.timings_, overwrite=overwrite,
-            weights={
-                "generator": self.generator_.state_dict(), "critic": self.critic_.state_dict(),
-                "residual_scale": self.residual_scale_, "anchors": self.anchors_,
-            },
-        )
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, *, device: str | None = None) -> ACsleuth:
-        """A model saved by :meth:`save`; ``device`` overrides the saved one.
-
-        A folder of another format, a missing file, or weights that do not match the saved
-        gene list are refused with a line saying which.
-        """
-        config = persist.read_config(path)
-        params = dict(config["params"])
-        if device is not None:
-            params["device"] = device
-        return cls(**params)._load_fitted(Path(path), config)
-
-    def _load_fitted(self, path: Path, config: dict[str, Any] | None = None) -> ACsleuth:
-        """Read the genes, weights and history of a model saved by :meth:`save` into ``self``
-        (``config``: its checked ``config.json``, when already read)."""
-        fitted = persist.read_model(path, self.settings, self.device, config)
-        self.genes_, self.generator_, self.critic_ = fitted.genes, fitted.generator, fitted.critic
-        self.residual_scale_, self.anchors_ = fitted.residual_scale, fitted.anchors
-        self.history_, self.timings_ = fitted.history, fitted.timings
-        return self
 
     def __repr__(self) -> str:
         state = f"fitted on {len(self.genes_)} genes" if self.is_fitted else "not fitted"

@@ -122,7 +122,58 @@ def read_model(
     )
 
 
+class Persistent:
+    """Saving and loading, mixed into :class:`~acsleuth.ACsleuth` (which provides ``params``,
+    ``settings``, ``device`` and the fitted attributes)."""
+
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write ``config.json`` (format, parameters, genes, version) and ``weights.pt`` into
+        ``path`` (:mod:`acsleuth.model.persist`).
+
+        The folder is written under a temporary name and renamed; an existing ``path`` is
+        refused unless ``overwrite=True``.
+        """
+        self._require_fitted()
+        return write(
+            path, params=self.params, genes=self.genes_, history=self.history_,
+            timings=self.timings_, overwrite=overwrite,
+            weights={
+                "generator": self.generator_.state_dict(), "critic": self.critic_.state_dict(),
+                "residual_scale": self.residual_scale_, "anchors": self.anchors_,
+            },
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, device: str | None = None) -> Any:
+        """A model saved by :meth:`save`; ``device`` overrides the saved one.
+
+        A folder of another format, a missing file, or weights that do not match the saved
+        gene list are refused with a line saying which.
+        """
+        config = read_config(path)
+        params = dict(config["params"])
+        if device is not None:
+            params["device"] = device
+        return cls(**params)._load_fitted(Path(path), config)
+
+    def _load_fitted(self, path: Path, config: dict[str, Any] | None = None) -> Any:
+        """Read the genes, weights and history of a model saved by :meth:`save` into ``self``
+        (``config``: its checked ``config.json``, when already read)."""
+        fitted = read_model(path, self.settings, self.device, config)
+        self.genes_, self.generator_, self.critic_ = fitted.genes, fitted.generator, fitted.critic
+        self.residual_scale_, self.anchors_ = fitted.residual_scale, fitted.anchors
+        self.history_, self.timings_ = fitted.history, fitted.timings
+        return self
+
+
 __all__ = [
-    "CONFIG_FILE", "FORMAT", "WEIGHTS_FILE", "Fitted", "read_config", "read_model", "read_weights",
+    "CONFIG_FILE",
+    "FORMAT",
+    "WEIGHTS_FILE",
+    "Fitted",
+    "Persistent",
+    "read_config",
+    "read_model",
+    "read_weights",
     "write",
 ]

@@ -25,6 +25,7 @@ from .._constants import (
 from .._logging import stage_timer
 from .._precision import autocast
 from ..data import ExpressionSource, MinibatchLoader
+from ..data.checks import check_reference_size
 from ..nn import Critic, Generator
 from ..train import AdversarialConfig, AdversarialStep, Checkpoint, train_adversarial
 
@@ -132,11 +133,7 @@ def fit_detector(
     on ``device``.
     """
     ctx = parallel.context()
-    if source.n_obs < 2 * ctx.world_size:
-        raise ValueError(
-            f"reference: {source.n_obs} cell(s); module I needs at least 2 normal cells "
-            f"(BatchNorm statistics) per process ({ctx.world_size} processes)"
-        )
+    check_reference_size(source.n_obs, ctx.world_size)
     rows = parallel.shard_rows(source.n_obs, ctx)  # all cells in a single process
     generator = Generator(source.n_genes, **params.generator_settings()).to(device)
     critic = Critic(source.n_genes).to(device)

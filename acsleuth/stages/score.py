@@ -23,6 +23,7 @@ from .._logging import stage_timer
 from .._precision import autocast
 from .._seed import seeded
 from ..data import ExpressionSource, MinibatchLoader, prepare
+from ..data.checks import check_target_size
 from ..data.store import RowStore
 from ..nn import Critic, Generator
 from ..nn.generator import EMBEDDING
@@ -196,21 +197,18 @@ def evaluate_target(
     *,
     device: torch.device,
     budget: int,
+    layer: str | None = None,
 ) -> ScoreResult:
     """Score every cell of ``target`` on the panel ``genes`` and call anomalies, with the
     settings ``params`` (score type, anomaly ratio, seed); see :meth:`acsleuth.ACsleuth.evaluate`.
+    ``layer``: read ``layers[layer]`` instead of ``X``.
 
     ``budget``: bytes the residual store and embeddings may hold on ``device``.
     """
     timings: dict[str, float] = {}
     with stage_timer(timings, "prepare target"):
-        source = prepare(target, genes=genes, name="target")
-    if params.score == "mmd" and source.n_obs < 4:
-        raise ValueError(
-            f"target: {source.n_obs} cell(s); the MMD score compares groups of target cells "
-            "and needs at least 4 target cells (score more cells together, or use "
-            "score='scaled', which scores each cell on its own)"
-        )
+        source = prepare(target, genes=genes, name="target", layer=layer)
+    check_target_size(source.n_obs, params.score)
     codes, _ = batch_codes(source.adata, batch_key)
     with seeded(params.random_state, device):
         scores, embedding = score_cells(

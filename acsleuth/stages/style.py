@@ -322,17 +322,19 @@ def correct_expression(
     device: torch.device,
     timings: dict[str, float],
     checkpoint: Checkpoint | None = None,
+    layer: str | None = None,
 ) -> Any:
     """Modules II-III with module I's ``generator``: match the ``normal`` target cells to
     reference kin, train the style transfer on them and correct every target cell on the
-    panel ``genes`` (see :meth:`acsleuth.ACsleuth.correct`, which documents the arguments).
+    panel ``genes`` (see :meth:`acsleuth.ACsleuth.correct`, which documents the arguments;
+    ``layer``: read ``layers[layer]`` of both inputs instead of ``X``).
     Seconds go to ``timings["kin"]`` and ``timings["style"]``."""
     if kin not in KINS:
         raise ValueError(f"ACsleuth: kin must be 'nearest' or 'learned', got {kin!r}")
     if anomalies not in ANOMALY_EXPRESSIONS:
         raise ValueError(f"ACsleuth: anomalies must be 'shift' or 'generator', got {anomalies!r}")
-    target_source = prepare(target, genes=genes, name="target")
-    reference_source = prepare(reference, genes=genes, name="reference")
+    target_source = prepare(target, genes=genes, name="target", layer=layer)
+    reference_source = prepare(reference, genes=genes, name="reference", layer=layer)
     normal = np.asarray(normal, dtype=bool)
     if normal.shape != (target_source.n_obs,):
         raise ValueError(f"normal must be {target_source.n_obs} booleans, got shape {normal.shape}")

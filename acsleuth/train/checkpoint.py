@@ -232,11 +232,11 @@ class Checkpoint:
 
 def fingerprint(params: Mapping[str, Any], **inputs: Any) -> dict[str, Any]:
     """What makes two runs the same run, for :meth:`Checkpoint.bind`: the ``params`` that
-    change results (all but ``device`` and ``verbose``), and each input's shape (and file,
+    change results (all but ``device``, ``verbose`` and ``n_jobs``), and each input's shape (and file,
     when read from one); an input is an AnnData, a path or None (left out)."""
     from anndata import AnnData
 
-    result = {k: v for k, v in params.items() if k not in ("device", "verbose")}
+    result = {k: v for k, v in params.items() if k not in ("device", "verbose", "n_jobs")}
     for name, data in inputs.items():
         if isinstance(data, AnnData):
             where = f" in {Path(data.filename).resolve()}" if data.isbacked else ""

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "../linear_pair_form.h"
+#include "grain.h"
 #include "row_math.h"
 
 namespace acsleuth {
@@ -45,7 +46,8 @@ at::Tensor forward_stats(const at::Tensor& x, const at::Tensor& phi, at::Tensor&
   scalar_t* sqp = sq.data_ptr<scalar_t>();
   const int64_t n_threads = at::get_num_threads();
   std::vector<double> acc(static_cast<size_t>(n_threads * r * g), 0.0);
-  at::parallel_for(0, n, kRowBlock, [&](int64_t i0, int64_t i1) {
+  const int64_t grain = cpu::rows_per_task((r + 1) * g, kRowBlock);
+  at::parallel_for(0, n, grain, [&](int64_t i0, int64_t i1) {
     double* mine = acc.data() + at::get_thread_num() * r * g;
     std::vector<scalar_t> block(static_cast<size_t>(r * g));
     for (int64_t b0 = i0; b0 < i1; b0 += kRowBlock) {
@@ -102,7 +104,8 @@ void backward_rows(const at::Tensor& x, const at::Tensor& phi, const at::Tensor&
   const scalar_t* bp = b_t.const_data_ptr<scalar_t>();
   const scalar_t* hp = h.const_data_ptr<scalar_t>();
   const scalar_t* gp = gr.const_data_ptr<scalar_t>();
-  at::parallel_for(0, n, kRowBlock, [&](int64_t i0, int64_t i1) {
+  const int64_t grain = cpu::rows_per_task((r + 1) * g, kRowBlock);
+  at::parallel_for(0, n, grain, [&](int64_t i0, int64_t i1) {
     if (output_mask[1]) {
       std::vector<scalar_t> xb(static_cast<size_t>(kRowBlock * r));  // x_i . B_q per row
       for (int64_t c0 = i0; c0 < i1; c0 += kRowBlock) {

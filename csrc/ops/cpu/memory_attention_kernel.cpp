@@ -9,12 +9,14 @@
 #include <cmath>
 
 #include "../memory_attention.h"
+#include "grain.h"
 #include "row_math.h"
 
 namespace acsleuth {
 namespace {
 
 constexpr double kShrinkEps = detail::kShrinkEps;
+constexpr int64_t kWorkPerSlot = 8;  // softmax, shrinkage and normalisation of one slot
 constexpr double kNormEps = detail::kNormEps;
 
 // logits -> probs (softmax of logits / t). Returns nothing; rows are independent.
@@ -67,7 +69,8 @@ std::tuple<at::Tensor, at::Tensor> memory_attention_cpu(const at::Tensor& z,
   AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "memory_attention_cpu", [&] {
     scalar_t* l = logits.data_ptr<scalar_t>();
     scalar_t* p = probs.data_ptr<scalar_t>();
-    at::parallel_for(0, b, 16, [&](int64_t r0, int64_t r1) {
+    const int64_t grain = cpu::rows_per_task(kWorkPerSlot * slots, 16);
+    at::parallel_for(0, b, grain, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         softmax_row(l + r * slots, slots, 1.0 / temperature, p + r * slots);
         shrink_row(p + r * slots, slots, shrink, l + r * slots);  // weights overwrite logits
@@ -94,7 +97,8 @@ std::tuple<at::Tensor, at::Tensor> memory_attention_backward_cpu(
     scalar_t* gp = gw.data_ptr<scalar_t>();
     scalar_t* wp = w.data_ptr<scalar_t>();
     const double lam = shrink;
-    at::parallel_for(0, b, 16, [&](int64_t r0, int64_t r1) {
+    const int64_t grain = cpu::rows_per_task(kWorkPerSlot * slots, 16);
+    at::parallel_for(0, b, grain, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const scalar_t* ar = ap + r * slots;
         scalar_t* gr = gp + r * slots;

@@ -1,0 +1,62 @@
+"""Thread counts: the affinity mask and the other processes' load set the default."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from acsleuth import _threads
+
+
+def test_usable_cores_is_the_affinity_mask() -> None:
+    assert _threads.usable_cores() == len(os.sched_getaffinity(0))
+
+
+@pytest.mark.parametrize(("cores", "machine", "load", "expected"), [
+    (2, 2, 0.0, 2), (2, 2, 1.0, 1), (2, 2, 7.0, 1), (4, 4, 1.2, 3),
+    (2, 64, 32.0, 1), (2, 64, 8.0, 2),  # the machine's load, scaled to the usable cores
+])
+def test_the_default_leaves_the_cores_other_processes_use(monkeypatch, cores, machine, load, expected) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
+    monkeypatch.setattr(os, "cpu_count", lambda: machine)
+    monkeypatch.setattr(os, "getloadavg", lambda: (load, load, load))
+    assert _threads.default_threads() == expected
+
+
+def test_n_jobs_values(monkeypatch) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2})
+    assert _threads.resolve_threads(-1) == 3 and _threads.resolve_threads(5) == 5
+    for bad in (0, -2, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="n_jobs must be a positive number of threads"):
+            _threads.resolve_threads(bad)
+
+
+def test_torch_threads_restores_the_count() -> None:
+    before = torch.get_num_threads()
+    with _threads.torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def test_the_model_runs_on_n_jobs_threads_and_restores_the_count(monkeypatch) -> None:
+    from fast_model import FastACsleuth
+
+    import acsleuth.model.acsleuth as orchestration
+    from acsleuth import datasets
+
+    seen = []
+    real = orchestration.evaluate_target
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(orchestration, "evaluate_target", spy)
+    reference, target = datasets.synthetic(60, 40, 20, n_anomaly_types=1, anomaly_ratio=0.25, seed=0)
+    with _threads.torch_threads(2):
+        model = FastACsleuth(n_jobs=1, score="scaled").fit(reference)
+        model.evaluate(target)
+        assert torch.get_num_threads() == 2
+    assert seen == [1]
