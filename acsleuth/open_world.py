@@ -145,12 +145,15 @@ class OpenWorldAnnotator:
             calls = iter(range(1 << 30))
 
             def estimate_prior() -> torch.Tensor:
-                feats = torch.cat([stage.contrastive_features(net, ld) for ld in (ref_eval, tgt_eval)])
-                clusters, _ = stage.kmeans(feats, self.n_types_, n_iter=self.config.kmeans_iter,
+                pairs = [stage.contrastive_features(net, ld) for ld in (ref_eval, tgt_eval)]
+                proj, feats = (torch.cat(part) for part in zip(*pairs, strict=True))
+                clusters, _ = stage.kmeans(proj, self.n_types_, n_iter=self.config.kmeans_iter,
                                            n_init=self.config.kmeans_init, seed=self.seed + next(calls))
-                mapping = stage.match_clusters(clusters.numpy(), labels, len(self.seen), self.n_types_)
-                return torch.as_tensor(stage.prior_from_clusters(clusters.numpy(), mapping),
-                                       dtype=torch.float32)
+                clusters = clusters.numpy()
+                mapping = stage.match_clusters(clusters, labels, len(self.seen), self.n_types_)
+                if self.config.seed_prototypes:
+                    stage.seed_novel_prototypes(net, feats, clusters, mapping, len(self.seen))
+                return torch.as_tensor(stage.prior_from_clusters(clusters, mapping), dtype=torch.float32)
 
             self.history, self.priors = train_open_world(
                 net, self._loader(ref_src, train=True, offset=1), codes,

@@ -42,7 +42,7 @@ SPLITS: dict[str, tuple[tuple[str, ...], str]] = {
     "half": (("CD19+ B", "CD56+ NK", "CD14+ Monocyte", "CD4+/CD25 T Reg", "CD34+"), "held-out"),
 }
 REJECT_BELOW = 0.5
-SYNTHETIC = dict(n_reference=600, n_target=900, n_genes=500, n_types=5, n_anomaly_types=3,
+SYNTHETIC = dict(n_reference=400, n_target=600, n_genes=300, n_types=5, n_anomaly_types=3,
                  anomaly_ratio=0.3, proportions="long_tail", imbalance=30.0)
 
 

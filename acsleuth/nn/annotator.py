@@ -54,10 +54,13 @@ class AnnotatorNet(nn.Module):
         """The 128-d embedding ``z``."""
         return self.encoder(x)
 
+    def feature(self, z: Tensor) -> Tensor:
+        """The L2-normalised classifier feature ``h``."""
+        return F.normalize(self.classifier(z), dim=1)
+
     def cosine(self, z: Tensor) -> Tensor:
         """``(B, K)`` cosine similarity of the classifier feature ``h`` to every prototype."""
-        h = F.normalize(self.classifier(z), dim=1)
-        return h @ F.normalize(self.prototypes, dim=1).T
+        return self.feature(z) @ F.normalize(self.prototypes, dim=1).T
 
     def forward(self, x: Tensor) -> AnnotatorOutput:
         z = self.encoder(x)

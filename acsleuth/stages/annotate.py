@@ -91,12 +91,12 @@ def match_clusters(clusters: np.ndarray, labels: np.ndarray, n_seen: int, k: int
     cells (``labels >= 0``), the other clusters to novel slots ``n_seen, n_seen + 1, ...`` by
     decreasing size (ties: lower cluster index first).
 
-    The matching maximises the summed recall of each seen type (its labelled cells in the
-    cluster over all its labelled cells, so a rare type weighs as much as a common one), and
-    among equal recalls prefers clusters with a larger share of labelled cells: a seen type
-    that no cluster captures takes a cluster of labelled cells, never one of unlabelled cells
-    only, which would steal a novel type's prior (a deviation from the seed, which leaves the
-    tie open).
+    Clusters of novel types hold (almost) no labelled cell, so only the ``n_seen`` clusters
+    with the largest share of labelled cells are candidates for the seen types; among them the
+    matching maximises the summed recall of each seen type (its labelled cells in the cluster
+    over all its labelled cells, so a rare type weighs as much as a common one). Without this
+    a rare seen type that no cluster captures takes an unlabelled cluster and steals a novel
+    type's prior (the seed leaves that case open; docs/method.md §8.2).
 
     Parameters
     ----------
@@ -110,10 +110,11 @@ def match_clusters(clusters: np.ndarray, labels: np.ndarray, n_seen: int, k: int
     np.add.at(overlap, (clusters[labelled], labels[labelled]), 1)
     recall = overlap / np.maximum(overlap.sum(0, keepdims=True), 1)
     sizes = np.bincount(clusters, minlength=k)
-    labelled_share = overlap.sum(1) / np.maximum(sizes, 1)
-    rows, cols = linear_sum_assignment(-(recall + 1e-3 * labelled_share[:, None]))
+    share = overlap.sum(1) / np.maximum(sizes, 1)
+    candidates = np.sort(np.argsort(-share, kind="stable")[:n_seen])
+    rows, cols = linear_sum_assignment(-recall[candidates])
     mapping = np.full(k, -1, dtype=np.int64)
-    mapping[rows] = cols
+    mapping[candidates[rows]] = cols
     rest = [c for c in np.argsort(-sizes, kind="stable") if mapping[c] < 0]
     mapping[rest] = n_seen + np.arange(len(rest))
     return mapping
@@ -153,10 +154,24 @@ class Predictions:
 
 
 @torch.no_grad()
-def contrastive_features(net: AnnotatorNet, loader: MinibatchLoader) -> Tensor:
-    """L2-normalised projection of every cell of ``loader`` (in loader order), streamed."""
+def contrastive_features(net: AnnotatorNet, loader: MinibatchLoader) -> tuple[Tensor, Tensor]:
+    """L2-normalised projection and classifier feature ``h`` of every cell of ``loader`` (in
+    loader order), streamed."""
     net.eval()
-    return torch.cat([net(x).projection for _, x in loader]).cpu()
+    pairs = [(out.projection, net.feature(out.z)) for out in (net(x) for _, x in loader)]
+    return torch.cat([p for p, _ in pairs]).cpu(), torch.cat([h for _, h in pairs]).cpu()
+
+
+@torch.no_grad()
+def seed_novel_prototypes(
+    net: AnnotatorNet, features: Tensor, clusters: np.ndarray, mapping: np.ndarray, n_seen: int
+) -> None:
+    """Set the prototype of every novel slot to the mean classifier feature of its cluster, so
+    that slot ``j`` is the cluster whose size ``pi_j`` records (empty clusters leave theirs)."""
+    for cluster, slot in enumerate(mapping):
+        members = torch.as_tensor(clusters == cluster)
+        if slot >= n_seen and bool(members.any()):
+            net.prototypes[slot] = features[members].mean(0).to(net.prototypes)
 
 
 @torch.no_grad()

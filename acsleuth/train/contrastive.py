@@ -55,6 +55,7 @@ class OpenWorldConfig:
     estimate_every: int = 10  # m: epochs between re-estimates of pi
     kmeans_iter: int = 30
     kmeans_init: int = 3
+    seed_prototypes: bool = True  # novel prototypes <- their cluster's mean h at each estimate
     n_top_genes: int = 3000
     max_retries: int = 3  # divergence guard: restores of the last good state
 
