@@ -30,7 +30,7 @@ from sklearn.linear_model import LogisticRegression
 
 from acsleuth import datasets, metrics
 from acsleuth.data import prepare
-from acsleuth.open_world import OpenWorldAnnotator
+from acsleuth.model.annotator import OpenWorldAnnotator
 from acsleuth.train.contrastive import OpenWorldConfig
 
 # name -> (novel types, role): settings were chosen on the "dev" splits only.

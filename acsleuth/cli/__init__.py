@@ -1,4 +1,4 @@
-"""Command-line interface: ``acsleuth run`` and ``acsleuth demo`` (``python -m acsleuth``).
+"""Command-line interface: ``acsleuth run``, ``demo`` and ``annotate`` (``python -m acsleuth``).
 
 Each subcommand is a module of this package with ``add_parser(subparsers)`` and its handler;
 :func:`build_parser` assembles them, :func:`main` runs one and turns its errors into one line.
@@ -18,11 +18,12 @@ ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError, FileExistsError, R
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``acsleuth`` parser, a subparser per subcommand module."""
-    from . import demo, run
+    from . import annotate, demo, run
 
     parser = argparse.ArgumentParser(prog="acsleuth", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"acsleuth {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    annotate.add_parser(sub)
     demo.add_parser(sub)
     run.add_parser(sub)
     return parser

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from acsleuth import datasets
-from acsleuth.open_world import OpenWorldAnnotator
+from acsleuth.model.annotator import OpenWorldAnnotator
 from acsleuth.train.contrastive import OpenWorldConfig
 
 TINY = OpenWorldConfig(epochs=3, batch_size=64, estimate_every=2, kmeans_iter=5, kmeans_init=1)

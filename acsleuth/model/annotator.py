@@ -15,11 +15,12 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
-from .data import DataError, MinibatchLoader, highly_variable_genes, prepare
-from .data.source import ExpressionSource
-from .nn.annotator import AnnotatorNet
-from .stages import annotate as stage
-from .train.contrastive import OpenWorldConfig, train_open_world
+from .._seed import seeded
+from ..data import DataError, MinibatchLoader, highly_variable_genes, prepare
+from ..data.source import ExpressionSource
+from ..nn.annotator import AnnotatorNet
+from ..stages import annotate as stage
+from ..train.contrastive import OpenWorldConfig, train_open_world
 
 MODEL_FILE = "annotator.pt"
 META_FILE = "annotator.json"
@@ -139,8 +140,7 @@ class OpenWorldAnnotator:
             raise ValueError(f"n_types={k} exceeds the number of cells; lower it")
         labels = np.concatenate([codes, np.full(tgt_src.n_obs, -1)])
 
-        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-            torch.manual_seed(self.seed)
+        with seeded(self.seed, self.device):
             net = AnnotatorNet(len(self.genes), self.n_types_).to(self.device)
             calls = iter(range(1 << 30))
 
@@ -186,6 +186,11 @@ class OpenWorldAnnotator:
             classes=list(self.classes),
         )
 
+    def settings(self) -> dict[str, Any]:
+        """The configuration as plain values (tuples as lists), as ``uns`` and save store it."""
+        return {k: list(v) if isinstance(v, tuple) else v
+                for k, v in dataclasses.asdict(self.config).items()}
+
     def save(self, folder: str | os.PathLike) -> None:
         """Write the fitted model to ``folder`` (created if needed)."""
         if self.net is None:
@@ -195,7 +200,7 @@ class OpenWorldAnnotator:
         torch.save(self.net.state_dict(), path / MODEL_FILE)
         meta = {
             "n_types": self.n_types, "n_types_": self.n_types_, "seed": self.seed,
-            "config": dataclasses.asdict(self.config), "genes": self.genes, "seen": self.seen,
+            "config": self.settings(), "genes": self.genes, "seen": self.seen,
             "classes": self.classes, "priors": [p.tolist() for p in self.priors],
             "history": self.history, "auto_scores": {str(k): v for k, v in self.auto_scores.items()},
         }
