@@ -6,7 +6,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from . import data, datasets, metrics, ops, pl, report, tl
-from .model import ACsleuth, CellTypeClassifier
+from .model import ACsleuth, CellTypeClassifier, OpenWorldAnnotator
 
 try:
     __version__ = version("acsleuth")
@@ -14,6 +14,6 @@ except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.1.0"
 
 __all__ = [
-    "ACsleuth", "CellTypeClassifier", "__version__", "data", "datasets", "metrics", "ops", "pl",
-    "report", "tl",
+    "ACsleuth", "CellTypeClassifier", "OpenWorldAnnotator", "__version__", "data", "datasets",
+    "metrics", "ops", "pl", "report", "tl",
 ]

@@ -16,6 +16,7 @@ __all__ = [
     "ari",
     "auroc",
     "average_precision",
+    "cluster_accuracy",
     "detection_report",
     "ece",
     "f1",
@@ -23,6 +24,7 @@ __all__ = [
     "knn_jaccard_distance",
     "nmi",
     "ood_auroc",
+    "open_world_accuracy",
     "panel_auroc",
     "panel_redundancy",
     "subtype_scores",
@@ -304,3 +306,51 @@ def ece(correct: ArrayLike, confidence: ArrayLike, *, n_bins: int = 15) -> float
     bins = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
     gap = np.bincount(bins, weights=right - conf, minlength=n_bins)  # |B_b| (acc - conf) per bin
     return float(np.abs(gap).sum() / conf.size)
+
+
+def cluster_accuracy(labels_true: ArrayLike, labels_pred: ArrayLike) -> float:
+    """Accuracy under the best one-to-one map of predicted clusters to true labels (Hungarian).
+
+    Clusters left unmatched (more clusters than labels) count as wrong.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    true_codes = _as_codes("labels_true", labels_true)
+    pred_codes = _as_codes("labels_pred", labels_pred)
+    _check_lengths(labels_true=true_codes, labels_pred=pred_codes)
+    overlap = np.zeros((pred_codes.max() + 1, true_codes.max() + 1), dtype=np.int64)
+    np.add.at(overlap, (pred_codes, true_codes), 1)
+    rows, cols = linear_sum_assignment(-overlap)
+    return float(overlap[rows, cols].sum() / true_codes.size)
+
+
+def open_world_accuracy(
+    labels_true: ArrayLike, labels_pred: ArrayLike, seen: ArrayLike
+) -> dict[str, float]:
+    """Open-world annotation accuracy (scDET, SPEC §8.2) on target cells.
+
+    Parameters
+    ----------
+    labels_true
+        True type of every cell.
+    labels_pred
+        Predicted label: a seen type name, or any other value (e.g. ``"novel_1"``) for a cluster.
+    seen
+        The seen (reference) type names.
+
+    Returns
+    -------
+    dict
+        ``seen``: plain accuracy on the cells of seen types; ``novel``: :func:`cluster_accuracy`
+        on the cells of novel types (NaN when there are none); ``overall``: cluster accuracy of
+        all cells under one joint Hungarian matching (it can fall below both).
+    """
+    truth = _as_1d("labels_true", labels_true, object).astype(str)
+    pred = _as_1d("labels_pred", labels_pred, object).astype(str)
+    _check_lengths(labels_true=truth, labels_pred=pred)
+    is_seen = np.isin(truth, np.asarray(seen, dtype=object).astype(str))
+    return {
+        "seen": float(np.mean(pred[is_seen] == truth[is_seen])) if is_seen.any() else np.nan,
+        "novel": cluster_accuracy(truth[~is_seen], pred[~is_seen]) if (~is_seen).any() else np.nan,
+        "overall": cluster_accuracy(truth, pred),
+    }

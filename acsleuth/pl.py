@@ -9,6 +9,8 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from ._anndata.annotate import KEY_ADDED as ANNOT_KEY
+from ._anndata.annotate import read_annotation
 from ._anndata.classify import KEY as CLASSIFY_KEY
 from ._anndata.classify import read_scores
 from ._anndata.detect import keys
@@ -255,3 +257,46 @@ def explain_panels(
     axes[0].set_xlabel("ACE score (+ enriched, - depleted)", fontsize="small")
     fig.tight_layout()
     return _finish(fig, axes[0], own=own, show=show, return_fig=return_fig)
+
+
+def annotation(
+    adata: AnnData,
+    *,
+    groupby: str | None = None,
+    key: str = ANNOT_KEY,
+    ax: Axes | None = None,
+    show: bool | None = None,
+    return_fig: bool = False,
+) -> Figure | Axes | None:
+    """Cells per open-world label of :func:`acsleuth.tl.annotate`: seen types in blue, novel
+    clusters in orange; with ``groupby`` (e.g. true types), a confusion heatmap of
+    ``obs[groupby]`` (rows) against the labels (columns), each row normalised to 1.
+
+    Parameters
+    ----------
+    adata
+        Annotated by :func:`acsleuth.tl.annotate`.
+    groupby
+        Categorical ``obs`` column to compare the labels with.
+    key
+        The ``key_added`` of the annotation.
+    """
+    labels, classes = read_annotation(adata, key)
+    order = [c for c in classes if c in set(labels)]
+    if groupby is None:
+        fig, ax, own = _figure(ax, (max(4.0, 0.45 * len(order)), 3.5))
+        counts = pd.Series(labels).value_counts().reindex(order)
+        colors = ["tab:orange" if c.startswith("novel_") else "tab:blue" for c in order]
+        ax.bar(range(len(order)), counts.to_numpy(), color=colors)
+        ax.set_ylabel("cells")
+    else:
+        table = pd.crosstab(adata.obs[groupby].astype(str).to_numpy(), labels).reindex(columns=order)
+        share = table.div(table.sum(1), axis=0).fillna(0.0)
+        fig, ax, own = _figure(ax, (max(4.0, 0.45 * len(order)), max(3.0, 0.35 * len(share))))
+        image = ax.imshow(share.to_numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto")
+        ax.set_yticks(range(len(share)), share.index)
+        ax.set_ylabel(groupby)
+        fig.colorbar(image, ax=ax, label="share of row")
+    ax.set_xticks(range(len(order)), order, rotation=90)
+    ax.set_xlabel(key)
+    return _finish(fig, ax, own=own, show=show, return_fig=return_fig)

@@ -10,6 +10,7 @@ from anndata import AnnData
 
 from . import ops
 from ._anndata import add_timings, annotated
+from ._anndata import annotate as annotate_contract
 from ._anndata import detect as contract
 from ._anndata.classify import KEY as CLASSIFY_KEY
 from ._constants import KEY_ADDED, Kin, Score
@@ -17,6 +18,7 @@ from .stages.explain import ExplainConfig
 
 if TYPE_CHECKING:
     from .model import ACsleuth, CellTypeClassifier
+    from .train.contrastive import OpenWorldConfig
 
 
 def score_anomalies(
@@ -395,3 +397,62 @@ def _expression(adata: AnnData, layer: str | None, use_raw: bool) -> AnnData:
         raise ValueError("use_raw=True but adata.raw is None; pass layer=... or score X")
     return adata.raw.to_adata()
 
+
+def annotate(
+    target: AnnData,
+    reference: AnnData,
+    *,
+    label_key: str,
+    n_types: int | Literal["auto"],
+    key_added: str = annotate_contract.KEY_ADDED,
+    copy: bool = False,
+    seed: int = 0,
+    device: str = "cpu",
+    config: OpenWorldConfig | None = None,
+) -> AnnData | None:
+    """Open-world annotation (scDET, docs/method.md §8.2): label target cells of the reference's
+    types, and group cells of types the reference lacks into ``novel_1``, ``novel_2``, ...
+
+    Fits an :class:`~acsleuth.OpenWorldAnnotator` on ``reference`` (labelled) and ``target``
+    (unlabelled); neither input is modified unless ``target`` is written into (``copy=False``).
+
+    Parameters
+    ----------
+    target
+        Cells to annotate; genes are matched to the reference's by name.
+    reference
+        Labelled cells, types in ``obs[label_key]``.
+    label_key
+        ``obs`` column of ``reference`` with the cell types.
+    n_types
+        Number of types in reference and target together (at least the reference's), or
+        ``"auto"``: the K of best silhouette of k-means on 50 principal components, tried from
+        the reference's number of types to 8 more.
+    key_added
+        Prefix of every key written.
+    copy
+        Return an annotated copy instead of writing into ``target``.
+    seed, device, config
+        Seed, torch device and settings (:class:`~acsleuth.train.contrastive.OpenWorldConfig`).
+
+    Returns
+    -------
+    ``None`` (or the copy with ``copy=True``), having written
+
+    - ``obs[key_added]``: reference type name for seen cells, ``"novel_1"``, ``"novel_2"``, …
+      (by decreasing size) for cells of new types
+    - ``obs[f"{key_added}_novel"]``: bool, the cell's type is not in the reference
+    - ``obs[f"{key_added}_confidence"]``: the largest class probability
+    - ``obsm[f"X_{key_added}"]``: the 128-d embedding
+    - ``obsm[f"{key_added}_proba"]``: class probabilities (columns: ``uns[key_added]["classes"]``)
+    - ``uns[key_added]``: ``classes``, ``cluster_map`` (class index -> name), ``n_seen``,
+      ``priors`` (estimates of the class distribution over training), ``params``, ``seed``,
+      ``timings`` and, with ``n_types="auto"``, ``n_types_scores``
+    """
+    from .model.annotator import OpenWorldAnnotator
+
+    adata = annotated(target, copy, "annotate")
+    model = OpenWorldAnnotator(n_types, config=config, seed=seed, device=device)
+    model.fit(reference, adata, label_key=label_key)
+    annotate_contract.write_annotation(adata, model.predict(adata), model, key_added)
+    return adata if copy else None

@@ -1,5 +1,5 @@
-"""Command-line interface: ``acsleuth run``, ``demo``, ``classify`` and ``explain``
-(``python -m acsleuth``).
+"""Command-line interface: ``acsleuth run``, ``demo``, ``classify``, ``annotate`` and
+``explain`` (``python -m acsleuth``).
 
 Each subcommand is a module of this package with ``add_parser(subparsers)`` and its handler;
 :func:`build_parser` assembles them, :func:`main` runs one and turns its errors into one line.
@@ -20,12 +20,13 @@ ERRORS = (ValueError, KeyError, TypeError, FileNotFoundError, FileExistsError, R
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``acsleuth`` parser, a subparser per subcommand module."""
-    from . import classify, demo, explain, run
+    from . import annotate, classify, demo, explain, run
 
     parser = argparse.ArgumentParser(prog="acsleuth", description=__doc__.splitlines()[0],
                                      formatter_class=HelpFormatter)
     parser.add_argument("--version", action="version", version=f"acsleuth {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    annotate.add_parser(sub)
     demo.add_parser(sub)
     run.add_parser(sub)
     explain.add_parser(sub)

@@ -51,6 +51,29 @@ def check_batch_effect(value: float) -> float:
     return value
 
 
+def _check_proportions(proportions: str, imbalance: float) -> float:
+    if proportions not in ("dirichlet", "long_tail"):
+        raise ValueError(f"proportions must be 'dirichlet' or 'long_tail', got {proportions!r}")
+    imbalance = float(imbalance)
+    if not (np.isfinite(imbalance) and imbalance >= 1.0):
+        raise ValueError(f"imbalance must be finite and >= 1 (largest / smallest share), got {imbalance}")
+    return imbalance
+
+
+def _long_tail(n: int, imbalance: float) -> np.ndarray:
+    """Shares ``imbalance ** (-i / (n - 1))`` of ``n`` types, normalised (one type: ``[1]``)."""
+    shares = imbalance ** (-np.arange(n) / max(n - 1, 1))
+    return shares / shares.sum()
+
+
+def _split(total: int, shares: np.ndarray) -> np.ndarray:
+    """``total`` split in proportion to ``shares``, exactly, by largest remainders."""
+    exact = total * shares
+    counts = np.floor(exact).astype(np.int64)
+    counts[np.argsort(-(exact - counts), kind="stable")[: total - counts.sum()]] += 1
+    return counts
+
+
 def _type_programs(rng: np.random.Generator, n_types: int, n_genes: int) -> np.ndarray:
     """Log-fold changes ``(n_types, n_genes)``: each type raises ~5% of genes, lowers ~2%."""
     n_up = max(1, round(_UP_FRACTION * n_genes))
@@ -196,6 +219,8 @@ def simulate(
     batch_effect: float,
     sparse: bool,
     seed: int,
+    proportions: str = "dirichlet",
+    imbalance: float = 1.0,
 ) -> _Simulation:
     """Check the arguments of :func:`synthetic` and draw everything but the counts."""
     n_reference = check_int("n_reference", n_reference, 1)
@@ -223,14 +248,17 @@ def simulate(
     profiles = np.exp(log_mean - log_mean.max(axis=2, keepdims=True))
     profiles = (profiles / profiles.sum(axis=2, keepdims=True)).reshape(-1, n_genes)
 
-    proportions = rng.dirichlet(np.full(n_types, _TYPE_CONCENTRATION))
-    ref_type = rng.choice(n_types, n_reference, p=proportions)
-    tgt_type = np.concatenate(
-        [
-            rng.choice(n_types, n_target - n_anomalies, p=proportions),
-            n_types + np.arange(n_anomalies) % n_anomaly_types,
-        ]
-    )
+    imbalance = _check_proportions(proportions, imbalance)
+    if proportions == "long_tail":
+        shares = _long_tail(n_types, imbalance)
+        anomaly_types = n_types + np.repeat(
+            np.arange(n_anomaly_types), _split(n_anomalies, _long_tail(n_anomaly_types, imbalance))
+        ) if n_anomaly_types else np.zeros(0, dtype=np.int64)
+    else:
+        shares = rng.dirichlet(np.full(n_types, _TYPE_CONCENTRATION))
+        anomaly_types = n_types + np.arange(n_anomalies) % max(n_anomaly_types, 1)
+    ref_type = rng.choice(n_types, n_reference, p=shares)
+    tgt_type = np.concatenate([rng.choice(n_types, n_target - n_anomalies, p=shares), anomaly_types])
     tgt_type = rng.permutation(tgt_type)
     tgt_batch = rng.permutation(np.arange(n_target) % n_batches)
     # profile row of (type t, batch b) is t * n_batches + b; the reference uses batch 0's style.
@@ -248,6 +276,8 @@ def simulate(
         "batch_effect": batch_effect,
         "sparse": sparse,
         "seed": seed,
+        "proportions": proportions,
+        "imbalance": imbalance,
     }
     ref_batch = np.zeros(n_reference, dtype=np.int8)
     reference = _Part("ref", ref_type, types[:n_types], ref_batch, ["reference"], ref_counts)
@@ -268,6 +298,8 @@ def synthetic(
     batch_effect: float = 0.5,
     sparse: bool = True,
     seed: int = 0,
+    proportions: str = "dirichlet",
+    imbalance: float = 20.0,
 ) -> tuple[AnnData, AnnData]:
     """Simulate UMI counts of a normal reference and a target with planted anomalous types.
 
@@ -300,6 +332,14 @@ def synthetic(
         Return ``X`` as CSR (``True``) or dense; float32 counts either way.
     seed
         Seed of ``numpy.random.default_rng``; the output is a function of it.
+    proportions
+        ``"dirichlet"``: normal-type proportions drawn from a Dirichlet (concentration 5),
+        anomalous cells split evenly over the anomalous types. ``"long_tail"``: type ``i`` of
+        ``n`` gets a share proportional to ``imbalance ** (-i / (n - 1))`` (the commonest type
+        is ``imbalance`` times the rarest), among the normal types and, separately, among the
+        anomalous cells (split exactly, largest remainders).
+    imbalance
+        Ratio of the largest to the smallest share with ``proportions="long_tail"`` (>= 1).
 
     Returns
     -------
@@ -320,6 +360,8 @@ def synthetic(
         batch_effect=batch_effect,
         sparse=sparse,
         seed=seed,
+        proportions=proportions,
+        imbalance=imbalance,
     )
     reference, target = (
         AnnData(X=part.counts.matrix(sparse), **sim.annotations(part))

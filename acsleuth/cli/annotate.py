@@ -1,0 +1,80 @@
+"""``acsleuth annotate``: open-world annotation of a target from a labelled reference (scDET)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+from .._anndata.annotate import KEY_ADDED
+from . import non_negative, refuse_existing
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add ``annotate`` to ``subparsers``."""
+    parser = subparsers.add_parser(
+        "annotate", help="label target cells of known types, cluster cells of new types (scDET)"
+    )
+    parser.add_argument("--reference", required=True, help="labelled cells (.h5ad, 10x folder or CSV)")
+    parser.add_argument("--target", required=True, help="cells to annotate (.h5ad, 10x folder or CSV)")
+    parser.add_argument("--label-key", required=True, help="obs column of the reference's cell types")
+    parser.add_argument("--n-types", required=True, type=n_types,
+                        help="types in reference and target together (>= the reference's), or 'auto'")
+    parser.add_argument("--out", required=True, help="the annotated target (.h5ad; refused if it exists)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    parser.add_argument("--model-out", help="also save the fitted model in this folder")
+    parser.add_argument("--key-added", default=KEY_ADDED, help=f"prefix of the keys (default {KEY_ADDED})")
+    parser.add_argument("--epochs", type=non_negative, help="training epochs (default: the model's)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    parser.set_defaults(func=annotate_command)
+    return parser
+
+
+def n_types(text: str) -> int | str:
+    """An argparse type: ``auto`` or a whole number >= 1."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number or 'auto', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
+    return value
+
+
+def annotate_command(args: argparse.Namespace) -> int:
+    """Annotate ``--target`` into ``--out``; the input files are only read."""
+    from .._anndata.annotate import write_annotation
+    from .._atomic import atomic_path
+    from ..data import read
+    from ..model.annotator import OpenWorldAnnotator
+    from ..train.contrastive import OpenWorldConfig
+
+    out = Path(args.out)
+    refuse_existing(out, args.overwrite)
+    if out.suffix != ".h5ad":
+        raise ValueError(f"--out must name an .h5ad file, got {out}")
+    if args.model_out is not None:
+        refuse_existing(Path(args.model_out), args.overwrite)
+    config = OpenWorldConfig()
+    if args.epochs is not None:
+        config = replace(config, epochs=args.epochs)
+    reference, annotated = read(args.reference), read(args.target)  # in memory: files stay as they are
+    model = OpenWorldAnnotator(args.n_types, config=config, seed=args.seed, device=args.device)
+    model.fit(reference, annotated, label_key=args.label_key)
+    write_annotation(annotated, model.predict(annotated), model, args.key_added)
+    if args.model_out is not None:
+        model.save(args.model_out)
+    with atomic_path(out, overwrite=args.overwrite) as tmp:
+        annotated.write_h5ad(tmp)
+    labels = annotated.obs[args.key_added]
+    print(f"acsleuth annotate: {annotated.n_obs} cells, {int(annotated.obs[args.key_added + '_novel'].sum())} "
+          f"of new types in {sum(str(c).startswith('novel_') for c in labels.unique())} clusters; "
+          f"wrote {out}")
+    return 0
+
+
+__all__ = ["add_parser", "annotate_command"]
