@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from fast_model import FastACsleuth
+from _helpers import FastACsleuth
 
 import acsleuth
 from acsleuth.cli import main

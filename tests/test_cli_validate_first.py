@@ -10,7 +10,7 @@ import anndata as ad
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from fast_model import FastACsleuth
+from _helpers import FastACsleuth
 
 import acsleuth
 from acsleuth import datasets

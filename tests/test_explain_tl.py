@@ -98,7 +98,7 @@ def test_panel_plot_draws_signed_bars(toy: AnnData) -> None:
 
 
 def test_explain_subtypes_uses_desc_centroids_and_lands_in_the_report() -> None:
-    from tests.fast_model import FastACsleuth
+    from _helpers import FastACsleuth
 
     from acsleuth.report import _subtype_panels
 

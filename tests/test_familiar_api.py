@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fast_model import FastACsleuth
+from _helpers import FastACsleuth
 from sklearn.base import clone
 
 from acsleuth import datasets, tl

@@ -41,7 +41,7 @@ def test_torch_threads_restores_the_count() -> None:
 
 
 def test_the_model_runs_on_n_jobs_threads_and_restores_the_count(monkeypatch) -> None:
-    from fast_model import FastACsleuth
+    from _helpers import FastACsleuth
 
     import acsleuth.model.acsleuth as orchestration
     from acsleuth import datasets

@@ -27,6 +27,22 @@ def check_output_folder(path: str | os.PathLike, inputs: Inputs, *, option: str 
     return folder
 
 
+def check_output_file(path: str | os.PathLike, inputs: Inputs, *, option: str = "--out",
+                      overwrite: bool = False) -> Path:
+    """Refuse an output file that is one of the inputs (even with ``overwrite``), an existing
+    folder, or an existing file without ``overwrite``. Returns it as a :class:`Path`."""
+    out = Path(path)
+    for name, given in inputs.items():
+        if given is not None and _same(out, Path(given)):
+            raise ValueError(f"{option} {out} is one of the inputs ({name}); inputs are never "
+                             "overwritten: name a new file, e.g. annotated.h5ad")
+    if out.is_dir():
+        raise ValueError(f"{option} {out} is a folder; it must name a file, e.g. annotated.h5ad")
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{option} {out} exists; pass --overwrite to replace it")
+    return out
+
+
 def check_folder_spares_inputs(folder: Path, inputs: Inputs, *, option: str) -> None:
     """The checks of :func:`check_output_folder` that protect the inputs."""
     where = _resolved(folder)

@@ -7,7 +7,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from .._anndata.annotate import KEY_ADDED
-from . import non_negative, refuse_existing
+from . import non_negative
+from ._safety import check_output_file, check_output_folder
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -54,11 +55,12 @@ def annotate_command(args: argparse.Namespace) -> int:
     from ..train.contrastive import OpenWorldConfig
 
     out = Path(args.out)
-    refuse_existing(out, args.overwrite)
+    inputs = {"--reference": args.reference, "--target": args.target}
+    check_output_file(out, inputs, overwrite=args.overwrite)
     if out.suffix != ".h5ad":
         raise ValueError(f"--out must name an .h5ad file, got {out}")
     if args.model_out is not None:
-        refuse_existing(Path(args.model_out), args.overwrite)
+        check_output_folder(args.model_out, inputs, option="--model-out", overwrite=args.overwrite)
     config = OpenWorldConfig()
     if args.epochs is not None:
         config = replace(config, epochs=args.epochs)

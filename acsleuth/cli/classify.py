@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from .._constants import SEED
-from . import refuse_existing
+from ._safety import check_output_folder
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -52,8 +52,8 @@ def run_classify(args: argparse.Namespace) -> int:
     from ..model import CellTypeClassifier
 
     start = time.perf_counter()
-    out = Path(args.out)
-    refuse_existing(out, args.overwrite)
+    inputs = {"--reference": args.reference, "--target": args.target, "--model": args.model}
+    out = check_output_folder(args.out, inputs, overwrite=args.overwrite)
     if args.model is not None and (args.epochs is not None or args.reference is not None):
         raise ValueError("--model classifies with a saved classifier; drop --reference and --epochs")
     if args.model is None and (args.reference is None or args.label_key is None):

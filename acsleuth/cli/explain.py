@@ -7,7 +7,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from . import refuse_existing
+from ._safety import check_output_folder
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -45,8 +45,7 @@ def explain(args: argparse.Namespace) -> int:
     from ..stages.explain import ExplainConfig
 
     start = time.perf_counter()
-    out = Path(args.out)
-    refuse_existing(out, args.overwrite)
+    out = check_output_folder(args.out, {"--input": args.input}, overwrite=args.overwrite)
     if not Path(args.input).is_file():
         raise FileNotFoundError(f"--input {args.input} is not a file; pass an .h5ad file")
     adata = read(args.input)
