@@ -216,12 +216,11 @@ def main() -> None:
             for seed in range(1 if args.quick else args.seeds):
                 rows += run(split, name, seed, quick=args.quick)
                 print(pd.DataFrame(rows[-1:]).round(3).to_string(index=False), flush=True)
+                if args.out:  # after every run: a long evaluation stopped early keeps its rows
+                    pd.DataFrame(rows).to_csv(args.out, index=False)
         if args.quick:
             break
-    table = pd.DataFrame(rows)
-    if args.out:
-        table.to_csv(args.out, index=False)
-    summarise(table)
+    summarise(pd.DataFrame(rows))
 
 
 if __name__ == "__main__":
