@@ -43,11 +43,14 @@ class SubtypeConfig:
     ``embedding`` picks what DESC clusters: ``"fusion"`` (docs/method.md §4,
     the fusion encoder is fine-tuned) or ``"pca"``, the first ``n_components`` principal
     components of the anomalies' expression (only the centroids are trained); ``"pca"`` is
-    the default because it scored the higher F1 x NMI (benchmarks/RESULTS.md, issue 4).
+    the default because it scored the higher F1 x NMI (benchmarks/RESULTS.md, issue 4). 50
+    components rather than 30: the silhouette of ``"auto"`` then found the number of
+    held-out PBMC types about three times as often, at the same NMI with the number given
+    (benchmarks/RESULTS.md, issue 16).
     """
 
     embedding: SubtypeEmbedding = "pca"
-    n_components: int = 30
+    n_components: int = 50
     epochs: int = 100
     batch_size: int = 64
     lr: float = LEARNING_RATE

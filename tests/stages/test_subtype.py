@@ -108,7 +108,7 @@ def anomalies() -> tuple[acsleuth.ACsleuth, torch.Tensor, np.ndarray]:
     return model, x, target.obs["cell_type"].to_numpy()[rows]
 
 
-@pytest.mark.parametrize(("embedding", "width"), [("pca", 30), ("fusion", 256)])
+@pytest.mark.parametrize(("embedding", "width"), [("pca", 50), ("fusion", 256)])
 def test_subtype_anomalies_finds_the_planted_types(anomalies, embedding, width) -> None:
     model, x, truth = anomalies
     gen = model.generator_
