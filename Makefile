@@ -1,8 +1,9 @@
 # Set-up, demo, tests and checks. `make demo` and `make test` work on a fresh machine.
 PYTHON ?= python3
 TORCH_VERSION ?= 2.13.0
-# The CPU wheels; for a GPU, e.g. `make setup TORCH_INDEX=https://download.pytorch.org/whl/cu128`.
-TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# Empty: torch from pip's configured index. Set it to PyTorch's CPU or CUDA wheel index to pick a
+# build (on PyPI, Linux `torch` is the CUDA build, several GB).
+TORCH_INDEX ?=
 STAMP := build/.installed
 SOURCES := setup.py pyproject.toml $(shell find csrc -name '*.cpp' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh')
 
@@ -10,9 +11,10 @@ SOURCES := setup.py pyproject.toml $(shell find csrc -name '*.cpp' -o -name '*.h
 
 setup: $(STAMP)
 
-# torch first, from TORCH_INDEX: a bare `torch` requirement would pull several GB of CUDA wheels.
+# torch first, pinned and from TORCH_INDEX when set: pip would otherwise resolve `torch>=2.3`
+# from the package's requirements on its own.
 $(STAMP): $(SOURCES)
-	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "torch==$(TORCH_VERSION)" --index-url $(TORCH_INDEX)
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "torch==$(TORCH_VERSION)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PYTHON) -m pip install setuptools wheel ninja pybind11
 	MAX_JOBS=$${MAX_JOBS:-2} $(PYTHON) -m pip install --no-build-isolation -e ".[test,bench]"
 	@mkdir -p build && touch $(STAMP)

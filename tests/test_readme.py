@@ -33,12 +33,17 @@ def test_the_first_commands_are_make_demo_and_make_test() -> None:
     assert re.search(r"^demo: setup", targets, re.MULTILINE) and re.search(r"^test: setup", targets, re.MULTILINE)
 
 
-def test_the_makefile_installs_the_cpu_torch_wheel_the_readme_names() -> None:
-    dry = subprocess.run(["make", "-n", "-B", "setup", "PYTHON=python3"], cwd=ROOT, capture_output=True,
-                         text=True, check=True).stdout
-    torch_line = next(line for line in dry.splitlines() if "pip install \"torch==" in line)
-    assert "--index-url https://download.pytorch.org/whl/cpu" in torch_line
-    assert "https://download.pytorch.org/whl/cpu" in README.split("## Install")[0]
+def test_the_makefile_installs_the_torch_the_readme_names() -> None:
+    def torch_line(*variables: str) -> str:
+        dry = subprocess.run(["make", "-n", "-B", "setup", "PYTHON=python3", *variables], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout
+        return next(line for line in dry.splitlines() if "pip install \"torch==" in line)
+
+    version = re.search(r"^TORCH_VERSION \?= (\S+)$", (ROOT / "Makefile").read_text(), re.MULTILINE)[1]
+    assert f"torch=={version}" in README.split("## Install")[0]  # the pin the README promises
+    assert "--index-url" not in torch_line()  # pip's configured index by default
+    assert torch_line("TORCH_INDEX=https://example.invalid/cpu").endswith("--index-url https://example.invalid/cpu")
+    assert "TORCH_INDEX" in README.split("## Install")[0]
 
 
 def test_the_licence_is_mit_as_pyproject_says() -> None:
