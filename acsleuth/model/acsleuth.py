@@ -38,6 +38,7 @@ from ..data import ExpressionSource, highly_variable_genes, prepare
 from ..nn import Critic, Generator
 from ..stages.detect import fit_detector
 from ..stages.kin import find_kin
+from ..stages.neighbours import ReferenceNeighbours, fit_reference_index
 from ..stages.residuals import ScaledResiduals
 from ..stages.score import (
     Detector,
@@ -69,17 +70,20 @@ class ACsleuth:
     batch_size
         Training minibatch size.
     score
-        ``"mmd"`` (the gamma_c predictor on scaled residuals), ``"scaled"`` (``||(x - x_hat) /
-        s||`` with ``s`` the reference's per-gene residual scale), ``"residual"``
-        (``||x - x_hat||``), ``"cosine"`` (``1 - cos(E(x), E(x_hat))``) or ``"critic"``
-        (``||C(x) - C(x_hat)||``).
+        ``"ensemble"`` (the default: the rank average of ``"mmd"`` and ``"knn"``), ``"mmd"``
+        (the paper's gamma_c predictor on scaled residuals), ``"knn"`` (mean distance to the
+        10 nearest reference cells in 50 reference principal components), ``"scaled"``
+        (``||(x - x_hat) / s||`` with ``s`` the reference's per-gene residual scale),
+        ``"residual"`` (``||x - x_hat||``), ``"cosine"`` (``1 - cos(E(x), E(x_hat))``) or
+        ``"critic"`` (``||C(x) - C(x_hat)||``).
     kernel, gamma
         Kernel and weight function of the MMD predictor (docs/method.md §1.1).
     anomaly_ratio
         Expected fraction of anomalies: the top ``ratio * N`` cells are called anomalous.
-        ``None``: the cells in the top component of a Gaussian mixture on the scores (three
-        components on the ``"mmd"`` logits, two on ``log1p`` of the other scores). The MMD
-        predictor always uses soft group sizes (measured better).
+        ``None``: the top ``n`` cells, ``n`` estimated from how many target cells lie no
+        farther from the reference than reference cells scored as new cells
+        (:func:`acsleuth.stages.neighbours.count_anomalies`). The MMD predictor always uses
+        soft group sizes (measured better).
     score_batch_size, warm_epochs, anchor
         Minibatch size of the MMD predictor (``None``: one full pass per epoch), the epochs
         it first spends learning the scaled-residual ranking, and whether reference
@@ -157,6 +161,7 @@ class ACsleuth:
         self.critic_: Critic | None = None
         self.residual_scale_: torch.Tensor | None = None
         self.anchors_: torch.Tensor | None = None
+        self.neighbours_: ReferenceNeighbours | None = None
         self.history_: dict[str, list[dict[str, float]]] = {}
         self.timings_: dict[str, float] = {}
 
@@ -200,8 +205,9 @@ class ACsleuth:
             )
             with stage_timer(timings, "reference residuals"):
                 scale, anchors = reference_residuals(generator, source, p, self.device)
+            neighbours = fit_reference_index(source, p, self.device, timings)
         self.genes_, self.generator_, self.critic_ = genes, generator, critic
-        self.residual_scale_, self.anchors_ = scale, anchors
+        self.residual_scale_, self.anchors_, self.neighbours_ = scale, anchors, neighbours
         self.history_, self.timings_ = history, timings
         logger.info("fitted module I on %d reference cells x %d genes", source.n_obs, len(genes))
         if checkpoint is not None:
@@ -214,7 +220,9 @@ class ACsleuth:
             raise RuntimeError("ACsleuth: call fit(reference) (or ACsleuth.load(dir)) before scoring")
 
     def _detector(self) -> Detector:
-        return Detector(self.generator_, self.critic_, self.residual_scale_, self.anchors_)
+        return Detector(
+            self.generator_, self.critic_, self.residual_scale_, self.anchors_, self.neighbours_
+        )
 
     def evaluate(
         self,
@@ -465,6 +473,7 @@ class ACsleuth:
             weights={
                 "generator": self.generator_.state_dict(), "critic": self.critic_.state_dict(),
                 "residual_scale": self.residual_scale_, "anchors": self.anchors_,
+                **({} if self.neighbours_ is None else {"neighbours": self.neighbours_.state_dict()}),
             },
         )
 
@@ -487,6 +496,7 @@ class ACsleuth:
         fitted = persist.read_model(path, self.settings, self.device, config)
         self.genes_, self.generator_, self.critic_ = fitted.genes, fitted.generator, fitted.critic
         self.residual_scale_, self.anchors_ = fitted.residual_scale, fitted.anchors
+        self.neighbours_ = fitted.neighbours
         self.history_, self.timings_ = fitted.history, fitted.timings
         return self
 

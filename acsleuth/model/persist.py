@@ -19,6 +19,7 @@ import torch
 from .._atomic import atomic_dir
 from .._constants import Params
 from ..nn import Critic, Generator
+from ..stages.neighbours import ReferenceNeighbours
 
 FORMAT = 1  # raise when the files' layout changes; read_config refuses other formats
 CONFIG_FILE = "config.json"
@@ -99,6 +100,7 @@ class Fitted:
     anchors: torch.Tensor
     history: dict[str, Any]
     timings: dict[str, float]
+    neighbours: ReferenceNeighbours | None = None  # absent from models saved before issue 16
 
 
 def read_model(
@@ -119,6 +121,7 @@ def read_model(
     return Fitted(
         genes, generator, critic, state["residual_scale"], state["anchors"],
         config.get("history", {}), config.get("timings", {}),
+        ReferenceNeighbours.from_state_dict(state["neighbours"]) if "neighbours" in state else None,
     )
 
 
