@@ -70,20 +70,15 @@ class ACsleuth:
     batch_size
         Training minibatch size.
     score
-        ``"ensemble"`` (the default: the rank average of ``"mmd"`` and ``"knn"``), ``"mmd"``
-        (the paper's gamma_c predictor on scaled residuals), ``"knn"`` (mean distance to the
-        10 nearest reference cells in 50 reference principal components), ``"scaled"``
-        (``||(x - x_hat) / s||`` with ``s`` the reference's per-gene residual scale),
-        ``"residual"`` (``||x - x_hat||``), ``"cosine"`` (``1 - cos(E(x), E(x_hat))``) or
-        ``"critic"`` (``||C(x) - C(x_hat)||``).
+        ``"ensemble"`` (default: rank average of ``"mmd"``, the paper's gamma_c predictor, and
+        ``"knn"``, the distance to the reference in its PCs), ``"scaled"`` (``||(x - x_hat) / s||``),
+        ``"residual"``, ``"cosine"`` or ``"critic"`` (README.md, docs/method.md §1).
     kernel, gamma
         Kernel and weight function of the MMD predictor (docs/method.md §1.1).
     anomaly_ratio
         Expected fraction of anomalies: the top ``ratio * N`` cells are called anomalous.
-        ``None``: the top ``n`` cells, ``n`` estimated from how many target cells lie no
-        farther from the reference than reference cells scored as new cells
-        (:func:`acsleuth.stages.neighbours.count_anomalies`). The MMD predictor always uses
-        soft group sizes (measured better).
+        ``None``: the top ``n``, ``n`` estimated from the reference's null distances
+        (:func:`~acsleuth.stages.neighbours.count_anomalies`); the MMD predictor: soft sizes.
     score_batch_size, warm_epochs, anchor
         Minibatch size of the MMD predictor (``None``: one full pass per epoch), the epochs
         it first spends learning the scaled-residual ranking, and whether reference
@@ -220,9 +215,8 @@ class ACsleuth:
             raise RuntimeError("ACsleuth: call fit(reference) (or ACsleuth.load(dir)) before scoring")
 
     def _detector(self) -> Detector:
-        return Detector(
-            self.generator_, self.critic_, self.residual_scale_, self.anchors_, self.neighbours_
-        )
+        return Detector(self.generator_, self.critic_, self.residual_scale_, self.anchors_,
+                        self.neighbours_)
 
     def evaluate(
         self,
@@ -469,11 +463,10 @@ class ACsleuth:
         self._require_fitted()
         return persist.write(
             path, params=self.params, genes=self.genes_, history=self.history_,
-            timings=self.timings_, overwrite=overwrite,
+            timings=self.timings_, overwrite=overwrite, neighbours=self.neighbours_,
             weights={
                 "generator": self.generator_.state_dict(), "critic": self.critic_.state_dict(),
                 "residual_scale": self.residual_scale_, "anchors": self.anchors_,
-                **({} if self.neighbours_ is None else {"neighbours": self.neighbours_.state_dict()}),
             },
         )
 
@@ -496,8 +489,7 @@ class ACsleuth:
         fitted = persist.read_model(path, self.settings, self.device, config)
         self.genes_, self.generator_, self.critic_ = fitted.genes, fitted.generator, fitted.critic
         self.residual_scale_, self.anchors_ = fitted.residual_scale, fitted.anchors
-        self.neighbours_ = fitted.neighbours
-        self.history_, self.timings_ = fitted.history, fitted.timings
+        self.neighbours_, self.history_, self.timings_ = fitted.neighbours, fitted.history, fitted.timings
         return self
 
     def __repr__(self) -> str:

@@ -35,9 +35,11 @@ def write(
     timings: Mapping[str, float],
     weights: Mapping[str, Any],
     overwrite: bool = False,
+    neighbours: ReferenceNeighbours | None = None,
 ) -> Path:
     """Write ``config.json`` and ``weights.pt`` into ``path``, under a temporary name then
-    renamed; an existing ``path`` is refused unless ``overwrite=True``."""
+    renamed; an existing ``path`` is refused unless ``overwrite=True``. ``neighbours``, the
+    reference's neighbour index, is saved with the weights when given."""
     from .. import __version__
 
     with atomic_dir(path, overwrite=overwrite) as tmp:
@@ -46,7 +48,8 @@ def write(
             "genes": list(genes), "history": dict(history), "timings": dict(timings),
         }
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1))
-        torch.save(dict(weights), tmp / WEIGHTS_FILE)
+        extra = {} if neighbours is None else {"neighbours": neighbours.state_dict()}
+        torch.save({**weights, **extra}, tmp / WEIGHTS_FILE)
     return Path(path)
 
 
