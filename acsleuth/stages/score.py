@@ -19,7 +19,7 @@ from torch import Tensor
 from .. import parallel
 from .._anndata import batch_codes
 from .._constants import NEEDS_MMD, Params, Score
-from .._logging import stage_timer
+from .._logging import logger, stage_timer
 from .._precision import autocast
 from .._seed import seeded
 from ..data import ExpressionSource, MinibatchLoader, prepare
@@ -289,6 +289,10 @@ def score_cells(
     if folds is not None:
         scores["knn"] = folds.mean(1)
         count = count_anomalies(folds.T, detector.neighbours)
+        if count == folds.shape[0]:  # no cell as near the reference as its null: no foothold
+            logger.warning("every target cell lies farther from the reference than reference "
+                           "cells do; calls without a ratio fall back to a Gaussian mixture")
+            count = None
     if score == "ensemble":  # without an index (see Detector) it is the MMD score
         parts = [scores[name].numpy() for name in ("mmd", "knn") if name in scores]
         scores["ensemble"] = torch.from_numpy(rank_average(*parts)).float()

@@ -110,3 +110,18 @@ def test_default_score_is_the_rank_average_of_mmd_and_knn() -> None:
         model.evaluate(target, score="knn")
     ranks = model.evaluate(target).score
     np.testing.assert_allclose(ranks, rank_average(result.scores["mmd"]), rtol=1e-6)
+
+
+def test_a_target_unlike_every_reference_cell_falls_back_to_the_mixture() -> None:
+    """Half the genes zeroed: no target cell is as near the reference as the null, so the
+    count (every cell) is not used and the pipeline keeps normal cells to correct."""
+    from acsleuth import ACsleuth, datasets
+
+    reference, target = datasets.synthetic(120, 100, 50, anomaly_ratio=0.3, seed=1)
+    model = ACsleuth(prepare_epochs=2, train_epochs=1, score_epochs=1, warm_epochs=1, batch_size=32,
+                     n_memory=50, device="cpu", verbose=False).fit(reference)
+    x = target.X.toarray()
+    x[:, 25:] = 0
+    target.X = x
+    result = model.evaluate(target)
+    assert 0 < result.anomaly.sum() < target.n_obs
