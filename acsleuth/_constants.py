@@ -17,12 +17,15 @@ if TYPE_CHECKING:
     from .stages.detect import DetectorConfig
     from .stages.kin import KinConfig
     from .stages.mmd import ScorerConfig
+    from .stages.neighbours import NeighbourConfig
     from .stages.style import StyleConfig
     from .stages.subtype import SubtypeConfig
 
 # ------------------------------------------------------------------ option literals
-Score = Literal["mmd", "scaled", "residual", "cosine", "critic"]
-SCORES: tuple[Score, ...] = ("mmd", "scaled", "residual", "cosine", "critic")
+Score = Literal["ensemble", "mmd", "knn", "scaled", "residual", "cosine", "critic"]
+SCORES: tuple[Score, ...] = ("ensemble", "mmd", "knn", "scaled", "residual", "cosine", "critic")
+SCORE = "ensemble"  # the default: chosen on the issue-16 development scenarios
+NEEDS_MMD: tuple[Score, ...] = ("ensemble", "mmd")  # scores that train the MMD predictor
 Kernel = Literal["linear", "gaussian"]
 KERNELS: tuple[Kernel, ...] = ("linear", "gaussian")
 Gamma = Literal["interp", "reference"]
@@ -50,6 +53,8 @@ MEMORY_TEMPERATURE = 0.05
 MEMORY_SHRINK = 0.01
 BATCH_SIZE = 128
 EVAL_BATCH_SIZE = 4096
+N_NEIGHBOURS = 10  # k of the "knn" score: more than 5 ranked mixtures of types better (dev set)
+N_REFERENCE_PCS = 50  # principal components of the reference the "knn" score measures in
 SEED = 2024
 KEY_ADDED = "acsleuth"
 # the epochs that ``--epochs`` (and ``run_demo(epochs=...)``) set, in order
@@ -70,7 +75,7 @@ class Params:
     train_epochs: int = 20
     score_epochs: int = 5
     batch_size: int = BATCH_SIZE
-    score: Score = "mmd"
+    score: Score = SCORE
     kernel: Kernel = "gaussian"
     gamma: Gamma = "interp"
     anomaly_ratio: float | None = None
@@ -155,6 +160,12 @@ class Params:
             batch_size=self.score_batch_size, warm_epochs=self.warm_epochs, lr=self.learning_rate,
         )
 
+    def neighbour_config(self) -> NeighbourConfig:
+        """The reference index of the ``"knn"`` score and of the calls without a ratio."""
+        from .stages.neighbours import NeighbourConfig
+
+        return NeighbourConfig(n_components=N_REFERENCE_PCS, k=N_NEIGHBOURS)
+
     def kin_config(self) -> KinConfig:
         """The learned kin mapping (module II, docs/method.md §2)."""
         from .stages.kin import KinConfig
@@ -213,7 +224,8 @@ def check_n_jobs(n_jobs: object) -> None:
 DEFAULTS = Params()  # the defaults of every setting, e.g. for a signature
 
 __all__ = [
-    "ANOMALY_EXPRESSIONS", "DEFAULTS", "EPOCH_PARAMS", "GAMMAS", "KERNELS", "KINS", "PRECISIONS", "SCORES",
-    "SUBTYPE_EMBEDDINGS", "AnomalyExpression", "Gamma", "Kernel", "Kin", "Metric", "Params",
-    "Precision", "Score", "SubtypeEmbedding", "check_anomaly_ratio", "check_n_jobs", "check_option",
+    "ANOMALY_EXPRESSIONS", "DEFAULTS", "EPOCH_PARAMS", "GAMMAS", "KERNELS", "KINS", "NEEDS_MMD",
+    "N_NEIGHBOURS", "N_REFERENCE_PCS", "PRECISIONS", "SCORE", "SCORES", "SUBTYPE_EMBEDDINGS",
+    "AnomalyExpression", "Gamma", "Kernel", "Kin", "Metric", "Params", "Precision", "Score",
+    "SubtypeEmbedding", "check_anomaly_ratio", "check_n_jobs", "check_option",
 ]

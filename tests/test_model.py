@@ -26,7 +26,7 @@ def test_score_has_one_finite_value_per_target_cell(fitted, data) -> None:
     scores = fitted.score(target)
     assert scores.shape == (target.n_obs,) and np.isfinite(scores).all()
     result = fitted.evaluate(target)
-    assert set(result.scores) == {"mmd", "scaled", "residual", "cosine", "critic"}
+    assert set(result.scores) == {"ensemble", "mmd", "knn", "scaled", "residual", "cosine", "critic"}
     assert result.embedding.shape == (target.n_obs, 256)
     np.testing.assert_array_equal(result.score, scores)
 
@@ -43,7 +43,7 @@ def test_save_load_gives_identical_scores(fitted, data, tmp_path) -> None:
     path = fitted.save(tmp_path / "model")
     loaded = ACsleuth.load(path)
     assert loaded.genes_ == fitted.genes_ and loaded.params == fitted.params
-    for score in ("mmd", "scaled", "critic"):
+    for score in ("ensemble", "mmd", "knn", "scaled", "critic"):
         np.testing.assert_array_equal(
             loaded.evaluate(data[1], score=score).score, fitted.evaluate(data[1], score=score).score
         )
@@ -86,7 +86,7 @@ def test_score_anomalies_writes_the_documented_keys(fitted, data) -> None:
     assert tl.score_anomalies(target, fitted, key_added="ac") is None
     assert target.obs["ac_score"].dtype == float and target.obs["ac_anomaly"].dtype == bool
     assert target.obsm["X_ac"].shape == (target.n_obs, 256)
-    assert list(target.obsm["ac_scores"].columns) == ["residual", "scaled", "cosine", "critic", "mmd"]
+    assert list(target.obsm["ac_scores"].columns) == ["residual", "scaled", "cosine", "critic", "mmd", "knn", "ensemble"]
     uns = target.uns["ac"]
     assert {"params", "score", "threshold", "version", "backend", "seed", "timings"} <= set(uns)
     assert uns["seed"] == 7 and "module I" in uns["timings"]

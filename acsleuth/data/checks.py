@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from anndata import AnnData
 
+from .._constants import NEEDS_MMD
 from .errors import DataError
 from .genes import no_shared_genes
 from .source import prepare
@@ -31,8 +32,9 @@ def check_reference_size(n_obs: int, world_size: int = 1) -> None:
 
 
 def check_target_size(n_obs: int, score: str) -> None:
-    """The MMD score compares groups of target cells: it needs at least :data:`MIN_MMD_CELLS`."""
-    if score == "mmd" and n_obs < MIN_MMD_CELLS:
+    """The MMD score (alone or in the ensemble) compares groups of target cells: it needs at
+    least :data:`MIN_MMD_CELLS`."""
+    if score in NEEDS_MMD and n_obs < MIN_MMD_CELLS:
         raise DataError(
             f"target: {n_obs} cell(s); the MMD score compares groups of target cells and needs "
             f"at least {MIN_MMD_CELLS} target cells (score more cells together, or use "

@@ -39,6 +39,7 @@ from ..data.checks import check_inputs
 from ..nn import Critic, Generator
 from ..stages.detect import fit_detector
 from ..stages.kin import find_kin
+from ..stages.neighbours import ReferenceNeighbours, fit_reference_index
 from ..stages.residuals import ScaledResiduals
 from ..stages.score import (
     Detector,
@@ -71,17 +72,15 @@ class ACsleuth(FamiliarAPI, persist.Persistent):
     batch_size
         Training minibatch size.
     score
-        ``"mmd"`` (the gamma_c predictor on scaled residuals), ``"scaled"`` (``||(x - x_hat) /
-        s||`` with ``s`` the reference's per-gene residual scale), ``"residual"``
-        (``||x - x_hat||``), ``"cosine"`` (``1 - cos(E(x), E(x_hat))``) or ``"critic"``
-        (``||C(x) - C(x_hat)||``).
+        ``"ensemble"`` (default: rank average of ``"mmd"``, the paper's gamma_c predictor, and
+        ``"knn"``, the distance to the reference in its PCs), ``"scaled"`` (``||(x - x_hat) / s||``),
+        ``"residual"``, ``"cosine"`` or ``"critic"`` (README.md, docs/method.md §1).
     kernel, gamma
         Kernel and weight function of the MMD predictor (docs/method.md §1.1).
     anomaly_ratio
         Expected fraction of anomalies: the top ``ratio * N`` cells are called anomalous.
-        ``None``: the cells in the top component of a Gaussian mixture on the scores (three
-        components on the ``"mmd"`` logits, two on ``log1p`` of the other scores). The MMD
-        predictor always uses soft group sizes (measured better).
+        ``None``: the top ``n``, ``n`` estimated from the reference's null distances
+        (:func:`~acsleuth.stages.neighbours.count_anomalies`); the MMD predictor: soft sizes.
     score_batch_size, warm_epochs, anchor
         Minibatch size of the MMD predictor (``None``: one full pass per epoch), the epochs
         it first spends learning the scaled-residual ranking, and whether reference
@@ -166,6 +165,7 @@ class ACsleuth(FamiliarAPI, persist.Persistent):
         self.critic_: Critic | None = None
         self.residual_scale_: torch.Tensor | None = None
         self.anchors_: torch.Tensor | None = None
+        self.neighbours_: ReferenceNeighbours | None = None
         self.history_: dict[str, list[dict[str, float]]] = {}
         self.timings_: dict[str, float] = {}
 
@@ -212,8 +212,9 @@ class ACsleuth(FamiliarAPI, persist.Persistent):
             )
             with stage_timer(timings, "reference residuals"):
                 scale, anchors = reference_residuals(generator, source, p, self.device)
+            neighbours = fit_reference_index(source, p, self.device, timings)
         self.genes_, self.generator_, self.critic_ = genes, generator, critic
-        self.residual_scale_, self.anchors_ = scale, anchors
+        self.residual_scale_, self.anchors_, self.neighbours_ = scale, anchors, neighbours
         self.history_, self.timings_ = history, timings
         logger.info("fitted module I on %d reference cells x %d genes", source.n_obs, len(genes))
         if checkpoint is not None:
@@ -226,7 +227,8 @@ class ACsleuth(FamiliarAPI, persist.Persistent):
             raise RuntimeError("ACsleuth: call fit(reference) (or ACsleuth.load(dir)) before scoring")
 
     def _detector(self) -> Detector:
-        return Detector(self.generator_, self.critic_, self.residual_scale_, self.anchors_)
+        return Detector(self.generator_, self.critic_, self.residual_scale_, self.anchors_,
+                        self.neighbours_)
 
     @with_threads
     def evaluate(

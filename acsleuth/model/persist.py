@@ -19,6 +19,7 @@ import torch
 from .._atomic import atomic_dir
 from .._constants import Params
 from ..nn import Critic, Generator
+from ..stages.neighbours import ReferenceNeighbours
 
 FORMAT = 1  # raise when the files' layout changes; read_config refuses other formats
 CONFIG_FILE = "config.json"
@@ -34,9 +35,11 @@ def write(
     timings: Mapping[str, float],
     weights: Mapping[str, Any],
     overwrite: bool = False,
+    neighbours: ReferenceNeighbours | None = None,
 ) -> Path:
     """Write ``config.json`` and ``weights.pt`` into ``path``, under a temporary name then
-    renamed; an existing ``path`` is refused unless ``overwrite=True``."""
+    renamed; an existing ``path`` is refused unless ``overwrite=True``. ``neighbours``, the
+    reference's neighbour index, is saved with the weights when given."""
     from .. import __version__
 
     with atomic_dir(path, overwrite=overwrite) as tmp:
@@ -45,7 +48,8 @@ def write(
             "genes": list(genes), "history": dict(history), "timings": dict(timings),
         }
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1))
-        torch.save(dict(weights), tmp / WEIGHTS_FILE)
+        extra = {} if neighbours is None else {"neighbours": neighbours.state_dict()}
+        torch.save({**weights, **extra}, tmp / WEIGHTS_FILE)
     return Path(path)
 
 
@@ -99,6 +103,7 @@ class Fitted:
     anchors: torch.Tensor
     history: dict[str, Any]
     timings: dict[str, float]
+    neighbours: ReferenceNeighbours | None = None  # absent from models saved before issue 16
 
 
 def read_model(
@@ -119,6 +124,7 @@ def read_model(
     return Fitted(
         genes, generator, critic, state["residual_scale"], state["anchors"],
         config.get("history", {}), config.get("timings", {}),
+        ReferenceNeighbours.from_state_dict(state["neighbours"]) if "neighbours" in state else None,
     )
 
 
@@ -136,7 +142,7 @@ class Persistent:
         self._require_fitted()
         return write(
             path, params=self.params, genes=self.genes_, history=self.history_,
-            timings=self.timings_, overwrite=overwrite,
+            timings=self.timings_, overwrite=overwrite, neighbours=self.neighbours_,
             weights={
                 "generator": self.generator_.state_dict(), "critic": self.critic_.state_dict(),
                 "residual_scale": self.residual_scale_, "anchors": self.anchors_,
@@ -162,7 +168,7 @@ class Persistent:
         fitted = read_model(path, self.settings, self.device, config)
         self.genes_, self.generator_, self.critic_ = fitted.genes, fitted.generator, fitted.critic
         self.residual_scale_, self.anchors_ = fitted.residual_scale, fitted.anchors
-        self.history_, self.timings_ = fitted.history, fitted.timings
+        self.neighbours_, self.history_, self.timings_ = fitted.neighbours, fitted.history, fitted.timings
         return self
 
 

@@ -18,8 +18,8 @@ from torch import Tensor
 
 from .. import parallel
 from .._anndata import batch_codes
-from .._constants import Params, Score
-from .._logging import stage_timer
+from .._constants import NEEDS_MMD, Params, Score
+from .._logging import logger, stage_timer
 from .._precision import autocast
 from .._seed import seeded
 from ..data import ExpressionSource, MinibatchLoader, prepare
@@ -29,6 +29,7 @@ from ..nn import Critic, Generator
 from ..nn.generator import EMBEDDING
 from .detect import chunk_scores, reconstruct, residual_scale
 from .mmd import fit_predictor, predict_logits
+from .neighbours import ReferenceNeighbours, count_anomalies, rank_average
 from .residuals import ScaledResiduals, batch_medians, median_sample
 
 N_ANCHORS = 2048
@@ -49,12 +50,16 @@ class ScoreResult:
 
 @dataclass
 class Detector:
-    """Module I as fitted: the networks and the reference's residual scale and anchors."""
+    """Module I as fitted: the networks, the reference's residual scale and anchors, and its
+    neighbour index (None in models saved before it existed or fitted on fewer cells than
+    :func:`~acsleuth.stages.neighbours.min_reference_cells`: no ``"knn"`` score then, and
+    ``"ensemble"`` ranks as ``"mmd"``)."""
 
     generator: Generator
     critic: Critic
     scale: Tensor
     anchors: Tensor
+    neighbours: ReferenceNeighbours | None = None
 
 
 def reference_residuals(
@@ -87,7 +92,8 @@ def reconstruct_target(
     """One streamed pass over ``source``: per-cell scores that need no training, the scaled
     residuals (when ``keep_residuals``; float16, centred per batch of ``codes`` when given)
     and the ``(n_obs, 256)`` encoder embeddings. ``budget``: bytes the outputs may hold on
-    ``device``.
+    ``device``. With a neighbour index, ``scores["knn folds"]`` holds every cell's
+    ``(n_obs, folds)`` distances to the reference.
 
     In a distributed run each rank passes over its contiguous shard of cells (see
     :func:`acsleuth.parallel.shard_bounds`) and returns that shard's rows; batch centres
@@ -114,6 +120,9 @@ def reconstruct_target(
     out_device = device if on_device else torch.device("cpu")
     embedding = torch.empty((n_obs, EMBEDDING), device=out_device)
     scores: dict[str, Tensor] = {}
+    folds = None
+    if detector.neighbours is not None:  # (cells, folds): gathered over ranks by rows
+        folds = torch.empty((n_obs, len(detector.neighbours.folds)), device=out_device)
     picked = None
     if sample is not None and store is not None:
         mine = sample[(sample >= first) & (sample < last)]
@@ -133,7 +142,11 @@ def reconstruct_target(
                 index = torch.from_numpy(mine[lo:hi] - start).to(scaled.device)
                 picked[lo:hi].copy_(scaled[index])
         embedding[start - first:stop - first].copy_(chunk.z)
+        if folds is not None:
+            folds[start - first:stop - first].copy_(detector.neighbours.distances(chunk.x).T)
     scores = {name: values.cpu() for name, values in scores.items()}
+    if folds is not None:
+        scores["knn folds"] = folds.cpu()
     residuals = None
     if store is not None:
         residuals = ScaledResiduals(store)
@@ -211,12 +224,12 @@ def evaluate_target(
     check_target_size(source.n_obs, params.score)
     codes, _ = batch_codes(source.adata, batch_key)
     with seeded(params.random_state, device):
-        scores, embedding = score_cells(
+        scores, embedding, count = score_cells(
             detector, source, params, codes if batch_key is not None else None,
             device=device, budget=budget, timings=timings,
         )
     chosen = scores[params.score]
-    anomaly, threshold = call_anomalies(chosen, params.score, params.anomaly_ratio)
+    anomaly, threshold = call_anomalies(chosen, params.score, params.anomaly_ratio, count)
     return ScoreResult(
         scores={k: v.numpy().astype(np.float64) for k, v in scores.items()},
         score=chosen.numpy().astype(np.float64), anomaly=anomaly,
@@ -233,23 +246,31 @@ def score_cells(
     device: torch.device,
     budget: int,
     timings: dict[str, float],
-) -> tuple[dict[str, Tensor], np.ndarray | None]:
-    """Every score of every target cell (all ranks' cells) and rank 0's embeddings.
+) -> tuple[dict[str, Tensor], np.ndarray | None, int | None]:
+    """Every score of every target cell (all ranks' cells), rank 0's embeddings and the
+    estimated number of anomalies (None without a neighbour index).
 
     With batch ``codes`` the scaled residuals are centred per batch before the ``"scaled"``
-    and ``"mmd"`` scores are taken from them. Seconds go to ``timings``.
+    and ``"mmd"`` scores are taken from them. ``"knn"`` is the mean over folds of the
+    distance to the reference (:mod:`acsleuth.stages.neighbours`); ``"ensemble"`` the rank
+    average of ``"mmd"`` and ``"knn"``. Seconds go to ``timings``.
     """
     score = params.score
+    if score == "knn" and detector.neighbours is None:
+        raise ValueError(
+            "score='knn' needs the reference neighbour index, which this model lacks (saved by an "
+            "older acsleuth, or fitted on too few cells); fit it again, or use score='mmd'"
+        )
     with stage_timer(timings, "reconstruct"):
         scores, residuals, embedding = reconstruct_target(
             detector, source, params, device=device, budget=budget,
-            keep_residuals=score == "mmd" or codes is not None, codes=codes,
+            keep_residuals=score in NEEDS_MMD or codes is not None, codes=codes,
         )
     try:
         if codes is not None:
             with stage_timer(timings, "batch centring"):
                 scores["scaled"] = residuals.norms().cpu()
-        if score == "mmd":
+        if score in NEEDS_MMD:
             with stage_timer(timings, "mmd score"):
                 scores["mmd"] = mmd_scores(
                     residuals, scores["scaled"], detector.anchors, params, timings=timings
@@ -261,16 +282,30 @@ def score_cells(
     if ctx.distributed:  # every rank calls the same cells; rank 0 keeps the embeddings
         scores = {k: parallel.all_gather_rows(v.to(device), ctx).cpu() for k, v in scores.items()}
         embedding = parallel.gather_to_main(embedding, ctx)
-    return scores, embedding
+    count = None
+    folds = scores.pop("knn folds", None)
+    if folds is not None:
+        scores["knn"] = folds.mean(1)
+        count = count_anomalies(folds.T, detector.neighbours)
+        if count == folds.shape[0]:  # no cell as near the reference as its null: no foothold
+            logger.warning("every target cell lies farther from the reference than reference "
+                           "cells do; calls without a ratio fall back to a Gaussian mixture")
+            count = None
+    if score == "ensemble":  # without an index (see Detector) it is the MMD score
+        parts = [scores[name].numpy() for name in ("mmd", "knn") if name in scores]
+        scores["ensemble"] = torch.from_numpy(rank_average(*parts)).float()
+    return scores, embedding, count
 
 
 def call_anomalies(
-    scores: Tensor, score: Score, ratio: float | None
+    scores: Tensor, score: Score, ratio: float | None, count: int | None = None
 ) -> tuple[np.ndarray, float]:
-    """Anomaly calls: top ``ratio * N``, else the top component of a Gaussian mixture."""
+    """Anomaly calls: the top ``ratio * N`` cells; without a ratio the top ``count`` (the
+    number the reference's null distances estimate, :func:`~acsleuth.stages.neighbours.count_anomalies`),
+    else (a model without a neighbour index) the top component of a Gaussian mixture."""
     values = scores.numpy().astype(np.float64)
-    if ratio is not None:
-        n_top = round(ratio * len(values))
+    if ratio is not None or count is not None:
+        n_top = round(ratio * len(values)) if ratio is not None else count
         if n_top == 0:
             return np.zeros(len(values), dtype=bool), float("inf")
         order = np.argsort(-values, kind="stable")
