@@ -38,8 +38,9 @@ bench: setup
 	$(PYTHON) -m pytest benchmarks/bench_ops.py --benchmark-enable -q
 	$(PYTHON) benchmarks/ops_table.py
 
-lint:
+lint: setup
 	$(PYTHON) -m ruff check acsleuth tests benchmarks setup.py
+	$(PYTHON) -m ruff format --check acsleuth tests benchmarks setup.py
 
 clean:
 	rm -rf build acsleuth/_C*.so *.egg-info

@@ -1,10 +1,12 @@
 """How many CPU threads acsleuth's torch work uses (``n_jobs``, ``--threads``).
 
-torch runs its CPU ops (and acsleuth's C++ kernels) on an OpenMP pool. When another process
-keeps the same cores busy, every parallel region waits for workers the scheduler has paused,
-and a run at the full core count was measured 3.7x slower than at one thread (issue 17). The
-default therefore takes the cores this process may use (its affinity mask) minus the load
-other processes already put on them.
+torch runs its CPU ops (and acsleuth's C++ kernels) on an OpenMP pool. The default is the
+cores this process may use (its CPU affinity mask: ``taskset``, cgroup cpusets), not
+``os.cpu_count()``. It does not follow the machine's load: a count that changed with other
+processes would let two runs of the same command differ. Beside another busy process on the
+same cores, parallel regions wait for workers the scheduler has paused (the issue-17 report
+measured a saved-model scoring run 3.7x slower at the full core count than at one thread), so
+pass ``--threads``/``n_jobs`` there; ``benchmarks/threads.py`` measures it.
 """
 
 from __future__ import annotations
@@ -28,17 +30,8 @@ def usable_cores() -> int:
 
 
 def default_threads() -> int:
-    """The usable cores minus the cores other processes keep busy, at least 1.
-
-    The busy share is the 1-minute load average scaled from the machine's cores to the usable
-    ones (the load average counts the whole machine).
-    """
-    cores = usable_cores()
-    try:
-        load = os.getloadavg()[0] * cores / max(os.cpu_count() or cores, cores)
-    except OSError:  # no load average on this system
-        return cores
-    return max(1, min(cores, round(cores - load)))
+    """The thread count when ``n_jobs`` is None: every core of the affinity mask."""
+    return usable_cores()
 
 
 def resolve_threads(n_jobs: int | None) -> int:

@@ -1,5 +1,5 @@
 """Evaluation metrics of anomaly detection and subtyping (docs/method.md §6), and of cell-type
-classification with an out-of-distribution score (SPEC §8.1).
+classification with an out-of-distribution score (docs/method.md §8.1).
 
 Every function takes array-likes of per-cell values (numpy arrays, lists, pandas Series) and
 raises ``ValueError`` on mismatched lengths, empty inputs or non-finite scores.
@@ -180,7 +180,7 @@ def detection_report(
     return report
 
 
-# ---------------------------------------------------------------- gene panels (SPEC §8.3)
+# ---------------------------------------------------------------- gene panels (docs/method.md §8.3)
 def _as_matrix(x: ArrayLike) -> np.ndarray:
     import scipy.sparse as sp
 
@@ -293,7 +293,7 @@ def ece(correct: ArrayLike, confidence: ArrayLike, *, n_bins: int = 15) -> float
 
     ``correct`` says whether each prediction was right, ``confidence`` is its max p(y|x) in
     [0, 1]. Bins are ``n_bins`` equal-width intervals ``(k/n, (k+1)/n]`` of the confidence
-    (0 falls in the first); weighting by count over N is the SPEC §8.1 erratum of the seed's
+    (0 falls in the first); weighting by count over N is the docs/method.md §8.1 erratum of the seed's
     eq. 6, which divides by the number of bins.
     """
     right = _as_bool("correct", correct)
@@ -327,7 +327,7 @@ def cluster_accuracy(labels_true: ArrayLike, labels_pred: ArrayLike) -> float:
 def open_world_accuracy(
     labels_true: ArrayLike, labels_pred: ArrayLike, seen: ArrayLike
 ) -> dict[str, float]:
-    """Open-world annotation accuracy (scDET, SPEC §8.2) on target cells.
+    """Open-world annotation accuracy (scDET, docs/method.md §8.2) on target cells.
 
     Parameters
     ----------

@@ -196,7 +196,7 @@ def explain_groups(
     key_added: str = KEY_ADDED,
     copy: bool = False,
 ) -> AnnData | None:
-    """Explain groups of cells with small, signed gene panels (ACE, SPEC §8.3).
+    """Explain groups of cells with small, signed gene panels (ACE, docs/method.md §8.3).
 
     For each cell of a group, the smallest (L1) change of its expression that moves it out
     of its group in ``embedding`` (the neuralised k-means on the groups' mean embeddings);
@@ -268,11 +268,12 @@ def explain_subtypes(
     *,
     n_genes: int = 50,
     corrected: Any = None,
+    layer: str | None = None,
     config: ExplainConfig | None = None,
     key_added: str = KEY_ADDED,
     copy: bool = False,
 ) -> AnnData | None:
-    """Explain the anomaly subtypes of ``target`` with signed gene panels (ACE, SPEC §8.3).
+    """Explain the anomaly subtypes of ``target`` with signed gene panels (ACE, docs/method.md §8.3).
 
     Needs :func:`subtype_anomalies` (or :meth:`ACsleuth.run`) with the same ``key_added``.
     The subtypes are explained by the model that found them: DESC's Student-t assignment
@@ -293,6 +294,9 @@ def explain_subtypes(
         The corrected expression of every cell when it is not in ``target`` (any array taking
         row indices, e.g. the ``h5py`` dataset :meth:`ACsleuth.run` streamed it into);
         default: what :func:`subtype_anomalies` read.
+    layer
+        Without corrected expression, read ``target.layers[layer]`` instead of ``X`` (the
+        matrix the model scored).
     config
         Solver settings (:class:`~acsleuth.stages.explain.ExplainConfig`).
     key_added
@@ -311,7 +315,7 @@ def explain_subtypes(
     adata = annotated(target, copy, "explain_subtypes")
     explain_subtypes_into(
         adata, model.genes_, key_added=key_added, n_genes=n_genes, corrected=corrected,
-        config=ExplainConfig() if config is None else config,
+        layer=layer, config=ExplainConfig() if config is None else config,
     )
     return adata if copy else None
 
@@ -328,7 +332,7 @@ def classify(
     copy: bool = False,
     **settings: Any,
 ) -> AnnData | None:
-    """Classify ``target`` cells against a labelled ``reference`` with CLAMS (SPEC §8.1),
+    """Classify ``target`` cells against a labelled ``reference`` with CLAMS (docs/method.md §8.1),
     and score how far each cell is from every known type.
 
     Bad labels (a missing ``label_key``, missing labels, a type with one cell) are refused

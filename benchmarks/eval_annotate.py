@@ -8,7 +8,7 @@ of every seen type, the target the rest plus every novel cell) and seed, runs
   probability < 0.5 rejected, k-means (K - seen clusters) on the rejected cells' PCs;
 - ``kmeans``: k-means with K clusters on all target cells' PCs.
 The synthetic set is long-tailed (``datasets.synthetic(proportions="long_tail")``).
-Prints mean seen / novel / overall accuracy (SPEC §8.2 metrics), the share of novel cells
+Prints mean seen / novel / overall accuracy (docs/method.md §8.2 metrics), the share of novel cells
 flagged novel and seconds per run, and writes every run to a CSV.
 
     OMP_NUM_THREADS=1 python benchmarks/eval_annotate.py --out benchmarks/eval_annotate.csv

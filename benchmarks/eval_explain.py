@@ -1,4 +1,4 @@
-"""ACE's gene panels against five baselines on the same cells (issue 20, SPEC §8.3).
+"""ACE's gene panels against five baselines on the same cells (issue 20, docs/method.md §8.3).
 
 1. Simulation (``datasets.causal_panels``, clean and complex, 500 cells, 5 groups, 20 causal +
    100 dependent + 100 noise genes): kNN-Jaccard distance of each group's top-n genes for

@@ -9,7 +9,7 @@ both targets), then, on the same cells:
 
 - ``acsleuth``: ``model.run(reference, target, batch_key=..., n_subtypes=K)`` with the
   package defaults and no ratio, as ``acsleuth run`` does: F1 of its calls, NMI / ARI of
-  its subtypes on the true anomalies among them (SPEC §6), F1 x NMI;
+  its subtypes on the true anomalies among them (docs/method.md §6), F1 x NMI;
 - on the same called cells: acsleuth's subtypes with ``n_subtypes="auto"`` (50 principal
   components, the default, and 30, the earlier default), and k-means (true ``K``) on 30
   principal components of the cells' uncorrected and of their corrected expression;

@@ -1,4 +1,4 @@
-"""datasets.causal_panels: ACE's simulation (SPEC §8.3)."""
+"""datasets.causal_panels: ACE's simulation (docs/method.md §8.3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""acsleuth.tl.explain_groups / explain_subtypes write what scanpy reads (SPEC §8.3)."""
+"""acsleuth.tl.explain_groups / explain_subtypes write what scanpy reads (docs/method.md §8.3)."""
 
 from __future__ import annotations
 

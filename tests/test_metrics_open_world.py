@@ -1,4 +1,4 @@
-"""Open-world accuracy (scDET, SPEC §8.2) on hand-worked examples."""
+"""Open-world accuracy (scDET, docs/method.md §8.2) on hand-worked examples."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Gene-panel metrics of ACE's evaluation (SPEC §8.3) on hand-checked cases."""
+"""Gene-panel metrics of ACE's evaluation (docs/method.md §8.3) on hand-checked cases."""
 
 from __future__ import annotations
 

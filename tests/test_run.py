@@ -82,6 +82,13 @@ def test_correct_streams_into_an_h5py_dataset(fitted, data, annotated, tmp_path)
         fitted.correct(data[1], data[0], normal=~anomaly, out=np.zeros((3, 60), np.float32))
 
 
+def test_correct_refuses_when_fewer_than_two_cells_are_normal(fitted, data) -> None:
+    n = data[1].n_obs
+    for normal in (np.zeros(n, bool), np.eye(1, n, 3, dtype=bool)[0]):
+        with pytest.raises(ValueError, match=f"{int(normal.sum())} of {n} target cells are called normal"):
+            fitted.correct(data[1], data[0], normal=normal, batch_key="batch")
+
+
 def test_same_seed_gives_the_same_outputs(fitted, data, annotated) -> None:
     again = fitted.run(data[0], data[1].copy(), batch_key="batch")
     np.testing.assert_array_equal(again.layers["acsleuth_corrected"], annotated.layers["acsleuth_corrected"])

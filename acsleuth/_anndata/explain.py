@@ -255,6 +255,7 @@ def explain_subtypes_into(
     n_genes: int,
     corrected: Any,
     config: ExplainConfig,
+    layer: str | None = None,
 ) -> None:
     """ACE on the anomaly subtypes written under ``key_added`` (see ``tl.explain_subtypes``)."""
     from .detect import corrected_expression, keys
@@ -269,7 +270,7 @@ def explain_subtypes_into(
     if adata.obs[k.subtype].iloc[rows].nunique() < 2:
         raise ValueError(f"explain_subtypes: obs[{k.subtype!r}] has fewer than 2 subtypes; nothing to explain")
     if corrected is None:
-        x = corrected_expression(adata, genes, key_added, rows)
+        x = corrected_expression(adata, genes, key_added, rows, layer=layer)
     else:
         x = np.asarray(corrected[rows], dtype=np.float32)
     cells = AnnData(

@@ -1,4 +1,4 @@
-"""``acsleuth explain``: signed gene panels of the groups of an ``.h5ad`` file (ACE, SPEC §8.3)."""
+"""``acsleuth explain``: signed gene panels of the groups of an ``.h5ad`` file (ACE, docs/method.md §8.3)."""
 
 from __future__ import annotations
 

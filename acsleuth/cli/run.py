@@ -142,7 +142,7 @@ def run_ranked(args: argparse.Namespace, out: Path, start: float, ctx: Context) 
             if tmp is None:
                 return 0
             _record_command(args, target)
-            _explain_subtypes(target, model, sink)
+            _explain_subtypes(target, model, sink, args.layer)
             _write_target(target, tmp / "target.h5ad", model, None if args.no_corrected_layer else sink)
         finally:
             if sink is not None:
@@ -191,12 +191,12 @@ def _inputs(args: argparse.Namespace, ctx: Context) -> tuple[ACsleuth, Any, AnnD
     return model, reference, target, checkpoint, n_subtypes
 
 
-def _explain_subtypes(target: AnnData, model: ACsleuth, corrected: Any) -> None:
+def _explain_subtypes(target: AnnData, model: ACsleuth, corrected: Any, layer: str | None) -> None:
     """ACE panels of the subtypes (for ``report.md``), when there are at least two."""
     from ..tl import explain_subtypes
 
     if target.uns[KEYS.uns].get("n_subtypes", 0) >= 2:
-        explain_subtypes(target, model, corrected=corrected)
+        explain_subtypes(target, model, corrected=corrected, layer=layer)
 
 
 def _record_command(args: argparse.Namespace, target: AnnData) -> None:

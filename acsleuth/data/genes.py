@@ -64,14 +64,14 @@ def no_shared_genes(var_names: pd.Index, panel: pd.Index, name: str) -> str:
     if hint:
         return (f"{message}{hint}: write both with the same capitalisation, e.g. "
                 "adata.var_names = adata.var_names.str.upper() on both")
+    message += ". The two may use different gene identifiers (e.g. Ensembl ids vs gene symbols)"
     ensembl_panel, ensembl_var = _looks_ensembl(panel), _looks_ensembl(var_names)
     if ensembl_panel != ensembl_var:
         kind = "its var_names look like Ensembl IDs and the panel's like gene symbols"
         if ensembl_panel:
             kind = "the panel genes look like Ensembl IDs and its var_names like gene symbols"
-        message = f"{message}; {kind}"
-    return (f"{message}. The two may use different gene identifiers (e.g. Ensembl IDs vs gene "
-            "symbols): give both AnnData objects the same kind of var_names, e.g. "
+        message = f"{message}, and here {kind}"
+    return (f"{message}: give both AnnData objects the same kind of var_names, e.g. "
             "adata.var_names = adata.var['gene_symbols']")
 
 

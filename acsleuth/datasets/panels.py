@@ -19,7 +19,7 @@ def causal_panels(
     complex: bool = False,
     seed: int = 0,
 ) -> AnnData:
-    """ACE's simulation (seed 003, SPEC §8.3): causal, dependent and noise genes.
+    """ACE's simulation (seed 003, docs/method.md §8.3): causal, dependent and noise genes.
 
     Log-scale expression of ``n_cells`` cells in ``n_groups`` groups (SymSim is replaced by
     a Gaussian model). Causal gene ``g`` is shifted by ``+-U(1, 2)`` in group

@@ -23,6 +23,7 @@ _LFC_MEAN, _LFC_SD = 1.5, 0.4  # |log-fold change| of program genes
 _LIBRARY_LOG_MEAN, _LIBRARY_LOG_SD = np.log(4500.0), 0.4  # UMIs per cell: ~2k-10k
 _DISPERSION_LOG_MEAN, _DISPERSION_LOG_SD = np.log(0.1), 0.5  # NB: var = mu + phi * mu^2
 _TYPE_CONCENTRATION = 5.0  # Dirichlet concentration of normal cell-type proportions
+IMBALANCE = 20.0  # largest / smallest type share with proportions="long_tail"
 CHUNK_CELLS = 2048  # cells sampled per independent random stream
 
 
@@ -220,7 +221,7 @@ def simulate(
     sparse: bool,
     seed: int,
     proportions: str = "dirichlet",
-    imbalance: float = 1.0,
+    imbalance: float = IMBALANCE,
 ) -> _Simulation:
     """Check the arguments of :func:`synthetic` and draw everything but the counts."""
     n_reference = check_int("n_reference", n_reference, 1)
@@ -299,7 +300,7 @@ def synthetic(
     sparse: bool = True,
     seed: int = 0,
     proportions: str = "dirichlet",
-    imbalance: float = 20.0,
+    imbalance: float = IMBALANCE,
 ) -> tuple[AnnData, AnnData]:
     """Simulate UMI counts of a normal reference and a target with planted anomalous types.
 

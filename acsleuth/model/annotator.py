@@ -1,4 +1,4 @@
-"""``OpenWorldAnnotator``: label known types, cluster unseen ones (scDET, SPEC §8.2)."""
+"""``OpenWorldAnnotator``: label known types, cluster unseen ones (scDET, docs/method.md §8.2)."""
 
 from __future__ import annotations
 

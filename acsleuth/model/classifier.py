@@ -84,7 +84,7 @@ class Classification:
 
 
 class CellTypeClassifier:
-    """CLAMS (SPEC §8.1): a cell-type classifier trained as a JEM with ELU-clipped, gated
+    """CLAMS (docs/method.md §8.1): a cell-type classifier trained as a JEM with ELU-clipped, gated
     generative loss; its energy ``-LSE(x)`` scores cells of no known type.
 
     Parameters

@@ -1,4 +1,4 @@
-"""The open-world annotator's network (SPEC §8.2): a denoising autoencoder with two heads.
+"""The open-world annotator's network (docs/method.md §8.2): a denoising autoencoder with two heads.
 
 The backbone encodes ``G -> 512 -> 256 -> 128``; the decoder mirrors it and a mask head
 estimates which genes the augmentation masked. On the 128-d embedding ``z`` sit a prototype

@@ -1,4 +1,4 @@
-"""The energy-based classifier of CLAMS (SPEC §8.1): a residual MLP whose logits define both
+"""The energy-based classifier of CLAMS (docs/method.md §8.1): a residual MLP whose logits define both
 p(y|x) (softmax) and an unnormalised density p(x) ~ exp(LSE(x))."""
 
 from __future__ import annotations

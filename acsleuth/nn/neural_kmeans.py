@@ -1,4 +1,4 @@
-"""Cluster heads as networks: group logits ``m (N, K)`` of embeddings ``z (N, d)`` (SPEC §8.3).
+"""Cluster heads as networks: group logits ``m (N, K)`` of embeddings ``z (N, d)`` (docs/method.md §8.3).
 
 ``m_c = log(p_c / (1 - p_c))`` is the logit of a soft assignment ``p``. Two heads:
 
@@ -6,7 +6,7 @@
   ``o_c = ||z - mu_c||^2``, computed as a linear layer ``h_ck = w_ck^T z + b_ck``
   (``w_ck = 2 (mu_c - mu_k)``, ``b_ck = ||mu_k||^2 - ||mu_c||^2``) followed by a soft
   min-pooling over ``k != c``: ``m_c = -log sum_{k != c} exp(-beta h_ck)``.
-- :class:`StudentTHead`, DESC's Student-t soft assignment (SPEC §4),
+- :class:`StudentTHead`, DESC's Student-t soft assignment (docs/method.md §4),
   ``p_c`` proportional to ``(1 + o_c / nu)^-(nu+1)/2``, so that subtypes found by DESC are
   explained by the assignment that found them.
 """

@@ -1,4 +1,4 @@
-"""Open-world annotation (scDET, SPEC §8.2): the computation behind ``OpenWorldAnnotator``.
+"""Open-world annotation (scDET, docs/method.md §8.2): the computation behind ``OpenWorldAnnotator``.
 
 Classes ``0 .. n_seen - 1`` are the reference's types (in the order given), classes
 ``n_seen .. K - 1`` are slots for novel types. The prior ``pi`` over the K classes comes from

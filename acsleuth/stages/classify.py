@@ -1,4 +1,4 @@
-"""CLAMS: a cell-type classifier with an energy-based out-of-distribution score (SPEC §8.1).
+"""CLAMS: a cell-type classifier with an energy-based out-of-distribution score (docs/method.md §8.1).
 
 The computation behind :class:`~acsleuth.CellTypeClassifier`: reading the labels, the
 stratified validation split, the per-gene standardisation, JEM training with the best

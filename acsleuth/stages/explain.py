@@ -1,4 +1,4 @@
-"""ACE: explain groups of cells with small, signed gene panels (SPEC §8.3).
+"""ACE: explain groups of cells with small, signed gene panels (docs/method.md §8.3).
 
 For each cell ``x`` of a group ``s`` (a seeded sample of at most ``max_cells``), a batched
 proximal gradient (FISTA) solver minimises

@@ -338,6 +338,12 @@ def correct_expression(
     normal = np.asarray(normal, dtype=bool)
     if normal.shape != (target_source.n_obs,):
         raise ValueError(f"normal must be {target_source.n_obs} booleans, got shape {normal.shape}")
+    if normal.sum() < 2:  # kin search and the style transfer learn from the normal cells
+        raise ValueError(
+            f"correct: {int(normal.sum())} of {normal.size} target cells are called normal, and batch "
+            "correction learns from normal cells (at least 2); pass anomaly_ratio= to call fewer "
+            "anomalies, or skip correction (correct=False, --no-correct)"
+        )
     shape = (target_source.n_obs, len(genes))
     if out is not None and tuple(out.shape) != shape:
         raise ValueError(f"correct: out has shape {tuple(out.shape)}, expected {shape} (cells x model genes)")

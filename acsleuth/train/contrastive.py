@@ -1,4 +1,4 @@
-"""The losses and training loop of the open-world annotator (SPEC §8.2, docs/method.md §8.2).
+"""The losses and training loop of the open-world annotator (docs/method.md §8.2, docs/method.md §8.2).
 
 Each step takes a labelled reference batch and an unlabelled target batch, draws two masked
 views of every cell and minimises
@@ -34,7 +34,7 @@ _EPS = 1e-8
 
 @dataclass(frozen=True)
 class OpenWorldConfig:
-    """Every default of the open-world annotator (SPEC §8.2; one home)."""
+    """Every default of the open-world annotator (docs/method.md §8.2; one home)."""
 
     epochs: int = 40
     batch_size: int = 256

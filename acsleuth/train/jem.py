@@ -1,4 +1,4 @@
-"""The JEM training loop of CLAMS (SPEC §8.1): cross-entropy plus a generative loss on SGLD
+"""The JEM training loop of CLAMS (docs/method.md §8.1): cross-entropy plus a generative loss on SGLD
 samples from a replay buffer, with CLAMS' ELU clipping and on/off gating of that loss.
 
 Every epoch starts from a snapshot of the training state; the shared divergence guard
@@ -32,7 +32,7 @@ LOSSES = ("ce", "generative", "lse_real", "lse_fake", "energy", "on_steps")
 
 @dataclass(frozen=True)
 class JEMConfig:
-    """Settings of the JEM/CLAMS loop (SPEC §8.1 defaults; ``generative=False``: CE only)."""
+    """Settings of the JEM/CLAMS loop (docs/method.md §8.1 defaults; ``generative=False``: CE only)."""
 
     epochs: int = 20
     batch_size: int = 64

@@ -1,5 +1,5 @@
 """Negative samples of an energy-based model: SGLD chains kept in a persistent replay buffer
-(SPEC §8.1), and CLAMS' two regularisers of the generative loss (ELU clipping, on/off gating)."""
+(docs/method.md §8.1), and CLAMS' two regularisers of the generative loss (ELU clipping, on/off gating)."""
 
 from __future__ import annotations
 

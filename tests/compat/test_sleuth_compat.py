@@ -1,4 +1,4 @@
-"""acsleuth.compat.sleuth: the reference library's API on acsleuth's engine (SPEC §7, issue 6)."""
+"""acsleuth.compat.sleuth: the reference library's API on acsleuth's engine (docs/method.md §7, issue 6)."""
 
 from __future__ import annotations
 
@@ -59,7 +59,7 @@ def trained(pbmc_task) -> AnomalyModel:
     return model
 
 
-# --------------------------------------------------------------------------- defaults (SPEC §7)
+# --------------------------------------------------------------------------- defaults (docs/method.md §7)
 def test_anomaly_defaults_are_the_reference_libraries():
     c = AnomalyConfigs(2000)
     assert (c.gene_dim, c.prepare_epochs, c.train_epochs, c.score_epochs) == (2000, 50, 20, 20)

@@ -1,4 +1,4 @@
-"""The neuralised k-means and DESC's Student-t head as group logits (SPEC §8.3)."""
+"""The neuralised k-means and DESC's Student-t head as group logits (docs/method.md §8.3)."""
 
 from __future__ import annotations
 

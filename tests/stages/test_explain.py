@@ -1,4 +1,4 @@
-"""ACE's solver and scores on toys whose answer is known (SPEC §8.3)."""
+"""ACE's solver and scores on toys whose answer is known (docs/method.md §8.3)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage IV: Student-t assignment, DESC, the choice of k and the fusion encoder (SPEC §4)."""
+"""Stage IV: Student-t assignment, DESC, the choice of k and the fusion encoder (docs/method.md §4)."""
 
 from __future__ import annotations
 

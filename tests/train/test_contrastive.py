@@ -1,4 +1,4 @@
-"""The scDET losses (SPEC §8.2) against hand computations and slow references."""
+"""The scDET losses (docs/method.md §8.2) against hand computations and slow references."""
 
 from __future__ import annotations
 
