@@ -137,18 +137,28 @@ def _epoch_count(stage: str, text: str) -> int:
         raise ValueError(f"--epochs {stage}: {err}") from None
 
 
-def non_negative(text: str) -> int:
-    """An argparse type: a whole number >= 0."""
+def whole_number(text: str, minimum: int) -> int:
+    """``text`` as a whole number >= ``minimum``, else an ``argparse.ArgumentTypeError``."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"expected a number >= {minimum}, got {value}")
     return value
+
+
+def non_negative(text: str) -> int:
+    """An argparse type: a whole number >= 0."""
+    return whole_number(text, 0)
+
+
+def positive(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    return whole_number(text, 1)
 
 
 __all__ = [
     "EPOCH_STAGES", "HelpFormatter", "add_common", "build_parser", "epoch_settings", "interrupted",
-    "main", "non_negative", "verbosity",
+    "main", "non_negative", "positive", "verbosity", "whole_number",
 ]

@@ -7,7 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .._anndata.annotate import KEY_ADDED
-from . import non_negative
+from . import non_negative, whole_number
 from ._safety import check_output_file, check_output_folder
 
 
@@ -38,12 +38,9 @@ def n_types(text: str) -> int | str:
     if text == "auto":
         return text
     try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number or 'auto', got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
+        return whole_number(text, 1)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a whole number >= 1, got {text!r}") from None
 
 
 def annotate_command(args: argparse.Namespace) -> int:

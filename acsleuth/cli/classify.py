@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from .._constants import SEED
+from . import positive
 from ._safety import check_output_folder
 
 
@@ -22,22 +23,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--reject", action="store_true",
                         help="call out-of-distribution cells 'unassigned'")
     parser.add_argument("--model", help="a saved classifier folder (e.g. OUT/model): skip training")
-    parser.add_argument("--epochs", type=_positive, help="training epochs (default: the classifier's)")
+    parser.add_argument("--epochs", type=positive, help="training epochs (default: the classifier's)")
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--seed", type=int, default=SEED, help=f"seed of the classifier (default {SEED})")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.set_defaults(func=run_classify)
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number >= 1, got {value}")
-    return value
 
 
 def run_classify(args: argparse.Namespace) -> int:
