@@ -14,6 +14,15 @@ except PackageNotFoundError:  # running from a source tree without installation
     __version__ = "0.1.0"
 
 __all__ = [
-    "ACsleuth", "CellTypeClassifier", "OpenWorldAnnotator", "__version__", "data", "datasets",
-    "metrics", "ops", "pl", "report", "tl",
+    "ACsleuth",
+    "CellTypeClassifier",
+    "OpenWorldAnnotator",
+    "__version__",
+    "data",
+    "datasets",
+    "metrics",
+    "ops",
+    "pl",
+    "report",
+    "tl",
 ]

@@ -104,17 +104,34 @@ class Params:
     n_jobs: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("n_top_genes", "batch_size", "n_memory", "eval_batch_size", "n_critic",
-                     "style_n_critic"):
+        for name in (
+            "n_top_genes",
+            "batch_size",
+            "n_memory",
+            "eval_batch_size",
+            "n_critic",
+            "style_n_critic",
+        ):
             if int(getattr(self, name)) < 1:
-                raise ValueError(f"ACsleuth: {name} must be a positive integer, got {getattr(self, name)}")
-        for name in ("prepare_epochs", "train_epochs", "score_epochs", "warm_epochs", "kin_epochs",
-                     "style_epochs", "subtype_epochs"):
+                raise ValueError(
+                    f"ACsleuth: {name} must be a positive integer, got {getattr(self, name)}"
+                )
+        for name in (
+            "prepare_epochs",
+            "train_epochs",
+            "score_epochs",
+            "warm_epochs",
+            "kin_epochs",
+            "style_epochs",
+            "subtype_epochs",
+        ):
             if int(getattr(self, name)) < 0:
                 raise ValueError(f"ACsleuth: {name} must be >= 0, got {getattr(self, name)}")
         check_option("score", self.score, SCORES)
         if self.kernel not in KERNELS:
-            raise ValueError(f"ACsleuth: kernel must be 'linear' or 'gaussian', got {self.kernel!r}")
+            raise ValueError(
+                f"ACsleuth: kernel must be 'linear' or 'gaussian', got {self.kernel!r}"
+            )
         if self.gamma not in GAMMAS:
             raise ValueError(f"ACsleuth: gamma must be 'interp' or 'reference', got {self.gamma!r}")
         check_anomaly_ratio(self.anomaly_ratio)
@@ -123,7 +140,9 @@ class Params:
                 f"ACsleuth: subtype_embedding must be 'pca' or 'fusion', got {self.subtype_embedding!r}"
             )
         if self.cache_gb is not None and not float(self.cache_gb) >= 0:
-            raise ValueError(f"ACsleuth: cache_gb must be >= 0 or None (automatic), got {self.cache_gb}")
+            raise ValueError(
+                f"ACsleuth: cache_gb must be >= 0 or None (automatic), got {self.cache_gb}"
+            )
         check_option("precision", self.precision, PRECISIONS)
         check_n_jobs(self.n_jobs)
         for name in ("learning_rate", "memory_temperature"):
@@ -139,25 +158,35 @@ class Params:
         from .stages.detect import DetectorConfig
 
         return DetectorConfig(
-            prepare_epochs=self.prepare_epochs, train_epochs=self.train_epochs,
-            lr=self.learning_rate, critic_steps=self.n_critic,
+            prepare_epochs=self.prepare_epochs,
+            train_epochs=self.train_epochs,
+            lr=self.learning_rate,
+            critic_steps=self.n_critic,
             reconstruction_weight=self.reconstruction_weight,
-            adversarial_weight=self.adversarial_weight, gp_weight=self.gp_weight,
+            adversarial_weight=self.adversarial_weight,
+            gp_weight=self.gp_weight,
             precision=self.precision,
         )
 
     def generator_settings(self) -> dict[str, float]:
         """The memory bank's keyword arguments of :class:`~acsleuth.nn.Generator`."""
-        return {"n_memory": self.n_memory, "temperature": self.memory_temperature,
-                "shrink": self.memory_shrink}
+        return {
+            "n_memory": self.n_memory,
+            "temperature": self.memory_temperature,
+            "shrink": self.memory_shrink,
+        }
 
     def scorer_config(self) -> ScorerConfig:
         """The MMD predictor (docs/method.md §1.1)."""
         from .stages.mmd import ScorerConfig
 
         return ScorerConfig(
-            epochs=self.score_epochs, kernel=self.kernel, gamma=self.gamma,
-            batch_size=self.score_batch_size, warm_epochs=self.warm_epochs, lr=self.learning_rate,
+            epochs=self.score_epochs,
+            kernel=self.kernel,
+            gamma=self.gamma,
+            batch_size=self.score_batch_size,
+            warm_epochs=self.warm_epochs,
+            lr=self.learning_rate,
         )
 
     def neighbour_config(self) -> NeighbourConfig:
@@ -178,10 +207,13 @@ class Params:
         from .stages.style import StyleConfig
 
         return StyleConfig(
-            epochs=self.style_epochs, batch_size=max(2, self.batch_size // world_size),
-            lr=self.learning_rate, critic_steps=self.style_n_critic,
+            epochs=self.style_epochs,
+            batch_size=max(2, self.batch_size // world_size),
+            lr=self.learning_rate,
+            critic_steps=self.style_n_critic,
             reconstruction_weight=self.reconstruction_weight,
-            adversarial_weight=self.adversarial_weight, gp_weight=self.gp_weight,
+            adversarial_weight=self.adversarial_weight,
+            gp_weight=self.gp_weight,
             precision=self.precision,
         )
 
@@ -190,7 +222,8 @@ class Params:
         from .stages.subtype import SubtypeConfig
 
         return SubtypeConfig(
-            embedding=self.subtype_embedding, epochs=self.subtype_epochs,
+            embedding=self.subtype_embedding,
+            epochs=self.subtype_epochs,
             eval_batch_size=self.eval_batch_size,
         )
 
@@ -213,8 +246,12 @@ def check_anomaly_ratio(ratio: object) -> None:
 
 def check_n_jobs(n_jobs: object) -> None:
     """``None`` (automatic), -1 (every usable core) or a positive number of CPU threads."""
-    if n_jobs is not None and (isinstance(n_jobs, bool) or not isinstance(n_jobs, int | np.integer)
-                               or n_jobs == 0 or n_jobs < -1):
+    if n_jobs is not None and (
+        isinstance(n_jobs, bool)
+        or not isinstance(n_jobs, int | np.integer)
+        or n_jobs == 0
+        or n_jobs < -1
+    ):
         raise ValueError(
             f"ACsleuth: n_jobs must be a positive number of threads, -1 (every usable core) or "
             f"None (automatic), got {n_jobs!r}"
@@ -224,8 +261,29 @@ def check_n_jobs(n_jobs: object) -> None:
 DEFAULTS = Params()  # the defaults of every setting, e.g. for a signature
 
 __all__ = [
-    "ANOMALY_EXPRESSIONS", "DEFAULTS", "EPOCH_PARAMS", "GAMMAS", "KERNELS", "KINS", "NEEDS_MMD",
-    "N_NEIGHBOURS", "N_REFERENCE_PCS", "PRECISIONS", "SCORE", "SCORES", "SUBTYPE_EMBEDDINGS",
-    "AnomalyExpression", "Gamma", "Kernel", "Kin", "Metric", "Params", "Precision", "Score",
-    "SubtypeEmbedding", "check_anomaly_ratio", "check_n_jobs", "check_option",
+    "ANOMALY_EXPRESSIONS",
+    "DEFAULTS",
+    "EPOCH_PARAMS",
+    "GAMMAS",
+    "KERNELS",
+    "KINS",
+    "NEEDS_MMD",
+    "N_NEIGHBOURS",
+    "N_REFERENCE_PCS",
+    "PRECISIONS",
+    "SCORE",
+    "SCORES",
+    "SUBTYPE_EMBEDDINGS",
+    "AnomalyExpression",
+    "Gamma",
+    "Kernel",
+    "Kin",
+    "Metric",
+    "Params",
+    "Precision",
+    "Score",
+    "SubtypeEmbedding",
+    "check_anomaly_ratio",
+    "check_n_jobs",
+    "check_option",
 ]

@@ -15,7 +15,9 @@ def resolve_device(device: str | torch.device) -> torch.device:
         device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was requested but torch sees no CUDA GPU; use 'cpu' or 'auto'")
+        raise ValueError(
+            "device='cuda' was requested but torch sees no CUDA GPU; use 'cpu' or 'auto'"
+        )
     ctx = parallel.context()
     if device.type == "cuda" and ctx.distributed:  # one GPU per torchrun process
         return torch.device("cuda", ctx.local_rank)

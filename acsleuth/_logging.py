@@ -109,7 +109,9 @@ class _Heartbeat:
         if now - self.last >= HEARTBEAT_S:
             self.last = now
             of = f"/{self.total}" if self.total is not None else ""
-            logger.info("  %s: %d%s after %.0f s%s", self.desc, self.n, of, now - self.start, self.postfix)
+            logger.info(
+                "  %s: %d%s after %.0f s%s", self.desc, self.n, of, now - self.start, self.postfix
+            )
 
     def set_postfix(self, values: dict[str, Any]) -> None:
         self.postfix = " (" + ", ".join(f"{k} {v}" for k, v in values.items()) + ")"

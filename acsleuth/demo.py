@@ -79,7 +79,10 @@ def run_demo(
     out = Path(out)
     check_folder(out)
     reference, target = datasets.pbmc_holdout(
-        list(held_out), anomaly_ratio=ANOMALY_RATIO, n_batches=2, batch_effect=BATCH_EFFECT,
+        list(held_out),
+        anomaly_ratio=ANOMALY_RATIO,
+        n_batches=2,
+        batch_effect=BATCH_EFFECT,
         seed=seed,
     )
     truth = target.obs["is_anomaly"].to_numpy(bool)
@@ -89,12 +92,21 @@ def run_demo(
         f"({truth.sum()} anomalous) in 2 batches, one with a per-gene batch effect "
         f"(sd {BATCH_EFFECT} on the log scale)"
     )
-    params = dict(epochs) if isinstance(epochs, Mapping) else dict(zip(EPOCH_PARAMS, epochs or (), strict=True))
+    params = (
+        dict(epochs)
+        if isinstance(epochs, Mapping)
+        else dict(zip(EPOCH_PARAMS, epochs or (), strict=True))
+    )
     model = ACsleuth(**params, random_state=seed, device=device, verbose=False).fit(reference)
     rows, seconds, k = {}, {}, keys()
-    for name, batch_key in (("without batch correction", None), ("with batch correction", BATCH_KEY)):
+    for name, batch_key in (
+        ("without batch correction", None),
+        ("with batch correction", BATCH_KEY),
+    ):
         begin = time.perf_counter()
-        annotated = model.run(reference, target.copy(), batch_key=batch_key, correct=batch_key is not None)
+        annotated = model.run(
+            reference, target.copy(), batch_key=batch_key, correct=batch_key is not None
+        )
         seconds[name] = time.perf_counter() - begin
         rows[name] = evaluate_run(annotated)
     table = pd.DataFrame(rows).T.astype({"called": int, "subtypes": int})
@@ -103,15 +115,22 @@ def run_demo(
     with atomic_dir(out, overwrite=True) as tmp:
         (tmp / MARKER).touch()
         annotated.write_h5ad(tmp / "target.h5ad")
-        pd.DataFrame({
-            "cell_type": annotated.obs["cell_type"], "batch": annotated.obs[BATCH_KEY],
-            "is_anomaly": truth, "score": annotated.obs[k.score],
-            "anomaly": annotated.obs[k.anomaly], "subtype": annotated.obs[k.subtype],
-        }).to_csv(tmp / "cells.csv", index_label="cell")
+        pd.DataFrame(
+            {
+                "cell_type": annotated.obs["cell_type"],
+                "batch": annotated.obs[BATCH_KEY],
+                "is_anomaly": truth,
+                "score": annotated.obs[k.score],
+                "anomaly": annotated.obs[k.anomaly],
+                "subtype": annotated.obs[k.subtype],
+            }
+        ).to_csv(tmp / "cells.csv", index_label="cell")
         table.to_csv(tmp / "metrics.csv", index_label="run")
         write_report(annotated, tmp, label_key="cell_type", truth_key="is_anomaly")
-    echo(f"wrote {out}/ (target.h5ad, cells.csv, metrics.csv, report.md and figures) "
-         f"in {time.perf_counter() - start:.1f} s")
+    echo(
+        f"wrote {out}/ (target.h5ad, cells.csv, metrics.csv, report.md and figures) "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
     return table
 
 

@@ -131,10 +131,7 @@ def ari(labels_true: ArrayLike, labels_pred: ArrayLike) -> float:
 
 
 def subtype_scores(
-    is_anomaly: ArrayLike,
-    predicted: ArrayLike,
-    true_type: ArrayLike,
-    subtype: ArrayLike,
+    is_anomaly: ArrayLike, predicted: ArrayLike, true_type: ArrayLike, subtype: ArrayLike
 ) -> dict[str, float]:
     """Subtyping quality on the cells that are true anomalies and predicted anomalous.
 
@@ -193,13 +190,13 @@ def _as_matrix(x: ArrayLike) -> np.ndarray:
 def _as_panel(genes: ArrayLike, n_genes: int) -> np.ndarray:
     panel = np.asarray(genes, dtype=np.int64).ravel()
     if panel.size == 0 or panel.min() < 0 or panel.max() >= n_genes:
-        raise ValueError(f"a panel must hold gene indices in 0..{n_genes - 1}, got {panel.tolist()[:5]}")
+        raise ValueError(
+            f"a panel must hold gene indices in 0..{n_genes - 1}, got {panel.tolist()[:5]}"
+        )
     return panel
 
 
-def knn_jaccard_distance(
-    x: ArrayLike, labels: ArrayLike, panels: dict, *, k: int = 15
-) -> float:
+def knn_jaccard_distance(x: ArrayLike, labels: ArrayLike, panels: dict, *, k: int = 15) -> float:
     """Mean over cells of ``1 - |S_all & S_panel| / |S_all | S_panel|`` (ACE's kNN-Jaccard).
 
     ``S_all`` are a cell's ``k`` Euclidean nearest neighbours (itself excluded) on all genes
@@ -221,7 +218,9 @@ def knn_jaccard_distance(
     def neighbours(features: np.ndarray, rows: np.ndarray) -> np.ndarray:
         index = NearestNeighbors(n_neighbors=k + 1).fit(features)
         found = index.kneighbors(features[rows], return_distance=False)
-        return np.array([[j for j in row if j != i][:k] for i, row in zip(rows, found, strict=True)])
+        return np.array(
+            [[j for j in row if j != i][:k] for i, row in zip(rows, found, strict=True)]
+        )
 
     every = neighbours(matrix, np.arange(len(matrix)))
     distance = np.empty(len(matrix))
@@ -236,7 +235,13 @@ def knn_jaccard_distance(
 
 
 def panel_auroc(
-    x: ArrayLike, labels: ArrayLike, group: object, genes: ArrayLike, *, folds: int = 3, seed: int = 0
+    x: ArrayLike,
+    labels: ArrayLike,
+    group: object,
+    genes: ArrayLike,
+    *,
+    folds: int = 3,
+    seed: int = 0,
 ) -> float:
     """One-vs-rest RBF-SVM AUROC of ``group`` on the genes ``genes`` (ACE's protocol).
 
@@ -279,6 +284,8 @@ def panel_redundancy(x: ArrayLike, genes: ArrayLike) -> float:
     r = np.abs(scaled.T @ scaled)
     upper = np.triu_indices(len(panel), 1)
     return float(r[upper].mean())
+
+
 def ood_auroc(in_scores: ArrayLike, out_scores: ArrayLike) -> float:
     """AUROC of an OOD score (higher = more out of distribution) separating the cells of
     ``out_scores`` (out of distribution) from those of ``in_scores``."""

@@ -328,9 +328,7 @@ def lockstep(batches: Iterable[Any], ctx: Context) -> Iterator[Any]:
         return
     iterator = iter(batches)
     try:
-        n_steps = all_reduce_min_int(
-            len(batches) if isinstance(batches, Sized) else -1, ctx
-        )
+        n_steps = all_reduce_min_int(len(batches) if isinstance(batches, Sized) else -1, ctx)
         if n_steps >= 0:
             for _ in range(n_steps):
                 batch = next(iterator, _END)
@@ -386,8 +384,11 @@ def broadcast_array(array: np.ndarray | None, ctx: Context, src: int = 0) -> np.
     shape, dtype = broadcast_object(
         None if array is None else (array.shape, array.dtype.str), ctx, src
     )
-    t = (torch.from_numpy(np.ascontiguousarray(array)) if ctx.rank == src
-         else torch.empty(shape, dtype=torch.from_numpy(np.empty(0, dtype=dtype)).dtype))
+    t = (
+        torch.from_numpy(np.ascontiguousarray(array))
+        if ctx.rank == src
+        else torch.empty(shape, dtype=torch.from_numpy(np.empty(0, dtype=dtype)).dtype)
+    )
     t = t.to(comm_device(ctx))
     dist.broadcast(t, src)
     return t.cpu().numpy()

@@ -122,7 +122,6 @@ def subtypes(
     return _finish(fig, ax, own=own, show=show, return_fig=return_fig, title=title, save=save)
 
 
-
 def ood_scores(
     adata: AnnData,
     *,
@@ -138,8 +137,13 @@ def ood_scores(
     data = [values[(labels.astype(str) == g).to_numpy()] for g in groups]
     fig, ax, own = _figure(ax, (max(4.0, 0.6 * len(groups) + 2), 3.5))
     ax.boxplot(data, showfliers=True)
-    ax.set_xticks(range(1, len(groups) + 1), [f"{g} ({len(d)})" for g, d in zip(groups, data, strict=True)],
-                  rotation=60, ha="right", fontsize="small")
+    ax.set_xticks(
+        range(1, len(groups) + 1),
+        [f"{g} ({len(d)})" for g, d in zip(groups, data, strict=True)],
+        rotation=60,
+        ha="right",
+        fontsize="small",
+    )
     if threshold is not None and np.isfinite(threshold):
         ax.axhline(threshold, color="k", linestyle="--", linewidth=1, label="OOD threshold")
         ax.legend(fontsize="small")
@@ -174,13 +178,21 @@ def _figure(ax: Axes | None, figsize: tuple[float, float]) -> tuple[Figure, Axes
 def _obs_column(adata: AnnData, column: str, argument: str) -> pd.Series:
     """``adata.obs[column]``; a ``KeyError`` listing the columns when it is not there."""
     if column not in adata.obs:
-        raise KeyError(f"{argument} {column!r} is not an obs column (columns: {list(adata.obs.columns)})")
+        raise KeyError(
+            f"{argument} {column!r} is not an obs column (columns: {list(adata.obs.columns)})"
+        )
     return adata.obs[column]
 
 
 def _finish(
-    fig: Figure, ax: Axes, *, own: bool, show: bool | None, return_fig: bool,
-    title: str | None = None, save: str | os.PathLike | None = None,
+    fig: Figure,
+    ax: Axes,
+    *,
+    own: bool,
+    show: bool | None,
+    return_fig: bool,
+    title: str | None = None,
+    save: str | os.PathLike | None = None,
 ) -> Figure | Axes | None:
     """scanpy's ending: title, save when asked, show when asked (or by default on a new
     figure that is not saved), then return."""
@@ -242,8 +254,9 @@ def explain_panels(
     if ax is not None and len(groups) != 1:
         raise ValueError("with ax, pass groups=[one group]: each group needs its own axes")
     if ax is None:
-        fig, axes = plt.subplots(1, len(groups), figsize=(2.6 * len(groups), 0.3 * n_genes + 1.2),
-                                 squeeze=False)
+        fig, axes = plt.subplots(
+            1, len(groups), figsize=(2.6 * len(groups), 0.3 * n_genes + 1.2), squeeze=False
+        )
         axes, own = list(axes[0]), True
     else:
         fig, axes, own = ax.figure, [ax], False
@@ -290,7 +303,9 @@ def annotation(
         ax.bar(range(len(order)), counts.to_numpy(), color=colors)
         ax.set_ylabel("cells")
     else:
-        table = pd.crosstab(adata.obs[groupby].astype(str).to_numpy(), labels).reindex(columns=order)
+        table = pd.crosstab(adata.obs[groupby].astype(str).to_numpy(), labels).reindex(
+            columns=order
+        )
         share = table.div(table.sum(1), axis=0).fillna(0.0)
         fig, ax, own = _figure(ax, (max(4.0, 0.45 * len(order)), max(3.0, 0.35 * len(share))))
         image = ax.imshow(share.to_numpy(), cmap="viridis", vmin=0, vmax=1, aspect="auto")

@@ -146,12 +146,16 @@ def _umap_figure(adata: AnnData, key: str) -> Figure:
 
     call = np.where(adata.obs[keys(key).anomaly].to_numpy(dtype=bool), "anomaly", "normal")
     obs = pd.DataFrame(
-        {"anomaly call": pd.Categorical(call, categories=["normal", "anomaly"]),
-         "subtype": adata.obs[keys(key).subtype].to_numpy()},
+        {
+            "anomaly call": pd.Categorical(call, categories=["normal", "anomaly"]),
+            "subtype": adata.obs[keys(key).subtype].to_numpy(),
+        },
         index=adata.obs_names.copy(),
     )
     obs["subtype"] = obs["subtype"].astype("category")
-    view = AnnData(obs=obs, obsm={"X_rep": np.array(adata.obsm[keys(key).embedding], dtype=np.float32)})
+    view = AnnData(
+        obs=obs, obsm={"X_rep": np.array(adata.obsm[keys(key).embedding], dtype=np.float32)}
+    )
     threads = torch.get_num_threads()
     try:
         sc.pp.neighbors(view, use_rep="X_rep", n_neighbors=min(15, view.n_obs - 1), random_state=0)
@@ -222,19 +226,29 @@ def _subtype_panels(adata: AnnData, key: str) -> list[str]:
     uns = adata.uns.get(explain_key(key))
     if uns is None:
         return []
-    lines = ["## Subtype panels (ACE)", "", "Top 8 genes that move a cell out of its subtype "
-             "(+ enriched, - depleted in it); flipped: fraction of cells moved out.", "",
-             "| subtype | flipped | genes |", "|---|---:|---|"]
+    lines = [
+        "## Subtype panels (ACE)",
+        "",
+        "Top 8 genes that move a cell out of its subtype "
+        "(+ enriched, - depleted in it); flipped: fraction of cells moved out.",
+        "",
+        "| subtype | flipped | genes |",
+        "|---|---:|---|",
+    ]
     for group in uns["names"].dtype.names:
         genes = zip(uns["names"][group][:8], uns["direction"][group][:8], strict=True)
         panel = ", ".join(f"{name}{'+' if sign > 0 else '-'}" for name, sign in genes)
         lines.append(f"| {group} | {float(uns['flipped'][group]):.0%} | {panel} |")
     return [*lines, ""]
+
+
 def _parameters(params: dict) -> list[str]:
     """The run's settings and inputs as a Markdown table (settings that were None are absent)."""
     if not len(params):
         return []
-    rows = [f"| {name} | `{str(value).replace('|', '/')}` |" for name, value in sorted(params.items())]
+    rows = [
+        f"| {name} | `{str(value).replace('|', '/')}` |" for name, value in sorted(params.items())
+    ]
     return ["## Parameters", "", "| setting | value |", "|---|---|", *rows, ""]
 
 
@@ -251,6 +265,8 @@ METRIC_DEFINITIONS = [
 def _table(header: tuple[str, str], rows: dict) -> list[str]:
     """Markdown lines of a two-column table of numbers ("n/a" for undefined ones), then a
     blank line."""
-    body = [f"| {name} | {float(value):.4g} |" if np.isfinite(float(value)) else f"| {name} | n/a |"
-            for name, value in rows.items()]
+    body = [
+        f"| {name} | {float(value):.4g} |" if np.isfinite(float(value)) else f"| {name} | n/a |"
+        for name, value in rows.items()
+    ]
     return [f"| {header[0]} | {header[1]} |", "|---|---:|", *body, ""]

@@ -69,13 +69,17 @@ def score_anomalies(
     trained on the cells it scores.
     """
     adata = annotated(target, copy, "score_anomalies")
-    result = model.evaluate(_expression(adata, layer, use_raw), score=score, batch_key=batch_key,
-                            layer=layer)
+    result = model.evaluate(
+        _expression(adata, layer, use_raw), score=score, batch_key=batch_key, layer=layer
+    )
     contract.write_scores(
-        adata, result, {**model.params, "batch_key": batch_key, "layer": layer,
-                        "use_raw": use_raw or None},
-        backend=ops.backend(model.device), timings={**model.timings_, **result.timings},
-        score=score, key_added=key_added,
+        adata,
+        result,
+        {**model.params, "batch_key": batch_key, "layer": layer, "use_raw": use_raw or None},
+        backend=ops.backend(model.device),
+        timings={**model.timings_, **result.timings},
+        score=score,
+        key_added=key_added,
     )
     adata.uns[key_added]["device"] = str(model.device)
     return adata if copy else None
@@ -254,10 +258,21 @@ def explain_groups(
     config = ExplainConfig() if config is None else config
     x, genes = expression(adata, use_raw=use_raw, layer=layer)
     explain_adata(
-        adata, groupby=groupby, embedding=embedding, mode=mode, reference=reference, groups=groups,
-        n_genes=n_genes, x=x, genes=genes, config=config, key_added=key_added,
-        extra={"use_raw": adata.raw is not None and use_raw is not False and layer is None,
-               "layer": "None" if layer is None else layer},
+        adata,
+        groupby=groupby,
+        embedding=embedding,
+        mode=mode,
+        reference=reference,
+        groups=groups,
+        n_genes=n_genes,
+        x=x,
+        genes=genes,
+        config=config,
+        key_added=key_added,
+        extra={
+            "use_raw": adata.raw is not None and use_raw is not False and layer is None,
+            "layer": "None" if layer is None else layer,
+        },
     )
     return adata if copy else None
 
@@ -314,8 +329,13 @@ def explain_subtypes(
 
     adata = annotated(target, copy, "explain_subtypes")
     explain_subtypes_into(
-        adata, model.genes_, key_added=key_added, n_genes=n_genes, corrected=corrected,
-        layer=layer, config=ExplainConfig() if config is None else config,
+        adata,
+        model.genes_,
+        key_added=key_added,
+        n_genes=n_genes,
+        corrected=corrected,
+        layer=layer,
+        config=ExplainConfig() if config is None else config,
     )
     return adata if copy else None
 
@@ -383,14 +403,20 @@ def classify(
     adata = annotated(target, copy, "classify")
     if model is None:
         if reference is None or label_key is None:
-            raise ValueError("classify: give reference= and label_key= (to train), or model= (a fitted classifier)")
+            raise ValueError(
+                "classify: give reference= and label_key= (to train), or model= (a fitted classifier)"
+            )
         model = CellTypeClassifier(**settings).fit(reference, label_key=label_key)
     elif settings:
-        raise TypeError(f"classify: {sorted(settings)} set the training of a new model; drop them with model=")
+        raise TypeError(
+            f"classify: {sorted(settings)} set the training of a new model; drop them with model="
+        )
     layer = corrected_layer(adata, corrected_key)
     result = model.classify(adata, layer=layer)
     write_classification(adata, model, result, key_added=key_added, reject=reject, layer=layer)
     return adata if copy else None
+
+
 def _expression(adata: AnnData, layer: str | None, use_raw: bool) -> AnnData:
     """``adata``, or with ``use_raw`` its ``raw`` as an AnnData (same cells, raw genes)."""
     if not use_raw:

@@ -60,9 +60,14 @@ def _model(
 ) -> ACsleuth:
     """The model under test: the package's defaults except epochs, genes, device and seed."""
     return ACsleuth(
-        prepare_epochs=epochs[0], train_epochs=epochs[1], score_epochs=epochs[2],
-        warm_epochs=warm_epochs, n_top_genes=args.genes, device=str(device),
-        random_state=args.seed, verbose=False,
+        prepare_epochs=epochs[0],
+        train_epochs=epochs[1],
+        score_epochs=epochs[2],
+        warm_epochs=warm_epochs,
+        n_top_genes=args.genes,
+        device=str(device),
+        random_state=args.seed,
+        verbose=False,
     )
 
 
@@ -119,8 +124,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ]
     rows = [
         {
-            "phase": phase, "stage": stage, "cells": cells, "epochs": epochs,
-            "seconds": seconds, "cells_per_s": _rate(cells * epochs, seconds),
+            "phase": phase,
+            "stage": stage,
+            "cells": cells,
+            "epochs": epochs,
+            "seconds": seconds,
+            "cells_per_s": _rate(cells * epochs, seconds),
         }
         for phase, stage, cells, epochs, seconds in stages
         if epochs > 0
@@ -136,7 +145,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "epochs": list(args.epochs),
         "warm_epochs": e_warm,
         "scorer": {
-            k: model.params[k] for k in ("kernel", "gamma", "score_batch_size", "anchor", "batch_size")
+            k: model.params[k]
+            for k in ("kernel", "gamma", "score_batch_size", "anchor", "batch_size")
         },
         "device": device.type,
         "device_name": device_name(device),
@@ -155,7 +165,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rss_after_data_bytes": rss_data,
         "peak_rss_bytes": peak_rss(),
         "peak_rss_reset_after_data": peak_reset,
-        "cuda_peak_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
+        "cuda_peak_bytes": torch.cuda.max_memory_allocated(device)
+        if device.type == "cuda"
+        else None,
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "command": args.command,
     }
@@ -213,11 +225,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cells", type=int, help="reference and target cells each (20,000)")
     parser.add_argument("--genes", type=int, default=2000, help="genes (all kept)")
     parser.add_argument(
-        "--epochs", type=int, nargs=3, default=[1, 1, 1], metavar=("PREPARE", "TRAIN", "SCORE"),
+        "--epochs",
+        type=int,
+        nargs=3,
+        default=[1, 1, 1],
+        metavar=("PREPARE", "TRAIN", "SCORE"),
         help="epochs of module I without / with the memory bank, and of the MMD predictor",
     )
     parser.add_argument(
-        "--warm-epochs", type=int, default=1,
+        "--warm-epochs",
+        type=int,
+        default=1,
         help=f"warm-start epochs of the MMD predictor (package default: {package_default('warm_epochs')})",
     )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])

@@ -26,21 +26,34 @@ import acsleuth
 from acsleuth import datasets
 from acsleuth.demo import run_demo
 
-FAST = {"prepare_epochs": 2, "train_epochs": 1, "score_epochs": 2, "warm_epochs": 2,
-        "style_epochs": 2, "subtype_epochs": 3, "kin_epochs": 2, "batch_size": 32,
-        "n_memory": 50, "verbose": False, "device": "cpu"}
+FAST = {
+    "prepare_epochs": 2,
+    "train_epochs": 1,
+    "score_epochs": 2,
+    "warm_epochs": 2,
+    "style_epochs": 2,
+    "subtype_epochs": 3,
+    "kin_epochs": 2,
+    "batch_size": 32,
+    "n_memory": 50,
+    "verbose": False,
+    "device": "cpu",
+}
 CASES = {  # name: (model settings, run arguments)
     "batches": ({}, {"batch_key": "batch"}),
     "ratio_no_correction": ({}, {"anomaly_ratio": 0.2, "correct": False}),
-    "learned_kin_fusion": ({"subtype_embedding": "fusion", "score": "scaled"},
-                           {"batch_key": "batch", "kin": "learned", "n_subtypes": 2}),
+    "learned_kin_fusion": (
+        {"subtype_embedding": "fusion", "score": "scaled"},
+        {"batch_key": "batch", "kin": "learned", "n_subtypes": 2},
+    ),
 }
 
 
 def api_arrays() -> dict[str, np.ndarray]:
     """Every per-cell output of the :data:`CASES` on a small synthetic data set."""
-    reference, target = datasets.synthetic(150, 120, 60, n_anomaly_types=2, anomaly_ratio=0.3,
-                                           n_batches=2, seed=3)
+    reference, target = datasets.synthetic(
+        150, 120, 60, n_anomaly_types=2, anomaly_ratio=0.3, n_batches=2, seed=3
+    )
     arrays = {}
     for name, (settings, run) in CASES.items():
         model = acsleuth.ACsleuth(**{**FAST, **settings}).fit(reference)
@@ -99,11 +112,16 @@ def main(argv: list[str] | None = None) -> int:
     with np.load(folder / "outputs.npz", allow_pickle=True) as saved:
         before = {k: saved[k] for k in saved.files}
     if set(before) != set(arrays):
-        print(f"different outputs: only before {sorted(set(before) - set(arrays))}, only now "
-              f"{sorted(set(arrays) - set(before))}")
+        print(
+            f"different outputs: only before {sorted(set(before) - set(arrays))}, only now "
+            f"{sorted(set(arrays) - set(before))}"
+        )
         return 1
-    different = [k for k in sorted(arrays) if not np.array_equal(before[k], arrays[k], equal_nan=
-                 before[k].dtype.kind == "f")]
+    different = [
+        k
+        for k in sorted(arrays)
+        if not np.array_equal(before[k], arrays[k], equal_nan=before[k].dtype.kind == "f")
+    ]
     for k in different:
         print(f"NOT identical: {k}")
     print(f"{len(arrays) - len(different)} of {len(arrays)} arrays bit-identical")

@@ -49,7 +49,7 @@ class ReplayGenerator(nn.Module):
     def __init__(self, n_genes: int, n_memory: int = 512, dim: int = 256) -> None:
         super().__init__()
         self.encoder, self.decoder = Encoder(n_genes), Decoder(n_genes)
-        self.register_buffer("queue", torch.empty(n_memory, dim).uniform_(-dim**-0.5, dim**-0.5))
+        self.register_buffer("queue", torch.empty(n_memory, dim).uniform_(-(dim**-0.5), dim**-0.5))
         self.position = 0
 
     def forward(self, x: torch.Tensor, use_memory: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,22 +64,36 @@ class ReplayGenerator(nn.Module):
         self.position = int(rows[-1] + 1) % self.queue.shape[0]
 
 
-def replay(ref: np.ndarray, tgt: np.ndarray, epochs: tuple[int, int, int], workers: int, seed: int) -> np.ndarray:
+def replay(
+    ref: np.ndarray, tgt: np.ndarray, epochs: tuple[int, int, int], workers: int, seed: int
+) -> np.ndarray:
     """Train as the reference library does and return its anomaly probabilities of ``tgt``."""
     torch.manual_seed(seed)
     prepare_epochs, train_epochs, score_epochs = epochs
     g, d = ReplayGenerator(ref.shape[1]), Critic(ref.shape[1])
     opt_g = torch.optim.Adam(g.parameters(), lr=1e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(d.parameters(), lr=1e-4, betas=(0.5, 0.999))
-    sched = [torch.optim.lr_scheduler.CosineAnnealingLR(o, max(train_epochs, 1)) for o in (opt_g, opt_d)]
-    loader = DataLoader(torch.from_numpy(ref), batch_size=128, shuffle=True, num_workers=workers,
-                        pin_memory=workers > 0, drop_last=True)
+    sched = [
+        torch.optim.lr_scheduler.CosineAnnealingLR(o, max(train_epochs, 1)) for o in (opt_g, opt_d)
+    ]
+    loader = DataLoader(
+        torch.from_numpy(ref),
+        batch_size=128,
+        shuffle=True,
+        num_workers=workers,
+        pin_memory=workers > 0,
+        drop_last=True,
+    )
     for use_memory, n_epochs in ((False, prepare_epochs), (True, train_epochs)):
         for _ in range(n_epochs):
             for x in loader:
                 for _ in range(2):  # n_critic: the generator runs again for every critic update
                     fake, _ = g(x, use_memory)
-                    loss_d = d(fake.detach()).mean() - d(x).mean() + 10 * gradient_penalty(d, x, fake.detach())
+                    loss_d = (
+                        d(fake.detach()).mean()
+                        - d(x).mean()
+                        + 10 * gradient_penalty(d, x, fake.detach())
+                    )
                     opt_d.zero_grad()
                     loss_d.backward()
                     opt_d.step()
@@ -96,14 +110,18 @@ def replay(ref: np.ndarray, tgt: np.ndarray, epochs: tuple[int, int, int], worke
     g.eval()
     x = torch.from_numpy(tgt)
     with torch.no_grad():
-        delta = x - torch.cat([g(b, True)[0] for b in DataLoader(x, batch_size=128, num_workers=workers)])
+        delta = x - torch.cat(
+            [g(b, True)[0] for b in DataLoader(x, batch_size=128, num_workers=workers)]
+        )
     scorer = Predictor(tgt.shape[1])
     opt_s = torch.optim.Adam(scorer.parameters(), lr=1e-4, betas=(0.5, 0.999))
     sched_s = torch.optim.lr_scheduler.CosineAnnealingLR(opt_s, max(score_epochs, 1))
     for _ in range(score_epochs):  # one full-batch step per epoch, dense N x N kernel
         p = torch.sigmoid(scorer(delta))
         n = p.sum()
-        loss = _reference.gamma_mmd_loss(delta, p, len(p) - n, n, kernel="linear", gamma="reference")
+        loss = _reference.gamma_mmd_loss(
+            delta, p, len(p) - n, n, kernel="linear", gamma="reference"
+        )
         opt_s.zero_grad()
         loss.backward()
         opt_s.step()
@@ -121,10 +139,16 @@ def log_normalised(adata) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--cells", type=int, default=5000, help="reference cells (and target cells)")
+    parser.add_argument(
+        "--cells", type=int, default=5000, help="reference cells (and target cells)"
+    )
     parser.add_argument("--genes", type=int, default=2000)
-    parser.add_argument("--epochs", type=int, nargs=3, default=(5, 5, 20), metavar=("PREPARE", "TRAIN", "SCORE"))
-    parser.add_argument("--workers", type=int, default=4, help="the replay's DataLoader workers (shipped: 4)")
+    parser.add_argument(
+        "--epochs", type=int, nargs=3, default=(5, 5, 20), metavar=("PREPARE", "TRAIN", "SCORE")
+    )
+    parser.add_argument(
+        "--workers", type=int, default=4, help="the replay's DataLoader workers (shipped: 4)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=2024)
     args = parser.parse_args()
@@ -146,12 +170,22 @@ def main() -> None:
     for workers in sorted({args.workers, 0}, reverse=True):
         start = time.perf_counter()
         theirs = replay(ref, tgt, tuple(args.epochs), workers, args.seed)
-        rows.append((f"replay, {workers} DataLoader workers", time.perf_counter() - start, evaluate(label, theirs)))
-    print(f"\n{args.cells} reference + {args.cells} target cells x {args.genes} genes, epochs "
-          f"{tuple(args.epochs)}, {args.threads} threads, torch {torch.__version__}")
+        rows.append(
+            (
+                f"replay, {workers} DataLoader workers",
+                time.perf_counter() - start,
+                evaluate(label, theirs),
+            )
+        )
+    print(
+        f"\n{args.cells} reference + {args.cells} target cells x {args.genes} genes, epochs "
+        f"{tuple(args.epochs)}, {args.threads} threads, torch {torch.__version__}"
+    )
     print("| run | seconds | speed-up of acsleuth | AUROC | AP | F1 |\n|---|---|---|---|---|---|")
     for name, seconds, (auroc, ap, f1) in rows:
-        print(f"| {name} | {seconds:.1f} | {seconds / rows[0][1]:.2f}x | {auroc:.3f} | {ap:.3f} | {f1:.3f} |")
+        print(
+            f"| {name} | {seconds:.1f} | {seconds / rows[0][1]:.2f}x | {auroc:.3f} | {ap:.3f} | {f1:.3f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -42,8 +42,16 @@ SPLITS: dict[str, tuple[tuple[str, ...], str]] = {
     "half": (("CD19+ B", "CD56+ NK", "CD14+ Monocyte", "CD4+/CD25 T Reg", "CD34+"), "held-out"),
 }
 REJECT_BELOW = 0.5
-SYNTHETIC = dict(n_reference=400, n_target=600, n_genes=300, n_types=5, n_anomaly_types=3,
-                 anomaly_ratio=0.3, proportions="long_tail", imbalance=30.0)
+SYNTHETIC = dict(
+    n_reference=400,
+    n_target=600,
+    n_genes=300,
+    n_types=5,
+    n_anomaly_types=3,
+    anomaly_ratio=0.3,
+    proportions="long_tail",
+    imbalance=30.0,
+)
 
 
 def pcs(reference, target, seed: int, n: int = 50) -> tuple[np.ndarray, np.ndarray]:
@@ -70,7 +78,9 @@ def kmeans_all(tgt_pc, k: int, seed: int) -> np.ndarray:
     return np.array([f"cluster_{c}" for c in labels], dtype=object)
 
 
-def run_case(reference, target, seed: int, config: OpenWorldConfig, methods: list[str]) -> list[dict]:
+def run_case(
+    reference, target, seed: int, config: OpenWorldConfig, methods: list[str]
+) -> list[dict]:
     truth = target.obs["cell_type"].astype(str).to_numpy()
     seen = sorted(set(reference.obs["cell_type"].astype(str)))
     k = len(set(seen) | set(truth))
@@ -80,17 +90,29 @@ def run_case(reference, target, seed: int, config: OpenWorldConfig, methods: lis
         acc = metrics.open_world_accuracy(truth, pred, seen)
         novel_cells = ~np.isin(truth, seen)
         flagged = ~np.isin(pred.astype(str), seen)
-        rows.append({"method": method, "seed": seed, **acc,
-                     "novel_flagged": float(flagged[novel_cells].mean()),
-                     "seen_flagged": float(flagged[~novel_cells].mean()), "seconds": seconds})
+        rows.append(
+            {
+                "method": method,
+                "seed": seed,
+                **acc,
+                "novel_flagged": float(flagged[novel_cells].mean()),
+                "seen_flagged": float(flagged[~novel_cells].mean()),
+                "seconds": seconds,
+            }
+        )
 
-    variants = {"scdet": config, "no_reg": replace(config, reg_weight=0.0),
-                "hard": replace(config, soft=False)}
+    variants = {
+        "scdet": config,
+        "no_reg": replace(config, reg_weight=0.0),
+        "hard": replace(config, soft=False),
+    }
     for name, cfg in variants.items():
         if name not in methods:
             continue
         start = time.perf_counter()
-        model = OpenWorldAnnotator(k, config=cfg, seed=seed).fit(reference, target, label_key="cell_type")
+        model = OpenWorldAnnotator(k, config=cfg, seed=seed).fit(
+            reference, target, label_key="cell_type"
+        )
         pred = np.asarray(model.predict(target).label, dtype=object)
         record(name, pred, time.perf_counter() - start)
     start = time.perf_counter()
@@ -99,8 +121,11 @@ def run_case(reference, target, seed: int, config: OpenWorldConfig, methods: lis
     if "reject_kmeans" in methods:
         start = time.perf_counter()
         ref_y = reference.obs["cell_type"].astype(str).to_numpy()
-        record("reject_kmeans", reject_kmeans(ref_pc, ref_y, tgt_pc, k - len(seen), seed),
-               base + time.perf_counter() - start)
+        record(
+            "reject_kmeans",
+            reject_kmeans(ref_pc, ref_y, tgt_pc, k - len(seen), seed),
+            base + time.perf_counter() - start,
+        )
     if "kmeans" in methods:
         start = time.perf_counter()
         record("kmeans", kmeans_all(tgt_pc, k, seed), base + time.perf_counter() - start)
@@ -120,8 +145,9 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="CSV of every run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--splits", nargs="+", default=[*SPLITS, "synthetic"])
-    parser.add_argument("--methods", nargs="+",
-                        default=["scdet", "no_reg", "hard", "reject_kmeans", "kmeans"])
+    parser.add_argument(
+        "--methods", nargs="+", default=["scdet", "no_reg", "hard", "reject_kmeans", "kmeans"]
+    )
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()

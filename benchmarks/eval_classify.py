@@ -35,7 +35,11 @@ from acsleuth.data import prepare
 from acsleuth.train import TrainingDiverged
 
 LABEL = "cell_type"
-ACSLEUTH_EPOCHS = {"prepare_epochs": 10, "train_epochs": 5, "score_epochs": 5}  # the budget of one run
+ACSLEUTH_EPOCHS = {
+    "prepare_epochs": 10,
+    "train_epochs": 5,
+    "score_epochs": 5,
+}  # the budget of one run
 KNN_K = 10
 
 
@@ -48,16 +52,23 @@ def standardised(reference: AnnData, target: AnnData) -> tuple[np.ndarray, np.nd
     return (x - mean) / std, (y - mean) / std
 
 
-def quality(target: AnnData, predicted: np.ndarray, confidence: np.ndarray, ood: np.ndarray) -> dict:
+def quality(
+    target: AnnData, predicted: np.ndarray, confidence: np.ndarray, ood: np.ndarray
+) -> dict:
     """AUROC of ``ood`` (higher = OOD) and in-distribution accuracy / ECE."""
     unknown = target.obs["is_anomaly"].to_numpy()
     truth = target.obs[LABEL].astype(str).to_numpy()
     correct = (np.asarray(predicted, dtype=str) == truth)[~unknown]
-    return {"auroc": metrics.auroc(unknown, ood), "accuracy": float(correct.mean()),
-            "ece": metrics.ece(correct, confidence[~unknown])}
+    return {
+        "auroc": metrics.auroc(unknown, ood),
+        "accuracy": float(correct.mean()),
+        "ece": metrics.ece(correct, confidence[~unknown]),
+    }
 
 
-def run_classifier(name: str, reference: AnnData, target: AnnData, seed: int, **settings) -> list[dict]:
+def run_classifier(
+    name: str, reference: AnnData, target: AnnData, seed: int, **settings
+) -> list[dict]:
     start, cpu = time.perf_counter(), time.process_time()
     try:
         model = CellTypeClassifier(random_state=seed, verbose=False, device="cpu", **settings)
@@ -67,10 +78,20 @@ def run_classifier(name: str, reference: AnnData, target: AnnData, seed: int, **
     result = model.classify(target)
     seconds = {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu}
     common = {"diverged": model.divergences_ > 0, "divergences": model.divergences_, **seconds}
-    rows = [{"method": f"{name} energy", **quality(target, result.labels, result.confidence, result.ood_score),
-             **common}]
-    rows.append({"method": f"{name} max-softmax",
-                 **quality(target, result.labels, result.confidence, -result.confidence), **common})
+    rows = [
+        {
+            "method": f"{name} energy",
+            **quality(target, result.labels, result.confidence, result.ood_score),
+            **common,
+        }
+    ]
+    rows.append(
+        {
+            "method": f"{name} max-softmax",
+            **quality(target, result.labels, result.confidence, -result.confidence),
+            **common,
+        }
+    )
     return rows
 
 
@@ -81,16 +102,33 @@ def run_baselines(reference: AnnData, target: AnnData, seed: int) -> list[dict]:
     logreg = LogisticRegression(max_iter=2000, random_state=seed).fit(x, labels)
     proba = logreg.predict_proba(y)
     predicted, confidence = logreg.classes_[proba.argmax(1)], proba.max(1)
-    rows = [{"method": "logistic regression max-softmax", **quality(target, predicted, confidence, -confidence),
-             "seconds": time.perf_counter() - start}]
+    rows = [
+        {
+            "method": "logistic regression max-softmax",
+            **quality(target, predicted, confidence, -confidence),
+            "seconds": time.perf_counter() - start,
+        }
+    ]
     start = time.perf_counter()
     distance = NearestNeighbors(n_neighbors=KNN_K).fit(x).kneighbors(y)[0].mean(1)
-    rows.append({"method": f"kNN distance (k={KNN_K})", "auroc": metrics.auroc(target.obs["is_anomaly"], distance),
-                 "seconds": time.perf_counter() - start})
+    rows.append(
+        {
+            "method": f"kNN distance (k={KNN_K})",
+            "auroc": metrics.auroc(target.obs["is_anomaly"], distance),
+            "seconds": time.perf_counter() - start,
+        }
+    )
     start = time.perf_counter()
-    detector = ACsleuth(random_state=seed, verbose=False, device="cpu", **ACSLEUTH_EPOCHS).fit(reference)
-    rows.append({"method": "ACsleuth (label-free)", "auroc": metrics.auroc(target.obs["is_anomaly"], detector.score(target)),
-                 "seconds": time.perf_counter() - start})
+    detector = ACsleuth(random_state=seed, verbose=False, device="cpu", **ACSLEUTH_EPOCHS).fit(
+        reference
+    )
+    rows.append(
+        {
+            "method": "ACsleuth (label-free)",
+            "auroc": metrics.auroc(target.obs["is_anomaly"], detector.score(target)),
+            "seconds": time.perf_counter() - start,
+        }
+    )
     return rows
 
 
@@ -126,13 +164,22 @@ def splits(types: list[str], seeds: list[int], synthetic: bool) -> Callable:
 def summary(frame: pd.DataFrame) -> pd.DataFrame:
     """Per data set and method: mean AUROC, the worst held-out type (mean over seeds), accuracy,
     ECE, diverged runs and seconds per run."""
-    frame = frame.assign(**{c: frame[c].astype("boolean").fillna(False).astype(bool)
-                            for c in ("failed", "diverged") if c in frame})
+    frame = frame.assign(
+        **{
+            c: frame[c].astype("boolean").fillna(False).astype(bool)
+            for c in ("failed", "diverged")
+            if c in frame
+        }
+    )
     ok = frame[~frame["failed"]] if "failed" in frame else frame
     per_type = ok.groupby(["data", "method", "held_out"])["auroc"].mean()
     table = ok.groupby(["data", "method"]).agg(
-        auroc=("auroc", "mean"), accuracy=("accuracy", "mean"), ece=("ece", "mean"),
-        seconds=("seconds", "mean"), cpu_seconds=("cpu_seconds", "mean"), runs=("seed", "size"),
+        auroc=("auroc", "mean"),
+        accuracy=("accuracy", "mean"),
+        ece=("ece", "mean"),
+        seconds=("seconds", "mean"),
+        cpu_seconds=("cpu_seconds", "mean"),
+        runs=("seed", "size"),
     )
     table["worst_type_auroc"] = per_type.groupby(["data", "method"]).min()
     table["diverged_runs"] = frame.groupby(["data", "method"])["diverged"].sum()
@@ -144,11 +191,17 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--types", nargs="+", default=list(datasets.PBMC_CELL_TYPES))
     parser.add_argument("--no-synthetic", action="store_true")
-    parser.add_argument("--skip", nargs="*", default=[], help="methods to leave out (names, or 'baselines')")
+    parser.add_argument(
+        "--skip", nargs="*", default=[], help="methods to leave out (names, or 'baselines')"
+    )
     parser.add_argument("--quick", action="store_true", help="2 types, 1 seed, no synthetic set")
     parser.add_argument("--out", default="eval_classify.csv", help="per-run CSV")
-    parser.add_argument("--summarise", nargs="+", metavar="CSV",
-                        help="only print the table of earlier runs' CSVs (e.g. one per seed)")
+    parser.add_argument(
+        "--summarise",
+        nargs="+",
+        metavar="CSV",
+        help="only print the table of earlier runs' CSVs (e.g. one per seed)",
+    )
     args = parser.parse_args()
     if args.summarise:
         print_summary(pd.concat([pd.read_csv(path) for path in args.summarise], ignore_index=True))
@@ -157,10 +210,15 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=UserWarning)
     types, seeds = (args.types[5:7], args.seeds[:1]) if args.quick else (args.types, args.seeds)
     rows = []
-    for data, held, seed, reference, target in splits(types, seeds, not (args.no_synthetic or args.quick)):
+    for data, held, seed, reference, target in splits(
+        types, seeds, not (args.no_synthetic or args.quick)
+    ):
         for row in one_split(reference, target, seed, set(args.skip)):
             rows.append({"data": data, "held_out": held, "seed": seed, **row})
-            print({k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[-1].items()}, flush=True)
+            print(
+                {k: (round(v, 3) if isinstance(v, float) else v) for k, v in rows[-1].items()},
+                flush=True,
+            )
         pd.DataFrame(rows).to_csv(args.out, index=False)
     print_summary(pd.DataFrame(rows))
 
@@ -169,7 +227,9 @@ def print_summary(frame: pd.DataFrame) -> None:
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(summary(frame).round(3).to_string())
         pbmc = frame[frame["data"] == "pbmc"]
-        per_type = pbmc.pivot_table(index="held_out", columns="method", values="auroc", aggfunc="mean")
+        per_type = pbmc.pivot_table(
+            index="held_out", columns="method", values="auroc", aggfunc="mean"
+        )
         print(per_type.round(3).to_string())
 
 

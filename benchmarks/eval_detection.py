@@ -55,20 +55,35 @@ class Scenario:
     def label(self) -> str:
         what = "+".join(self.held) if self.held else f"synthetic {self.n_anomaly_types} programmes"
         ratio = "" if self.ratio is None else f" @{self.ratio:.0%}"
-        batches = "" if self.n_batches == 1 else f", {self.n_batches} batches sd {self.batch_effect}"
+        batches = (
+            "" if self.n_batches == 1 else f", {self.n_batches} batches sd {self.batch_effect}"
+        )
         return what + ratio + batches
 
     def load(self, seed: int):
         if not self.held:
-            return datasets.synthetic(600, 800, 1000, n_anomaly_types=self.n_anomaly_types,
-                                      anomaly_ratio=self.ratio, n_batches=self.n_batches,
-                                      batch_effect=self.batch_effect, seed=seed)
-        return datasets.pbmc_holdout(list(self.held), anomaly_ratio=self.ratio, n_batches=self.n_batches,
-                                     batch_effect=self.batch_effect, seed=seed)
+            return datasets.synthetic(
+                600,
+                800,
+                1000,
+                n_anomaly_types=self.n_anomaly_types,
+                anomaly_ratio=self.ratio,
+                n_batches=self.n_batches,
+                batch_effect=self.batch_effect,
+                seed=seed,
+            )
+        return datasets.pbmc_holdout(
+            list(self.held),
+            anomaly_ratio=self.ratio,
+            n_batches=self.n_batches,
+            batch_effect=self.batch_effect,
+            seed=seed,
+        )
 
 
-def _pbmc(family: str, *held: str, ratio: float | None = None, batches: int = 1,
-          sd: float = 0.5) -> Scenario:
+def _pbmc(
+    family: str, *held: str, ratio: float | None = None, batches: int = 1, sd: float = 0.5
+) -> Scenario:
     return Scenario(family, held, ratio, batches, sd)
 
 
@@ -77,24 +92,38 @@ def _synthetic(n_types: int, ratio: float, batches: int = 1, sd: float = 0.5) ->
 
 
 DEV = [
-    _pbmc("single", MONO), _pbmc("single", NK), _pbmc("single", CD8),
-    _pbmc("multi", B, NK), _pbmc("multi", MONO, CD8), _pbmc("multi", TREG, NAIVE8),
+    _pbmc("single", MONO),
+    _pbmc("single", NK),
+    _pbmc("single", CD8),
+    _pbmc("multi", B, NK),
+    _pbmc("multi", MONO, CD8),
+    _pbmc("multi", TREG, NAIVE8),
     _pbmc("multi", B, MONO, NK, DC, ratio=0.5),
-    _pbmc("ratio", MONO, NK, ratio=0.05), _pbmc("ratio", MONO, NK, ratio=0.6),
+    _pbmc("ratio", MONO, NK, ratio=0.05),
+    _pbmc("ratio", MONO, NK, ratio=0.6),
     _pbmc("ratio", B, NK, ratio=0.3),
-    _pbmc("batch", B, MONO, NK, batches=2, sd=1.0), _pbmc("batch", MONO, CD8, batches=2, sd=0.5),
+    _pbmc("batch", B, MONO, NK, batches=2, sd=1.0),
+    _pbmc("batch", MONO, CD8, batches=2, sd=0.5),
     _pbmc("batch", TREG, NAIVE8, ratio=0.3, batches=2, sd=1.5),
-    _synthetic(3, 0.05), _synthetic(3, 0.3, batches=2, sd=1.0),
+    _synthetic(3, 0.05),
+    _synthetic(3, 0.3, batches=2, sd=1.0),
 ]
 HELDOUT = [
-    _pbmc("single", B), _pbmc("single", DC), _pbmc("single", TREG),
-    _pbmc("multi", B, MONO, NK), _pbmc("multi", MEM4, CD8, NAIVE8),
-    _pbmc("multi", MONO, DC, CD34, ratio=0.5), _pbmc("multi", B, NK, DC, CD34, TREG, ratio=0.4),
-    _pbmc("ratio", B, MONO, NK, ratio=0.05), _pbmc("ratio", B, MONO, NK, ratio=0.2),
+    _pbmc("single", B),
+    _pbmc("single", DC),
+    _pbmc("single", TREG),
+    _pbmc("multi", B, MONO, NK),
+    _pbmc("multi", MEM4, CD8, NAIVE8),
+    _pbmc("multi", MONO, DC, CD34, ratio=0.5),
+    _pbmc("multi", B, NK, DC, CD34, TREG, ratio=0.4),
+    _pbmc("ratio", B, MONO, NK, ratio=0.05),
+    _pbmc("ratio", B, MONO, NK, ratio=0.2),
     _pbmc("ratio", DC, CD8, ratio=0.6),
-    _pbmc("batch", B, MONO, NK, batches=2, sd=0.5), _pbmc("batch", B, MONO, NK, batches=2, sd=2.0),
+    _pbmc("batch", B, MONO, NK, batches=2, sd=0.5),
+    _pbmc("batch", B, MONO, NK, batches=2, sd=2.0),
     _pbmc("batch", MEM4, CD8, NAIVE8, ratio=0.2, batches=2, sd=1.5),
-    _synthetic(4, 0.1, batches=2, sd=2.0), _synthetic(4, 0.6),
+    _synthetic(4, 0.1, batches=2, sd=2.0),
+    _synthetic(4, 0.6),
 ]
 SPLITS = {"dev": DEV, "heldout": HELDOUT}
 
@@ -118,8 +147,13 @@ def peer_scores(x_reference: np.ndarray, x_target: np.ndarray, seed: int) -> dic
         auto = AutoEncoder(epoch_num=10, batch_size=64, verbose=0, random_state=seed, device="cpu")
         out["pyod AutoEncoder"] = auto.fit(x_reference).decision_function(x_target)
     pca = PCA(min(50, len(x_reference) - 1), random_state=seed).fit(x_reference)
-    z_reference, z_target = torch.as_tensor(pca.transform(x_reference)), torch.as_tensor(pca.transform(x_target))
-    out["pca-knn"] = torch.cdist(z_target, z_reference).topk(5, largest=False).values.mean(1).numpy()
+    z_reference, z_target = (
+        torch.as_tensor(pca.transform(x_reference)),
+        torch.as_tensor(pca.transform(x_target)),
+    )
+    out["pca-knn"] = (
+        torch.cdist(z_target, z_reference).topk(5, largest=False).values.mean(1).numpy()
+    )
     return out
 
 
@@ -129,26 +163,42 @@ def run_one(scenario: Scenario, seed: int, epochs: tuple[int, int]) -> list[dict
     truth = target.obs["is_anomaly"].to_numpy()
     batch_key = "batch" if scenario.n_batches > 1 else None
     start = time.perf_counter()
-    model = ACsleuth(prepare_epochs=epochs[0], train_epochs=epochs[1], random_state=seed,
-                     verbose=False, device="cpu").fit(reference)
+    model = ACsleuth(
+        prepare_epochs=epochs[0],
+        train_epochs=epochs[1],
+        random_state=seed,
+        verbose=False,
+        device="cpu",
+    ).fit(reference)
     result = model.evaluate(target, batch_key=batch_key)
     seconds = time.perf_counter() - start
     x_reference, x_target = (
         source.rows(np.arange(source.n_obs))
-        for source in (prepare(data, genes=model.genes_, name=name)
-                       for data, name in ((reference, "reference"), (target, "target")))
+        for source in (
+            prepare(data, genes=model.genes_, name=name)
+            for data, name in ((reference, "reference"), (target, "target"))
+        )
     )
     scores = {f"acsleuth {name}": values for name, values in result.scores.items()}
     scores["acsleuth default"] = result.score
     scores.update(peer_scores(x_reference, x_target, seed))
-    base = {"split": "", "family": scenario.family, "scenario": scenario.label, "seed": seed,
-            "ratio": round(float(truth.mean()), 3), "n_anomalies": int(truth.sum())}
+    base = {
+        "split": "",
+        "family": scenario.family,
+        "scenario": scenario.label,
+        "seed": seed,
+        "ratio": round(float(truth.mean()), 3),
+        "n_anomalies": int(truth.sum()),
+    }
     rows = []
     for name, values in scores.items():
         row = {**base, "score": name, **metrics.detection_report(truth, values)}
         if name == "acsleuth default":
-            row.update(f1_calls=metrics.f1(truth, result.anomaly),
-                       called_over_true=float(result.anomaly.sum() / truth.sum()), fit_score_s=seconds)
+            row.update(
+                f1_calls=metrics.f1(truth, result.anomaly),
+                called_over_true=float(result.anomaly.sum() / truth.sum()),
+                fit_score_s=seconds,
+            )
         rows.append(row)
     return rows
 
@@ -161,9 +211,15 @@ def target_check(seeds: list[int], held_out: str = B) -> None:
         truth = target.obs["is_anomaly"].to_numpy()
         start = time.perf_counter()
         result = ACsleuth(random_state=seed, verbose=False).fit(reference).evaluate(target)
-        rows.append({"seed": seed, **metrics.detection_report(truth, result.score, result.anomaly),
-                     "called": int(result.anomaly.sum()), "anomalies": int(truth.sum()),
-                     "seconds": time.perf_counter() - start})
+        rows.append(
+            {
+                "seed": seed,
+                **metrics.detection_report(truth, result.score, result.anomaly),
+                "called": int(result.anomaly.sum()),
+                "anomalies": int(truth.sum()),
+                "seconds": time.perf_counter() - start,
+            }
+        )
         print(rows[-1], flush=True)
     print(f"held out {held_out!r}, package defaults, mean of {len(rows)} seeds:")
     print(pd.DataFrame(rows).mean().round(4).to_string())
@@ -177,19 +233,33 @@ def markdown_summary(table: pd.DataFrame) -> str:
     header = ["score"] + [f"{f} AUROC / F1" for f in families]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for score in order:
-        cells = [f"{means.loc[(score, f), 'auroc']:.3f} / {means.loc[(score, f), 'f1_at_ratio']:.3f}"
-                 for f in families]
+        cells = [
+            f"{means.loc[(score, f), 'auroc']:.3f} / {means.loc[(score, f), 'f1_at_ratio']:.3f}"
+            for f in families
+        ]
         lines.append(f"| {score} | " + " | ".join(cells) + " |")
     default = table[table["score"] == "acsleuth default"]
     calls = default.groupby("family")[["f1_at_ratio", "f1_calls", "called_over_true"]].mean()
-    lines += ["", "| family | default F1 at the true ratio | F1 of the calls (no ratio) | called / true |",
-              "|---|---|---|---|"]
-    lines += [f"| {f} | {calls.loc[f, 'f1_at_ratio']:.3f} | {calls.loc[f, 'f1_calls']:.3f} | "
-              f"{calls.loc[f, 'called_over_true']:.2f} |" for f in families]
+    lines += [
+        "",
+        "| family | default F1 at the true ratio | F1 of the calls (no ratio) | called / true |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {f} | {calls.loc[f, 'f1_at_ratio']:.3f} | {calls.loc[f, 'f1_calls']:.3f} | "
+        f"{calls.loc[f, 'called_over_true']:.2f} |"
+        for f in families
+    ]
     per = default.groupby("scenario", sort=False)[["ratio", "called_over_true", "f1_calls"]].mean()
-    lines += ["", "| scenario | anomaly ratio | called / true | F1 of the calls |", "|---|---|---|---|"]
-    lines += [f"| {s} | {r.ratio:.2f} | {r.called_over_true:.2f} | {r.f1_calls:.3f} |"
-              for s, r in per.iterrows()]
+    lines += [
+        "",
+        "| scenario | anomaly ratio | called / true | F1 of the calls |",
+        "|---|---|---|---|",
+    ]
+    lines += [
+        f"| {s} | {r.ratio:.2f} | {r.called_over_true:.2f} | {r.f1_calls:.3f} |"
+        for s, r in per.iterrows()
+    ]
     return "\n".join(lines)
 
 
@@ -198,12 +268,19 @@ def main() -> None:
     parser.add_argument("--split", choices=tuple(SPLITS), default="dev")
     parser.add_argument("--quick", action="store_true", help="2 scenarios, 1 seed, few epochs")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--epochs", type=int, nargs=2, default=(50, 20), metavar=("PREPARE", "TRAIN"))
+    parser.add_argument(
+        "--epochs", type=int, nargs=2, default=(50, 20), metavar=("PREPARE", "TRAIN")
+    )
     parser.add_argument("--only", type=int, nargs="*", help="scenario positions in the split")
     parser.add_argument("--out", default="eval_detection.csv")
-    parser.add_argument("--target-check", action="store_true",
-                        help="package defaults end to end on held-out CD19+ B cells, then exit")
-    parser.add_argument("--summarize", metavar="CSV", nargs="+", help="print the tables of earlier runs")
+    parser.add_argument(
+        "--target-check",
+        action="store_true",
+        help="package defaults end to end on held-out CD19+ B cells, then exit",
+    )
+    parser.add_argument(
+        "--summarize", metavar="CSV", nargs="+", help="print the tables of earlier runs"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.target_check:
@@ -224,8 +301,11 @@ def main() -> None:
         for scenario in scenarios:
             for row in run_one(scenario, seed, epochs):
                 rows.append({**row, "split": args.split})
-            print(f"[{time.perf_counter() - start:7.1f} s] {scenario.family}: {scenario.label} "
-                  f"seed={seed}", flush=True)
+            print(
+                f"[{time.perf_counter() - start:7.1f} s] {scenario.family}: {scenario.label} "
+                f"seed={seed}",
+                flush=True,
+            )
             pd.DataFrame(rows).to_csv(args.out, index=False)
     print(markdown_summary(pd.DataFrame(rows)))
     print(f"total {time.perf_counter() - start:.0f} s")

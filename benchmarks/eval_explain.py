@@ -40,12 +40,16 @@ PBMC_SIZES = {"1%": 8, "2%": 15, "5%": 38, "top8": 8, "top16": 16}
 HELD_OUT = ("CD19+ B", "CD14+ Monocyte", "CD56+ NK")
 
 
-def rankings(adata: AnnData, groupby: str, config: ace.ExplainConfig, seed: int) -> tuple[dict, float]:
+def rankings(
+    adata: AnnData, groupby: str, config: ace.ExplainConfig, seed: int
+) -> tuple[dict, float]:
     """``{method: {group: gene indices, best first}}`` and ACE's seconds."""
     genes = list(map(str, adata.var_names))
     out: dict[str, dict] = {}
     start = time.perf_counter()
-    acsleuth.tl.explain_groups(adata, groupby=groupby, n_genes=len(genes), config=config, use_raw=False)
+    acsleuth.tl.explain_groups(
+        adata, groupby=groupby, n_genes=len(genes), config=config, use_raw=False
+    )
     seconds = time.perf_counter() - start
     names = adata.uns["acsleuth_explain"]["names"]
     groups = list(names.dtype.names)
@@ -54,17 +58,29 @@ def rankings(adata: AnnData, groupby: str, config: ace.ExplainConfig, seed: int)
         scratch = adata.copy()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            sc.tl.rank_genes_groups(scratch, groupby, method=method, n_genes=len(genes), use_raw=False,
-                                    **({"max_iter": 1000} if method == "logreg" else {}))
+            sc.tl.rank_genes_groups(
+                scratch,
+                groupby,
+                method=method,
+                n_genes=len(genes),
+                use_raw=False,
+                **({"max_iter": 1000} if method == "logreg" else {}),
+            )
         ranked = scratch.uns["rank_genes_groups"]["names"]
         out[method] = {g: np.array([genes.index(n) for n in ranked[g]]) for g in groups}
     x = np.asarray(adata.X, dtype=np.float32)
     codes = adata.obs[groupby].cat.codes.to_numpy()
-    emb = ace.pca_embedding(x, config.n_components, standardize=config.standardize, seed=config.seed)
+    emb = ace.pca_embedding(
+        x, config.n_components, standardize=config.standardize, seed=config.seed
+    )
     z = emb(torch.as_tensor(x)).numpy()
-    model = ace.cluster_model(emb, ace.kmeans_head(z, codes, ace.group_centroids(z, codes, len(groups)),
-                                                   config.beta))
-    out["saliency"] = {g: np.argsort(-ace.saliency(x, codes, model, k), kind="stable") for k, g in enumerate(groups)}
+    model = ace.cluster_model(
+        emb, ace.kmeans_head(z, codes, ace.group_centroids(z, codes, len(groups)), config.beta)
+    )
+    out["saliency"] = {
+        g: np.argsort(-ace.saliency(x, codes, model, k), kind="stable")
+        for k, g in enumerate(groups)
+    }
     rng = np.random.default_rng(seed)
     out["random"] = {g: rng.permutation(len(genes)) for g in groups}
     return out, seconds
@@ -81,7 +97,9 @@ def simulation(complex_: bool, config: ace.ExplainConfig, seed: int) -> dict:
             metrics.knn_jaccard_distance(x, labels, {g: r[:n] for g, r in by_group.items()})
             for n in SIM_NS
         ]
-        result["recall20"][method] = float(np.mean([len(causal & set(r[:20])) / 20 for r in by_group.values()]))
+        result["recall20"][method] = float(
+            np.mean([len(causal & set(r[:20])) / 20 for r in by_group.values()])
+        )
     all_causal = {g: sorted(causal) for g in by_group}
     result["causal_only_jaccard"] = metrics.knn_jaccard_distance(x, labels, all_causal)
     return result
@@ -98,10 +116,17 @@ def pbmc(config: ace.ExplainConfig, seed: int) -> dict:
     for method, by_group in ranks.items():
         row = {}
         for name, n in PBMC_SIZES.items():
-            row[f"auroc_{name}"] = float(np.mean([metrics.panel_auroc(x, labels, g, by_group[g][:n], seed=seed)
-                                                  for g in evaluated]))
-            row[f"redundancy_{name}"] = float(np.mean([metrics.panel_redundancy(x, by_group[g][:n])
-                                                       for g in evaluated]))
+            row[f"auroc_{name}"] = float(
+                np.mean(
+                    [
+                        metrics.panel_auroc(x, labels, g, by_group[g][:n], seed=seed)
+                        for g in evaluated
+                    ]
+                )
+            )
+            row[f"redundancy_{name}"] = float(
+                np.mean([metrics.panel_redundancy(x, by_group[g][:n]) for g in evaluated])
+            )
         for n in (8, 16):
             panels = {g: r[:n] for g, r in by_group.items()}
             row[f"jaccard_{n}"] = metrics.knn_jaccard_distance(x, labels, panels)
@@ -125,10 +150,16 @@ def use_case(config: ace.ExplainConfig, seed: int) -> dict:
             "majority": members.value_counts().index[0],
             "majority_fraction": float(members.value_counts(normalize=True).iloc[0]),
             "flipped": float(uns["flipped"][g]),
-            "panel": [f"{n}{'+' if d > 0 else '-'}" for n, d in zip(uns["names"][g][:8], uns["direction"][g][:8],
-                                                                   strict=True)],
+            "panel": [
+                f"{n}{'+' if d > 0 else '-'}"
+                for n, d in zip(uns["names"][g][:8], uns["direction"][g][:8], strict=True)
+            ],
         }
-    return {"head": uns["params"]["head"], "embedding_r2": uns["params"]["embedding_r2"], "subtypes": rows}
+    return {
+        "head": uns["params"]["head"],
+        "embedding_r2": uns["params"]["embedding_r2"],
+        "subtypes": rows,
+    }
 
 
 def timing(config: ace.ExplainConfig, repeats: int = 3) -> dict:
@@ -153,16 +184,28 @@ def figure(results: dict, path: Path) -> None:
     for ax, name in zip(axes[:2], ("clean", "complex"), strict=True):
         sim = results[f"simulation_{name}"]
         for method in METHODS:
-            ax.plot(list(SIM_NS), sim["curve"][method], label=method, linewidth=2 if method == "ace" else 1)
-        ax.axhline(sim["causal_only_jaccard"], color="grey", linestyle="--", label="20 causal genes")
+            ax.plot(
+                list(SIM_NS),
+                sim["curve"][method],
+                label=method,
+                linewidth=2 if method == "ace" else 1,
+            )
+        ax.axhline(
+            sim["causal_only_jaccard"], color="grey", linestyle="--", label="20 causal genes"
+        )
         ax.set(title=f"simulation ({name})", xlabel="top-n genes", ylabel="kNN-Jaccard distance")
     axes[0].legend(fontsize="small")
     table = results["pbmc"]["table"]
     sizes = ["top8", "2%", "top16", "5%"]
     for ax, metric in zip(axes[2:], ("auroc", "redundancy"), strict=True):
         for method in METHODS:
-            ax.plot([PBMC_SIZES[s] for s in sizes], [table[method][f"{metric}_{s}"] for s in sizes],
-                    marker="o", label=method, linewidth=2 if method == "ace" else 1)
+            ax.plot(
+                [PBMC_SIZES[s] for s in sizes],
+                [table[method][f"{metric}_{s}"] for s in sizes],
+                marker="o",
+                label=method,
+                linewidth=2 if method == "ace" else 1,
+            )
         ax.set(title=f"pbmc68k_reduced: {metric}", xlabel="panel size (genes)", ylabel=metric)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -170,11 +213,17 @@ def figure(results: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="benchmarks/explain", help="prefix of the .json and .png written")
+    parser.add_argument(
+        "--out", default="benchmarks/explain", help="prefix of the .json and .png written"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--parts", nargs="+", default=["simulation", "pbmc", "use_case"],
-                        choices=["simulation", "pbmc", "use_case", "timing"],
-                        help="what to run; each part writes OUT_PART.json, the figure needs the first two")
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        default=["simulation", "pbmc", "use_case"],
+        choices=["simulation", "pbmc", "use_case", "timing"],
+        help="what to run; each part writes OUT_PART.json, the figure needs the first two",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     config = ace.ExplainConfig(seed=args.seed)
@@ -188,7 +237,11 @@ def main() -> None:
         Path(f"{args.out}_simulation.json").write_text(json.dumps(results, indent=1))
     if "pbmc" in args.parts:
         results = {"config": config.__dict__, "pbmc": pbmc(config, args.seed)}
-        print("pbmc ACE seconds (10 groups):", round(results["pbmc"]["ace_seconds_10_groups"], 1), flush=True)
+        print(
+            "pbmc ACE seconds (10 groups):",
+            round(results["pbmc"]["ace_seconds_10_groups"], 1),
+            flush=True,
+        )
         Path(f"{args.out}_pbmc.json").write_text(json.dumps(results, indent=1))
     if "use_case" in args.parts:
         results = {"config": config.__dict__, "use_case": use_case(config, args.seed)}

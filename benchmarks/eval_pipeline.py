@@ -44,7 +44,12 @@ from acsleuth.data import prepare
 from acsleuth.stages.subtype import SubtypeConfig, kmeans, subtype_anomalies
 
 B, MONO, NK, DC = "CD19+ B", "CD14+ Monocyte", "CD56+ NK", "Dendritic"
-TREG, CD8, CD8_NAIVE, CD34 = "CD4+/CD25 T Reg", "CD8+ Cytotoxic T", "CD8+/CD45RA+ Naive Cytotoxic", "CD34+"
+TREG, CD8, CD8_NAIVE, CD34 = (
+    "CD4+/CD25 T Reg",
+    "CD8+ Cytotoxic T",
+    "CD8+/CD45RA+ Naive Cytotoxic",
+    "CD34+",
+)
 #: name -> (held-out types, anomaly ratio; None keeps every held-out cell)
 DEV = {
     "B+Mono+NK": ((B, MONO, NK), None),
@@ -99,13 +104,18 @@ def evaluate_target(
     two = target.obs["batch"].nunique() > 1
     out: list[dict] = []
 
-    def record(method: str, called: np.ndarray, labels: np.ndarray | None, seconds: float,
-               **extra) -> None:
+    def record(
+        method: str, called: np.ndarray, labels: np.ndarray | None, seconds: float, **extra
+    ) -> None:
         held = sorted(set(types[truth]))
-        row = {"method": method, "f1": metrics.f1(truth, called),
-               "called/true": called.sum() / truth.sum(),
-               "min type recall": min(called[types == t].mean() for t in held),
-               "seconds": seconds, **extra}
+        row = {
+            "method": method,
+            "f1": metrics.f1(truth, called),
+            "called/true": called.sum() / truth.sum(),
+            "min type recall": min(called[types == t].mean() for t in held),
+            "seconds": seconds,
+            **extra,
+        }
         if labels is not None:
             subtype = np.full(len(truth), None, dtype=object)
             subtype[called] = labels
@@ -117,8 +127,9 @@ def evaluate_target(
     model.run(reference, annotated, batch_key="batch" if two else None, n_subtypes=n_types)
     called = annotated.obs["acsleuth_anomaly"].to_numpy(bool)
     labels = annotated.obs["acsleuth_subtype"].cat.codes.to_numpy()[called]
-    record("acsleuth run, K given", called, labels, time.perf_counter() - start,
-           k=model_k(annotated))
+    record(
+        "acsleuth run, K given", called, labels, time.perf_counter() - start, k=model_k(annotated)
+    )
     x = prepare(target, genes=model.genes_).rows(np.arange(target.n_obs)).astype(np.float32)
     corrected = annotated.layers.get("acsleuth_corrected", annotated.obsm.get("acsleuth_corrected"))
     if called.sum() >= 3:
@@ -126,31 +137,54 @@ def evaluate_target(
         for source, values in cells.items():
             start = time.perf_counter()
             km = kmeans(pcs(values, N_PCS, seed), min(n_types, len(values)), seed=seed).labels_
-            record(f"same calls: k-means on {N_PCS} PCs of {source}, K given", called, km,
-                   time.perf_counter() - start)
+            record(
+                f"same calls: k-means on {N_PCS} PCs of {source}, K given",
+                called,
+                km,
+                time.perf_counter() - start,
+            )
         for n_pcs in (50, 30):
             start = time.perf_counter()
             config = replace(_subtype_config(model, quick), n_components=n_pcs)
             result = subtype_anomalies(
-                torch.as_tensor(cells["corrected"]), generator=model.generator_,
-                n_subtypes="auto", config=config, seed=seed, verbose=False,
+                torch.as_tensor(cells["corrected"]),
+                generator=model.generator_,
+                n_subtypes="auto",
+                config=config,
+                seed=seed,
+                verbose=False,
             )
-            record(f"same calls: acsleuth subtypes, auto ({n_pcs} PCs)", called, result.labels,
-                   time.perf_counter() - start, k=result.n_subtypes)
+            record(
+                f"same calls: acsleuth subtypes, auto ({n_pcs} PCs)",
+                called,
+                result.labels,
+                time.perf_counter() - start,
+                k=result.n_subtypes,
+            )
     reference_x = prepare(reference, genes=model.genes_).rows(np.arange(reference.n_obs))
     start = time.perf_counter()
     peer = top_n(knn_peer(reference_x, x, seed), int(truth.sum()))
     km = kmeans(pcs(x[peer], N_PCS, seed), n_types, seed=seed).labels_
-    record("peer: kNN in reference PCs (true ratio) + k-means, K given", peer, km,
-           time.perf_counter() - start)
+    record(
+        "peer: kNN in reference PCs (true ratio) + k-means, K given",
+        peer,
+        km,
+        time.perf_counter() - start,
+    )
     centred = batch_centred(x, target.obs["batch"].cat.codes.to_numpy(), ~peer)[peer]
     for n_subtypes in (n_types, "auto"):
         result = subtype_anomalies(
-            torch.as_tensor(centred), generator=model.generator_, n_subtypes=n_subtypes, config=_subtype_config(model, quick), seed=seed, verbose=False,
+            torch.as_tensor(centred),
+            generator=model.generator_,
+            n_subtypes=n_subtypes,
+            config=_subtype_config(model, quick),
+            seed=seed,
+            verbose=False,
         )
         how = "K given" if n_subtypes == n_types else "auto"
-        record(f"peer calls: acsleuth subtypes, {how}", peer, result.labels, 0.0,
-               k=result.n_subtypes)
+        record(
+            f"peer calls: acsleuth subtypes, {how}", peer, result.labels, 0.0, k=result.n_subtypes
+        )
     return out
 
 
@@ -173,7 +207,8 @@ def run(split: str, name: str, seed: int, *, quick: bool) -> list[dict]:
     _, one_batch = datasets.pbmc_holdout(held, anomaly_ratio=ratio, seed=seed)  # same reference
     epochs = (
         {"prepare_epochs": 2, "train_epochs": 1, "style_epochs": 2, "subtype_epochs": 5}
-        if quick else {}
+        if quick
+        else {}
     )
     start = time.perf_counter()
     model = ACsleuth(**epochs, device="cpu", random_state=seed, verbose=False).fit(reference)
@@ -181,10 +216,19 @@ def run(split: str, name: str, seed: int, *, quick: bool) -> list[dict]:
     rows = []
     for batches, target in ((1, one_batch), (2, two_batches)):
         for row in evaluate_target(model, reference, target, seed=seed, quick=quick):
-            rows.append({"split": split, "scenario": name, "types": len(held), "seed": seed,
-                         "batches": batches, "effect": effect if batches == 2 else 0.0,
-                         "anomalies": int(target.obs["is_anomaly"].sum()),
-                         "fit_seconds": fit_seconds, **row})
+            rows.append(
+                {
+                    "split": split,
+                    "scenario": name,
+                    "types": len(held),
+                    "seed": seed,
+                    "batches": batches,
+                    "effect": effect if batches == 2 else 0.0,
+                    "anomalies": int(target.obs["is_anomaly"].sum()),
+                    "fit_seconds": fit_seconds,
+                    **row,
+                }
+            )
     return rows
 
 
@@ -195,8 +239,11 @@ def summarise(table: pd.DataFrame) -> None:
         print(part.groupby(["batches", "method"], sort=False)[columns].mean().round(3).to_string())
         print(f"\n== {split}: F1 x NMI by scenario (two batches)")
         two = part[part["batches"] == 2]
-        print(two.pivot_table(index="method", columns="scenario", values="f1_nmi", sort=False)
-              .round(3).to_string())
+        print(
+            two.pivot_table(index="method", columns="scenario", values="f1_nmi", sort=False)
+            .round(3)
+            .to_string()
+        )
 
 
 def main() -> None:

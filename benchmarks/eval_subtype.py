@@ -62,9 +62,18 @@ def run(name: str, seed: int, *, quick: bool) -> list[dict]:
     out = []
 
     def record(method: str, labels: np.ndarray, seconds: float, **extra) -> None:
-        out.append({"scenario": name, "seed": seed, "n_anomalies": len(rows), "method": method,
-                    "nmi": metrics.nmi(truth, labels), "ari": metrics.ari(truth, labels),
-                    "seconds": seconds, **extra})
+        out.append(
+            {
+                "scenario": name,
+                "seed": seed,
+                "n_anomalies": len(rows),
+                "method": method,
+                "nmi": metrics.nmi(truth, labels),
+                "ari": metrics.ari(truth, labels),
+                "seconds": seconds,
+                **extra,
+            }
+        )
 
     for method, features in (
         ("k-means on PCA(x)", lambda: PCA(50, random_state=seed).fit_transform(x.numpy())),
@@ -80,8 +89,13 @@ def run(name: str, seed: int, *, quick: bool) -> list[dict]:
     ):
         start = time.perf_counter()
         result = stage_iv(n_subtypes, cfg)
-        record(method, result.labels, time.perf_counter() - start, k=result.n_subtypes,
-               epochs=len(result.history))
+        record(
+            method,
+            result.labels,
+            time.perf_counter() - start,
+            k=result.n_subtypes,
+            epochs=len(result.history),
+        )
     return out
 
 
@@ -101,8 +115,12 @@ def main() -> None:
     if args.out:
         table.to_csv(args.out, index=False)
     summary = table.groupby(["scenario", "method"], sort=False).agg(
-        nmi_mean=("nmi", "mean"), nmi_sd=("nmi", "std"), ari_mean=("ari", "mean"),
-        k=("k", "mean"), epochs=("epochs", "mean"), seconds=("seconds", "mean"),
+        nmi_mean=("nmi", "mean"),
+        nmi_sd=("nmi", "std"),
+        ari_mean=("ari", "mean"),
+        k=("k", "mean"),
+        epochs=("epochs", "mean"),
+        seconds=("seconds", "mean"),
     )
     print(summary.round(3).to_string())
 

@@ -46,8 +46,9 @@ def measure(reference, epochs: tuple[int, int], every: int | None) -> dict[str, 
     snapshot, save = [0.0], [0.0]
     undo = [_timed(adversarial, "snapshot", snapshot), _timed(Checkpoint, "save", save)]
     try:
-        model = acsleuth.ACsleuth(prepare_epochs=epochs[0], train_epochs=epochs[1], verbose=False,
-                                  device="cpu")
+        model = acsleuth.ACsleuth(
+            prepare_epochs=epochs[0], train_epochs=epochs[1], verbose=False, device="cpu"
+        )
         with tempfile.TemporaryDirectory() as folder:
             checkpoint = None if every is None else Checkpoint(Path(folder) / "ckpt", every=every)
             model.fit(reference, checkpoint=checkpoint)
@@ -61,20 +62,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", type=int, default=5000)
     parser.add_argument("--genes", type=int, default=2000)
-    parser.add_argument("--epochs", type=int, nargs=2, default=(10, 5), metavar=("PREPARE", "TRAIN"))
+    parser.add_argument(
+        "--epochs", type=int, nargs=2, default=(10, 5), metavar=("PREPARE", "TRAIN")
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     reference, _ = synthetic(args.cells, 10, args.genes, seed=0)
     measure(reference, (1, 1), None)  # warm-up: first-call costs stay out of the table
     n_epochs = sum(args.epochs)
-    print(f"{args.cells} reference cells x {args.genes} genes, {n_epochs} epochs, {args.threads} threads")
+    print(
+        f"{args.cells} reference cells x {args.genes} genes, {n_epochs} epochs, {args.threads} threads"
+    )
     print("| run | module I (s) | snapshots (s) | share | checkpoint writes (s) | share |")
     print("|---|---|---|---|---|---|")
     for label, every in (("guard only", None), ("guard + checkpoint every epoch", 1)):
         t = measure(reference, tuple(args.epochs), every)
-        print(f"| {label} | {t['module I']:.1f} | {t['snapshot']:.2f} | "
-              f"{t['snapshot'] / t['module I']:.1%} | {t['save']:.2f} | {t['save'] / t['module I']:.1%} |")
+        print(
+            f"| {label} | {t['module I']:.1f} | {t['snapshot']:.2f} | "
+            f"{t['snapshot'] / t['module I']:.1%} | {t['save']:.2f} | {t['save'] / t['module I']:.1%} |"
+        )
 
 
 if __name__ == "__main__":

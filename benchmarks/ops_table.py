@@ -469,11 +469,7 @@ def run_worker(args) -> dict:
             times.append(time.perf_counter() - t0)
             del out
     result.update(
-        median_s=statistics.median(times),
-        min_s=min(times),
-        reps=len(times),
-        cold=cold,
-        times=times,
+        median_s=statistics.median(times), min_s=min(times), reps=len(times), cold=cold, times=times
     )
     if device.type == "cuda":
         result["peak_extra_bytes"] = torch.cuda.max_memory_allocated(device) - dev_base

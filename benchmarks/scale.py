@@ -98,8 +98,11 @@ def ensure_data(args: argparse.Namespace, n_target: int) -> dict[str, Any]:
     """Write the size's files unless both exist; returns the paths and the writer's cost."""
     reference_path, target_path, n_reference = dataset_paths(args, n_target)
     info: dict[str, Any] = {
-        "reference_path": str(reference_path), "target_path": str(target_path),
-        "n_reference": n_reference, "n_target": n_target, "written": False,
+        "reference_path": str(reference_path),
+        "target_path": str(target_path),
+        "n_reference": n_reference,
+        "n_target": n_target,
+        "written": False,
     }
     if reference_path.is_file() and target_path.is_file():
         return info
@@ -108,13 +111,23 @@ def ensure_data(args: argparse.Namespace, n_target: int) -> dict[str, Any]:
     reset_peak_rss()
     t0 = time.perf_counter()
     write_synthetic(
-        reference_path, target_path, n_reference, n_target, args.genes,
-        anomaly_ratio=ANOMALY_RATIO, n_batches=N_BATCHES, batch_effect=BATCH_EFFECT,
-        seed=args.seed, overwrite=True, verbose=True,
+        reference_path,
+        target_path,
+        n_reference,
+        n_target,
+        args.genes,
+        anomaly_ratio=ANOMALY_RATIO,
+        n_batches=N_BATCHES,
+        batch_effect=BATCH_EFFECT,
+        seed=args.seed,
+        overwrite=True,
+        verbose=True,
     )
     info.update(
-        written=True, write_s=time.perf_counter() - t0,
-        write_peak_rss_gb=peak_rss() / GB, write_rss_growth_gb=(peak_rss() - baseline) / GB,
+        written=True,
+        write_s=time.perf_counter() - t0,
+        write_peak_rss_gb=peak_rss() / GB,
+        write_rss_growth_gb=(peak_rss() - baseline) / GB,
         bytes_on_disk=reference_path.stat().st_size + target_path.stat().st_size,
     )
     return info
@@ -122,17 +135,25 @@ def ensure_data(args: argparse.Namespace, n_target: int) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------- stages
 def run_correct(
-    model: ACsleuth, target: ad.AnnData, reference: ad.AnnData, normal: np.ndarray,
-    timings: dict[str, float], sink: Path,
+    model: ACsleuth,
+    target: ad.AnnData,
+    reference: ad.AnnData,
+    normal: np.ndarray,
+    timings: dict[str, float],
+    sink: Path,
 ) -> h5py.Dataset:
     """Stages II-III: the corrected expression of every target cell, streamed chunk by chunk
     into an h5py dataset in ``sink`` (so the stage holds no dense N x G copy)."""
     handle = h5py.File(sink, "w")
     out = handle.create_dataset(
-        "corrected", shape=(target.n_obs, len(model.genes_)), dtype="f4",
+        "corrected",
+        shape=(target.n_obs, len(model.genes_)),
+        dtype="f4",
         chunks=(min(target.n_obs, 1024), len(model.genes_)),
     )
-    return model.correct(target, reference, normal=normal, batch_key="batch", timings=timings, out=out)
+    return model.correct(
+        target, reference, normal=normal, batch_key="batch", timings=timings, out=out
+    )
 
 
 def anomaly_rows(corrected: h5py.Dataset, anomaly: np.ndarray) -> np.ndarray:
@@ -170,9 +191,15 @@ def _model(args: argparse.Namespace, device: torch.device) -> ACsleuth:
     """The model under test: the package's defaults except epochs, genes, device and seed."""
     e_prepare, e_train, e_score, e_warm = args.epochs
     return ACsleuth(
-        n_top_genes=args.genes, prepare_epochs=e_prepare, train_epochs=e_train,
-        score_epochs=e_score, warm_epochs=e_warm, style_epochs=args.style_epochs,
-        subtype_epochs=args.subtype_epochs, device=str(device), random_state=args.seed,
+        n_top_genes=args.genes,
+        prepare_epochs=e_prepare,
+        train_epochs=e_train,
+        score_epochs=e_score,
+        warm_epochs=e_warm,
+        style_epochs=args.style_epochs,
+        subtype_epochs=args.subtype_epochs,
+        device=str(device),
+        random_state=args.seed,
         verbose=False,
     )
 
@@ -186,7 +213,9 @@ def warm_up(args: argparse.Namespace, device: torch.device) -> None:
     result = model.evaluate(target, batch_key="batch")
     if not args.no_correct:
         with tempfile.TemporaryDirectory(dir=args.data_dir) as tmp:
-            corrected = run_correct(model, target, reference, ~result.anomaly, {}, Path(tmp) / "c.h5")
+            corrected = run_correct(
+                model, target, reference, ~result.anomaly, {}, Path(tmp) / "c.h5"
+            )
             if not args.no_subtype:
                 model.subtype(anomaly_rows(corrected, result.anomaly))
             corrected.file.close()
@@ -204,8 +233,16 @@ def run_size(args: argparse.Namespace, device: torch.device, n_target: int) -> d
     extra: dict[str, Any] = {"data": data}
 
     def record(stage: str, cells: int, stats: dict[str, Any]) -> None:
-        rows.append({"n_target": n_target, "n_reference": n_reference, "stage": stage,
-                     "cells": cells, **stats, "cells_per_s": cells / stats["seconds"]})
+        rows.append(
+            {
+                "n_target": n_target,
+                "n_reference": n_reference,
+                "stage": stage,
+                "cells": cells,
+                **stats,
+                "cells_per_s": cells / stats["seconds"],
+            }
+        )
 
     model = _model(args, device)
     _, stats = measure(device, lambda: model.fit(reference))
@@ -254,8 +291,11 @@ def loglog_slopes(rows: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         x = np.log10([n for n, _ in points])
         y = np.log10([s for _, s in points])
         local = [
-            {"from": points[i][0], "to": points[i + 1][0],
-             "slope": float((y[i + 1] - y[i]) / (x[i + 1] - x[i]))}
+            {
+                "from": points[i][0],
+                "to": points[i + 1][0],
+                "slope": float((y[i + 1] - y[i]) / (x[i + 1] - x[i])),
+            }
             for i in range(len(points) - 1)
         ]
         slopes[stage] = {"slope": float(np.polyfit(x, y, 1)[0]), "local": local}
@@ -311,11 +351,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 # ---------------------------------------------------------------------- output
 def render_rows(rows: list[dict[str, Any]], *, header: bool = True) -> str:
     """The per-stage rows as a Markdown table (``header=False``: rows only)."""
-    lines = [
-        "| target cells | reference cells | stage | seconds | cells/s | peak RSS (GB) "
-        "| RSS growth (GB) |",
-        "|---|---|---|---|---|---|---|",
-    ] if header else []
+    lines = (
+        [
+            "| target cells | reference cells | stage | seconds | cells/s | peak RSS (GB) "
+            "| RSS growth (GB) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        if header
+        else []
+    )
     for r in rows:
         lines.append(
             f"| {r['n_target']:,} | {r['n_reference']:,} | {r['stage']} | {r['seconds']:.2f} "
@@ -354,7 +398,8 @@ def render(res: dict[str, Any]) -> str:
             f"written in {data['write_s']:.1f} s, writer peak RSS "
             f"{data['write_peak_rss_gb']:.2f} GB (+{data['write_rss_growth_gb']:.2f} GB), "
             f"{data['bytes_on_disk'] / GB:.2f} GB on disk"
-            if data["written"] else "reused from the data folder"
+            if data["written"]
+            else "reused from the data folder"
         )
         skipped = f"; skipped: {', '.join(size['skipped'])}" if size.get("skipped") else ""
         lines.append(
@@ -410,7 +455,8 @@ def plot(res: dict[str, Any], path: Path) -> None:
         ax.legend(fontsize=8)
     fig.suptitle(
         f"acsleuth scaling: {res['genes']:,} genes, {res['device_name']}, "
-        f"{res['threads']} torch threads", fontsize=10,
+        f"{res['threads']} torch threads",
+        fontsize=10,
     )
     png = io.BytesIO()
     fig.savefig(png, format="png", dpi=120)
@@ -438,14 +484,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--max-reference", type=int, default=100_000, help="most reference cells (100,000)"
     )
     parser.add_argument(
-        "--epochs", type=int, nargs=4, metavar=("PREPARE", "TRAIN", "SCORE", "WARM"),
+        "--epochs",
+        type=int,
+        nargs=4,
+        metavar=("PREPARE", "TRAIN", "SCORE", "WARM"),
         help="epochs of module I without / with the memory bank, of the MMD predictor and of "
         "its warm start (CPU: 1 1 1 1; CUDA: the package's defaults)",
     )
     parser.add_argument("--style-epochs", type=int, help="style-transfer epochs (CPU: 1)")
     parser.add_argument("--subtype-epochs", type=int, help="most DESC epochs (CPU: 1)")
     parser.add_argument(
-        "--correct-max", type=_limit,
+        "--correct-max",
+        type=_limit,
         help="largest N that runs correct and subtype, or 'unlimited' "
         "(CPU: 100000; CUDA: unlimited)",
     )
@@ -455,17 +505,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="torch threads (default: left alone)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data and the model")
     parser.add_argument(
-        "--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "acsleuth_scale",
+        "--data-dir",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "acsleuth_scale",
         help="where the synthetic h5ad files are written and reused",
     )
     parser.add_argument("--json", type=Path, help="also write the measurements as JSON")
     parser.add_argument(
-        "--png", type=Path,
+        "--png",
+        type=Path,
         help="the log-log figure (default benchmarks/scale.png; with --quick, in --data-dir)",
     )
     parser.add_argument("--no-png", action="store_true", help="draw no figure")
     parser.add_argument(
-        "--quick", action="store_true",
+        "--quick",
+        action="store_true",
         help=f"sizes {' '.join(map(str, QUICK_SIZES))} x {QUICK_GENES} genes, 1 epoch each",
     )
     parser.add_argument("--no-warmup", action="store_true", help="skip the tiny warm-up run")
@@ -479,7 +533,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.genes = args.genes or 2000
     if args.epochs is None:
         names = ("prepare_epochs", "train_epochs", "score_epochs", "warm_epochs")
-        args.epochs = [package_default(n) for n in names] if cuda and not args.quick else [1, 1, 1, 1]
+        args.epochs = (
+            [package_default(n) for n in names] if cuda and not args.quick else [1, 1, 1, 1]
+        )
     for name, parameter in (("style_epochs", "style_epochs"), ("subtype_epochs", "subtype_epochs")):
         if getattr(args, name) is None:
             setattr(args, name, package_default(parameter) if cuda and not args.quick else 1)

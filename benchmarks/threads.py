@@ -45,13 +45,18 @@ BUSY_LOOP = (
 
 def usable_cores() -> int:
     """Cores this process may run on (the affinity mask, not the machine's count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return (
+        len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    )
 
 
 def child_env(threads_env: bool) -> dict[str, str]:
     """The environment of a timed child: without any thread variable for the default setting."""
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+    }
     env["PYTHONPATH"] = str(ROOT)
     if threads_env:
         env["OMP_NUM_THREADS"] = "1"
@@ -61,29 +66,69 @@ def child_env(threads_env: bool) -> dict[str, str]:
 def write_data(folder: Path, cells: int, genes: int) -> None:
     from acsleuth import datasets
 
-    reference, target = datasets.synthetic(max(500, cells // 4), cells, genes, n_anomaly_types=2,
-                                           anomaly_ratio=0.1, n_batches=2, seed=0)
+    reference, target = datasets.synthetic(
+        max(500, cells // 4),
+        cells,
+        genes,
+        n_anomaly_types=2,
+        anomaly_ratio=0.1,
+        n_batches=2,
+        seed=0,
+    )
     reference.write_h5ad(folder / "ref.h5ad")
     target.write_h5ad(folder / "tgt.h5ad")
 
 
 def train(folder: Path) -> Path:
-    command = [sys.executable, "-m", "acsleuth", "run", "--reference", str(folder / "ref.h5ad"),
-               "--target", str(folder / "tgt.h5ad"), "--out", str(folder / "fit"), "--quiet",
-               "--device", "cpu", "--no-correct", "--epochs", "prepare=2,train=1,score=2,subtype=2"]
+    command = [
+        sys.executable,
+        "-m",
+        "acsleuth",
+        "run",
+        "--reference",
+        str(folder / "ref.h5ad"),
+        "--target",
+        str(folder / "tgt.h5ad"),
+        "--out",
+        str(folder / "fit"),
+        "--quiet",
+        "--device",
+        "cpu",
+        "--no-correct",
+        "--epochs",
+        "prepare=2,train=1,score=2,subtype=2",
+    ]
     subprocess.run(command, env=child_env(True), check=True, capture_output=True, text=True)
     return folder / "fit" / "model"
 
 
 def score_command(folder: Path, model: Path, threads: int | None) -> list[str]:
-    command = [sys.executable, "-m", "acsleuth", "run", "--model", str(model), "--target",
-               str(folder / "tgt.h5ad"), "--batch-key", "batch", "--no-correct", "--quiet",
-               "--device", "cpu", "--out", str(folder / "scored"), "--overwrite"]
+    command = [
+        sys.executable,
+        "-m",
+        "acsleuth",
+        "run",
+        "--model",
+        str(model),
+        "--target",
+        str(folder / "tgt.h5ad"),
+        "--batch-key",
+        "batch",
+        "--no-correct",
+        "--quiet",
+        "--device",
+        "cpu",
+        "--out",
+        str(folder / "scored"),
+        "--overwrite",
+    ]
     return command if threads is None else [*command, "--threads", str(threads)]
 
 
 def start_busy(n: int) -> list[subprocess.Popen]:
-    return [subprocess.Popen([sys.executable, "-c", BUSY_LOOP], env=child_env(False)) for _ in range(n)]
+    return [
+        subprocess.Popen([sys.executable, "-c", BUSY_LOOP], env=child_env(False)) for _ in range(n)
+    ]
 
 
 def time_setting(command: list[str], repeats: int) -> list[float]:
@@ -96,8 +141,9 @@ def time_setting(command: list[str], repeats: int) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter
+    )
     parser.add_argument("--cells", type=int, default=20_000, help="target cells")
     parser.add_argument("--genes", type=int, default=1_000)
     parser.add_argument("--repeats", type=int, default=3)
@@ -108,7 +154,9 @@ def main(argv: list[str] | None = None) -> int:
         args.cells, args.genes, args.repeats = 2_000, 300, 1
     cores = usable_cores()
     print(f"$ {shlex.join([sys.executable, *sys.argv])}")
-    print(f"usable cores {cores}, busy processes {args.busy}, {args.cells} cells x {args.genes} genes")
+    print(
+        f"usable cores {cores}, busy processes {args.busy}, {args.cells} cells x {args.genes} genes"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         write_data(folder, args.cells, args.genes)
@@ -117,7 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         settings += [(f"--threads {t}", t) for t in range(1, cores + 1)]
         busy = start_busy(args.busy)
         try:
-            times = {name: time_setting(score_command(folder, model, t), args.repeats) for name, t in settings}
+            times = {
+                name: time_setting(score_command(folder, model, t), args.repeats)
+                for name, t in settings
+            }
         finally:
             for process in busy:
                 process.kill()

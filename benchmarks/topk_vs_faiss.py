@@ -41,7 +41,9 @@ def main() -> None:
     query_np = torch.nn.functional.normalize(query, dim=1).numpy()
     ours = _median_time(lambda: ops.kin_topk(query, keys, k=1), args.reps)
     peer = _median_time(lambda: index.search(query_np, 1), args.reps)
-    print(f"n={args.n}: acsleuth {ours:.2f}s faiss {peer:.2f}s ratio(faiss/acsleuth) {peer / ours:.3f}")
+    print(
+        f"n={args.n}: acsleuth {ours:.2f}s faiss {peer:.2f}s ratio(faiss/acsleuth) {peer / ours:.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -36,10 +36,12 @@ def main() -> None:
         result = model.fit(reference, label_key="cell_type").classify(target)
         unknown = target.obs["is_anomaly"].to_numpy()
         correct = (result.labels == target.obs["cell_type"].astype(str).to_numpy())[~unknown]
-        print(f"{held:30s} auroc energy {metrics.auroc(unknown, result.ood_score):.3f}  max-softmax "
-              f"{metrics.auroc(unknown, -result.confidence):.3f}  accuracy {correct.mean():.3f}  ece "
-              f"{metrics.ece(correct, result.confidence[~unknown]):.3f}  best epoch {model.best_epoch_}",
-              flush=True)
+        print(
+            f"{held:30s} auroc energy {metrics.auroc(unknown, result.ood_score):.3f}  max-softmax "
+            f"{metrics.auroc(unknown, -result.confidence):.3f}  accuracy {correct.mean():.3f}  ece "
+            f"{metrics.ece(correct, result.confidence[~unknown]):.3f}  best epoch {model.best_epoch_}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

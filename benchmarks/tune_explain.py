@@ -32,8 +32,12 @@ def main() -> None:
     for spec in sys.argv[1:]:
         prep, n_components, beta, lam = spec.split(":")
         data = (x - x.mean(0)) / (x.std(0) + 1e-6) if prep == "z" else x
-        config = ace.ExplainConfig(beta=float(beta), lam=float(lam), n_components=int(n_components),
-                                   standardize=prep == "s")
+        config = ace.ExplainConfig(
+            beta=float(beta),
+            lam=float(lam),
+            n_components=int(n_components),
+            standardize=prep == "s",
+        )
         start = time.perf_counter()
         emb = ace.pca_embedding(data, config.n_components, standardize=config.standardize)
         z = emb(torch.as_tensor(data)).numpy()

@@ -27,15 +27,28 @@ from acsleuth import _extension, datasets, parallel
 
 # ------------------------------------------------------------------ fast model settings
 
-FAST = {"prepare_epochs": 2, "train_epochs": 1, "score_epochs": 2, "batch_size": 32,
-        "n_memory": 50, "device": "cpu", "verbose": False}
+FAST = {
+    "prepare_epochs": 2,
+    "train_epochs": 1,
+    "score_epochs": 2,
+    "batch_size": 32,
+    "n_memory": 50,
+    "device": "cpu",
+    "verbose": False,
+}
 """A few epochs of module I and of the MMD predictor on CPU, quietly; tests add what they need."""
 
 FAST_PIPELINE = {**FAST, "warm_epochs": 2, "style_epochs": 1, "subtype_epochs": 2}
 """Every stage of :meth:`acsleuth.ACsleuth.run` in a few epochs."""
 
-FAST_RUN = {**FAST, "kin_epochs": 1, "style_epochs": 1, "subtype_epochs": 2, "score": "scaled",
-            "anomaly_ratio": 0.25}
+FAST_RUN = {
+    **FAST,
+    "kin_epochs": 1,
+    "style_epochs": 1,
+    "subtype_epochs": 2,
+    "score": "scaled",
+    "anomaly_ratio": 0.25,
+}
 """The whole pipeline on the ``"scaled"`` score with a known ratio (no predictor to train)."""
 
 
@@ -77,8 +90,9 @@ def names(prefix: str, n: int) -> list[str]:
 def two_batches(n_reference: int, n_genes: int) -> tuple[AnnData, AnnData]:
     """Raw UMI counts (CSR float32): ``n_reference`` reference and 100 target cells, 30 % of
     them anomalies of two types, over two target batches (seed 1)."""
-    return datasets.synthetic(n_reference, 100, n_genes, n_anomaly_types=2, anomaly_ratio=0.3,
-                              n_batches=2, seed=1)
+    return datasets.synthetic(
+        n_reference, 100, n_genes, n_anomaly_types=2, anomaly_ratio=0.3, n_batches=2, seed=1
+    )
 
 
 # ------------------------------------------------------------------ gloo ranks
@@ -89,7 +103,10 @@ Body = Callable[[parallel.Context, torch.device, Path], Any]
 def _rank(rank: int, body: Body, world: int, port: int, folder: str, timeout_s: int) -> None:
     torch.set_num_threads(1)
     os.environ.update(  # what torchrun sets
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
         WORLD_SIZE=str(world),
     )
     ctx, device = parallel.init("cpu", timeout=timedelta(seconds=timeout_s // 2))
@@ -110,7 +127,10 @@ def run_ranks(body: Body, folder: Path, *, world: int = 2, timeout_s: int = 300)
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     procs = mp.start_processes(
-        _rank, args=(body, world, port, str(folder), timeout_s), nprocs=world, join=False,
+        _rank,
+        args=(body, world, port, str(folder), timeout_s),
+        nprocs=world,
+        join=False,
         start_method="spawn",
     )
     deadline = time.monotonic() + timeout_s
@@ -139,9 +159,26 @@ def write_cli_inputs(folder: Path) -> tuple[Path, Path]:
 
 def cli_command(folder: Path, out: Path, *extra: str) -> list[str]:
     """``acsleuth run`` on the inputs of :func:`write_cli_inputs`, writing ``out``."""
-    return [sys.executable, "-m", "acsleuth", "run", "--reference", str(folder / "ref.h5ad"),
-            "--target", str(folder / "tgt.h5ad"), "--out", str(out), "--batch-key", "batch",
-            "--device", "cpu", "--quiet", "--epochs", *CLI_EPOCHS, *extra]
+    return [
+        sys.executable,
+        "-m",
+        "acsleuth",
+        "run",
+        "--reference",
+        str(folder / "ref.h5ad"),
+        "--target",
+        str(folder / "tgt.h5ad"),
+        "--out",
+        str(out),
+        "--batch-key",
+        "batch",
+        "--device",
+        "cpu",
+        "--quiet",
+        "--epochs",
+        *CLI_EPOCHS,
+        *extra,
+    ]
 
 
 def _cli_env() -> dict[str, str]:
@@ -156,8 +193,9 @@ def cli_run(args: list[str]) -> subprocess.CompletedProcess:
 
 def cli_start(args: list[str]) -> subprocess.Popen:
     """Start a command that a test can interrupt or kill."""
-    return subprocess.Popen(args, env=_cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(
+        args, env=_cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def cli_wait_for(path: Path, process: subprocess.Popen, timeout: float = 120.0) -> bool:

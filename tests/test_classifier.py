@@ -25,13 +25,17 @@ def fitted(reference):
     return CellTypeClassifier(random_state=0, **FAST).fit(reference, label_key="cell_type")
 
 
-def test_known_types_are_classified_and_a_far_cluster_scores_out_of_distribution(fitted, target) -> None:
+def test_known_types_are_classified_and_a_far_cluster_scores_out_of_distribution(
+    fitted, target
+) -> None:
     result = fitted.classify(target)
     unknown = (target.obs["cell_type"] == "type 3").to_numpy()
     assert metrics.auroc(unknown, result.ood_score) > 0.95  # higher = more OOD, as documented
     truth = target.obs["cell_type"].astype(str).to_numpy()
     assert (result.labels[~unknown] == truth[~unknown]).mean() > 0.95
-    assert result.proba.shape == (target.n_obs, 3) and np.allclose(result.proba.sum(1), 1.0, atol=1e-5)
+    assert result.proba.shape == (target.n_obs, 3) and np.allclose(
+        result.proba.sum(1), 1.0, atol=1e-5
+    )
     assert np.allclose(result.confidence, result.proba.max(1))
     assert np.array_equal(result.ood, result.ood_score > fitted.threshold_)
     assert result.ood[unknown].mean() > 0.9 and result.ood[~unknown].mean() < 0.2
@@ -54,13 +58,17 @@ def test_a_saved_classifier_predicts_the_same(fitted, target, tmp_path) -> None:
     assert loaded.threshold_ == fitted.threshold_ and loaded.params == fitted.params
     with pytest.raises(FileExistsError, match="exists"):
         fitted.save(tmp_path / "m")
-    with pytest.raises(FileNotFoundError, match=r"not a saved CellTypeClassifier: config\.json is missing"):
+    with pytest.raises(
+        FileNotFoundError, match=r"not a saved CellTypeClassifier: config\.json is missing"
+    ):
         CellTypeClassifier.load(tmp_path / "nowhere")
 
 
 def test_the_input_is_not_modified(reference) -> None:
     before = reference.copy()
-    CellTypeClassifier(random_state=0, **{**FAST, "epochs": 1}).fit(reference, label_key="cell_type")
+    CellTypeClassifier(random_state=0, **{**FAST, "epochs": 1}).fit(
+        reference, label_key="cell_type"
+    )
     assert np.array_equal(reference.X, before.X) and reference.obs.equals(before.obs)
     assert list(reference.uns) == list(before.uns)
 
@@ -72,7 +80,9 @@ def test_bad_labels_are_refused_in_one_line_before_training(reference) -> None:
     lonely = reference.copy()
     lonely.obs["cell_type"] = lonely.obs["cell_type"].cat.add_categories("rare")
     lonely.obs.iloc[0, 0] = "rare"
-    with pytest.raises(ValueError, match=r"type\(s\) \['rare'\] .* fewer than 2 cells; drop or merge"):
+    with pytest.raises(
+        ValueError, match=r"type\(s\) \['rare'\] .* fewer than 2 cells; drop or merge"
+    ):
         model.fit(lonely, label_key="cell_type")
     unlabelled = reference.copy()
     unlabelled.obs["cell_type"] = np.nan

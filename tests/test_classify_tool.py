@@ -32,9 +32,18 @@ def test_classify_writes_every_documented_key(model) -> None:
     assert target.obsm[f"{KEY}_proba"].shape == (60, 3)
     uns = target.uns[KEY]
     assert uns["classes"] == ["type 0", "type 1", "type 2"] and uns["input"] == "X"
-    assert {"validation_accuracy", "validation_ece", "threshold", "divergences", "params", "timings"} <= set(uns)
+    assert {
+        "validation_accuracy",
+        "validation_ece",
+        "threshold",
+        "divergences",
+        "params",
+        "timings",
+    } <= set(uns)
     assert target.obs[f"{KEY}_ood_score"][far].mean() > target.obs[f"{KEY}_ood_score"][~far].mean()
-    np.testing.assert_array_equal(target.obs[f"{KEY}_ood"], target.obs[f"{KEY}_ood_score"] > uns["threshold"])
+    np.testing.assert_array_equal(
+        target.obs[f"{KEY}_ood"], target.obs[f"{KEY}_ood_score"] > uns["threshold"]
+    )
 
 
 def test_reject_calls_out_of_distribution_cells_unassigned_and_copy_leaves_the_input(model) -> None:
@@ -85,9 +94,25 @@ def files(tmp_path):
 
 
 def _classify(files, *extra: str) -> int:
-    return main(["classify", "--reference", str(files / "ref.h5ad"), "--target", str(files / "tgt.h5ad"),
-                 "--label-key", "cell_type", "--out", str(files / "out"), "--device", "cpu", "--quiet",
-                 "--epochs", "2", *extra])
+    return main(
+        [
+            "classify",
+            "--reference",
+            str(files / "ref.h5ad"),
+            "--target",
+            str(files / "tgt.h5ad"),
+            "--label-key",
+            "cell_type",
+            "--out",
+            str(files / "out"),
+            "--device",
+            "cpu",
+            "--quiet",
+            "--epochs",
+            "2",
+            *extra,
+        ]
+    )
 
 
 def test_the_command_writes_its_outputs_and_leaves_inputs_alone(files, capsys) -> None:

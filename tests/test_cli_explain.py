@@ -26,8 +26,22 @@ def _digest(path) -> str:
 def test_explain_writes_panels_and_leaves_the_input(h5ad, tmp_path, capsys) -> None:
     before = _digest(h5ad)
     out = tmp_path / "out"
-    assert main(["explain", "--input", str(h5ad), "--groupby", "group", "--out", str(out),
-                 "--n-genes", "5"]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                "--input",
+                str(h5ad),
+                "--groupby",
+                "group",
+                "--out",
+                str(out),
+                "--n-genes",
+                "5",
+            ]
+        )
+        == 0
+    )
     assert _digest(h5ad) == before
     panels = pd.read_csv(out / "panels.csv")
     assert list(panels.columns) == ["group", "rank", "gene", "score", "direction"]
@@ -38,16 +52,33 @@ def test_explain_writes_panels_and_leaves_the_input(h5ad, tmp_path, capsys) -> N
     # --out exists: refused without --overwrite, replaced with it
     assert main(["explain", "--input", str(h5ad), "--groupby", "group", "--out", str(out)]) == 2
     assert "--overwrite" in capsys.readouterr().err
-    assert main(["explain", "--input", str(h5ad), "--groupby", "group", "--out", str(out),
-                 "--overwrite", "--n-genes", "3"]) == 0
+    assert (
+        main(
+            [
+                "explain",
+                "--input",
+                str(h5ad),
+                "--groupby",
+                "group",
+                "--out",
+                str(out),
+                "--overwrite",
+                "--n-genes",
+                "3",
+            ]
+        )
+        == 0
+    )
     assert len(pd.read_csv(out / "panels.csv")) == 9
 
 
 @pytest.mark.parametrize(
     ("extra", "message"),
-    [(["--groupby", "nope"], "--groupby 'nope' is not an obs column"),
-     (["--groupby", "group", "--mode", "one_vs_one"], "needs reference="),
-     (["--groupby", "group", "--embedding", "X_none"], "neither 'pca' nor an obsm key")],
+    [
+        (["--groupby", "nope"], "--groupby 'nope' is not an obs column"),
+        (["--groupby", "group", "--mode", "one_vs_one"], "needs reference="),
+        (["--groupby", "group", "--embedding", "X_none"], "neither 'pca' nor an obsm key"),
+    ],
 )
 def test_bad_arguments_give_one_line(h5ad, tmp_path, capsys, extra, message) -> None:
     assert main(["explain", "--input", str(h5ad), "--out", str(tmp_path / "o"), *extra]) == 2

@@ -13,8 +13,22 @@ QUICK = ["--device", "cpu", "--quiet", "--epochs", "prepare=2,train=1,score=2,st
 
 
 def _run(folder, out: str, *extra: str, target: str = "tgt.h5ad") -> ad.AnnData:
-    assert main(["run", "--reference", str(folder / "ref.h5ad"), "--target", str(folder / target),
-                 "--out", str(folder / out), *QUICK, *extra]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--reference",
+                str(folder / "ref.h5ad"),
+                "--target",
+                str(folder / target),
+                "--out",
+                str(folder / out),
+                *QUICK,
+                *extra,
+            ]
+        )
+        == 0
+    )
     return ad.read_h5ad(folder / out / "target.h5ad")
 
 
@@ -25,43 +39,102 @@ def test_layer_reads_the_named_matrix_of_both_inputs(cli_files) -> None:
         adata.layers["counts"] = adata.X.copy()
         adata.X = adata.X.toarray() - 1.0
         adata.write_h5ad(cli_files / f"{name}_scaled.h5ad")
-    assert main(["run", "--reference", str(cli_files / "ref_scaled.h5ad"), "--target",
-                 str(cli_files / "tgt_scaled.h5ad"), "--out", str(cli_files / "refused"), *QUICK]) == 2
-    with_layer = main(["run", "--reference", str(cli_files / "ref_scaled.h5ad"), "--target",
-                       str(cli_files / "tgt_scaled.h5ad"), "--out", str(cli_files / "layer"),
-                       "--layer", "counts", "--no-correct", *QUICK])
+    assert (
+        main(
+            [
+                "run",
+                "--reference",
+                str(cli_files / "ref_scaled.h5ad"),
+                "--target",
+                str(cli_files / "tgt_scaled.h5ad"),
+                "--out",
+                str(cli_files / "refused"),
+                *QUICK,
+            ]
+        )
+        == 2
+    )
+    with_layer = main(
+        [
+            "run",
+            "--reference",
+            str(cli_files / "ref_scaled.h5ad"),
+            "--target",
+            str(cli_files / "tgt_scaled.h5ad"),
+            "--out",
+            str(cli_files / "layer"),
+            "--layer",
+            "counts",
+            "--no-correct",
+            *QUICK,
+        ]
+    )
     assert with_layer == 0
     from_x = _run(cli_files, "x", "--no-correct")
     from_layer = ad.read_h5ad(cli_files / "layer" / "target.h5ad")
-    np.testing.assert_allclose(from_layer.obs["acsleuth_score"], from_x.obs["acsleuth_score"], rtol=1e-6)
+    np.testing.assert_allclose(
+        from_layer.obs["acsleuth_score"], from_x.obs["acsleuth_score"], rtol=1e-6
+    )
     assert from_layer.uns["acsleuth"]["params"]["layer"] == "counts"
 
 
 def test_no_correct_and_no_corrected_layer(cli_files) -> None:
     skipped = _run(cli_files, "skipped", "--no-correct", "--batch-key", "batch")
-    assert "style" not in skipped.uns["acsleuth"]["timings"] and "acsleuth_corrected" not in skipped.layers
+    assert (
+        "style" not in skipped.uns["acsleuth"]["timings"]
+        and "acsleuth_corrected" not in skipped.layers
+    )
     assert not skipped.uns["acsleuth"]["params"]["correct"]
     unwritten = _run(cli_files, "unwritten", "--no-corrected-layer", "--batch-key", "batch")
     assert "style" in unwritten.uns["acsleuth"]["timings"]  # corrected, used for subtyping
-    assert "acsleuth_corrected" not in unwritten.layers and "acsleuth_corrected" not in unwritten.obsm
+    assert (
+        "acsleuth_corrected" not in unwritten.layers and "acsleuth_corrected" not in unwritten.obsm
+    )
 
 
 def test_score_n_top_genes_and_named_epochs(cli_files) -> None:
-    annotated = _run(cli_files, "opts", "--score", "scaled", "--n-top-genes", "20", "--no-correct",
-                     "--epochs", "prepare=3,train=0")
+    annotated = _run(
+        cli_files,
+        "opts",
+        "--score",
+        "scaled",
+        "--n-top-genes",
+        "20",
+        "--no-correct",
+        "--epochs",
+        "prepare=3,train=0",
+    )
     assert annotated.uns["acsleuth"]["score"] == "scaled"
     model = acsleuth.ACsleuth.load(cli_files / "opts" / "model")
     assert len(model.genes_) == 20
     assert len(model.history_["prepare"]) == 3 and model.history_["train"] == []
 
 
-@pytest.mark.parametrize(("epochs", "message"), [
-    ("bogus=1", "unknown stage 'bogus'"), ("prepare=x", "expected a whole number"),
-    ("1,2", "2 plain numbers; give five"),
-])
+@pytest.mark.parametrize(
+    ("epochs", "message"),
+    [
+        ("bogus=1", "unknown stage 'bogus'"),
+        ("prepare=x", "expected a whole number"),
+        ("1,2", "2 plain numbers; give five"),
+    ],
+)
 def test_bad_epochs_are_refused_in_one_line(cli_files, capsys, epochs, message) -> None:
-    rc = main(["run", "--reference", str(cli_files / "ref.h5ad"), "--target", str(cli_files / "tgt.h5ad"),
-               "--out", str(cli_files / "out"), "--device", "cpu", "--quiet", "--epochs", epochs])
+    rc = main(
+        [
+            "run",
+            "--reference",
+            str(cli_files / "ref.h5ad"),
+            "--target",
+            str(cli_files / "tgt.h5ad"),
+            "--out",
+            str(cli_files / "out"),
+            "--device",
+            "cpu",
+            "--quiet",
+            "--epochs",
+            epochs,
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and message in err and err.count("\n") == 1, err
 
@@ -75,20 +148,46 @@ def test_help_shows_defaults_and_examples(capsys) -> None:
 
 
 def test_provenance_is_recorded_and_reported(cli_files) -> None:
-    annotated = _run(cli_files, "prov", "--batch-key", "batch", "--anomaly-ratio", "0.3", "--no-correct")
+    annotated = _run(
+        cli_files, "prov", "--batch-key", "batch", "--anomaly-ratio", "0.3", "--no-correct"
+    )
     uns = annotated.uns["acsleuth"]
     params = uns["params"]
-    assert params["batch_key"] == "batch" and params["anomaly_ratio"] == 0.3 and params["n_subtypes"] == "auto"
+    assert (
+        params["batch_key"] == "batch"
+        and params["anomaly_ratio"] == 0.3
+        and params["n_subtypes"] == "auto"
+    )
     assert params["target"] == str((cli_files / "tgt.h5ad").resolve())
-    assert params["command"].startswith("acsleuth run --reference") and "--batch-key batch" in params["command"]
+    assert (
+        params["command"].startswith("acsleuth run --reference")
+        and "--batch-key batch" in params["command"]
+    )
     assert "None" not in [str(v) for v in params.values()] and "layer" not in params  # None: absent
     assert {"version", "backend", "device"} <= set(uns) and uns["device"] == "cpu"
     report = (cli_files / "prov" / "report.md").read_text()
-    assert "## Parameters" in report and "| batch_key | `batch` |" in report and "acsleuth run --reference" in report
+    assert (
+        "## Parameters" in report
+        and "| batch_key | `batch` |" in report
+        and "acsleuth run --reference" in report
+    )
 
 
 def test_demo_quiet_logs_nothing(tmp_path, capsys) -> None:
-    assert main(["demo", "--out", str(tmp_path / "demo"), "--quiet", "--device", "cpu",
-                 "--epochs", "prepare=1,train=1,score=1,style=1,subtype=1"]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--out",
+                str(tmp_path / "demo"),
+                "--quiet",
+                "--device",
+                "cpu",
+                "--epochs",
+                "prepare=1,train=1,score=1,style=1,subtype=1",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert "acsleuth:" not in captured.err and "F1 x NMI" in captured.out

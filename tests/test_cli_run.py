@@ -13,8 +13,21 @@ from acsleuth.cli import main
 
 
 def _run(cli_files, *extra: str) -> int:
-    return main(["run", "--reference", str(cli_files / "ref.h5ad"), "--target", str(cli_files / "tgt.h5ad"),
-                 "--out", str(cli_files / "out"), "--device", "cpu", "--quiet", *extra])
+    return main(
+        [
+            "run",
+            "--reference",
+            str(cli_files / "ref.h5ad"),
+            "--target",
+            str(cli_files / "tgt.h5ad"),
+            "--out",
+            str(cli_files / "out"),
+            "--device",
+            "cpu",
+            "--quiet",
+            *extra,
+        ]
+    )
 
 
 def test_run_writes_every_output_and_leaves_inputs_alone(cli_files, capsys) -> None:
@@ -34,8 +47,12 @@ def test_run_writes_every_output_and_leaves_inputs_alone(cli_files, capsys) -> N
     # the backed target's copy keeps X; the corrected matrix streamed to disk equals run()'s
     reference, original = ad.read_h5ad(cli_files / "ref.h5ad"), ad.read_h5ad(cli_files / "tgt.h5ad")
     assert (target.X != original.X).nnz == 0
-    expected = FastACsleuth(device="cpu", random_state=2024).run(reference, original, batch_key="batch")
-    np.testing.assert_array_equal(target.layers["acsleuth_corrected"], expected.layers["acsleuth_corrected"])
+    expected = FastACsleuth(device="cpu", random_state=2024).run(
+        reference, original, batch_key="batch"
+    )
+    np.testing.assert_array_equal(
+        target.layers["acsleuth_corrected"], expected.layers["acsleuth_corrected"]
+    )
     np.testing.assert_array_equal(target.obs["acsleuth_score"], expected.obs["acsleuth_score"])
     pd.testing.assert_series_equal(target.obs["acsleuth_subtype"], expected.obs["acsleuth_subtype"])
 
@@ -43,9 +60,23 @@ def test_run_writes_every_output_and_leaves_inputs_alone(cli_files, capsys) -> N
 def test_saved_model_scores_new_data_identically(cli_files) -> None:
     assert _run(cli_files) == 0
     first = ad.read_h5ad(cli_files / "out" / "target.h5ad").obs["acsleuth_score"].to_numpy()
-    assert main(["run", "--model", str(cli_files / "out" / "model"), "--target",
-                 str(cli_files / "tgt.h5ad"), "--out", str(cli_files / "again"), "--device", "cpu",
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--model",
+                str(cli_files / "out" / "model"),
+                "--target",
+                str(cli_files / "tgt.h5ad"),
+                "--out",
+                str(cli_files / "again"),
+                "--device",
+                "cpu",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     again = ad.read_h5ad(cli_files / "again" / "target.h5ad").obs["acsleuth_score"].to_numpy()
     np.testing.assert_array_equal(first, again)
 

@@ -27,7 +27,9 @@ class NeverTrains(FastACsleuth):
 
 @pytest.fixture(scope="module")
 def data() -> tuple[ad.AnnData, ad.AnnData]:
-    return datasets.synthetic(60, 40, 30, n_anomaly_types=1, anomaly_ratio=0.25, n_batches=2, seed=3)
+    return datasets.synthetic(
+        60, 40, 30, n_anomaly_types=1, anomaly_ratio=0.25, n_batches=2, seed=3
+    )
 
 
 def _dense(adata: ad.AnnData) -> ad.AnnData:
@@ -60,19 +62,39 @@ BAD_TARGETS = {
 
 
 def _snapshot(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else "dir"
-            for p in sorted(folder.rglob("*"))}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        if p.is_file()
+        else "dir"
+        for p in sorted(folder.rglob("*"))
+    }
 
 
 @pytest.mark.parametrize("case", list(BAD_TARGETS))
-def test_a_bad_target_is_refused_before_training_leaving_nothing(data, tmp_path, monkeypatch, capsys, case) -> None:
+def test_a_bad_target_is_refused_before_training_leaving_nothing(
+    data, tmp_path, monkeypatch, capsys, case
+) -> None:
     monkeypatch.setattr(acsleuth, "ACsleuth", NeverTrains)
     make, message = BAD_TARGETS[case]
     data[0].write_h5ad(tmp_path / "ref.h5ad")
     make(data[1]).write_h5ad(tmp_path / "tgt.h5ad")
     before = _snapshot(tmp_path)
-    rc = main(["run", "--reference", str(tmp_path / "ref.h5ad"), "--target", str(tmp_path / "tgt.h5ad"),
-               "--out", str(tmp_path / "out"), "--device", "cpu", "--quiet", "--checkpoint-every", "1"])
+    rc = main(
+        [
+            "run",
+            "--reference",
+            str(tmp_path / "ref.h5ad"),
+            "--target",
+            str(tmp_path / "tgt.h5ad"),
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--quiet",
+            "--checkpoint-every",
+            "1",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and err.count("\n") == 1, err
     assert message in err and "target" in err, err
@@ -80,16 +102,36 @@ def test_a_bad_target_is_refused_before_training_leaving_nothing(data, tmp_path,
     assert _snapshot(tmp_path) == before  # no out/, no out.checkpoint/, no temporaries
 
 
-@pytest.mark.parametrize(("extra", "message"), [
-    (["--batch-key", "nope"], "nope"), (["--label-key", "nope"], "nope"),
-    (["--anomaly-ratio", "1.5"], "anomaly_ratio"), (["--n-subtypes", "0"], "n_subtypes"),
-])
-def test_bad_keys_and_settings_are_refused_before_training(data, tmp_path, monkeypatch, capsys, extra, message) -> None:
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--batch-key", "nope"], "nope"),
+        (["--label-key", "nope"], "nope"),
+        (["--anomaly-ratio", "1.5"], "anomaly_ratio"),
+        (["--n-subtypes", "0"], "n_subtypes"),
+    ],
+)
+def test_bad_keys_and_settings_are_refused_before_training(
+    data, tmp_path, monkeypatch, capsys, extra, message
+) -> None:
     monkeypatch.setattr(acsleuth, "ACsleuth", NeverTrains)
     data[0].write_h5ad(tmp_path / "ref.h5ad")
     data[1].write_h5ad(tmp_path / "tgt.h5ad")
-    rc = main(["run", "--reference", str(tmp_path / "ref.h5ad"), "--target", str(tmp_path / "tgt.h5ad"),
-               "--out", str(tmp_path / "out"), "--device", "cpu", "--quiet", *extra])
+    rc = main(
+        [
+            "run",
+            "--reference",
+            str(tmp_path / "ref.h5ad"),
+            "--target",
+            str(tmp_path / "tgt.h5ad"),
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--quiet",
+            *extra,
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and message in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ref.h5ad", "tgt.h5ad"]
@@ -99,8 +141,20 @@ def test_a_bad_reference_is_refused_before_training(data, tmp_path, monkeypatch,
     monkeypatch.setattr(acsleuth, "ACsleuth", NeverTrains)
     _with_value(data[0], np.inf).write_h5ad(tmp_path / "ref.h5ad")
     data[1].write_h5ad(tmp_path / "tgt.h5ad")
-    rc = main(["run", "--reference", str(tmp_path / "ref.h5ad"), "--target", str(tmp_path / "tgt.h5ad"),
-               "--out", str(tmp_path / "out"), "--device", "cpu", "--quiet"])
+    rc = main(
+        [
+            "run",
+            "--reference",
+            str(tmp_path / "ref.h5ad"),
+            "--target",
+            str(tmp_path / "tgt.h5ad"),
+            "--out",
+            str(tmp_path / "out"),
+            "--device",
+            "cpu",
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err
     assert rc == 2 and "reference" in err and "NaN or infinite" in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ref.h5ad", "tgt.h5ad"]
@@ -115,5 +169,7 @@ def test_the_api_checks_the_target_before_fitting(data, case) -> None:
 
 def test_case_only_matches_are_named_in_the_message(data) -> None:
     make, _ = BAD_TARGETS["upper-case genes"]
-    with pytest.raises(DataError, match=r"30 of the 30 .* only ignoring case \(e\.g\. 'gene_0' vs 'GENE_0'"):
+    with pytest.raises(
+        DataError, match=r"30 of the 30 .* only ignoring case \(e\.g\. 'gene_0' vs 'GENE_0'"
+    ):
         NeverTrains().run(data[0], make(data[1]))

@@ -28,20 +28,33 @@ from acsleuth.stages.subtype import SubtypeConfig, desc_cluster
 
 WORLD = 2
 TIMEOUT_S = 300
-RUN_SETTINGS = {**FAST_PIPELINE, "prepare_epochs": 10, "train_epochs": 3, "warm_epochs": 3,
-                "batch_size": 64, "n_memory": 64, "eval_batch_size": 64, "style_epochs": 2,
-                "subtype_epochs": 3, "random_state": 3}
+RUN_SETTINGS = {
+    **FAST_PIPELINE,
+    "prepare_epochs": 10,
+    "train_epochs": 3,
+    "warm_epochs": 3,
+    "batch_size": 64,
+    "n_memory": 64,
+    "eval_batch_size": 64,
+    "style_epochs": 2,
+    "subtype_epochs": 3,
+    "random_state": 3,
+}
 
 
 def _blobs() -> torch.Tensor:
     """Three planted clusters of 100 cells in 5 dimensions."""
     rng = np.random.default_rng(0)
     centres = rng.normal(0.0, 4.0, (3, 5))
-    return torch.as_tensor(np.repeat(centres, 100, axis=0) + rng.normal(0.0, 1.0, (300, 5)), dtype=torch.float32)
+    return torch.as_tensor(
+        np.repeat(centres, 100, axis=0) + rng.normal(0.0, 1.0, (300, 5)), dtype=torch.float32
+    )
 
 
 def _desc() -> dict:
-    result = desc_cluster(_blobs(), 3, config=SubtypeConfig(epochs=5, batch_size=64), seed=0, verbose=False)
+    result = desc_cluster(
+        _blobs(), 3, config=SubtypeConfig(epochs=5, batch_size=64), seed=0, verbose=False
+    )
     return {"labels": result.labels, "centroids": result.centroids, "history": result.history}
 
 
@@ -54,8 +67,13 @@ def _outputs(model: ACsleuth, reference: ad.AnnData, target: ad.AnnData) -> dict
     normal = np.flatnonzero(~target.obs["is_anomaly"].to_numpy())
     mine = normal[(normal >= first) & (normal < last)]
     kin = parallel.gather_to_main(model._kin(source, ref, mine, "nearest"), ctx)
-    return {"scaled": scaled.scores, "embedding": scaled.embedding, "mmd": mmd.score, "kin": kin,
-            "desc": _desc()}
+    return {
+        "scaled": scaled.scores,
+        "embedding": scaled.embedding,
+        "mmd": mmd.score,
+        "kin": kin,
+        "desc": _desc(),
+    }
 
 
 def _body(_ctx: parallel.Context, _device: torch.device, folder: Path) -> dict:
@@ -91,7 +109,9 @@ def test_scores_embeddings_and_kin_of_a_fitted_model_match_one_process(runs) -> 
     single, ranks, _ = runs
     for rank in ranks:  # every rank holds every cell's scores
         for name, values in single["scaled"].items():
-            np.testing.assert_allclose(rank["scaled"][name], values, rtol=1e-5, atol=1e-6, err_msg=name)
+            np.testing.assert_allclose(
+                rank["scaled"][name], values, rtol=1e-5, atol=1e-6, err_msg=name
+            )
     # Each rank encodes its own rows in its own minibatches, so the float32 matrix products are
     # blocked differently from one process: entries near zero can differ by float32 rounding of
     # the layer's scale (measured 1.9e-6 at |z| ~ 0.01 on an Intel Xeon), so the absolute bound
@@ -114,11 +134,16 @@ def test_trained_stages_agree_with_one_process_by_rank(runs) -> None:
     # two ranks are as close to one process as one process with another seed is
     two = spearmanr(ranks[0]["trained_scaled"], single["trained_scaled"]).statistic
     reseeded = spearmanr(single["reseeded_scaled"], single["trained_scaled"]).statistic
-    print(f"module I, scaled score rank correlation: 2 ranks {two:.3f}, another seed {reseeded:.3f}; "
-          f"AUROC 1 process {metrics.auroc(truth, single['trained_scaled']):.3f}, "
-          f"2 ranks {metrics.auroc(truth, ranks[0]['trained_scaled']):.3f}")
+    print(
+        f"module I, scaled score rank correlation: 2 ranks {two:.3f}, another seed {reseeded:.3f}; "
+        f"AUROC 1 process {metrics.auroc(truth, single['trained_scaled']):.3f}, "
+        f"2 ranks {metrics.auroc(truth, ranks[0]['trained_scaled']):.3f}"
+    )
     assert two > reseeded - 0.1
-    assert metrics.auroc(truth, ranks[0]["trained_scaled"]) > metrics.auroc(truth, single["trained_scaled"]) - 0.05
+    assert (
+        metrics.auroc(truth, ranks[0]["trained_scaled"])
+        > metrics.auroc(truth, single["trained_scaled"]) - 0.05
+    )
 
 
 def test_desc_trains_on_shards_with_shared_centroids(runs) -> None:
@@ -127,12 +152,19 @@ def test_desc_trains_on_shards_with_shared_centroids(runs) -> None:
         np.testing.assert_array_equal(ranks[0]["desc"][name], ranks[1]["desc"][name])
     assert ranks[0]["desc"]["history"] == ranks[1]["desc"]["history"]
     planted = np.repeat(np.arange(3), 100)
-    assert ari(planted, single["desc"]["labels"]) == 1.0 and ari(planted, ranks[0]["desc"]["labels"]) == 1.0
-    np.testing.assert_allclose(ranks[0]["desc"]["centroids"], single["desc"]["centroids"], atol=0.05)
+    assert (
+        ari(planted, single["desc"]["labels"]) == 1.0
+        and ari(planted, ranks[0]["desc"]["labels"]) == 1.0
+    )
+    np.testing.assert_allclose(
+        ranks[0]["desc"]["centroids"], single["desc"]["centroids"], atol=0.05
+    )
 
 
 def test_rank_zero_alone_annotates(runs) -> None:
     _, ranks, target = runs
     subtypes = ranks[0]["subtypes"]
-    assert subtypes is not None and subtypes.notna().sum() == round(0.2 * target.n_obs)  # the anomaly_ratio
+    assert subtypes is not None and subtypes.notna().sum() == round(
+        0.2 * target.n_obs
+    )  # the anomaly_ratio
     assert ranks[1]["subtypes"] is None

@@ -33,7 +33,9 @@ def test_scanpy_reads_the_panels(toy: AnnData) -> None:
     df = sc.get.rank_genes_groups_df(out, "a", key="acsleuth_explain")
     assert len(df) == 12 and list(df["names"]) == list(uns["names"]["a"])
     assert np.all(np.diff(df["scores"].to_numpy()) <= 0)  # best first
-    assert set(uns["flipped"]) == {"a", "b", "c"} and all(0 <= v <= 1 for v in uns["flipped"].values())
+    assert set(uns["flipped"]) == {"a", "b", "c"} and all(
+        0 <= v <= 1 for v in uns["flipped"].values()
+    )
     assert set(np.unique(uns["direction"]["b"])) <= {-1, 1}
     dotplot = sc.pl.rank_genes_groups_dotplot(out, key="acsleuth_explain", n_genes=3, show=False)
     assert dotplot is not None
@@ -59,13 +61,17 @@ def test_embeddings_obsm_key_and_callable_and_determinism(toy: AnnData) -> None:
     acsleuth.tl.explain_groups(adata, groupby="group", embedding="X_pca", config=FAST)
     first = adata.uns["acsleuth_explain"]
     assert first["params"]["embedding"] == "X_pca" and first["params"]["embedding_r2"] > 0.999
-    acsleuth.tl.explain_groups(adata, groupby="group", embedding="X_pca", config=FAST, key_added="again")
+    acsleuth.tl.explain_groups(
+        adata, groupby="group", embedding="X_pca", config=FAST, key_added="again"
+    )
     np.testing.assert_array_equal(first["scores"]["a"], adata.uns["again_explain"]["scores"]["a"])
 
     def identity(x: torch.Tensor) -> torch.Tensor:
         return x
 
-    acsleuth.tl.explain_groups(adata, groupby="group", embedding=identity, config=FAST, key_added="id")
+    acsleuth.tl.explain_groups(
+        adata, groupby="group", embedding=identity, config=FAST, key_added="id"
+    )
     assert adata.uns["id_explain"]["params"]["embedding"] == "identity"
 
 
@@ -92,7 +98,9 @@ def test_panel_plot_draws_signed_bars(toy: AnnData) -> None:
     assert len(fig.axes) == 3
     bars = fig.axes[0].patches
     direction = out.uns["acsleuth_explain"]["direction"]["a"][:4][::-1]
-    assert len(bars) == 4 and all(np.sign(b.get_width()) in (d, 0) for b, d in zip(bars, direction, strict=True))
+    assert len(bars) == 4 and all(
+        np.sign(b.get_width()) in (d, 0) for b, d in zip(bars, direction, strict=True)
+    )
     with pytest.raises(KeyError, match="explain_groups"):
         acsleuth.pl.explain_panels(toy)
 
@@ -116,9 +124,12 @@ def test_explain_subtypes_uses_desc_centroids_and_lands_in_the_report() -> None:
     assert "## Subtype panels (ACE)" in text and f"| 0 | {uns['flipped']['0']:.0%} |" in text
     # the model's encoder as the embedding of any grouping
     cells = target[:, list(model.genes_)].copy()
-    acsleuth.tl.explain_groups(cells, groupby="cell_type", embedding=model, config=FAST, use_raw=False)
+    acsleuth.tl.explain_groups(
+        cells, groupby="cell_type", embedding=model, config=FAST, use_raw=False
+    )
     assert cells.uns["acsleuth_explain"]["params"]["embedding"] == "acsleuth_encoder"
     assert np.mean(list(cells.uns["acsleuth_explain"]["flipped"].values())) > 0.5
     with pytest.raises(ValueError, match="model's genes in order"):
-        acsleuth.tl.explain_groups(target[:, ::-1].copy(), groupby="cell_type", embedding=model,
-                                   use_raw=False)
+        acsleuth.tl.explain_groups(
+            target[:, ::-1].copy(), groupby="cell_type", embedding=model, use_raw=False
+        )

@@ -11,7 +11,9 @@ from acsleuth import metrics
 def test_cluster_accuracy_uses_the_best_one_to_one_map() -> None:
     assert metrics.cluster_accuracy([0, 0, 1, 1, 2], [5, 5, 3, 3, 3]) == pytest.approx(0.8)
     # two clusters cannot both map to label "a": one of them counts as wrong
-    assert metrics.cluster_accuracy(["a", "a", "a", "a"], ["x", "x", "x", "y"]) == pytest.approx(0.75)
+    assert metrics.cluster_accuracy(["a", "a", "a", "a"], ["x", "x", "x", "y"]) == pytest.approx(
+        0.75
+    )
 
 
 def test_open_world_accuracy_by_hand_overall_below_both() -> None:

@@ -26,7 +26,15 @@ def test_score_has_one_finite_value_per_target_cell(fitted, data) -> None:
     scores = fitted.score(target)
     assert scores.shape == (target.n_obs,) and np.isfinite(scores).all()
     result = fitted.evaluate(target)
-    assert set(result.scores) == {"ensemble", "mmd", "knn", "scaled", "residual", "cosine", "critic"}
+    assert set(result.scores) == {
+        "ensemble",
+        "mmd",
+        "knn",
+        "scaled",
+        "residual",
+        "cosine",
+        "critic",
+    }
     assert result.embedding.shape == (target.n_obs, 256)
     np.testing.assert_array_equal(result.score, scores)
 
@@ -86,7 +94,15 @@ def test_score_anomalies_writes_the_documented_keys(fitted, data) -> None:
     assert tl.score_anomalies(target, fitted, key_added="ac") is None
     assert target.obs["ac_score"].dtype == float and target.obs["ac_anomaly"].dtype == bool
     assert target.obsm["X_ac"].shape == (target.n_obs, 256)
-    assert list(target.obsm["ac_scores"].columns) == ["residual", "scaled", "cosine", "critic", "mmd", "knn", "ensemble"]
+    assert list(target.obsm["ac_scores"].columns) == [
+        "residual",
+        "scaled",
+        "cosine",
+        "critic",
+        "mmd",
+        "knn",
+        "ensemble",
+    ]
     uns = target.uns["ac"]
     assert {"params", "score", "threshold", "version", "backend", "seed", "timings"} <= set(uns)
     assert uns["seed"] == 7 and "module I" in uns["timings"]
@@ -150,7 +166,9 @@ def test_mixture_calls_pick_the_top_component() -> None:
     from acsleuth.stages.score import mixture_calls
 
     rng = np.random.default_rng(0)
-    values = np.concatenate([rng.normal(0, 0.3, 200), rng.normal(3, 0.3, 100), rng.normal(8, 0.3, 40)])
+    values = np.concatenate(
+        [rng.normal(0, 0.3, 200), rng.normal(3, 0.3, 100), rng.normal(8, 0.3, 40)]
+    )
     calls = mixture_calls(values, 3)
     assert calls[-40:].all() and not calls[:-40].any()
     assert not mixture_calls(np.ones(10), 2).any()  # no spread: nothing called
@@ -172,7 +190,10 @@ def test_bf16_autocast_scores_like_fp32(data) -> None:
     fp32 = ACsleuth(**FAST, random_state=7).fit(reference).evaluate(target, score="scaled")
     model = ACsleuth(**FAST, random_state=7, precision="bf16").fit(reference)
     bf16 = model.evaluate(target, score="scaled")
-    assert np.isfinite(bf16.score).all() and model.generator_.encoder.net[0][0].weight.dtype == torch.float32
+    assert (
+        np.isfinite(bf16.score).all()
+        and model.generator_.encoder.net[0][0].weight.dtype == torch.float32
+    )
     assert not np.array_equal(bf16.score, fp32.score)  # autocast was on
     assert abs(metrics.auroc(truth, bf16.score) - metrics.auroc(truth, fp32.score)) < 0.05
     with pytest.raises(ValueError, match="precision"):

@@ -14,8 +14,17 @@ TINY = OpenWorldConfig(epochs=3, batch_size=64, estimate_every=2, kmeans_iter=5,
 
 @pytest.fixture(scope="module")
 def data():
-    return datasets.synthetic(160, 160, 60, n_types=3, n_anomaly_types=2, anomaly_ratio=0.3,
-                              proportions="long_tail", imbalance=5.0, seed=0)
+    return datasets.synthetic(
+        160,
+        160,
+        60,
+        n_types=3,
+        n_anomaly_types=2,
+        anomaly_ratio=0.3,
+        proportions="long_tail",
+        imbalance=5.0,
+        seed=0,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +35,9 @@ def fitted(data):
 
 def test_n_types_below_reference_types_is_refused_in_one_line(data) -> None:
     ref, tgt = data
-    with pytest.raises(ValueError, match=r"n_types=2 is below the 3 cell types of the reference") as err:
+    with pytest.raises(
+        ValueError, match=r"n_types=2 is below the 3 cell types of the reference"
+    ) as err:
         OpenWorldAnnotator(2, config=TINY).fit(ref, tgt, label_key="cell_type")
     assert "\n" not in str(err.value)
 

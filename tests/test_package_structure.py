@@ -15,10 +15,16 @@ from acsleuth import pl, tl
 
 matplotlib.use("Agg")
 
-TOOLS = [f for name, f in inspect.getmembers(tl, inspect.isfunction) if not name.startswith("_")
-         and f.__module__ == tl.__name__]
-PLOTS = [f for name, f in inspect.getmembers(pl, inspect.isfunction) if not name.startswith("_")
-         and f.__module__ == pl.__name__]
+TOOLS = [
+    f
+    for name, f in inspect.getmembers(tl, inspect.isfunction)
+    if not name.startswith("_") and f.__module__ == tl.__name__
+]
+PLOTS = [
+    f
+    for name, f in inspect.getmembers(pl, inspect.isfunction)
+    if not name.startswith("_") and f.__module__ == pl.__name__
+]
 
 
 def test_there_are_tools_and_plots() -> None:
@@ -41,8 +47,17 @@ def test_plots_take_show_ax_and_return_fig(func) -> None:
 
 
 def test_public_api_is_exported() -> None:
-    for name in ("ACsleuth", "CellTypeClassifier", "tl", "pl", "metrics", "datasets", "data", "ops",
-                 "__version__"):
+    for name in (
+        "ACsleuth",
+        "CellTypeClassifier",
+        "tl",
+        "pl",
+        "metrics",
+        "datasets",
+        "data",
+        "ops",
+        "__version__",
+    ):
         assert hasattr(acsleuth, name)
 
 
@@ -109,22 +124,33 @@ def private_uses(path: Path) -> list[str]:
                 elif _private(alias.name):
                     found.append(f"line {node.lineno}: from {base} import {alias.name}")
         elif isinstance(node, ast.Import):
-            modules.update(a.asname or a.name.split(".")[0] for a in node.names
-                           if a.name.startswith("acsleuth"))
+            modules.update(
+                a.asname or a.name.split(".")[0]
+                for a in node.names
+                if a.name.startswith("acsleuth")
+            )
     for node in ast.walk(tree):
-        if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-                and node.value.id in modules and _private(node.attr)):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and node.value.id in modules
+            and _private(node.attr)
+        ):
             found.append(f"line {node.lineno}: {node.value.id}.{node.attr}")
     return found
 
 
 def test_the_private_use_finder_finds_what_it_looks_for(tmp_path) -> None:
     source = PACKAGE / "stages" / "probe_for_test.py"
-    source.write_text("from . import detect\nfrom .detect import _Inputs\nfrom ..ops import _reference\n"
-                      "x = detect._Inputs\ny = _reference.kin_topk\n")
+    source.write_text(
+        "from . import detect\nfrom .detect import _Inputs\nfrom ..ops import _reference\n"
+        "x = detect._Inputs\ny = _reference.kin_topk\n"
+    )
     try:
-        assert private_uses(source) == ["line 2: from acsleuth.stages.detect import _Inputs",
-                                        "line 4: detect._Inputs"]
+        assert private_uses(source) == [
+            "line 2: from acsleuth.stages.detect import _Inputs",
+            "line 4: detect._Inputs",
+        ]
     finally:
         source.unlink()
 

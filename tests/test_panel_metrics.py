@@ -23,8 +23,12 @@ def test_redundancy_is_the_mean_absolute_pairwise_correlation() -> None:
 def test_knn_jaccard_is_zero_for_the_full_panel_and_high_for_noise() -> None:
     rng = np.random.default_rng(0)
     labels = np.repeat(["a", "b"], 30)
-    x = np.hstack([np.where(labels == "a", 0.0, 5.0)[:, None] + rng.normal(0, 1, (60, 2)),
-                   rng.normal(0, 0.01, (60, 3))])
+    x = np.hstack(
+        [
+            np.where(labels == "a", 0.0, 5.0)[:, None] + rng.normal(0, 1, (60, 2)),
+            rng.normal(0, 0.01, (60, 3)),
+        ]
+    )
     everything = {"a": range(5), "b": range(5)}
     assert metrics.knn_jaccard_distance(x, labels, everything, k=5) == 0.0
     signal = metrics.knn_jaccard_distance(x, labels, {"a": [0, 1], "b": [0, 1]}, k=5)

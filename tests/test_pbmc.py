@@ -10,8 +10,9 @@ from acsleuth import ACsleuth, datasets, metrics
 @pytest.mark.slow
 def test_held_out_b_cells_are_found_on_pbmc68k() -> None:
     reference, target = datasets.pbmc_holdout("CD19+ B", reference_fraction=0.5, seed=0)
-    model = ACsleuth(prepare_epochs=20, train_epochs=10, device="cpu", verbose=False,
-                     random_state=0).fit(reference)
+    model = ACsleuth(
+        prepare_epochs=20, train_epochs=10, device="cpu", verbose=False, random_state=0
+    ).fit(reference)
     result = model.evaluate(target)
     truth = target.obs["is_anomaly"].to_numpy()
     report = metrics.detection_report(truth, result.score, result.anomaly)

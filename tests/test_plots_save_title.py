@@ -19,7 +19,11 @@ def annotated() -> AnnData:
     rng = np.random.default_rng(0)
     n = 60
     score = rng.normal(size=n)
-    adata = AnnData(obs=pd.DataFrame({"cell_type": rng.choice(["a", "b"], n)}, index=[f"c{i}" for i in range(n)]))
+    adata = AnnData(
+        obs=pd.DataFrame(
+            {"cell_type": rng.choice(["a", "b"], n)}, index=[f"c{i}" for i in range(n)]
+        )
+    )
     adata.obs["acsleuth_score"] = score
     adata.obs["acsleuth_anomaly"] = score > 1.0
     codes = np.where(score > 1.0, (score > 1.5).astype(int), -1)
@@ -29,8 +33,13 @@ def annotated() -> AnnData:
 
 
 def test_save_writes_the_figure_and_title_names_it(annotated, tmp_path) -> None:
-    fig = pl.scores(annotated, groupby="cell_type", title="scores by type", save=tmp_path / "s.png",
-                    return_fig=True)
+    fig = pl.scores(
+        annotated,
+        groupby="cell_type",
+        title="scores by type",
+        save=tmp_path / "s.png",
+        return_fig=True,
+    )
     assert fig.axes[0].get_title() == "scores by type"
     assert (tmp_path / "s.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ax = pl.subtypes(annotated, title="sizes", save=tmp_path / "t.pdf")
@@ -38,7 +47,11 @@ def test_save_writes_the_figure_and_title_names_it(annotated, tmp_path) -> None:
 
 
 def test_a_missing_groupby_is_a_key_error_listing_the_columns(annotated) -> None:
-    with pytest.raises(KeyError, match=r"groupby 'celltype' is not an obs column \(columns: \['cell_type'"):
+    with pytest.raises(
+        KeyError, match=r"groupby 'celltype' is not an obs column \(columns: \['cell_type'"
+    ):
         pl.scores(annotated, groupby="celltype", show=False)
-    with pytest.raises(KeyError, match=r"label_key 'labels' is not an obs column \(columns: \['cell_type'"):
+    with pytest.raises(
+        KeyError, match=r"label_key 'labels' is not an obs column \(columns: \['cell_type'"
+    ):
         pl.subtypes(annotated, kind="confusion", label_key="labels", show=False)

@@ -16,8 +16,21 @@ STAGE_END = re.compile(r"^\d\d:\d\d:\d\d acsleuth: module I: \d+\.\d\d s$", re.M
 
 
 def _run(cli_files, *extra: str) -> int:
-    return main(["run", "--reference", str(cli_files / "ref.h5ad"), "--target", str(cli_files / "tgt.h5ad"),
-                 "--out", str(cli_files / "out"), "--device", "cpu", "--no-correct", *extra])
+    return main(
+        [
+            "run",
+            "--reference",
+            str(cli_files / "ref.h5ad"),
+            "--target",
+            str(cli_files / "tgt.h5ad"),
+            "--out",
+            str(cli_files / "out"),
+            "--device",
+            "cpu",
+            "--no-correct",
+            *extra,
+        ]
+    )
 
 
 @pytest.fixture(autouse=True)

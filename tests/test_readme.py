@@ -30,25 +30,38 @@ def test_the_first_commands_are_make_demo_and_make_test() -> None:
     first = re.search(r"```bash\n(.*?)```", README, re.DOTALL).group(1).splitlines()
     assert [line.split("#")[0].strip() for line in first] == ["make demo", "make test"]
     targets = (ROOT / "Makefile").read_text()
-    assert re.search(r"^demo: setup", targets, re.MULTILINE) and re.search(r"^test: setup", targets, re.MULTILINE)
+    assert re.search(r"^demo: setup", targets, re.MULTILINE) and re.search(
+        r"^test: setup", targets, re.MULTILINE
+    )
 
 
 def test_the_makefile_installs_the_torch_the_readme_names() -> None:
     def torch_line(*variables: str) -> str:
-        dry = subprocess.run(["make", "-n", "-B", "setup", "PYTHON=python3", *variables], cwd=ROOT,
-                             capture_output=True, text=True, check=True).stdout
-        return next(line for line in dry.splitlines() if "pip install \"torch==" in line)
+        dry = subprocess.run(
+            ["make", "-n", "-B", "setup", "PYTHON=python3", *variables],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        return next(line for line in dry.splitlines() if 'pip install "torch==' in line)
 
-    version = re.search(r"^TORCH_VERSION \?= (\S+)$", (ROOT / "Makefile").read_text(), re.MULTILINE)[1]
+    version = re.search(
+        r"^TORCH_VERSION \?= (\S+)$", (ROOT / "Makefile").read_text(), re.MULTILINE
+    )[1]
     assert f"torch=={version}" in README.split("## Install")[0]  # the pin the README promises
     assert "--index-url" not in torch_line()  # pip's configured index by default
-    assert torch_line("TORCH_INDEX=https://example.invalid/cpu").endswith("--index-url https://example.invalid/cpu")
+    assert torch_line("TORCH_INDEX=https://example.invalid/cpu").endswith(
+        "--index-url https://example.invalid/cpu"
+    )
     assert "TORCH_INDEX" in README.split("## Install")[0]
 
 
 def test_the_licence_is_mit_as_pyproject_says() -> None:
     assert (ROOT / "LICENSE").read_text().startswith("MIT License")
-    assert re.search(r'^license = \{ text = "MIT" \}$', (ROOT / "pyproject.toml").read_text(), re.MULTILINE)
+    assert re.search(
+        r'^license = \{ text = "MIT" \}$', (ROOT / "pyproject.toml").read_text(), re.MULTILINE
+    )
 
 
 @pytest.mark.slow

@@ -33,8 +33,14 @@ def by_hand(n: int = 12) -> AnnData:
         },
         index=[f"c{i}" for i in range(n)],
     )
-    uns = {"acsleuth": {"threshold": 0.5, "n_subtypes": 3, "silhouette_curve": {},
-                        "timings": {"train": 1.0}}}
+    uns = {
+        "acsleuth": {
+            "threshold": 0.5,
+            "n_subtypes": 3,
+            "silhouette_curve": {},
+            "timings": {"train": 1.0},
+        }
+    }
     return AnnData(obs=obs, obsm={"X_acsleuth": rng.normal(size=(n, 8))}, uns=uns)
 
 
@@ -114,9 +120,14 @@ def test_the_umap_leaves_torch_thread_count_alone(annotated, tmp_path) -> None:
         "write_report(anndata.read_h5ad(sys.argv[1]), sys.argv[2], label_key='cell_type')\n"
         "print('threads', torch.get_num_threads())"
     )
-    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "annotated.h5ad"), str(tmp_path)],
-                          capture_output=True, text=True, timeout=300, check=True,
-                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "annotated.h5ad"), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert (tmp_path / "umap.png").exists() and "threads 1" in done.stdout
 
 

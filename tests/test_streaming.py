@@ -32,7 +32,9 @@ def _same(a, b) -> None:
 
 
 @pytest.mark.parametrize("batch_key", [None, "batch"])
-def test_disk_cache_and_backed_target_match_the_in_memory_path(fitted, data, tmp_path, batch_key) -> None:
+def test_disk_cache_and_backed_target_match_the_in_memory_path(
+    fitted, data, tmp_path, batch_key
+) -> None:
     path = tmp_path / "target.h5ad"
     data[1].write_h5ad(path)
     whole = fitted.evaluate(data[1], batch_key=batch_key)

@@ -52,7 +52,9 @@ def test_the_model_runs_on_n_jobs_threads_and_restores_the_count(monkeypatch) ->
         return real(*args, **kwargs)
 
     monkeypatch.setattr(orchestration, "evaluate_target", spy)
-    reference, target = datasets.synthetic(60, 40, 20, n_anomaly_types=1, anomaly_ratio=0.25, seed=0)
+    reference, target = datasets.synthetic(
+        60, 40, 20, n_anomaly_types=1, anomaly_ratio=0.25, seed=0
+    )
     with _threads.torch_threads(2):
         model = FastACsleuth(n_jobs=1, score="scaled").fit(reference)
         model.evaluate(target)

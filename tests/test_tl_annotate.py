@@ -19,8 +19,17 @@ TINY = OpenWorldConfig(epochs=2, batch_size=64, estimate_every=1, kmeans_iter=5,
 
 @pytest.fixture(scope="module")
 def data():
-    return datasets.synthetic(120, 150, 40, n_types=3, n_anomaly_types=2, anomaly_ratio=0.3,
-                              proportions="long_tail", imbalance=4.0, seed=1)
+    return datasets.synthetic(
+        120,
+        150,
+        40,
+        n_types=3,
+        n_anomaly_types=2,
+        anomaly_ratio=0.3,
+        proportions="long_tail",
+        imbalance=4.0,
+        seed=1,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +45,9 @@ def test_documented_keys_are_written(annotated, tmp_path) -> None:
     labels = a.obs["acsleuth_annot"].astype(str)
     assert a.obs["acsleuth_annot_novel"].dtype == bool
     np.testing.assert_array_equal(a.obs["acsleuth_annot_novel"], labels.str.startswith("novel_"))
-    np.testing.assert_allclose(a.obs["acsleuth_annot_confidence"], a.obsm["acsleuth_annot_proba"].max(1))
+    np.testing.assert_allclose(
+        a.obs["acsleuth_annot_confidence"], a.obsm["acsleuth_annot_proba"].max(1)
+    )
     assert a.obsm["X_acsleuth_annot"].shape == (a.n_obs, 128)
     uns = a.uns["acsleuth_annot"]
     assert list(uns["classes"][:3]) == ["type_0", "type_1", "type_2"] and uns["n_seen"] == 3
@@ -81,8 +92,21 @@ def test_cli_annotates_into_out_and_leaves_inputs(data, tmp_path, capsys) -> Non
     ref.write_h5ad(tmp_path / "ref.h5ad")
     tgt.write_h5ad(tmp_path / "tgt.h5ad")
     before = _digest(tmp_path / "ref.h5ad"), _digest(tmp_path / "tgt.h5ad")
-    argv = ["annotate", "--reference", str(tmp_path / "ref.h5ad"), "--target", str(tmp_path / "tgt.h5ad"),
-            "--label-key", "cell_type", "--n-types", "5", "--epochs", "1", "--out", str(tmp_path / "o.h5ad")]
+    argv = [
+        "annotate",
+        "--reference",
+        str(tmp_path / "ref.h5ad"),
+        "--target",
+        str(tmp_path / "tgt.h5ad"),
+        "--label-key",
+        "cell_type",
+        "--n-types",
+        "5",
+        "--epochs",
+        "1",
+        "--out",
+        str(tmp_path / "o.h5ad"),
+    ]
     assert main(argv) == 0
     assert (_digest(tmp_path / "ref.h5ad"), _digest(tmp_path / "tgt.h5ad")) == before
     import anndata

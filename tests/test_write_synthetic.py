@@ -95,8 +95,15 @@ def test_output_does_not_depend_on_thread_count(tmp_path, monkeypatch, expected)
 
 def test_tiny_data_one_cell_per_append(tmp_path):
     paths = datasets.write_synthetic(
-        tmp_path / "r.h5ad", tmp_path / "t.h5ad", 1, 3, 2, anomaly_ratio=0.0, n_anomaly_types=0,
-        chunk_cells=1, verbose=False,
+        tmp_path / "r.h5ad",
+        tmp_path / "t.h5ad",
+        1,
+        3,
+        2,
+        anomaly_ratio=0.0,
+        n_anomaly_types=0,
+        chunk_cells=1,
+        verbose=False,
     )
     for path, memory in zip(
         paths, datasets.synthetic(1, 3, 2, anomaly_ratio=0.0, n_anomaly_types=0), strict=True
@@ -174,8 +181,16 @@ def test_bad_arguments_are_refused_before_writing(tmp_path, kwargs, error, messa
 def test_count_blocks_are_drawn_a_bounded_number_ahead(monkeypatch):
     monkeypatch.setattr(os, "cpu_count", lambda: 1)
     reference = simulator.simulate(
-        20 * simulator.CHUNK_CELLS, 1, 2, n_types=1, n_anomaly_types=0, anomaly_ratio=0.0,
-        n_batches=1, batch_effect=0.0, sparse=True, seed=0,
+        20 * simulator.CHUNK_CELLS,
+        1,
+        2,
+        n_types=1,
+        n_anomaly_types=0,
+        anomaly_ratio=0.0,
+        n_batches=1,
+        batch_effect=0.0,
+        sparse=True,
+        seed=0,
     ).reference
     drawn = []
     original = simulator.CountSampler.block

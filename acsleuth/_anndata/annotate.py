@@ -79,8 +79,9 @@ def write_annotation(
         "cluster_map": {str(i): name for i, name in enumerate(result.classes)},
         "n_seen": len(model.seen),
         "priors": np.asarray(model.priors, dtype=np.float64),
-        "params": params_record({"n_types": model.n_types, "n_types_used": model.n_types_,
-                                 **model.settings()}),
+        "params": params_record(
+            {"n_types": model.n_types, "n_types_used": model.n_types_, **model.settings()}
+        ),
         "seed": model.seed,
     }
     if model.auto_scores:

@@ -22,9 +22,12 @@ KEY = "acsleuth_class"
 def keys(key_added: str) -> dict[str, str]:
     """Every key :func:`write_classification` writes, by role."""
     return {
-        "label": key_added, "confidence": f"{key_added}_confidence",
-        "ood_score": f"{key_added}_ood_score", "ood": f"{key_added}_ood",
-        "proba": f"{key_added}_proba", "uns": key_added,
+        "label": key_added,
+        "confidence": f"{key_added}_confidence",
+        "ood_score": f"{key_added}_ood_score",
+        "ood": f"{key_added}_ood",
+        "proba": f"{key_added}_proba",
+        "uns": key_added,
     }
 
 
@@ -38,8 +41,11 @@ def corrected_layer(adata: AnnData, corrected_key: str | None) -> str | None:
         logger.info("classify: using the batch-corrected expression in layers[%r]", name)
         return name
     if name in adata.obsm:
-        logger.warning("classify: obsm[%r] holds corrected expression on another gene panel; "
-                       "classifying X instead", name)
+        logger.warning(
+            "classify: obsm[%r] holds corrected expression on another gene panel; "
+            "classifying X instead",
+            name,
+        )
     return None
 
 

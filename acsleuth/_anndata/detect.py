@@ -167,7 +167,12 @@ def anomaly_calls(adata: AnnData, key_added: str, tool: str) -> np.ndarray:
 
 
 def corrected_expression(
-    adata: AnnData, genes: Sequence[str], key_added: str, rows: np.ndarray, *, layer: str | None = None
+    adata: AnnData,
+    genes: Sequence[str],
+    key_added: str,
+    rows: np.ndarray,
+    *,
+    layer: str | None = None,
 ) -> np.ndarray:
     """Rows ``rows`` of the corrected expression written under ``key_added``, else of the
     prepared (uncorrected) expression on the panel ``genes`` (``layers[layer]`` when given):
@@ -182,6 +187,12 @@ def corrected_expression(
 
 
 __all__ = [
-    "Keys", "anomaly_calls", "corrected_expression", "corrected_slot", "keys",
-    "write_corrected", "write_scores", "write_subtypes",
+    "Keys",
+    "anomaly_calls",
+    "corrected_expression",
+    "corrected_slot",
+    "keys",
+    "write_corrected",
+    "write_scores",
+    "write_subtypes",
 ]

@@ -41,14 +41,18 @@ def explain_key(key_added: str) -> str:
     return f"{key_added}{SUFFIX}"
 
 
-def expression(adata: AnnData, *, use_raw: bool | None, layer: str | None) -> tuple[np.ndarray, list[str]]:
+def expression(
+    adata: AnnData, *, use_raw: bool | None, layer: str | None
+) -> tuple[np.ndarray, list[str]]:
     """Dense float32 ``(n_obs, G)`` expression and gene names: ``layers[layer]``, else
     ``.raw`` (when present and ``use_raw`` is not False), else ``X``."""
     if layer is not None and use_raw:
         raise ValueError("explain: pass either layer or use_raw=True, not both")
     if layer is not None:
         if layer not in adata.layers:
-            raise KeyError(f"explain: layers[{layer!r}] is missing; layers are {list(adata.layers)}")
+            raise KeyError(
+                f"explain: layers[{layer!r}] is missing; layers are {list(adata.layers)}"
+            )
         matrix, names = adata.layers[layer], adata.var_names
     elif adata.raw is not None and use_raw is not False:
         matrix, names = adata.raw.X, adata.raw.var_names
@@ -57,20 +61,26 @@ def expression(adata: AnnData, *, use_raw: bool | None, layer: str | None) -> tu
     dense = matrix.toarray() if sp.issparse(matrix) else np.asarray(matrix)
     dense = np.asarray(dense, dtype=np.float32)
     if not np.isfinite(dense).all():
-        raise ValueError("explain: the expression has NaN or infinite values; clean or impute them first")
+        raise ValueError(
+            "explain: the expression has NaN or infinite values; clean or impute them first"
+        )
     return dense, list(map(str, names))
 
 
 def group_codes(adata: AnnData, groupby: str) -> tuple[np.ndarray, list[str]]:
     """Codes ``0..K-1`` of ``obs[groupby]`` (-1 for missing) and the ``K >= 2`` group names."""
     if groupby not in adata.obs:
-        raise KeyError(f"explain: obs[{groupby!r}] is missing; pass groupby= an obs column of groups")
+        raise KeyError(
+            f"explain: obs[{groupby!r}] is missing; pass groupby= an obs column of groups"
+        )
     labels = adata.obs[groupby]
     labels = labels if isinstance(labels.dtype, pd.CategoricalDtype) else labels.astype("category")
     labels = labels.cat.remove_unused_categories()
     names = [str(c) for c in labels.cat.categories]
     if len(names) < 2:
-        raise ValueError(f"explain: obs[{groupby!r}] has {len(names)} group(s); ACE needs at least 2")
+        raise ValueError(
+            f"explain: obs[{groupby!r}] has {len(names)} group(s); ACE needs at least 2"
+        )
     return labels.cat.codes.to_numpy().astype(np.int64), names
 
 
@@ -90,10 +100,7 @@ class _Encoder(nn.Module):
 
 
 def resolve_embedding(
-    adata: AnnData,
-    x: np.ndarray,
-    embedding: Any,
-    config: ExplainConfig,
+    adata: AnnData, x: np.ndarray, embedding: Any, config: ExplainConfig
 ) -> tuple[Callable[[Tensor], Tensor], dict[str, Any]]:
     """The differentiable map ``x -> z`` named by ``embedding`` and what to record of it.
 
@@ -107,7 +114,9 @@ def resolve_embedding(
     if isinstance(embedding, ACsleuth):
         return _Encoder(embedding), {"embedding": "acsleuth_encoder"}
     if isinstance(embedding, str) and embedding == "pca":
-        mapping = pca_embedding(x, config.n_components, standardize=config.standardize, seed=config.seed)
+        mapping = pca_embedding(
+            x, config.n_components, standardize=config.standardize, seed=config.seed
+        )
         return mapping, {"embedding": "pca"}
     if isinstance(embedding, str):
         if embedding not in adata.obsm:
@@ -141,7 +150,9 @@ def _check_model_genes(embedding: Any, genes: list[str]) -> None:
 def embed(mapping: Callable[[Tensor], Tensor], x: np.ndarray, batch_size: int = 4096) -> np.ndarray:
     """``mapping`` of every row of ``x``, as float64 numpy ``(N, d)``."""
     with torch.no_grad():
-        parts = [mapping(torch.as_tensor(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+        parts = [
+            mapping(torch.as_tensor(x[i : i + batch_size])) for i in range(0, len(x), batch_size)
+        ]
     z = torch.cat(parts).double().numpy()
     if z.ndim != 2 or len(z) != len(x):
         raise ValueError(f"explain: the embedding must map (N, G) to (N, d), got shape {z.shape}")
@@ -178,7 +189,9 @@ def write(
         "names": _records({g: gene_names[t].astype(str) for g, t in top.items()}),
         "scores": _records({g: results[g].score[t].astype(np.float32) for g, t in top.items()}),
         "direction": _records({g: results[g].direction[t] for g, t in top.items()}),
-        "mean_delta": _records({g: results[g].mean_delta[t].astype(np.float32) for g, t in top.items()}),
+        "mean_delta": _records(
+            {g: results[g].mean_delta[t].astype(np.float32) for g, t in top.items()}
+        ),
         "logfoldchanges": _records(lfc),
         "pvals": _records(nan),
         "pvals_adj": _records(nan),
@@ -217,7 +230,9 @@ def explain_adata(
     codes, names = group_codes(adata, groupby)
     for name in [reference] if reference is not None else []:
         if name not in names:
-            raise ValueError(f"explain: reference {name!r} is not a group of obs[{groupby!r}]: {names}")
+            raise ValueError(
+                f"explain: reference {name!r} is not a group of obs[{groupby!r}]: {names}"
+            )
     if mode == "one_vs_one" and reference is None:
         raise ValueError("explain: mode='one_vs_one' needs reference= the group to move cells to")
     chosen = names if groups is None else [str(g) for g in groups]
@@ -233,16 +248,29 @@ def explain_adata(
         head: nn.Module = kmeans_head(z, codes[labelled], mu, config.beta)
         info["head"] = "neural_kmeans"
     else:
-        head, info["head"] = StudentTHead(torch.as_tensor(centroids, dtype=torch.float32)), "student_t"
+        head, info["head"] = (
+            StudentTHead(torch.as_tensor(centroids, dtype=torch.float32)),
+            "student_t",
+        )
     model = cluster_model(mapping, head)
     found = explain(
-        x[labelled], codes[labelled], model, groups=[names.index(g) for g in chosen], mode=mode,
-        reference=None if reference is None else names.index(reference), config=config,
+        x[labelled],
+        codes[labelled],
+        model,
+        groups=[names.index(g) for g in chosen],
+        mode=mode,
+        reference=None if reference is None else names.index(reference),
+        config=config,
     )
     results = {names[k]: r for k, r in found.items()}
     params = {
-        "groupby": groupby, "reference": reference if mode == "one_vs_one" else "rest", "mode": mode,
-        "n_genes": int(n_genes), **info, **dict(asdict(config)), **(extra or {}),
+        "groupby": groupby,
+        "reference": reference if mode == "one_vs_one" else "rest",
+        "mode": mode,
+        "n_genes": int(n_genes),
+        **info,
+        **dict(asdict(config)),
+        **(extra or {}),
     }
     write(adata, key_added, results, genes, x, codes, names, min(n_genes, len(genes)), params)
 
@@ -268,23 +296,44 @@ def explain_subtypes_into(
         )
     rows = np.flatnonzero(adata.obs[k.subtype].notna().to_numpy())
     if adata.obs[k.subtype].iloc[rows].nunique() < 2:
-        raise ValueError(f"explain_subtypes: obs[{k.subtype!r}] has fewer than 2 subtypes; nothing to explain")
+        raise ValueError(
+            f"explain_subtypes: obs[{k.subtype!r}] has fewer than 2 subtypes; nothing to explain"
+        )
     if corrected is None:
         x = corrected_expression(adata, genes, key_added, rows, layer=layer)
     else:
         x = np.asarray(corrected[rows], dtype=np.float32)
     cells = AnnData(
-        X=x, obs=pd.DataFrame({k.subtype: adata.obs[k.subtype].iloc[rows].astype(str).to_numpy()}),
+        X=x,
+        obs=pd.DataFrame({k.subtype: adata.obs[k.subtype].iloc[rows].astype(str).to_numpy()}),
         obsm={k.subtype_embedding: np.asarray(adata.obsm[k.subtype_embedding])[rows]},
     )
     cells.obs[k.subtype] = cells.obs[k.subtype].astype("category")
     centroids = adata.uns.get(k.uns, {}).get("subtype_centroids")
     explain_adata(
-        cells, groupby=k.subtype, embedding=k.subtype_embedding, mode="one_vs_rest", reference=None,
-        groups=None, n_genes=n_genes, x=x, genes=list(genes), config=config, key_added=key_added,
+        cells,
+        groupby=k.subtype,
+        embedding=k.subtype_embedding,
+        mode="one_vs_rest",
+        reference=None,
+        groups=None,
+        n_genes=n_genes,
+        x=x,
+        genes=list(genes),
+        config=config,
+        key_added=key_added,
         centroids=None if centroids is None else np.asarray(centroids),
     )
     adata.uns[explain_key(key_added)] = cells.uns[explain_key(key_added)]
 
 
-__all__ = ["embed", "explain_adata", "explain_key", "explain_subtypes_into", "expression", "group_codes", "resolve_embedding", "write"]
+__all__ = [
+    "embed",
+    "explain_adata",
+    "explain_key",
+    "explain_subtypes_into",
+    "expression",
+    "group_codes",
+    "resolve_embedding",
+    "write",
+]

@@ -22,8 +22,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The ``acsleuth`` parser, a subparser per subcommand module."""
     from . import annotate, classify, demo, explain, run
 
-    parser = argparse.ArgumentParser(prog="acsleuth", description=__doc__.splitlines()[0],
-                                     formatter_class=HelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="acsleuth", description=__doc__.splitlines()[0], formatter_class=HelpFormatter
+    )
     parser.add_argument("--version", action="version", version=f"acsleuth {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     annotate.add_parser(sub)
@@ -47,8 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     except ERRORS as err:
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
         notes = "".join(f"; {note}" for note in getattr(err, "__notes__", ()))
-        print(f"acsleuth {args.command}: error: {message}{notes} (--debug shows the traceback)",
-              file=sys.stderr)
+        print(
+            f"acsleuth {args.command}: error: {message}{notes} (--debug shows the traceback)",
+            file=sys.stderr,
+        )
         return 2
     except KeyboardInterrupt as err:
         print(f"acsleuth {args.command}: {interrupted(args, err)}", file=sys.stderr)
@@ -60,8 +63,10 @@ def interrupted(args: argparse.Namespace, err: KeyboardInterrupt) -> str:
     from ..train import TrainingInterrupted
 
     if isinstance(err, TrainingInterrupted):
-        return (f"interrupted in stage {err.stage!r} after {err.epoch} complete epoch(s); the "
-                f"checkpoint in {err.folder} continues it: rerun the same command with --resume")
+        return (
+            f"interrupted in stage {err.stage!r} after {err.epoch} complete epoch(s); the "
+            f"checkpoint in {err.folder} continues it: rerun the same command with --resume"
+        )
     message = "interrupted; the outputs were left as they were"
     note = getattr(args, "interrupted_note", None)
     return message + (note(args) if note is not None else "")
@@ -78,19 +83,30 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         return super()._get_help_string(action)
 
 
-EPOCH_STAGES = {name.removesuffix("_epochs"): name for name in Params.__dataclass_fields__
-                if name.endswith("_epochs")}
+EPOCH_STAGES = {
+    name.removesuffix("_epochs"): name
+    for name in Params.__dataclass_fields__
+    if name.endswith("_epochs")
+}
 """``--epochs`` stage names and the :class:`~acsleuth.ACsleuth` setting each sets."""
 
 
 def add_common(parser: argparse.ArgumentParser) -> None:
     """``--device``, ``--seed``, ``--epochs``, ``--quiet``, ``--verbose`` and ``--debug``, as
     every subcommand takes them."""
-    parser.add_argument("--device", default=DEFAULTS.device, choices=["auto", "cpu", "cuda"],
-                        help="where to compute (auto: CUDA when there is a GPU)")
-    parser.add_argument("--seed", type=int, help=f"random seed of training (default {DEFAULTS.random_state})")
     parser.add_argument(
-        "--epochs", nargs="+", metavar="STAGE=N",
+        "--device",
+        default=DEFAULTS.device,
+        choices=["auto", "cpu", "cuda"],
+        help="where to compute (auto: CUDA when there is a GPU)",
+    )
+    parser.add_argument(
+        "--seed", type=int, help=f"random seed of training (default {DEFAULTS.random_state})"
+    )
+    parser.add_argument(
+        "--epochs",
+        nargs="+",
+        metavar="STAGE=N",
         help="training epochs per stage, e.g. prepare=10,train=5 (stages: "
         f"{', '.join(f'{k} {getattr(DEFAULTS, v)}' for k, v in EPOCH_STAGES.items())}); five plain "
         "numbers set prepare, train, score, style and subtype in this order",
@@ -117,15 +133,21 @@ def epoch_settings(epochs: list[str] | None) -> dict[str, int]:
     items = [item for value in epochs for item in value.split(",") if item]
     if all("=" not in item for item in items):
         if len(items) != len(EPOCH_PARAMS):
-            raise ValueError(f"--epochs: {len(items)} plain numbers; give five ({', '.join(EPOCH_PARAMS)}) "
-                             "or STAGE=N items, e.g. --epochs prepare=10,train=5")
-        return {name: _epoch_count(name, text) for name, text in zip(EPOCH_PARAMS, items, strict=True)}
+            raise ValueError(
+                f"--epochs: {len(items)} plain numbers; give five ({', '.join(EPOCH_PARAMS)}) "
+                "or STAGE=N items, e.g. --epochs prepare=10,train=5"
+            )
+        return {
+            name: _epoch_count(name, text) for name, text in zip(EPOCH_PARAMS, items, strict=True)
+        }
     settings = {}
     for item in items:
         stage, _, text = item.partition("=")
         if stage.strip() not in EPOCH_STAGES:
-            raise ValueError(f"--epochs: unknown stage {stage!r} in {item!r}; the stages are "
-                             f"{', '.join(EPOCH_STAGES)}, e.g. --epochs prepare=10,train=5")
+            raise ValueError(
+                f"--epochs: unknown stage {stage!r} in {item!r}; the stages are "
+                f"{', '.join(EPOCH_STAGES)}, e.g. --epochs prepare=10,train=5"
+            )
         settings[EPOCH_STAGES[stage.strip()]] = _epoch_count(stage, text)
     return settings
 
@@ -159,6 +181,15 @@ def positive(text: str) -> int:
 
 
 __all__ = [
-    "EPOCH_STAGES", "HelpFormatter", "add_common", "build_parser", "epoch_settings", "interrupted",
-    "main", "non_negative", "positive", "verbosity", "whole_number",
+    "EPOCH_STAGES",
+    "HelpFormatter",
+    "add_common",
+    "build_parser",
+    "epoch_settings",
+    "interrupted",
+    "main",
+    "non_negative",
+    "positive",
+    "verbosity",
+    "whole_number",
 ]

@@ -16,16 +16,32 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser = subparsers.add_parser(
         "annotate", help="label target cells of known types, cluster cells of new types (scDET)"
     )
-    parser.add_argument("--reference", required=True, help="labelled cells (.h5ad, 10x folder or CSV)")
-    parser.add_argument("--target", required=True, help="cells to annotate (.h5ad, 10x folder or CSV)")
-    parser.add_argument("--label-key", required=True, help="obs column of the reference's cell types")
-    parser.add_argument("--n-types", required=True, type=n_types,
-                        help="types in reference and target together (>= the reference's), or 'auto'")
-    parser.add_argument("--out", required=True, help="the annotated target (.h5ad; refused if it exists)")
+    parser.add_argument(
+        "--reference", required=True, help="labelled cells (.h5ad, 10x folder or CSV)"
+    )
+    parser.add_argument(
+        "--target", required=True, help="cells to annotate (.h5ad, 10x folder or CSV)"
+    )
+    parser.add_argument(
+        "--label-key", required=True, help="obs column of the reference's cell types"
+    )
+    parser.add_argument(
+        "--n-types",
+        required=True,
+        type=n_types,
+        help="types in reference and target together (>= the reference's), or 'auto'",
+    )
+    parser.add_argument(
+        "--out", required=True, help="the annotated target (.h5ad; refused if it exists)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     parser.add_argument("--model-out", help="also save the fitted model in this folder")
-    parser.add_argument("--key-added", default=KEY_ADDED, help=f"prefix of the keys (default {KEY_ADDED})")
-    parser.add_argument("--epochs", type=non_negative, help="training epochs (default: the model's)")
+    parser.add_argument(
+        "--key-added", default=KEY_ADDED, help=f"prefix of the keys (default {KEY_ADDED})"
+    )
+    parser.add_argument(
+        "--epochs", type=non_negative, help="training epochs (default: the model's)"
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -40,7 +56,9 @@ def n_types(text: str) -> int | str:
     try:
         return whole_number(text, 1)
     except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError(f"expected 'auto' or a whole number >= 1, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected 'auto' or a whole number >= 1, got {text!r}"
+        ) from None
 
 
 def annotate_command(args: argparse.Namespace) -> int:
@@ -61,7 +79,10 @@ def annotate_command(args: argparse.Namespace) -> int:
     config = OpenWorldConfig()
     if args.epochs is not None:
         config = replace(config, epochs=args.epochs)
-    reference, annotated = read(args.reference), read(args.target)  # in memory: files stay as they are
+    reference, annotated = (
+        read(args.reference),
+        read(args.target),
+    )  # in memory: files stay as they are
     model = OpenWorldAnnotator(args.n_types, config=config, seed=args.seed, device=args.device)
     model.fit(reference, annotated, label_key=args.label_key)
     write_annotation(annotated, model.predict(annotated), model, args.key_added)
@@ -70,9 +91,11 @@ def annotate_command(args: argparse.Namespace) -> int:
     with atomic_path(out, overwrite=args.overwrite) as tmp:
         annotated.write_h5ad(tmp)
     labels = annotated.obs[args.key_added]
-    print(f"acsleuth annotate: {annotated.n_obs} cells, {int(annotated.obs[args.key_added + '_novel'].sum())} "
-          f"of new types in {sum(str(c).startswith('novel_') for c in labels.unique())} clusters; "
-          f"wrote {out}")
+    print(
+        f"acsleuth annotate: {annotated.n_obs} cells, {int(annotated.obs[args.key_added + '_novel'].sum())} "
+        f"of new types in {sum(str(c).startswith('novel_') for c in labels.unique())} clusters; "
+        f"wrote {out}"
+    )
     return 0
 
 

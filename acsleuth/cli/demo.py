@@ -12,15 +12,17 @@ from . import HelpFormatter, add_common, epoch_settings
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``demo`` to ``subparsers``."""
     parser = subparsers.add_parser(
-        "demo", help="the whole pipeline on scanpy's bundled pbmc68k_reduced, two batches",
+        "demo",
+        help="the whole pipeline on scanpy's bundled pbmc68k_reduced, two batches",
         description="Hold out cell types of scanpy's pbmc68k_reduced, fit on half of the other "
         "cells and screen a target of the rest in two batches, with and without batch correction.",
         formatter_class=HelpFormatter,
         epilog="examples:\n  acsleuth demo\n  acsleuth demo --epochs prepare=10,train=5 --quiet\n"
         "  acsleuth demo --held-out 'CD14+ Monocyte' --out demo_monocytes",
     )
-    parser.add_argument("--held-out", nargs="+", default=list(HELD_OUT),
-                        help="cell types treated as anomalies")
+    parser.add_argument(
+        "--held-out", nargs="+", default=list(HELD_OUT), help="cell types treated as anomalies"
+    )
     parser.add_argument("--out", default="acsleuth_demo", help="output folder")
     add_common(parser)
     parser.set_defaults(func=demo)
@@ -32,8 +34,13 @@ def demo(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
     seed = DEFAULTS.random_state if args.seed is None else args.seed
-    run_demo(args.out, held_out=args.held_out, seed=seed, device=args.device,
-             epochs=epoch_settings(args.epochs))
+    run_demo(
+        args.out,
+        held_out=args.held_out,
+        seed=seed,
+        device=args.device,
+        epochs=epoch_settings(args.epochs),
+    )
     return 0
 
 

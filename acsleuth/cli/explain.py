@@ -50,29 +50,51 @@ def explain(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--input {args.input} is not a file; pass an .h5ad file")
     adata = read(args.input)
     if args.groupby not in adata.obs:
-        raise KeyError(f"--groupby {args.groupby!r} is not an obs column of {args.input} "
-                       f"(columns: {list(adata.obs.columns)})")
+        raise KeyError(
+            f"--groupby {args.groupby!r} is not an obs column of {args.input} "
+            f"(columns: {list(adata.obs.columns)})"
+        )
     config = replace(ExplainConfig(), seed=args.seed)
     result = tl.explain_groups(
-        adata, groupby=args.groupby, embedding=args.embedding, mode=args.mode, reference=args.reference,
-        n_genes=args.n_genes, layer=args.layer, use_raw=False if args.no_raw else None, config=config,
+        adata,
+        groupby=args.groupby,
+        embedding=args.embedding,
+        mode=args.mode,
+        reference=args.reference,
+        n_genes=args.n_genes,
+        layer=args.layer,
+        use_raw=False if args.no_raw else None,
+        config=config,
         copy=True,
     )
     uns = result.uns[explain_key("acsleuth")]
     groups = list(uns["names"].dtype.names)
-    panels = pd.concat([
-        pd.DataFrame({"group": g, "rank": range(1, len(uns["names"][g]) + 1), "gene": uns["names"][g],
-                      "score": uns["scores"][g], "direction": uns["direction"][g]})
-        for g in groups
-    ])
-    summary = pd.DataFrame({"flipped": uns["flipped"], "mean_l1": uns["mean_l1"], "n_cells": uns["n_cells"]})
+    panels = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "group": g,
+                    "rank": range(1, len(uns["names"][g]) + 1),
+                    "gene": uns["names"][g],
+                    "score": uns["scores"][g],
+                    "direction": uns["direction"][g],
+                }
+            )
+            for g in groups
+        ]
+    )
+    summary = pd.DataFrame(
+        {"flipped": uns["flipped"], "mean_l1": uns["mean_l1"], "n_cells": uns["n_cells"]}
+    )
     with atomic_dir(out, overwrite=args.overwrite) as tmp:
         panels.to_csv(tmp / "panels.csv", index=False)
         summary.to_csv(tmp / "summary.csv", index_label="group")
         fig = pl.explain_panels(result, n_genes=min(10, args.n_genes), return_fig=True)
         fig.savefig(tmp / "panels.png", dpi=120)
-    print(f"acsleuth explain: {len(groups)} groups of obs[{args.groupby!r}] explained; wrote {out}/ "
-          f"in {time.perf_counter() - start:.1f} s")
+    print(
+        f"acsleuth explain: {len(groups)} groups of obs[{args.groupby!r}] explained; wrote {out}/ "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
     return 0
 
 

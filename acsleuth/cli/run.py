@@ -41,10 +41,12 @@ TRAINING_OPTIONS = ("epochs", "n_top_genes", "seed", "checkpoint_every", "resume
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Add ``run`` to ``subparsers``."""
     run = subparsers.add_parser(
-        "run", help="detect, batch-correct and subtype anomalous target cells",
+        "run",
+        help="detect, batch-correct and subtype anomalous target cells",
         description="Fit ACsleuth on normal reference cells (or load a saved model), then score, "
         "call, batch-correct and subtype the cells of a target.",
-        formatter_class=HelpFormatter, epilog=EPILOG,
+        formatter_class=HelpFormatter,
+        epilog=EPILOG,
     )
     run.add_argument("--reference", help="normal reference cells (.h5ad, 10x folder or CSV)")
     run.add_argument("--target", required=True, help="cells to screen (.h5ad, 10x folder or CSV)")
@@ -55,25 +57,49 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     run.add_argument("--label-key", help="obs column of known cell types (report only)")
     run.add_argument("--layer", help="read layers[LAYER] of both inputs instead of X (e.g. counts)")
     run.add_argument("--score", choices=SCORES, help=f"score type (default {DEFAULTS.score})")
-    run.add_argument("--anomaly-ratio", type=float, help="expected fraction of anomalies "
-                     "(default: estimated from the scores)")
+    run.add_argument(
+        "--anomaly-ratio",
+        type=float,
+        help="expected fraction of anomalies (default: estimated from the scores)",
+    )
     run.add_argument("--n-subtypes", default="auto", help="'auto' or a number")
-    run.add_argument("--n-top-genes", type=int, help="highly variable reference genes the model "
-                     f"uses (default {DEFAULTS.n_top_genes})")
-    run.add_argument("--no-correct", action="store_true", help="skip batch correction (subtype "
-                     "the uncorrected expression)")
-    run.add_argument("--no-corrected-layer", action="store_true", help="do not write the dense "
-                     "corrected expression into OUT/target.h5ad (it is still used for subtyping)")
-    run.add_argument("--threads", type=int, help="CPU threads (default: the usable cores minus those "
-                     "other processes keep busy; -1: every usable core)")
+    run.add_argument(
+        "--n-top-genes",
+        type=int,
+        help=f"highly variable reference genes the model uses (default {DEFAULTS.n_top_genes})",
+    )
+    run.add_argument(
+        "--no-correct",
+        action="store_true",
+        help="skip batch correction (subtype the uncorrected expression)",
+    )
+    run.add_argument(
+        "--no-corrected-layer",
+        action="store_true",
+        help="do not write the dense "
+        "corrected expression into OUT/target.h5ad (it is still used for subtyping)",
+    )
+    run.add_argument(
+        "--threads",
+        type=int,
+        help="CPU threads (default: the usable cores minus those "
+        "other processes keep busy; -1: every usable core)",
+    )
     add_common(run)
-    run.add_argument("--checkpoint-every", type=non_negative, metavar="N",
-                     help="write the training state every N epochs (default: at the end of each "
-                     "training stage and on Ctrl-C only)")
+    run.add_argument(
+        "--checkpoint-every",
+        type=non_negative,
+        metavar="N",
+        help="write the training state every N epochs (default: at the end of each "
+        "training stage and on Ctrl-C only)",
+    )
     run.add_argument("--checkpoint-dir", help="where checkpoints go (default: OUT.checkpoint)")
-    run.add_argument("--resume", action="store_true",
-                     help="continue the interrupted run checkpointed in --checkpoint-dir (same "
-                     "inputs and settings); the result equals an uninterrupted run's")
+    run.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the interrupted run checkpointed in --checkpoint-dir (same "
+        "inputs and settings); the result equals an uninterrupted run's",
+    )
     run.set_defaults(func=run_command, interrupted_note=interrupted_note)
     return run
 
@@ -99,8 +125,10 @@ def run_command(args: argparse.Namespace) -> int:
         return run_ranked(args, out, start, ctx)
     except Exception as err:
         if not isinstance(err, FileExistsError) and has_training_state(args):
-            err.add_note(f"the checkpoint in {checkpoint_dir(args)} keeps the training done so far: "
-                         "rerun with --resume to reuse it, or delete it")
+            err.add_note(
+                f"the checkpoint in {checkpoint_dir(args)} keeps the training done so far: "
+                "rerun with --resume to reuse it, or delete it"
+            )
         raise
     finally:
         parallel.shutdown()
@@ -114,8 +142,10 @@ def _check_branch(args: argparse.Namespace) -> None:
         given = [name for name in TRAINING_OPTIONS if getattr(args, name) not in (None, False)]
         if given:
             options = ", ".join("--" + name.replace("_", "-") for name in given)
-            raise ValueError(f"{options} set the training of a new model; drop them when scoring "
-                             "with --model (or train anew with --reference)")
+            raise ValueError(
+                f"{options} set the training of a new model; drop them when scoring "
+                "with --model (or train anew with --reference)"
+            )
 
 
 def run_ranked(args: argparse.Namespace, out: Path, start: float, ctx: Context) -> int:
@@ -136,25 +166,39 @@ def run_ranked(args: argparse.Namespace, out: Path, start: float, ctx: Context) 
         if tmp is not None and correct:
             sink = _corrected_sink(tmp / CORRECTED_FILE, target.n_obs, len(model.genes_))
         try:
-            model.run(reference, target, batch_key=args.batch_key, anomaly_ratio=args.anomaly_ratio,
-                      n_subtypes=n_subtypes, correct=correct, corrected_out=sink,
-                      checkpoint=checkpoint, layer=args.layer)
+            model.run(
+                reference,
+                target,
+                batch_key=args.batch_key,
+                anomaly_ratio=args.anomaly_ratio,
+                n_subtypes=n_subtypes,
+                correct=correct,
+                corrected_out=sink,
+                checkpoint=checkpoint,
+                layer=args.layer,
+            )
             if tmp is None:
                 return 0
             _record_command(args, target)
             _explain_subtypes(target, model, sink, args.layer)
-            _write_target(target, tmp / "target.h5ad", model, None if args.no_corrected_layer else sink)
+            _write_target(
+                target, tmp / "target.h5ad", model, None if args.no_corrected_layer else sink
+            )
         finally:
             if sink is not None:
                 sink.file.close()
                 (tmp / CORRECTED_FILE).unlink()
         _write_tables(args, model, reference, target, tmp)
-    if checkpoint is not None and ctx.is_main:  # the outputs are complete: the checkpoint has served
+    if (
+        checkpoint is not None and ctx.is_main
+    ):  # the outputs are complete: the checkpoint has served
         checkpoint.remove()
     n_anomalies = int(target.obs[KEYS.anomaly].sum())
-    print(f"acsleuth run: {target.n_obs} target cells, {n_anomalies} called anomalous, "
-          f"{target.uns[KEYS.uns].get('n_subtypes', 0)} subtypes; wrote {out}/ "
-          f"in {time.perf_counter() - start:.1f} s")
+    print(
+        f"acsleuth run: {target.n_obs} target cells, {n_anomalies} called anomalous, "
+        f"{target.uns[KEYS.uns].get('n_subtypes', 0)} subtypes; wrote {out}/ "
+        f"in {time.perf_counter() - start:.1f} s"
+    )
     return 0
 
 
@@ -173,16 +217,25 @@ def _inputs(args: argparse.Namespace, ctx: Context) -> tuple[ACsleuth, Any, AnnD
         target = read(args.target, backed=True)
         reference = read(args.reference, backed=True) if args.reference is not None else None
         settings: dict[str, Any] = {"verbose": not args.quiet, "n_jobs": args.threads}
-        settings |= {k: v for k, v in (("score", args.score), ("anomaly_ratio", args.anomaly_ratio))
-                     if v is not None}
+        settings |= {
+            k: v
+            for k, v in (("score", args.score), ("anomaly_ratio", args.anomaly_ratio))
+            if v is not None
+        }
         if args.model is not None:
             model = acsleuth.ACsleuth.load(args.model, device=args.device).set_params(**settings)
         else:
             training = {"random_state": args.seed, "n_top_genes": args.n_top_genes}
             settings |= {k: v for k, v in training.items() if v is not None}
             model = acsleuth.ACsleuth(device=args.device, **settings, **epoch_settings(args.epochs))
-        check_inputs(reference, target, genes=model.genes_, layer=args.layer,
-                     batch_key=args.batch_key, score=model.params["score"])
+        check_inputs(
+            reference,
+            target,
+            genes=model.genes_,
+            layer=args.layer,
+            batch_key=args.batch_key,
+            score=model.params["score"],
+        )
         if args.label_key is not None:
             check_obs_column(target, args.label_key, option="--label-key")
     checkpoint = _checkpoint(args, ctx) if args.model is None else None
@@ -208,18 +261,22 @@ def _record_command(args: argparse.Namespace, target: AnnData) -> None:
             params[name] = str(Path(getattr(args, name)).resolve())
 
 
-def _write_tables(args: argparse.Namespace, model: ACsleuth, reference, target: AnnData,
-                  folder: Path) -> None:
+def _write_tables(
+    args: argparse.Namespace, model: ACsleuth, reference, target: AnnData, folder: Path
+) -> None:
     """``cells.csv``, the saved model and the report into ``folder``."""
     import pandas as pd
 
     truth_key = None
     if args.label_key is not None:
         truth_key = _label_truth(target, reference, args.label_key)
-    pd.DataFrame({
-        "score": target.obs[KEYS.score], "anomaly": target.obs[KEYS.anomaly],
-        "subtype": target.obs[KEYS.subtype],
-    }).to_csv(folder / "cells.csv", index_label="cell")
+    pd.DataFrame(
+        {
+            "score": target.obs[KEYS.score],
+            "anomaly": target.obs[KEYS.anomaly],
+            "subtype": target.obs[KEYS.subtype],
+        }
+    ).to_csv(folder / "cells.csv", index_label="cell")
     model.save(folder / "model")
     _write_report(target, folder, args.label_key, truth_key)
 
@@ -265,11 +322,15 @@ def _corrected_sink(path: Path, n_obs: int, n_genes: int) -> h5py.Dataset:
     import h5py
 
     handle = h5py.File(path, "w")
-    chunks = (max(1, min(n_obs, (1 << 20) // (4 * n_genes))), n_genes) if n_obs else None  # ~1 MB rows
+    chunks = (
+        (max(1, min(n_obs, (1 << 20) // (4 * n_genes))), n_genes) if n_obs else None
+    )  # ~1 MB rows
     return handle.create_dataset("corrected", shape=(n_obs, n_genes), dtype="f4", chunks=chunks)
 
 
-def _write_target(target: AnnData, path: Path, model: ACsleuth, corrected: h5py.Dataset | None) -> None:
+def _write_target(
+    target: AnnData, path: Path, model: ACsleuth, corrected: h5py.Dataset | None
+) -> None:
     """The annotated target as ``.h5ad``, with the ``corrected`` expression (when given) under
     ``layers`` or ``obsm`` as :func:`acsleuth.tl.correct_batches` would put it.
 

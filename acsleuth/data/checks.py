@@ -42,13 +42,19 @@ def check_target_size(n_obs: int, score: str) -> None:
         )
 
 
-def check_obs_column(adata: AnnData, key: str, *, option: str, name: str = "target") -> pd.Categorical:
+def check_obs_column(
+    adata: AnnData, key: str, *, option: str, name: str = "target"
+) -> pd.Categorical:
     """``adata.obs[key]`` as a categorical; a missing column or a missing value is refused."""
     if key not in adata.obs:
-        raise KeyError(f"{name}: {option} {key!r} is not an obs column (columns: {list(adata.obs.columns)})")
+        raise KeyError(
+            f"{name}: {option} {key!r} is not an obs column (columns: {list(adata.obs.columns)})"
+        )
     values = pd.Categorical(adata.obs[key])
     if (values.codes < 0).any():
-        raise DataError(f"{name}: obs[{key!r}] has missing values; every cell needs a value ({option})")
+        raise DataError(
+            f"{name}: obs[{key!r}] has missing values; every cell needs a value ({option})"
+        )
     return values
 
 

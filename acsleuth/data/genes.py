@@ -62,8 +62,10 @@ def no_shared_genes(var_names: pd.Index, panel: pd.Index, name: str) -> str:
     )
     hint = _case_hint(var_names, panel)
     if hint:
-        return (f"{message}{hint}: write both with the same capitalisation, e.g. "
-                "adata.var_names = adata.var_names.str.upper() on both")
+        return (
+            f"{message}{hint}: write both with the same capitalisation, e.g. "
+            "adata.var_names = adata.var_names.str.upper() on both"
+        )
     message += ". The two may use different gene identifiers (e.g. Ensembl ids vs gene symbols)"
     ensembl_panel, ensembl_var = _looks_ensembl(panel), _looks_ensembl(var_names)
     if ensembl_panel != ensembl_var:
@@ -71,8 +73,10 @@ def no_shared_genes(var_names: pd.Index, panel: pd.Index, name: str) -> str:
         if ensembl_panel:
             kind = "the panel genes look like Ensembl IDs and its var_names like gene symbols"
         message = f"{message}, and here {kind}"
-    return (f"{message}: give both AnnData objects the same kind of var_names, e.g. "
-            "adata.var_names = adata.var['gene_symbols']")
+    return (
+        f"{message}: give both AnnData objects the same kind of var_names, e.g. "
+        "adata.var_names = adata.var['gene_symbols']"
+    )
 
 
 def _case_hint(var_names: pd.Index, panel: pd.Index, what: str = "") -> str:
@@ -81,12 +85,17 @@ def _case_hint(var_names: pd.Index, panel: pd.Index, what: str = "") -> str:
     folded: dict[str, str] = {}
     for name in map(str, var_names):
         folded.setdefault(name.casefold(), name)
-    hits = [(gene, folded[gene.casefold()]) for gene in map(str, panel)
-            if folded.get(gene.casefold(), gene) != gene]
+    hits = [
+        (gene, folded[gene.casefold()])
+        for gene in map(str, panel)
+        if folded.get(gene.casefold(), gene) != gene
+    ]
     if not hits:
         return ""
-    return (f"; {len(hits)} of the {len(panel)} {what}match its var_names only ignoring case "
-            f"(e.g. {hits[0][0]!r} vs {hits[0][1]!r})")
+    return (
+        f"; {len(hits)} of the {len(panel)} {what}match its var_names only ignoring case "
+        f"(e.g. {hits[0][0]!r} vs {hits[0][1]!r})"
+    )
 
 
 def _looks_ensembl(names: pd.Index) -> bool:
@@ -100,7 +109,11 @@ def _examples(names: pd.Index, k: int = 3) -> str:
 
 
 def highly_variable_genes(
-    source: ExpressionSource, n_top_genes: int = 3000, *, max_cells: int = HVG_MAX_CELLS, seed: int = 0
+    source: ExpressionSource,
+    n_top_genes: int = 3000,
+    *,
+    max_cells: int = HVG_MAX_CELLS,
+    seed: int = 0,
 ) -> list[str]:
     """The ``n_top_genes`` most variable panel genes (scanpy, flavor ``"seurat"``), in panel order.
 
@@ -120,7 +133,7 @@ def highly_variable_genes(
     if source.n_obs > max_cells:
         rows = np.sort(np.random.default_rng(seed).choice(source.n_obs, max_cells, replace=False))
     step = next(row_chunks(rows.size, source.n_genes)).stop
-    blocks = [sp.csr_matrix(source.rows(rows[i:i + step])) for i in range(0, rows.size, step)]
+    blocks = [sp.csr_matrix(source.rows(rows[i : i + step])) for i in range(0, rows.size, step)]
     copy = AnnData(
         X=sp.vstack(blocks, format="csr"),
         obs=pd.DataFrame(index=source.obs_names[rows]),

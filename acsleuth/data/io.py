@@ -103,14 +103,20 @@ def _read_10x(folder: Path) -> AnnData:
             f"{folder}: matrix.mtx is {counts.shape[1]} genes x {counts.shape[0]} cells but there are "
             f"{len(features)} features and {len(barcodes)} barcodes; the three files must match"
         )
-    var = pd.DataFrame({"gene_ids": features[0].to_numpy()},
-                       index=pd.Index(features[1 if features.shape[1] > 1 else 0].to_numpy()))
+    var = pd.DataFrame(
+        {"gene_ids": features[0].to_numpy()},
+        index=pd.Index(features[1 if features.shape[1] > 1 else 0].to_numpy()),
+    )
     if features.shape[1] > 2:
         var["feature_types"] = features[2].to_numpy()
         expression = var["feature_types"].to_numpy() == "Gene Expression"
         if expression.any() and not expression.all():
-            logger.info("%s: keeping the %d 'Gene Expression' features of %d",
-                        folder, int(expression.sum()), len(var))
+            logger.info(
+                "%s: keeping the %d 'Gene Expression' features of %d",
+                folder,
+                int(expression.sum()),
+                len(var),
+            )
             counts, var = counts[:, np.flatnonzero(expression)], var[expression]
     return AnnData(X=counts, obs=pd.DataFrame(index=pd.Index(barcodes.to_numpy())), var=var)
 

@@ -94,7 +94,7 @@ class MinibatchLoader:
     def __iter__(self) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
         """Yield ``(row_indices, x)``: int64 positions and a float32 ``(b, n_genes)`` tensor."""
         order = self._rng.permutation(self.rows) if self.shuffle else self.rows
-        batches = [order[i * self.batch_size:(i + 1) * self.batch_size] for i in range(len(self))]
+        batches = [order[i * self.batch_size : (i + 1) * self.batch_size] for i in range(len(self))]
         if self.resident:
             return self._gather(batches)
         return self._stream(batches)
@@ -114,7 +114,9 @@ class MinibatchLoader:
     def _resident_matrix(self) -> torch.Tensor:
         if self._cache is None:
             source = self.source
-            cache = torch.empty((source.n_obs, source.n_genes), dtype=torch.float32, device=self.device)
+            cache = torch.empty(
+                (source.n_obs, source.n_genes), dtype=torch.float32, device=self.device
+            )
             for chunk in row_chunks(source.n_obs, source.n_genes):
                 cache[chunk].copy_(torch.from_numpy(source.rows(chunk)))
             self._cache = cache
@@ -136,7 +138,9 @@ class MinibatchLoader:
             stop.set()
             worker.join()
 
-    def _produce(self, batches: list[np.ndarray], ready: queue.Queue, stop: threading.Event) -> None:
+    def _produce(
+        self, batches: list[np.ndarray], ready: queue.Queue, stop: threading.Event
+    ) -> None:
         pin = self.device.type == "cuda"
         try:
             for rows in batches:
@@ -158,7 +162,9 @@ def _check_rows(rows: np.ndarray | None, n_obs: int) -> np.ndarray:
         return np.arange(n_obs)
     rows = np.asarray(rows)
     if rows.ndim != 1 or (rows.size and rows.dtype.kind not in "iu"):
-        raise ValueError(f"rows must be a 1-D array of integer positions, got {rows.ndim}-D {rows.dtype}")
+        raise ValueError(
+            f"rows must be a 1-D array of integer positions, got {rows.ndim}-D {rows.dtype}"
+        )
     if rows.size and (rows.min() < 0 or rows.max() >= n_obs):
         raise ValueError(f"rows must lie in [0, {n_obs}), got [{rows.min()}, {rows.max()}]")
     return rows.astype(np.int64, copy=False)

@@ -86,16 +86,23 @@ def open_matrix(x: object, where: str) -> RowReader:
     ``where`` names the matrix in error messages (e.g. ``"reference: X"``).
     """
     if x is None:
-        raise DataError(f"{where} is empty (None); store the expression matrix there or pick a layer")
+        raise DataError(
+            f"{where} is empty (None); store the expression matrix there or pick a layer"
+        )
     if isinstance(x, CSRDataset):
         return RowReader(BackedCSR(x), backed=True)
     if isinstance(x, CSCDataset):
-        logger.info("%s is a backed CSC matrix; loading it into memory as CSR for row access "
-                    "(save it as CSR to stream it from disk)", where)
+        logger.info(
+            "%s is a backed CSC matrix; loading it into memory as CSR for row access "
+            "(save it as CSR to stream it from disk)",
+            where,
+        )
         return RowReader(x.to_memory().tocsr(), backed=False)
     if sp.issparse(x):
         if x.format != "csr":
-            logger.info("%s is a %s matrix; using a CSR copy for row access", where, x.format.upper())
+            logger.info(
+                "%s is a %s matrix; using a CSR copy for row access", where, x.format.upper()
+            )
             x = x.tocsr()
         return RowReader(_numeric(x, where), backed=False)
     if isinstance(x, h5py.Dataset):

@@ -83,8 +83,10 @@ class ExpressionSource:
         return len(self.genes)
 
     def __repr__(self) -> str:
-        return (f"ExpressionSource({self.name}: {self.n_obs} cells x {self.n_genes} genes, "
-                f"log_normalize={self.log_normalize}, backed={self._reader.backed})")
+        return (
+            f"ExpressionSource({self.name}: {self.n_obs} cells x {self.n_genes} genes, "
+            f"log_normalize={self.log_normalize}, backed={self._reader.backed})"
+        )
 
     def rows(self, index: slice | np.ndarray) -> np.ndarray:
         """Rows ``index`` as a float32 C-contiguous ``(len(index), n_genes)`` array (a fresh copy).
@@ -109,8 +111,13 @@ class ExpressionSource:
     def with_genes(self, genes: Sequence[str]) -> ExpressionSource:
         """The same cells on another panel (matched by name; missing genes are zeros)."""
         return ExpressionSource(
-            self.adata, self._reader, name=self.name, obs_names=self.obs_names,
-            var_names=self.var_names, genes=genes, scale=self._scale,
+            self.adata,
+            self._reader,
+            name=self.name,
+            obs_names=self.obs_names,
+            var_names=self.var_names,
+            genes=genes,
+            scale=self._scale,
         )
 
 
@@ -127,7 +134,9 @@ def _row_index(index: RowIndex, n: int) -> RowIndex:
         raise IndexError("rows() takes a slice or a 1-D array of integer row positions")
     positions = positions.astype(np.int64, copy=False)
     if positions.size and (positions.min() < 0 or positions.max() >= n):
-        raise IndexError(f"row positions must lie in [0, {n}), got [{positions.min()}, {positions.max()}]")
+        raise IndexError(
+            f"row positions must lie in [0, {n}), got [{positions.min()}, {positions.max()}]"
+        )
     return positions
 
 
@@ -179,11 +188,18 @@ def prepare(
         logger.info(
             "%s looks like raw counts (integers, max %g): each cell is normalised to %g total "
             "counts over all %d genes and log1p'd as it is read (adata is not modified)",
-            where, scan.max, TARGET_SUM, adata.n_vars,
+            where,
+            scan.max,
+            TARGET_SUM,
+            adata.n_vars,
         )
         scale = (TARGET_SUM / np.where(scan.totals > 0, scan.totals, TARGET_SUM)).astype(np.float32)
     return ExpressionSource(
-        adata, reader, name=name, genes=genes, scale=scale,
+        adata,
+        reader,
+        name=name,
+        genes=genes,
+        scale=scale,
         obs_names=_unique(adata.obs_names, "cell", "obs", name),
         var_names=_unique(adata.var_names, "gene", "var", name),
     )

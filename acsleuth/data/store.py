@@ -91,7 +91,11 @@ class RowStore:
     def write(self, start: int, rows: Tensor) -> None:
         """Store ``rows (b, n_cols)`` at rows ``start .. start + b``."""
         stop = start + rows.shape[0]
-        if rows.ndim != 2 or rows.shape[1] != self.shape[1] or not 0 <= start <= stop <= self.shape[0]:
+        if (
+            rows.ndim != 2
+            or rows.shape[1] != self.shape[1]
+            or not 0 <= start <= stop <= self.shape[0]
+        ):
             raise ValueError(
                 f"RowStore.write: rows {tuple(rows.shape)} at {start} do not fit a {self.shape} table"
             )
@@ -119,7 +123,9 @@ class RowStore:
     def take(self, rows: Tensor) -> Tensor:
         """Rows at positions ``rows`` (any order) on ``device``; in-memory tables only."""
         if self._table is None:
-            raise RuntimeError("RowStore.take needs an in-memory table; read contiguous runs instead")
+            raise RuntimeError(
+                "RowStore.take needs an in-memory table; read contiguous runs instead"
+            )
         return self._table[rows.to(self.device)]
 
     def runs(self, size: int) -> Iterator[tuple[int, Tensor]]:

@@ -50,10 +50,16 @@ def causal_panels(
     for g in range(n_causal):
         hit = [g % n_groups] + ([int(rng.integers(n_groups))] if rng.random() < 0.3 else [])
         effect[hit, g] = rng.choice([-1.0, 1.0]) * rng.uniform(1.0, 2.0, len(hit))
-    causal = rng.uniform(0.5, 2.5, n_causal) + effect[group] + rng.normal(0, 0.5, (n_cells, n_causal))
-    noise = rng.uniform(0.5, 2.5, n_noise) + rng.normal(0, 1, (n_cells, n_noise)) * rng.uniform(0.3, 1.0, n_noise)
-    parents = [rng.choice(n_causal, rng.integers(1, min(10, n_causal) + 1), replace=False)
-               for _ in range(n_dependent)]
+    causal = (
+        rng.uniform(0.5, 2.5, n_causal) + effect[group] + rng.normal(0, 0.5, (n_cells, n_causal))
+    )
+    noise = rng.uniform(0.5, 2.5, n_noise) + rng.normal(0, 1, (n_cells, n_noise)) * rng.uniform(
+        0.3, 1.0, n_noise
+    )
+    parents = [
+        rng.choice(n_causal, rng.integers(1, min(10, n_causal) + 1), replace=False)
+        for _ in range(n_dependent)
+    ]
     weights = [rng.uniform(0.01, 0.8, len(p)) for p in parents]
     dependent_noise = rng.normal(0, 1, (n_cells, n_dependent))
     batch = rng.integers(0, 2, n_cells)
@@ -66,8 +72,11 @@ def causal_panels(
     else:
         batch = np.zeros(n_cells, dtype=np.int64)
     causal, noise = measured[:, :n_causal], measured[:, n_causal:]
-    dependent = np.stack([causal[:, p] @ w for p, w in zip(parents, weights, strict=True)], axis=1) if parents else (
-        np.zeros((n_cells, 0)))
+    dependent = (
+        np.stack([causal[:, p] @ w for p, w in zip(parents, weights, strict=True)], axis=1)
+        if parents
+        else (np.zeros((n_cells, 0)))
+    )
     dependent = np.clip(dependent + dependent_noise, 0.0, None)
     roles = ["causal"] * n_causal + ["dependent"] * n_dependent + ["noise"] * n_noise
     width = len(str(len(roles) - 1))
@@ -79,7 +88,14 @@ def causal_panels(
         {"group": pd.Categorical(group.astype(str)), "batch": pd.Categorical(batch.astype(str))},
         index=[f"cell{i}" for i in range(n_cells)],
     )
-    params = {"n_cells": n_cells, "n_groups": n_groups, "n_causal": n_causal, "n_dependent": n_dependent,
-              "n_noise": n_noise, "complex": bool(complex), "seed": seed}
+    params = {
+        "n_cells": n_cells,
+        "n_groups": n_groups,
+        "n_causal": n_causal,
+        "n_dependent": n_dependent,
+        "n_noise": n_noise,
+        "complex": bool(complex),
+        "seed": seed,
+    }
     x = np.hstack([causal, dependent, noise]).astype(np.float32)
     return AnnData(X=x, obs=obs, var=var, uns={"causal_panels": params})

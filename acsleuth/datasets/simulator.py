@@ -57,7 +57,9 @@ def _check_proportions(proportions: str, imbalance: float) -> float:
         raise ValueError(f"proportions must be 'dirichlet' or 'long_tail', got {proportions!r}")
     imbalance = float(imbalance)
     if not (np.isfinite(imbalance) and imbalance >= 1.0):
-        raise ValueError(f"imbalance must be finite and >= 1 (largest / smallest share), got {imbalance}")
+        raise ValueError(
+            f"imbalance must be finite and >= 1 (largest / smallest share), got {imbalance}"
+        )
     return imbalance
 
 
@@ -252,14 +254,22 @@ def simulate(
     imbalance = _check_proportions(proportions, imbalance)
     if proportions == "long_tail":
         shares = _long_tail(n_types, imbalance)
-        anomaly_types = n_types + np.repeat(
-            np.arange(n_anomaly_types), _split(n_anomalies, _long_tail(n_anomaly_types, imbalance))
-        ) if n_anomaly_types else np.zeros(0, dtype=np.int64)
+        anomaly_types = (
+            n_types
+            + np.repeat(
+                np.arange(n_anomaly_types),
+                _split(n_anomalies, _long_tail(n_anomaly_types, imbalance)),
+            )
+            if n_anomaly_types
+            else np.zeros(0, dtype=np.int64)
+        )
     else:
         shares = rng.dirichlet(np.full(n_types, _TYPE_CONCENTRATION))
         anomaly_types = n_types + np.arange(n_anomalies) % max(n_anomaly_types, 1)
     ref_type = rng.choice(n_types, n_reference, p=shares)
-    tgt_type = np.concatenate([rng.choice(n_types, n_target - n_anomalies, p=shares), anomaly_types])
+    tgt_type = np.concatenate(
+        [rng.choice(n_types, n_target - n_anomalies, p=shares), anomaly_types]
+    )
     tgt_type = rng.permutation(tgt_type)
     tgt_batch = rng.permutation(np.arange(n_target) % n_batches)
     # profile row of (type t, batch b) is t * n_batches + b; the reference uses batch 0's style.
@@ -371,4 +381,12 @@ def synthetic(
     return reference, target
 
 
-__all__ = ["CHUNK_CELLS", "CountSampler", "check_batch_effect", "check_fraction", "check_int", "simulate", "synthetic"]
+__all__ = [
+    "CHUNK_CELLS",
+    "CountSampler",
+    "check_batch_effect",
+    "check_fraction",
+    "check_int",
+    "simulate",
+    "synthetic",
+]

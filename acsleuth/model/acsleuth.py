@@ -21,7 +21,6 @@ from .._anndata import detect as contract
 from .._constants import (
     DEFAULTS,
     KEY_ADDED,
-    AnomalyExpression,
     Gamma,
     Kernel,
     Kin,
@@ -38,7 +37,6 @@ from ..data import ExpressionSource, highly_variable_genes, prepare
 from ..data.checks import check_inputs
 from ..nn import Critic, Generator
 from ..stages.detect import fit_detector
-from ..stages.kin import find_kin
 from ..stages.neighbours import ReferenceNeighbours, fit_reference_index
 from ..stages.residuals import ScaledResiduals
 from ..stages.score import (
@@ -49,15 +47,14 @@ from ..stages.score import (
     reconstruct_target,
     reference_residuals,
 )
-from ..stages.style import correct_expression
-from ..stages.subtype import SubtypeResult, subtype_cells
 from ..train import Checkpoint
 from ..train.checkpoint import fingerprint
 from . import persist
 from .familiar import FamiliarAPI
+from .pipeline import PipelineStages
 
 
-class ACsleuth(FamiliarAPI, persist.Persistent):
+class ACsleuth(FamiliarAPI, PipelineStages, persist.Persistent):
     """Anomalous-cell detection with ACsleuth (docs/method.md §1): fit on normal reference cells, score targets.
 
     Parameters
@@ -157,7 +154,9 @@ class ACsleuth(FamiliarAPI, persist.Persistent):
         verbose: bool = DEFAULTS.verbose,
         n_jobs: int | None = DEFAULTS.n_jobs,
     ) -> None:
-        self.params: dict[str, Any] = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        self.params: dict[str, Any] = {
+            k: v for k, v in locals().items() if k not in ("self", "__class__")
+        }
         Params(**self.params)  # checks every setting before anything is built
         self.device = resolve_device(device)
         self.genes_: list[str] | None = None
@@ -184,8 +183,13 @@ class ACsleuth(FamiliarAPI, persist.Persistent):
         return self.generator_ is not None
 
     @with_threads
-    def fit(self, reference: AnnData | str | os.PathLike, *, checkpoint: Checkpoint | None = None,
-            layer: str | None = None) -> ACsleuth:
+    def fit(
+        self,
+        reference: AnnData | str | os.PathLike,
+        *,
+        checkpoint: Checkpoint | None = None,
+        layer: str | None = None,
+    ) -> ACsleuth:
         """Train module I on ``reference`` (normal cells only; AnnData, backed AnnData or a path;
         ``layers[layer]`` instead of ``X`` when ``layer`` is given).
 
@@ -207,8 +211,12 @@ class ACsleuth(FamiliarAPI, persist.Persistent):
             source = source.with_genes(genes)
         with seeded(p.random_state, self.device):
             generator, critic, history = fit_detector(
-                source, p, device=self.device, resident_bytes=self._cache_bytes(),
-                timings=timings, checkpoint=checkpoint,
+                source,
+                p,
+                device=self.device,
+                resident_bytes=self._cache_bytes(),
+                timings=timings,
+                checkpoint=checkpoint,
             )
             with stage_timer(timings, "reference residuals"):
                 scale, anchors = reference_residuals(generator, source, p, self.device)
@@ -224,11 +232,14 @@ class ACsleuth(FamiliarAPI, persist.Persistent):
     # ------------------------------------------------------------------ scoring
     def _require_fitted(self) -> None:
         if not self.is_fitted:
-            raise RuntimeError("ACsleuth: call fit(reference) (or ACsleuth.load(dir)) before scoring")
+            raise RuntimeError(
+                "ACsleuth: call fit(reference) (or ACsleuth.load(dir)) before scoring"
+            )
 
     def _detector(self) -> Detector:
-        return Detector(self.generator_, self.critic_, self.residual_scale_, self.anchors_,
-                        self.neighbours_)
+        return Detector(
+            self.generator_, self.critic_, self.residual_scale_, self.anchors_, self.neighbours_
+        )
 
     @with_threads
     def evaluate(
@@ -259,12 +270,23 @@ class ACsleuth(FamiliarAPI, persist.Persistent):
             settings = replace(settings, score=score)
         return self._evaluate(target, settings, batch_key, layer)
 
-    def _evaluate(self, target: AnnData | str | os.PathLike, p: Params, batch_key: str | None,
-                  layer: str | None = None) -> ScoreResult:
+    def _evaluate(
+        self,
+        target: AnnData | str | os.PathLike,
+        p: Params,
+        batch_key: str | None,
+        layer: str | None = None,
+    ) -> ScoreResult:
         """:meth:`evaluate` with the settings ``p`` (this call's score and anomaly ratio)."""
         result = evaluate_target(
-            self._detector(), target, self.genes_, p, batch_key, device=self.device,
-            budget=self._cache_bytes(), layer=layer,
+            self._detector(),
+            target,
+            self.genes_,
+            p,
+            batch_key,
+            device=self.device,
+            budget=self._cache_bytes(),
+            layer=layer,
         )
         self.threshold_ = result.threshold
         return result
@@ -282,23 +304,35 @@ class ACsleuth(FamiliarAPI, persist.Persistent):
         (:func:`acsleuth.stages.score.reconstruct_target`)."""
         self._require_fitted()
         return reconstruct_target(
-            self._detector(), source, self.settings, device=self.device,
-            budget=self._cache_bytes(), keep_residuals=keep_residuals, codes=codes,
+            self._detector(),
+            source,
+            self.settings,
+            device=self.device,
+            budget=self._cache_bytes(),
+            keep_residuals=keep_residuals,
+            codes=codes,
         )
 
     @with_threads
-    def embed(self, data: ExpressionSource | AnnData | str | os.PathLike, rows: np.ndarray | None = None,
-              *, layer: str | None = None) -> torch.Tensor:
+    def embed(
+        self,
+        data: ExpressionSource | AnnData | str | os.PathLike,
+        rows: np.ndarray | None = None,
+        *,
+        layer: str | None = None,
+    ) -> torch.Tensor:
         """Module I encoder embeddings ``(n, 256)`` of ``rows`` (all cells when None), in chunks,
         of an AnnData (genes matched to the model's by name), a path, or a prepared source.
 
         Only the encoder runs: cheaper than :meth:`reconstruct` when no score is needed.
         """
         self._require_fitted()
-        source = data if isinstance(data, ExpressionSource) else prepare(
-            data, genes=self.genes_, name="target", layer=layer)
+        source = (
+            data
+            if isinstance(data, ExpressionSource)
+            else prepare(data, genes=self.genes_, name="target", layer=layer)
+        )
         return embed(self.generator_, source, rows, self.settings, self.device)
-
 
     def score(self, target: AnnData | str | os.PathLike) -> np.ndarray:
         """One anomaly score per target cell (higher = more anomalous)."""
@@ -386,11 +420,20 @@ class ACsleuth(FamiliarAPI, persist.Persistent):
         if checkpoint is not None:
             checkpoint.bind(fingerprint(self.params, reference=reference, target=target))
         if not self.is_fitted:
-            check_inputs(reference, target, layer=layer, batch_key=batch_key, score=self.params["score"])
+            check_inputs(
+                reference, target, layer=layer, batch_key=batch_key, score=self.params["score"]
+            )
             self.fit(reference, checkpoint=checkpoint, layer=layer)
         settings, params = self.settings, dict(self.params)
-        params |= {"batch_key": batch_key, "n_subtypes": n_subtypes, "kin": kin, "correct": correct,
-                   "layer": layer, "reference": source_path(reference), "target": source_path(target)}
+        params |= {
+            "batch_key": batch_key,
+            "n_subtypes": n_subtypes,
+            "kin": kin,
+            "correct": correct,
+            "layer": layer,
+            "reference": source_path(reference),
+            "target": source_path(target),
+        }
         if anomaly_ratio is not None:  # this call only; the parameters written include it
             settings = replace(settings, anomaly_ratio=anomaly_ratio)
             params["anomaly_ratio"] = anomaly_ratio
@@ -398,16 +441,27 @@ class ACsleuth(FamiliarAPI, persist.Persistent):
         main = parallel.context().is_main
         if main:
             contract.write_scores(
-                target, result, params, backend=ops.backend(self.device),
-                timings={**self.timings_, **result.timings}, key_added=key_added,
+                target,
+                result,
+                params,
+                backend=ops.backend(self.device),
+                timings={**self.timings_, **result.timings},
+                key_added=key_added,
             )
             target.uns[key_added]["device"] = str(self.device)
         anomaly = result.anomaly
         timings: dict[str, float] = {}
         if correct:
             corrected = self.correct(
-                target, reference, normal=~anomaly, batch_key=batch_key, kin=kin, out=corrected_out,
-                timings=timings, checkpoint=checkpoint, layer=layer,
+                target,
+                reference,
+                normal=~anomaly,
+                batch_key=batch_key,
+                kin=kin,
+                out=corrected_out,
+                timings=timings,
+                checkpoint=checkpoint,
+                layer=layer,
             )
             if main and corrected_out is None:
                 contract.write_corrected(target, corrected, self.genes_, key_added)
@@ -415,79 +469,17 @@ class ACsleuth(FamiliarAPI, persist.Persistent):
         if main and correct and corrected_out is not None:
             x = np.asarray(corrected_out[np.flatnonzero(anomaly)], dtype=np.float32)
         elif main:
-            x = contract.corrected_expression(target, self.genes_, key_added, np.flatnonzero(anomaly),
-                                              layer=layer)
+            x = contract.corrected_expression(
+                target, self.genes_, key_added, np.flatnonzero(anomaly), layer=layer
+            )
         # every rank clusters the anomalies (DESC trains on each rank's shard of them)
-        result = self.subtype(parallel.broadcast_array(x, parallel.context()), n_subtypes=n_subtypes,
-                              timings=timings)
+        result = self.subtype(
+            parallel.broadcast_array(x, parallel.context()), n_subtypes=n_subtypes, timings=timings
+        )
         if main:
             contract.write_subtypes(target, anomaly, result, key_added)
             add_timings(target, key_added, timings)
         return target
-
-    @with_threads
-    def correct(
-        self,
-        target: AnnData | str | os.PathLike,
-        reference: AnnData | str | os.PathLike,
-        *,
-        normal: np.ndarray,
-        batch_key: str | None = None,
-        kin: Kin = "nearest",
-        anomalies: AnomalyExpression = "shift",
-        out: Any = None,
-        timings: dict[str, float] | None = None,
-        checkpoint: Checkpoint | None = None,
-        layer: str | None = None,
-    ) -> Any:
-        """Batch-corrected expression of every target cell (modules II-III, docs/method.md §2-§3).
-
-        ``normal`` (one bool per target cell) selects the cells matched to reference kin by
-        their encoder embeddings and used to train the style transfer; ``batch_key`` names
-        the ``obs`` column of target batches (one batch when None). Normal cells get the
-        style transfer's output. With ``anomalies="shift"`` anomalous cells get their own
-        expression plus their batch's mean correction (output minus input over its normal
-        cells): the generator, trained on normal cells only, maps an unseen cell type onto a
-        normal one, and subtyping its output lost much of the subtype signal
-        (benchmarks/RESULTS.md, issue 4); ``"generator"`` gives them its output (docs/method.md §3).
-        Seconds go to ``timings["kin"]`` and ``timings["style"]``. ``checkpoint`` checkpoints
-        and resumes the style transfer's training.
-
-        Returns ``out``, filled chunk by chunk with the float32 ``(n_obs, n_genes_)``
-        corrected expression: any array taking row-slice assignment (a numpy array or
-        memmap, or an ``h5py`` dataset to stream an atlas to disk); a new numpy array when
-        None.
-        """
-        self._require_fitted()
-        return correct_expression(
-            self.generator_, target, reference, normal, self.genes_, self.settings,
-            batch_key=batch_key, kin=kin, anomalies=anomalies, out=out, device=self.device,
-            timings={} if timings is None else timings, checkpoint=checkpoint, layer=layer,
-        )
-
-    def _kin(
-        self, target: ExpressionSource, reference: ExpressionSource, rows: np.ndarray, kin: Kin
-    ) -> np.ndarray:
-        """Reference kin rows of target ``rows`` (module II; :func:`acsleuth.stages.kin.find_kin`)."""
-        return find_kin(self.generator_, target, reference, rows, kin, self.settings, self.device)
-
-    @with_threads
-    def subtype(
-        self,
-        x: np.ndarray,
-        *,
-        n_subtypes: int | Literal["auto"] = "auto",
-        timings: dict[str, float] | None = None,
-    ) -> SubtypeResult | None:
-        """Subtypes of the anomalies from their (corrected) expression ``x (N, n_genes_)``
-        (:func:`acsleuth.stages.subtype.subtype_cells`: None when ``N == 0``, ``n_subtypes``
-        lowered to ``N`` with a warning). Seconds go to ``timings["subtype"]``."""
-        self._require_fitted()
-        timings = {} if timings is None else timings
-        return subtype_cells(
-            x, self.generator_, self.settings, n_subtypes=n_subtypes, device=self.device,
-            timings=timings,
-        )
 
     def __repr__(self) -> str:
         state = f"fitted on {len(self.genes_)} genes" if self.is_fitted else "not fitted"

@@ -117,8 +117,14 @@ class OpenWorldAnnotator:
 
     def _loader(self, source: ExpressionSource, *, train: bool, offset: int) -> MinibatchLoader:
         bs = self.config.batch_size
-        return MinibatchLoader(source, batch_size=bs, shuffle=train, device=self.device,
-                               drop_last=train and source.n_obs > bs, seed=self.seed + offset)
+        return MinibatchLoader(
+            source,
+            batch_size=bs,
+            shuffle=train,
+            device=self.device,
+            drop_last=train and source.n_obs > bs,
+            seed=self.seed + offset,
+        )
 
     def fit(self, reference: AnnData, target: AnnData, *, label_key: str) -> OpenWorldAnnotator:
         """Train on the labelled ``reference`` and unlabelled ``target`` (neither is modified)."""
@@ -133,8 +139,9 @@ class OpenWorldAnnotator:
         tgt_eval = self._loader(tgt_src, train=False, offset=0)
         k = self.n_types
         if k == "auto":
-            k, self.auto_scores = stage.estimate_n_types(ref_eval, tgt_eval, len(self.seen),
-                                                         seed=self.seed)
+            k, self.auto_scores = stage.estimate_n_types(
+                ref_eval, tgt_eval, len(self.seen), seed=self.seed
+            )
         self.n_types_ = int(k)
         if self.n_types_ > tgt_src.n_obs + ref_src.n_obs:
             raise ValueError(f"n_types={k} exceeds the number of cells; lower it")
@@ -147,17 +154,28 @@ class OpenWorldAnnotator:
             def estimate_prior() -> torch.Tensor:
                 pairs = [stage.contrastive_features(net, ld) for ld in (ref_eval, tgt_eval)]
                 proj, feats = (torch.cat(part) for part in zip(*pairs, strict=True))
-                clusters, _ = stage.kmeans(proj, self.n_types_, n_iter=self.config.kmeans_iter,
-                                           n_init=self.config.kmeans_init, seed=self.seed + next(calls))
+                clusters, _ = stage.kmeans(
+                    proj,
+                    self.n_types_,
+                    n_iter=self.config.kmeans_iter,
+                    n_init=self.config.kmeans_init,
+                    seed=self.seed + next(calls),
+                )
                 clusters = clusters.numpy()
                 mapping = stage.match_clusters(clusters, labels, len(self.seen), self.n_types_)
                 if self.config.seed_prototypes:
                     stage.seed_novel_prototypes(net, feats, clusters, mapping, len(self.seen))
-                return torch.as_tensor(stage.prior_from_clusters(clusters, mapping), dtype=torch.float32)
+                return torch.as_tensor(
+                    stage.prior_from_clusters(clusters, mapping), dtype=torch.float32
+                )
 
             self.history, self.priors = train_open_world(
-                net, self._loader(ref_src, train=True, offset=1), codes,
-                self._loader(tgt_src, train=True, offset=2), estimate_prior, self.config,
+                net,
+                self._loader(ref_src, train=True, offset=1),
+                codes,
+                self._loader(tgt_src, train=True, offset=2),
+                estimate_prior,
+                self.config,
                 verbose=self.verbose,
             )
         self.net = net
@@ -172,8 +190,9 @@ class OpenWorldAnnotator:
             raise RuntimeError("OpenWorldAnnotator: call fit() (or load()) before predict()")
         start = time.perf_counter()
         source = prepare(target, genes=self.genes, name="target")
-        pred = stage.predict(self.net, self._loader(source, train=False, offset=0),
-                             self.config.student_temperature)
+        pred = stage.predict(
+            self.net, self._loader(source, train=False, offset=0), self.config.student_temperature
+        )
         names = np.asarray(self.classes, dtype=object)[pred.label]
         order = self.seen + sorted(set(self.classes) - set(self.seen), key=lambda s: int(s[6:]))
         self.timings["predict"] = time.perf_counter() - start
@@ -188,8 +207,10 @@ class OpenWorldAnnotator:
 
     def settings(self) -> dict[str, Any]:
         """The configuration as plain values (tuples as lists), as ``uns`` and save store it."""
-        return {k: list(v) if isinstance(v, tuple) else v
-                for k, v in dataclasses.asdict(self.config).items()}
+        return {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in dataclasses.asdict(self.config).items()
+        }
 
     def save(self, folder: str | os.PathLike) -> None:
         """Write the fitted model to ``folder`` (created if needed)."""
@@ -199,10 +220,16 @@ class OpenWorldAnnotator:
         path.mkdir(parents=True, exist_ok=True)
         torch.save(self.net.state_dict(), path / MODEL_FILE)
         meta = {
-            "n_types": self.n_types, "n_types_": self.n_types_, "seed": self.seed,
-            "config": self.settings(), "genes": self.genes, "seen": self.seen,
-            "classes": self.classes, "priors": [p.tolist() for p in self.priors],
-            "history": self.history, "auto_scores": {str(k): v for k, v in self.auto_scores.items()},
+            "n_types": self.n_types,
+            "n_types_": self.n_types_,
+            "seed": self.seed,
+            "config": self.settings(),
+            "genes": self.genes,
+            "seen": self.seen,
+            "classes": self.classes,
+            "priors": [p.tolist() for p in self.priors],
+            "history": self.history,
+            "auto_scores": {str(k): v for k, v in self.auto_scores.items()},
         }
         (path / META_FILE).write_text(json.dumps(meta))
 
@@ -211,16 +238,22 @@ class OpenWorldAnnotator:
         """Read a model written by :meth:`save`."""
         path = Path(folder)
         if not (path / META_FILE).is_file():
-            raise FileNotFoundError(f"{path} holds no saved OpenWorldAnnotator ({META_FILE} missing)")
+            raise FileNotFoundError(
+                f"{path} holds no saved OpenWorldAnnotator ({META_FILE} missing)"
+            )
         meta: dict[str, Any] = json.loads((path / META_FILE).read_text())
         config = meta["config"]
         config["teacher_temperature"] = tuple(config["teacher_temperature"])
-        model = cls(meta["n_types"], config=OpenWorldConfig(**config), seed=meta["seed"], device=device)
+        model = cls(
+            meta["n_types"], config=OpenWorldConfig(**config), seed=meta["seed"], device=device
+        )
         model.n_types_, model.genes, model.seen = meta["n_types_"], meta["genes"], meta["seen"]
         model.classes, model.history = meta["classes"], meta["history"]
         model.priors = [np.asarray(p) for p in meta["priors"]]
         model.auto_scores = {int(k): v for k, v in meta["auto_scores"].items()}
         net = AnnotatorNet(len(model.genes), model.n_types_).to(model.device)
-        net.load_state_dict(torch.load(path / MODEL_FILE, map_location=model.device, weights_only=True))
+        net.load_state_dict(
+            torch.load(path / MODEL_FILE, map_location=model.device, weights_only=True)
+        )
         model.net = net.eval()
         return model

@@ -57,8 +57,13 @@ def make_config(**settings: Any) -> ClassifierConfig:
 
 def _check(config: ClassifierConfig) -> None:
     t = config.training
-    for name, value in (("epochs", t.epochs), ("batch_size", t.batch_size), ("n_top_genes", config.n_top_genes),
-                        ("eval_batch_size", config.eval_batch_size), ("buffer_size", t.buffer_size)):
+    for name, value in (
+        ("epochs", t.epochs),
+        ("batch_size", t.batch_size),
+        ("n_top_genes", config.n_top_genes),
+        ("eval_batch_size", config.eval_batch_size),
+        ("buffer_size", t.buffer_size),
+    ):
         if int(value) < 1:
             raise ValueError(f"CellTypeClassifier: {name} must be a positive integer, got {value}")
     if t.clip not in CLIPS:
@@ -66,9 +71,13 @@ def _check(config: ClassifierConfig) -> None:
     if not 0.0 < t.p_on <= 1.0:
         raise ValueError(f"CellTypeClassifier: p_on must be in (0, 1], got {t.p_on}")
     if not 0.0 < config.validation_fraction < 1.0:
-        raise ValueError(f"CellTypeClassifier: validation_fraction must be in (0, 1), got {config.validation_fraction}")
+        raise ValueError(
+            f"CellTypeClassifier: validation_fraction must be in (0, 1), got {config.validation_fraction}"
+        )
     if not 0.0 < config.ood_quantile < 1.0:
-        raise ValueError(f"CellTypeClassifier: ood_quantile must be in (0, 1), got {config.ood_quantile}")
+        raise ValueError(
+            f"CellTypeClassifier: ood_quantile must be in (0, 1), got {config.ood_quantile}"
+        )
 
 
 @dataclass
@@ -116,8 +125,14 @@ class CellTypeClassifier:
         Epochs the divergence guard restored.
     """
 
-    def __init__(self, *, device: str = "auto", random_state: int = SEED, verbose: bool = True,
-                 **settings: Any) -> None:
+    def __init__(
+        self,
+        *,
+        device: str = "auto",
+        random_state: int = SEED,
+        verbose: bool = True,
+        **settings: Any,
+    ) -> None:
         self.config = make_config(**settings)
         self.settings = settings
         self.device = resolve_device(device)
@@ -149,8 +164,14 @@ class CellTypeClassifier:
             torch.manual_seed(self.random_state)
             yield
 
-    def fit(self, reference: AnnData | str | os.PathLike, *, label_key: str, layer: str | None = None,
-            checkpoint: Checkpoint | None = None) -> CellTypeClassifier:
+    def fit(
+        self,
+        reference: AnnData | str | os.PathLike,
+        *,
+        label_key: str,
+        layer: str | None = None,
+        checkpoint: Checkpoint | None = None,
+    ) -> CellTypeClassifier:
         """Train on the labelled ``reference`` (AnnData, backed AnnData or a path).
 
         ``label_key`` names the ``obs`` column of cell types; ``layer`` reads
@@ -167,47 +188,81 @@ class CellTypeClassifier:
             genes = highly_variable_genes(source, self.config.n_top_genes, seed=self.random_state)
             source = source.with_genes(genes)
         with self._seeded(), stage_timer(timings, "train"):
-            fitted = fit_classifier(source, codes, len(classes), self.config, seed=self.random_state,
-                                    device=self.device, verbose=self.verbose, checkpoint=checkpoint)
+            fitted = fit_classifier(
+                source,
+                codes,
+                len(classes),
+                self.config,
+                seed=self.random_state,
+                device=self.device,
+                verbose=self.verbose,
+                checkpoint=checkpoint,
+            )
         self.network_, self.classes_, self.genes_ = fitted.network, classes, genes
         self.threshold_, self.temperature_ = fitted.threshold, fitted.temperature
-        self.validation_accuracy_, self.validation_ece_ = fitted.validation_accuracy, fitted.validation_ece
-        self.divergences_, self.best_epoch_ = fitted.training.divergences, fitted.training.best_epoch
+        self.validation_accuracy_, self.validation_ece_ = (
+            fitted.validation_accuracy,
+            fitted.validation_ece,
+        )
+        self.divergences_, self.best_epoch_ = (
+            fitted.training.divergences,
+            fitted.training.best_epoch,
+        )
         self.history_, self.timings_ = fitted.training.history, timings
-        logger.info("classifier: %d types, validation accuracy %.3f, ECE %.3f", len(classes),
-                    self.validation_accuracy_, self.validation_ece_)
+        logger.info(
+            "classifier: %d types, validation accuracy %.3f, ECE %.3f",
+            len(classes),
+            self.validation_accuracy_,
+            self.validation_ece_,
+        )
         return self
 
     def _require_fitted(self) -> None:
         if not self.is_fitted:
-            raise RuntimeError("CellTypeClassifier: call fit(reference, label_key=...) (or load) first")
+            raise RuntimeError(
+                "CellTypeClassifier: call fit(reference, label_key=...) (or load) first"
+            )
 
-    def _source(self, target: AnnData | str | os.PathLike | ExpressionSource, layer: str | None) -> ExpressionSource:
+    def _source(
+        self, target: AnnData | str | os.PathLike | ExpressionSource, layer: str | None
+    ) -> ExpressionSource:
         if isinstance(target, ExpressionSource):
             return target.with_genes(self.genes_)
         return prepare(target, genes=self.genes_, name="target", layer=layer)
 
-    def classify(self, target: AnnData | str | os.PathLike, *, layer: str | None = None) -> Classification:
+    def classify(
+        self, target: AnnData | str | os.PathLike, *, layer: str | None = None
+    ) -> Classification:
         """Types, probabilities, confidence, OOD score and call of every target cell, streamed
         in batches of ``eval_batch_size`` cells."""
         self._require_fitted()
         timings: dict[str, float] = {}
         with stage_timer(timings, "predict"):
-            logits = predict_logits(self.network_, self._source(target, layer),
-                                    batch_size=self.config.eval_batch_size, device=self.device)
+            logits = predict_logits(
+                self.network_,
+                self._source(target, layer),
+                batch_size=self.config.eval_batch_size,
+                device=self.device,
+            )
             proba, confidence, score = summarise(logits, self.temperature_)
         labels = np.asarray(self.classes_, dtype=object)[proba.argmax(1)]
         return Classification(labels, proba, confidence, score, score > self.threshold_, timings)
 
-    def predict(self, target: AnnData | str | os.PathLike, *, layer: str | None = None) -> np.ndarray:
+    def predict(
+        self, target: AnnData | str | os.PathLike, *, layer: str | None = None
+    ) -> np.ndarray:
         """The most probable type of each cell."""
         return self.classify(target, layer=layer).labels
 
-    def predict_proba(self, target: AnnData | str | os.PathLike, *, layer: str | None = None) -> np.ndarray:
+    def predict_proba(
+        self, target: AnnData | str | os.PathLike, *, layer: str | None = None
+    ) -> np.ndarray:
         """``(n, K)`` p(y|x), columns in ``classes_`` order."""
         return self.classify(target, layer=layer).proba
 
-    def score_samples(self, target: AnnData | str | os.PathLike, *, layer: str | None = None) -> np.ndarray:
+    def score_samples(
+        self, target: AnnData | str | os.PathLike, *, layer: str | None = None
+    ) -> np.ndarray:
         """The OOD score ``-LSE(x)`` (the energy): higher = more out of distribution."""
         return self.classify(target, layer=layer).ood_score
 
@@ -220,13 +275,21 @@ class CellTypeClassifier:
         self._require_fitted()
         with atomic_dir(path, overwrite=overwrite) as tmp:
             config = {
-                "format": 1, "kind": "CellTypeClassifier", "acsleuth_version": __version__,
-                "settings": dataclasses.asdict(self.config), "random_state": self.random_state,
-                "classes": self.classes_, "genes": self.genes_, "threshold": self.threshold_,
+                "format": 1,
+                "kind": "CellTypeClassifier",
+                "acsleuth_version": __version__,
+                "settings": dataclasses.asdict(self.config),
+                "random_state": self.random_state,
+                "classes": self.classes_,
+                "genes": self.genes_,
+                "threshold": self.threshold_,
                 "temperature": self.temperature_,
-                "validation_accuracy": self.validation_accuracy_, "validation_ece": self.validation_ece_,
-                "divergences": self.divergences_, "best_epoch": self.best_epoch_,
-                "history": self.history_, "timings": self.timings_,
+                "validation_accuracy": self.validation_accuracy_,
+                "validation_ece": self.validation_ece_,
+                "divergences": self.divergences_,
+                "best_epoch": self.best_epoch_,
+                "history": self.history_,
+                "timings": self.timings_,
             }
             (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1))
             torch.save(self.network_.state_dict(), tmp / WEIGHTS_FILE)
@@ -238,23 +301,41 @@ class CellTypeClassifier:
         path = Path(path)
         for name in (CONFIG_FILE, WEIGHTS_FILE):
             if not (path / name).is_file():
-                raise FileNotFoundError(f"{path} is not a saved CellTypeClassifier: {name} is missing")
+                raise FileNotFoundError(
+                    f"{path} is not a saved CellTypeClassifier: {name} is missing"
+                )
         saved = json.loads((path / CONFIG_FILE).read_text())
         if saved.get("kind") != "CellTypeClassifier":
-            raise ValueError(f"{path} holds a saved {saved.get('kind', 'ACsleuth')} model, not a CellTypeClassifier")
+            raise ValueError(
+                f"{path} holds a saved {saved.get('kind', 'ACsleuth')} model, not a CellTypeClassifier"
+            )
         settings = dict(saved["settings"])
         settings.update(settings.pop("training"))
         model = cls(device=device, random_state=saved["random_state"], verbose=False, **settings)
         model.classes_, model.genes_ = list(saved["classes"]), list(saved["genes"])
-        model.network_ = model.config.network(len(model.genes_), len(model.classes_)).to(model.device)
-        model.network_.load_state_dict(torch.load(path / WEIGHTS_FILE, map_location=model.device, weights_only=True))
+        model.network_ = model.config.network(len(model.genes_), len(model.classes_)).to(
+            model.device
+        )
+        model.network_.load_state_dict(
+            torch.load(path / WEIGHTS_FILE, map_location=model.device, weights_only=True)
+        )
         model.network_.eval()
-        model.threshold_, model.temperature_ = float(saved["threshold"]), float(saved["temperature"])
-        model.validation_accuracy_, model.validation_ece_ = saved["validation_accuracy"], saved["validation_ece"]
+        model.threshold_, model.temperature_ = (
+            float(saved["threshold"]),
+            float(saved["temperature"]),
+        )
+        model.validation_accuracy_, model.validation_ece_ = (
+            saved["validation_accuracy"],
+            saved["validation_ece"],
+        )
         model.divergences_, model.best_epoch_ = int(saved["divergences"]), int(saved["best_epoch"])
         model.history_, model.timings_ = saved["history"], saved["timings"]
         return model
 
     def __repr__(self) -> str:
-        state = f"fitted on {len(self.classes_)} types x {len(self.genes_)} genes" if self.is_fitted else "not fitted"
+        state = (
+            f"fitted on {len(self.classes_)} types x {len(self.genes_)} genes"
+            if self.is_fitted
+            else "not fitted"
+        )
         return f"CellTypeClassifier(clip={self.config.training.clip!r}, {state})"

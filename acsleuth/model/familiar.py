@@ -40,7 +40,9 @@ class FamiliarAPI:
         """
         unknown = sorted(set(params) - set(self.params))
         if unknown:
-            raise ValueError(f"ACsleuth: unknown setting(s) {unknown}; the settings are {sorted(self.params)}")
+            raise ValueError(
+                f"ACsleuth: unknown setting(s) {unknown}; the settings are {sorted(self.params)}"
+            )
         Params(**{**self.params, **params})  # refuses a bad value before anything changes
         self.params.update(params)
         if "device" in params:  # move a fitted model's networks at once
@@ -65,7 +67,9 @@ class FamiliarAPI:
         result = self.evaluate(target, **kwargs)
         return result.threshold - result.score
 
-    def get_latent_representation(self, adata: AnnData | str | os.PathLike, *, layer: str | None = None) -> np.ndarray:
+    def get_latent_representation(
+        self, adata: AnnData | str | os.PathLike, *, layer: str | None = None
+    ) -> np.ndarray:
         """Module I's encoder embedding of every cell, float32 ``(n_obs, 256)`` (scvi-tools' name;
         also written to ``obsm["X_acsleuth"]`` by :func:`acsleuth.tl.score_anomalies`)."""
         return self.embed(adata, layer=layer).cpu().numpy().astype(np.float32, copy=False)

@@ -44,8 +44,12 @@ def write(
 
     with atomic_dir(path, overwrite=overwrite) as tmp:
         config = {
-            "format": FORMAT, "acsleuth_version": __version__, "params": dict(params),
-            "genes": list(genes), "history": dict(history), "timings": dict(timings),
+            "format": FORMAT,
+            "acsleuth_version": __version__,
+            "params": dict(params),
+            "genes": list(genes),
+            "history": dict(history),
+            "timings": dict(timings),
         }
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1))
         extra = {} if neighbours is None else {"neighbours": neighbours.state_dict()}
@@ -63,7 +67,9 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     try:
         config = json.loads((path / CONFIG_FILE).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ValueError(f"{path / CONFIG_FILE} is not valid JSON ({err}); save the model again") from None
+        raise ValueError(
+            f"{path / CONFIG_FILE} is not valid JSON ({err}); save the model again"
+        ) from None
     version = config.get("format") if isinstance(config, dict) else None
     if version != FORMAT:
         raise ValueError(
@@ -72,7 +78,9 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
         )
     for name, kind in (("params", dict), ("genes", list)):
         if not isinstance(config.get(name), kind):
-            raise ValueError(f"{path / CONFIG_FILE} has no {name} {kind.__name__}; save the model again")
+            raise ValueError(
+                f"{path / CONFIG_FILE} has no {name} {kind.__name__}; save the model again"
+            )
     return config
 
 
@@ -83,7 +91,9 @@ def read_weights(path: str | os.PathLike, n_genes: int, device: torch.device) ->
     state = torch.load(path / WEIGHTS_FILE, map_location=device, weights_only=True)
     scale = state.get("residual_scale") if isinstance(state, dict) else None
     if scale is None or "generator" not in state or "critic" not in state:
-        raise ValueError(f"{path / WEIGHTS_FILE} is not an ACsleuth model's weights; save the model again")
+        raise ValueError(
+            f"{path / WEIGHTS_FILE} is not an ACsleuth model's weights; save the model again"
+        )
     if scale.shape[-1] != n_genes:
         raise ValueError(
             f"{path}: the weights are for {scale.shape[-1]} genes but config.json lists "
@@ -107,7 +117,10 @@ class Fitted:
 
 
 def read_model(
-    path: str | os.PathLike, params: Params, device: torch.device, config: dict[str, Any] | None = None
+    path: str | os.PathLike,
+    params: Params,
+    device: torch.device,
+    config: dict[str, Any] | None = None,
 ) -> Fitted:
     """The networks and records of a model folder, built with ``params`` on ``device`` in eval
     mode (``config``: its checked ``config.json``, when already read)."""
@@ -122,8 +135,13 @@ def read_model(
     generator.eval()
     critic.eval()
     return Fitted(
-        genes, generator, critic, state["residual_scale"], state["anchors"],
-        config.get("history", {}), config.get("timings", {}),
+        genes,
+        generator,
+        critic,
+        state["residual_scale"],
+        state["anchors"],
+        config.get("history", {}),
+        config.get("timings", {}),
         ReferenceNeighbours.from_state_dict(state["neighbours"]) if "neighbours" in state else None,
     )
 
@@ -141,11 +159,18 @@ class Persistent:
         """
         self._require_fitted()
         return write(
-            path, params=self.params, genes=self.genes_, history=self.history_,
-            timings=self.timings_, overwrite=overwrite, neighbours=self.neighbours_,
+            path,
+            params=self.params,
+            genes=self.genes_,
+            history=self.history_,
+            timings=self.timings_,
+            overwrite=overwrite,
+            neighbours=self.neighbours_,
             weights={
-                "generator": self.generator_.state_dict(), "critic": self.critic_.state_dict(),
-                "residual_scale": self.residual_scale_, "anchors": self.anchors_,
+                "generator": self.generator_.state_dict(),
+                "critic": self.critic_.state_dict(),
+                "residual_scale": self.residual_scale_,
+                "anchors": self.anchors_,
             },
         )
 
@@ -168,7 +193,11 @@ class Persistent:
         fitted = read_model(path, self.settings, self.device, config)
         self.genes_, self.generator_, self.critic_ = fitted.genes, fitted.generator, fitted.critic
         self.residual_scale_, self.anchors_ = fitted.residual_scale, fitted.anchors
-        self.neighbours_, self.history_, self.timings_ = fitted.neighbours, fitted.history, fitted.timings
+        self.neighbours_, self.history_, self.timings_ = (
+            fitted.neighbours,
+            fitted.history,
+            fitted.timings,
+        )
         return self
 
 

@@ -42,9 +42,13 @@ class AnnotatorNet(nn.Module):
             dense_block(latent, middle), dense_block(middle, hidden), nn.Linear(hidden, n_genes)
         )
         self.mask_head = nn.Linear(hidden, n_genes)
-        self.classifier = nn.Sequential(nn.Linear(latent, latent), nn.ReLU(), nn.Linear(latent, latent))
+        self.classifier = nn.Sequential(
+            nn.Linear(latent, latent), nn.ReLU(), nn.Linear(latent, latent)
+        )
         self.prototypes = nn.Parameter(torch.randn(n_classes, latent) / latent**0.5)
-        self.projection = nn.Sequential(nn.Linear(latent, latent), nn.ReLU(), nn.Linear(latent, latent))
+        self.projection = nn.Sequential(
+            nn.Linear(latent, latent), nn.ReLU(), nn.Linear(latent, latent)
+        )
 
     @property
     def n_classes(self) -> int:

@@ -15,7 +15,9 @@ def linear(n_in: int, n_out: int, *, spectral: bool = False) -> nn.Linear:
     return spectral_norm(layer) if spectral else layer
 
 
-def dense_block(n_in: int, n_out: int, *, norm: bool = True, spectral: bool = False) -> nn.Sequential:
+def dense_block(
+    n_in: int, n_out: int, *, norm: bool = True, spectral: bool = False
+) -> nn.Sequential:
     """``Linear -> [BatchNorm] -> LeakyReLU(0.2) -> Dropout(0.1)``."""
     layers: list[nn.Module] = [linear(n_in, n_out, spectral=spectral)]
     if norm:

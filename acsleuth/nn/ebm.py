@@ -58,7 +58,9 @@ class EnergyClassifier(nn.Module):
         super().__init__()
         self.max_value = max_value
         if len(widths) != len(blocks) or not widths:
-            raise ValueError(f"widths {tuple(widths)} and blocks {tuple(blocks)} must pair up, one each")
+            raise ValueError(
+                f"widths {tuple(widths)} and blocks {tuple(blocks)} must pair up, one each"
+            )
         layers: list[nn.Module] = []
         n_in = n_genes
         for width, n_blocks in zip(widths, blocks, strict=True):

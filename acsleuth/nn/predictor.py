@@ -15,7 +15,9 @@ class Predictor(nn.Module):
 
     def __init__(self, n_genes: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(dense_block(n_genes, 512), dense_block(512, 256), nn.Linear(256, 1))
+        self.net = nn.Sequential(
+            dense_block(n_genes, 512), dense_block(512, 256), nn.Linear(256, 1)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x).squeeze(1)

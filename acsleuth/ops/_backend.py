@@ -38,10 +38,7 @@ def backend(device: str | torch.device = "cpu") -> Backend:
         return "torch"
     kind = torch.device(device).type
     _extension.load()
-    available = {
-        "cpu": _extension.HAS_OPS,
-        "cuda": _extension.HAS_CUDA_OPS,
-    }
+    available = {"cpu": _extension.HAS_OPS, "cuda": _extension.HAS_CUDA_OPS}
     if forced == "auto":
         return kind if available.get(kind, False) else "torch"
     if forced != kind:

@@ -12,7 +12,9 @@ def matrix(name: str, op: str, t: object, *, min_rows: int = 1) -> Tensor:
     if t.dim() != 2:
         raise ValueError(f"{op}: {name} must be 2-D (rows x features), got shape {tuple(t.shape)}")
     if not t.is_floating_point():
-        raise TypeError(f"{op}: {name} must be a floating-point tensor, got {t.dtype}; use .float()")
+        raise TypeError(
+            f"{op}: {name} must be a floating-point tensor, got {t.dtype}; use .float()"
+        )
     if t.shape[0] < min_rows:
         raise ValueError(f"{op}: {name} has {t.shape[0]} rows; it needs at least {min_rows}")
     if t.shape[1] == 0:

@@ -78,4 +78,3 @@ def kin_topk(query: Tensor, keys: Tensor, k: int, metric: str) -> tuple[Tensor, 
     sims = query @ keys.T
     values, indices = torch.sort(sims, dim=1, descending=True, stable=True)
     return values[:, :k], indices[:, :k]
-

@@ -138,7 +138,9 @@ def kin_topk(query: Tensor, keys: Tensor, k: int, metric: str) -> tuple[Tensor, 
         for k0 in range(0, keys.shape[0], 4 * _TILE):
             tile_v, tile_i = _tile_topk(q @ keys[k0 : k0 + 4 * _TILE].T, k0, k)
             # Running entries have lower indices than the tile's, so they win ties.
-            merged_v, merged_i = _ranked(torch.cat([best_v, tile_v], 1), torch.cat([best_i, tile_i], 1))
+            merged_v, merged_i = _ranked(
+                torch.cat([best_v, tile_v], 1), torch.cat([best_i, tile_i], 1)
+            )
             best_v, best_i = merged_v[:, :k], merged_i[:, :k]
         values.append(best_v)
         indices.append(best_i)

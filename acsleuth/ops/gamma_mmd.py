@@ -100,7 +100,9 @@ def gamma_matrix(m: float | Tensor, n: float | Tensor) -> Tensor:
     """``Gamma = [[1/(m(m-1)), -1/(mn)], [-1/(mn), 1/(n(n-1))]]`` (differentiable in m, n)."""
     m, n = torch.as_tensor(m), torch.as_tensor(n)
     g01 = -1.0 / (m * n)
-    return torch.stack([torch.stack([1.0 / (m * (m - 1)), g01]), torch.stack([g01, 1.0 / (n * (n - 1))])])
+    return torch.stack(
+        [torch.stack([1.0 / (m * (m - 1)), g01]), torch.stack([g01, 1.0 / (n * (n - 1))])]
+    )
 
 
 def group_sizes(

@@ -11,7 +11,11 @@ from ._backend import route
 
 
 def memory_attention(
-    z: Tensor, memory: Tensor, *, temperature: float = MEMORY_TEMPERATURE, shrink: float = MEMORY_SHRINK
+    z: Tensor,
+    memory: Tensor,
+    *,
+    temperature: float = MEMORY_TEMPERATURE,
+    shrink: float = MEMORY_SHRINK,
 ) -> Tensor:
     """Read the memory with shrunk softmax attention: ``z~ = normalize_l1(shrink(softmax(z M^T / t))) M``.
 

@@ -34,8 +34,9 @@ def assign(features: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
     """
     ones = features.new_ones(features.shape[0], 1)
     half_norm = -(centroids * centroids).sum(1, keepdim=True) / 2
-    best, index = kin_topk(torch.cat([features, ones], 1), torch.cat([centroids, half_norm], 1),
-                           k=1, metric="dot")
+    best, index = kin_topk(
+        torch.cat([features, ones], 1), torch.cat([centroids, half_norm], 1), k=1, metric="dot"
+    )
     dist = (features * features).sum(1) - 2 * best[:, 0]
     return index[:, 0], dist.clamp_min(0)
 
@@ -46,12 +47,12 @@ def _kmeans_pp(features: Tensor, k: int, generator: torch.Generator) -> Tensor:
     if n > KMEANS_INIT_CELLS:
         pool = features[torch.randperm(n, generator=generator)[:KMEANS_INIT_CELLS]]
     first = int(torch.randint(pool.shape[0], (1,), generator=generator))
-    centroids = pool[first:first + 1]
+    centroids = pool[first : first + 1]
     dist = ((pool - centroids) ** 2).sum(1)
     for _ in range(1, k):
         weights = dist / dist.sum() if float(dist.sum()) > 0 else torch.ones_like(dist) / len(dist)
         nxt = int(torch.multinomial(weights, 1, generator=generator))
-        centroids = torch.cat([centroids, pool[nxt:nxt + 1]])
+        centroids = torch.cat([centroids, pool[nxt : nxt + 1]])
         dist = torch.minimum(dist, ((pool - pool[nxt]) ** 2).sum(1))
     return centroids
 
@@ -217,10 +218,16 @@ def estimate_n_types(
     if pending:
         if sum(len(p) for p in pending) >= n_comp:
             pca.partial_fit(np.concatenate(pending))
-    keep = {name: np.sort(rng.permutation(ld.rows.size)[: AUTO_CELLS // 2])
-            for name, ld in (("reference", reference), ("target", target))}
-    points = np.concatenate([pca.transform(ld.take(ld.rows[keep[name]]).cpu().numpy())
-                             for name, ld in (("reference", reference), ("target", target))])
+    keep = {
+        name: np.sort(rng.permutation(ld.rows.size)[: AUTO_CELLS // 2])
+        for name, ld in (("reference", reference), ("target", target))
+    }
+    points = np.concatenate(
+        [
+            pca.transform(ld.take(ld.rows[keep[name]]).cpu().numpy())
+            for name, ld in (("reference", reference), ("target", target))
+        ]
+    )
     tensor = torch.as_tensor(points, dtype=torch.float32)
     scores: dict[int, float] = {}
     for k in range(max(2, n_seen), min(n_seen + AUTO_MAX_NOVEL, len(points) - 1) + 1):

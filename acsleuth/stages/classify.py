@@ -43,7 +43,11 @@ class ClassifierConfig:
 
     def network(self, n_genes: int, n_classes: int) -> EnergyClassifier:
         return EnergyClassifier(
-            n_genes, n_classes, widths=self.widths, blocks=self.blocks, dropout=self.dropout,
+            n_genes,
+            n_classes,
+            widths=self.widths,
+            blocks=self.blocks,
+            dropout=self.dropout,
             max_value=self.max_value,
         )
 
@@ -74,7 +78,9 @@ def reference_labels(adata: AnnData, label_key: str) -> tuple[np.ndarray, list[s
     labels = adata.obs[label_key]
     missing = int(labels.isna().sum())
     if missing == len(labels):
-        raise ValueError(f"reference: obs[{label_key!r}] holds no label; the classifier needs labelled cells")
+        raise ValueError(
+            f"reference: obs[{label_key!r}] holds no label; the classifier needs labelled cells"
+        )
     if missing:
         raise ValueError(
             f"reference: {missing} cell(s) have no label in obs[{label_key!r}]; label them or drop them "
@@ -82,7 +88,9 @@ def reference_labels(adata: AnnData, label_key: str) -> tuple[np.ndarray, list[s
         )
     counts = labels.astype(str).value_counts()
     if len(counts) < 2:
-        raise ValueError(f"reference: obs[{label_key!r}] has one type ({counts.index[0]!r}); a classifier needs two or more")
+        raise ValueError(
+            f"reference: obs[{label_key!r}] has one type ({counts.index[0]!r}); a classifier needs two or more"
+        )
     few = counts[counts < MIN_CELLS_PER_TYPE]
     if len(few):
         raise ValueError(
@@ -94,7 +102,9 @@ def reference_labels(adata: AnnData, label_key: str) -> tuple[np.ndarray, list[s
     return codes, classes
 
 
-def validation_split(codes: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def validation_split(
+    codes: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Stratified ``(train_rows, validation_rows)``: ``round(fraction * n)`` cells of each type
     (at most ``n - 1``) are drawn for validation."""
     rng = np.random.default_rng(seed)
@@ -107,7 +117,9 @@ def validation_split(codes: np.ndarray, fraction: float, seed: int) -> tuple[np.
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(validation))
 
 
-def gene_moments(source: ExpressionSource, rows: np.ndarray, batch_size: int) -> tuple[Tensor, Tensor]:
+def gene_moments(
+    source: ExpressionSource, rows: np.ndarray, batch_size: int
+) -> tuple[Tensor, Tensor]:
     """Per-gene mean and standard deviation over ``rows``, streamed in float64."""
     total = np.zeros(source.n_genes)
     squares = np.zeros(source.n_genes)
@@ -130,18 +142,22 @@ def predict_logits(
     rows: np.ndarray | None = None,
 ) -> np.ndarray:
     """``(n, K)`` float32 logits, streamed batch by batch (memory O(batch) besides the output)."""
-    loader = MinibatchLoader(source, batch_size=batch_size, device=device, resident_bytes=0, rows=rows)
+    loader = MinibatchLoader(
+        source, batch_size=batch_size, device=device, resident_bytes=0, rows=rows
+    )
     out = np.empty((loader.rows.size, network.body[-1].out_features), dtype=np.float32)
     start = 0
     network.eval()
     with torch.inference_mode():
         for _, x in loader:
-            out[start:start + x.shape[0]] = network(x).float().cpu().numpy()
+            out[start : start + x.shape[0]] = network(x).float().cpu().numpy()
             start += x.shape[0]
     return out
 
 
-def summarise(logits: np.ndarray, temperature: float = 1.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def summarise(
+    logits: np.ndarray, temperature: float = 1.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``(proba, confidence, ood_score)``: ``softmax(f / temperature)``, its max, and ``-LSE(f)``
     (higher = more OOD; the temperature only calibrates p(y|x))."""
     t = torch.from_numpy(logits)
@@ -182,13 +198,20 @@ def fit_classifier(
     network.set_standardisation(mean.to(device), std.to(device))
     batch_size = min(config.training.batch_size, train_rows.size)
     loader = MinibatchLoader(
-        source, batch_size=batch_size, shuffle=True, drop_last=True, seed=seed, device=device,
+        source,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+        seed=seed,
+        device=device,
         rows=train_rows,
     )
     labels = torch.as_tensor(codes, device=device)
 
     def validation_logits() -> np.ndarray:
-        return predict_logits(network, source, batch_size=config.eval_batch_size, device=device, rows=val_rows)
+        return predict_logits(
+            network, source, batch_size=config.eval_batch_size, device=device, rows=val_rows
+        )
 
     def validate() -> tuple[float, float]:
         logits = torch.from_numpy(validation_logits())
@@ -198,17 +221,32 @@ def fit_classifier(
 
     start = None
     if config.training.sgld_start == "data":
+
         def start(n: int) -> Tensor:  # training cells, standardised; torch's generator picks them
             picks = torch.randint(0, train_rows.size, (n,)).numpy()
             return network.standardise(loader.take(train_rows[picks]))
 
-    result = train_jem(network, loader, labels, validate, config.training, seed=seed, verbose=verbose,
-                       state={"loader": loader}, checkpoint=checkpoint, start=start)
+    result = train_jem(
+        network,
+        loader,
+        labels,
+        validate,
+        config.training,
+        seed=seed,
+        verbose=verbose,
+        state={"loader": loader},
+        checkpoint=checkpoint,
+        start=start,
+    )
     logits = validation_logits()
     temperature = fit_temperature(logits, codes[val_rows]) if config.calibrate else 1.0
     proba, confidence, score = summarise(logits, temperature)
     correct = proba.argmax(1) == codes[val_rows]
     return Fitted(
-        network, result, float(correct.mean()), metrics.ece(correct, confidence),
-        float(np.quantile(score, config.ood_quantile)), temperature,
+        network,
+        result,
+        float(correct.mean()),
+        metrics.ece(correct, confidence),
+        float(np.quantile(score, config.ood_quantile)),
+        temperature,
     )

@@ -46,8 +46,13 @@ class DetectorConfig:
 
     def stage(self, epochs: int, *, cosine: bool) -> AdversarialConfig:
         return AdversarialConfig(
-            epochs=epochs, lr=self.lr, betas=self.betas, critic_steps=self.critic_steps,
-            adversarial_weight=self.adversarial_weight, gp_weight=self.gp_weight, cosine=cosine,
+            epochs=epochs,
+            lr=self.lr,
+            betas=self.betas,
+            critic_steps=self.critic_steps,
+            adversarial_weight=self.adversarial_weight,
+            gp_weight=self.gp_weight,
+            cosine=cosine,
             precision=self.precision,
         )
 
@@ -139,14 +144,24 @@ def fit_detector(
     critic = Critic(source.n_genes).to(device)
     parallel.broadcast_module(generator, ctx)
     loader = MinibatchLoader(
-        source, batch_size=min(max(2, params.batch_size // ctx.world_size), rows.size),
-        shuffle=True, drop_last=True, seed=params.random_state + ctx.rank, device=device,
-        resident_bytes=resident_bytes, rows=rows,
+        source,
+        batch_size=min(max(2, params.batch_size // ctx.world_size), rows.size),
+        shuffle=True,
+        drop_last=True,
+        seed=params.random_state + ctx.rank,
+        device=device,
+        resident_bytes=resident_bytes,
+        rows=rows,
     )
     with stage_timer(timings, "module I"):
         history = train_detector(
-            generator, critic, loader, params.detector_config(),
-            verbose=params.verbose and ctx.is_main, timings=timings, checkpoint=checkpoint,
+            generator,
+            critic,
+            loader,
+            params.detector_config(),
+            verbose=params.verbose and ctx.is_main,
+            timings=timings,
+            checkpoint=checkpoint,
         )
         parallel.average_buffers(generator, ctx)
     return generator, critic, history
@@ -177,7 +192,10 @@ class Reconstruction(NamedTuple):
 
 @torch.inference_mode()
 def reconstruct(
-    generator: Generator, loader: Iterable[tuple[np.ndarray, Tensor]], *, precision: Precision = "fp32"
+    generator: Generator,
+    loader: Iterable[tuple[np.ndarray, Tensor]],
+    *,
+    precision: Precision = "fp32",
 ) -> Iterator[Reconstruction]:
     """``x_hat = D(mem(E(x)))`` chunk by chunk, in eval mode (float32 outputs; computed under
     bf16 autocast with ``precision="bf16"``)."""
@@ -190,7 +208,10 @@ def reconstruct(
 
 @torch.inference_mode()
 def residual_scale(
-    generator: Generator, loader: Iterable[tuple[np.ndarray, Tensor]], *, precision: Precision = "fp32"
+    generator: Generator,
+    loader: Iterable[tuple[np.ndarray, Tensor]],
+    *,
+    precision: Precision = "fp32",
 ) -> Tensor:
     """Per-gene residual scale on (reference) cells: ``sqrt(mean_i delta_ig^2) + 0.1 rms(delta)``.
 

@@ -93,7 +93,9 @@ class GroupExplanation:
 class LinearEmbedding(nn.Module):
     """``z = (x - mean) @ components.T + offset``: PCA or any fitted linear map ``(d, G)``."""
 
-    def __init__(self, mean: np.ndarray, components: np.ndarray, offset: np.ndarray | None = None) -> None:
+    def __init__(
+        self, mean: np.ndarray, components: np.ndarray, offset: np.ndarray | None = None
+    ) -> None:
         super().__init__()
         components = np.asarray(components, dtype=np.float32)
         offset = np.zeros(len(components)) if offset is None else offset
@@ -138,7 +140,9 @@ def group_centroids(z: np.ndarray, codes: np.ndarray, n_groups: int) -> np.ndarr
     return np.stack([z[codes == k].mean(0) for k in range(n_groups)]).astype(np.float32)
 
 
-def kmeans_head(z: np.ndarray, codes: np.ndarray, centroids: np.ndarray, beta: float) -> NeuralKMeans:
+def kmeans_head(
+    z: np.ndarray, codes: np.ndarray, centroids: np.ndarray, beta: float
+) -> NeuralKMeans:
     """:class:`NeuralKMeans` whose ``beta`` is ``beta`` over the mean squared distance of a
     cell to its own centroid."""
     spread = float(((z - centroids[codes]) ** 2).sum(1).mean())
@@ -154,7 +158,9 @@ def margin(logits: Tensor, source: int, target: int | None) -> Tensor:
     return logits[:, source] - others.max(1).values
 
 
-def _margin_and_grad(model: nn.Module, x: Tensor, source: int, target: int | None) -> tuple[Tensor, Tensor]:
+def _margin_and_grad(
+    model: nn.Module, x: Tensor, source: int, target: int | None
+) -> tuple[Tensor, Tensor]:
     x = x.detach().requires_grad_(True)
     value = margin(model(x), source, target)
     (grad,) = torch.autograd.grad(value.sum(), x)
@@ -199,7 +205,9 @@ def solve(
         previous, delta = delta, _soft(y - step * lam * active * g, step)
         momentum = next_momentum
         with torch.no_grad():
-            obj = delta.abs().sum(1) + lam * (config.alpha + margin(model(x + delta), source, target)).clamp_min(0.0)
+            obj = delta.abs().sum(1) + lam * (
+                config.alpha + margin(model(x + delta), source, target)
+            ).clamp_min(0.0)
         better = obj < best_obj * (1.0 - config.tol) - 1e-12
         best[better], best_obj = delta[better], torch.where(better, obj, best_obj)
         since = torch.where(better, 0, since + 1)
@@ -276,7 +284,9 @@ def explain(
 
 def saliency(x: np.ndarray, codes: np.ndarray, model: nn.Module, group: int) -> np.ndarray:
     """Gradient saliency baseline: mean ``|grad (m_s - max_{t != s} m_t)|`` over the group."""
-    _, grad = _margin_and_grad(model, torch.as_tensor(x[codes == group], dtype=torch.float32), group, None)
+    _, grad = _margin_and_grad(
+        model, torch.as_tensor(x[codes == group], dtype=torch.float32), group, None
+    )
     return grad.abs().mean(0).numpy()
 
 

@@ -50,7 +50,9 @@ def _check_embeddings(target_emb: Tensor, reference_emb: Tensor) -> None:
         raise ValueError("kin: the reference has no cell to match target cells to")
 
 
-def nearest_kin(target_emb: Tensor, reference_emb: Tensor, *, metric: Metric = "cosine") -> np.ndarray:
+def nearest_kin(
+    target_emb: Tensor, reference_emb: Tensor, *, metric: Metric = "cosine"
+) -> np.ndarray:
     """The most similar reference cell of every target cell (ties: the lowest index).
 
     Parameters
@@ -214,7 +216,9 @@ def sharded_kin_topk(
     if not ctx.distributed:
         values, indices = kin_topk(query, keys_shard, k=k, metric=metric, allow_tf32=allow_tf32)
         return values, (indices + key_offset if key_offset else indices)
-    n_keys = int(parallel.all_reduce_sum(torch.tensor([keys_shard.shape[0]], device=query.device), ctx))
+    n_keys = int(
+        parallel.all_reduce_sum(torch.tensor([keys_shard.shape[0]], device=query.device), ctx)
+    )
     if k > n_keys:
         raise ValueError(f"sharded_kin_topk: k = {k} but there are only {n_keys} keys; lower k")
     n_query = query.shape[0]
@@ -261,7 +265,10 @@ def find_kin(
         if kin == "nearest":
             return nearest_kin(z_target, z_reference)
         return learned_kin(
-            z_target, z_reference, config=params.kin_config(), seed=params.random_state,
+            z_target,
+            z_reference,
+            config=params.kin_config(),
+            seed=params.random_state,
             verbose=params.verbose,
         )
     first, last = parallel.shard_bounds(reference.n_obs, ctx)
@@ -273,7 +280,10 @@ def find_kin(
         every = index[:, 0].cpu().numpy()
     else:  # the learned mapping trains on all embeddings, identically on every rank
         every = learned_kin(
-            queries, parallel.all_gather_rows(z_reference, ctx), config=params.kin_config(),
-            seed=params.random_state, verbose=params.verbose and ctx.is_main,
+            queries,
+            parallel.all_gather_rows(z_reference, ctx),
+            config=params.kin_config(),
+            seed=params.random_state,
+            verbose=params.verbose and ctx.is_main,
         )
-    return every[offset:offset + len(rows)]
+    return every[offset : offset + len(rows)]

@@ -55,7 +55,7 @@ def pseudo_labels(ranking: Tensor, fraction: float) -> Tensor:
     labels = torch.zeros_like(everyone, dtype=torch.float32)
     labels[torch.topk(everyone, n_top).indices] = 1.0
     offset = parallel.row_offset(ranking.shape[0], ctx)
-    return labels[offset:offset + ranking.shape[0]]
+    return labels[offset : offset + ranking.shape[0]]
 
 
 def minibatches(
@@ -78,7 +78,12 @@ def block_rows(n_genes: int, batch_size: int | None) -> int:
 
 
 def blocked_minibatches(
-    n: int, batch_size: int | None, block: int, generator: torch.Generator, *, drop_last: bool = False
+    n: int,
+    batch_size: int | None,
+    block: int,
+    generator: torch.Generator,
+    *,
+    drop_last: bool = False,
 ) -> Iterator[tuple[int, int, list[Tensor]]]:
     """``(start, stop, batches)``: blocks of consecutive rows in random order, each with the
     :func:`minibatches` of its rows (positions relative to ``start``).
@@ -107,7 +112,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def count_minibatches(n: int, batch_size: int | None, block: int, *, drop_last: bool = False) -> int:
+def count_minibatches(
+    n: int, batch_size: int | None, block: int, *, drop_last: bool = False
+) -> int:
     """Batches per epoch of :func:`blocked_minibatches`."""
     total = 0
     for start in range(0, n, block):
@@ -178,12 +185,16 @@ def fit_predictor(
 
     def share(batch_size: int | None) -> int | None:
         """Rows per rank of a minibatch (the global size is kept across world sizes)."""
-        return batch_size if batch_size is None else max(MIN_BATCH // 2, batch_size // ctx.world_size)
+        return (
+            batch_size if batch_size is None else max(MIN_BATCH // 2, batch_size // ctx.world_size)
+        )
 
     def n_steps(batch_size: int | None) -> int:
         """Minibatches per epoch, the same on every rank (the fewest any rank has)."""
         size = share(batch_size)
-        count = count_minibatches(n_cells, size, block_rows(n_genes, size), drop_last=ctx.distributed)
+        count = count_minibatches(
+            n_cells, size, block_rows(n_genes, size), drop_last=ctx.distributed
+        )
         return parallel.all_reduce_min_int(count, ctx)
 
     def epoch(batch_size: int | None) -> Iterator[tuple[Tensor, Tensor, Tensor, Tensor | None]]:
@@ -242,12 +253,14 @@ def fit_predictor(
 
 
 @torch.inference_mode()
-def predict_logits(predictor: Predictor, residuals: Tensor | ScaledResiduals, chunk: int = 8192) -> Tensor:
+def predict_logits(
+    predictor: Predictor, residuals: Tensor | ScaledResiduals, chunk: int = 8192
+) -> Tensor:
     """Anomaly logits of every row, in chunks (on the residuals' device)."""
     predictor.eval()
     if isinstance(residuals, Tensor):
         residuals = ScaledResiduals.wrap(residuals)
     out = torch.empty(residuals.shape[0], device=residuals.device)  # filled in place (no heap
     for start, rows in residuals.chunks(chunk):  # fragmentation from many kept pieces)
-        out[start:start + rows.shape[0]] = predictor(rows)
+        out[start : start + rows.shape[0]] = predictor(rows)
     return out

@@ -87,16 +87,22 @@ class ReferenceNeighbours:
 
     @classmethod
     def from_state_dict(cls, state: dict[str, Tensor]) -> ReferenceNeighbours:
-        folds = [NeighbourFold(*(state[f"{i}.{name}"] for name in ("mean", "components", "keys", "null")))
-                 for i in range(int(state["n_folds"]))]
+        folds = [
+            NeighbourFold(
+                *(state[f"{i}.{name}"] for name in ("mean", "components", "keys", "null"))
+            )
+            for i in range(int(state["n_folds"]))
+        ]
         return cls(folds, int(state["k"]))
 
 
 def _augment(q: Tensor, keys: Tensor) -> tuple[Tensor, Tensor]:
     """Rows ``[q, 1]`` and ``[y, -|y|^2 / 2]``: their dot product ``q.y - |y|^2 / 2`` is
     largest for the nearest ``y``, and ``|q - y|^2 = |q|^2 - 2 (q.y - |y|^2 / 2)``."""
-    return (torch.cat([q, q.new_ones(q.shape[0], 1)], dim=1),
-            torch.cat([keys, -0.5 * keys.pow(2).sum(1, keepdim=True)], dim=1))
+    return (
+        torch.cat([q, q.new_ones(q.shape[0], 1)], dim=1),
+        torch.cat([keys, -0.5 * keys.pow(2).sum(1, keepdim=True)], dim=1),
+    )
 
 
 def knn_distance(query: Tensor, keys: Tensor, k: int, *, chunk: int = 8192) -> Tensor:
@@ -113,11 +119,11 @@ def knn_distance(query: Tensor, keys: Tensor, k: int, *, chunk: int = 8192) -> T
     keys = keys.float()
     out = torch.empty(query.shape[0], device=query.device)
     for start in range(0, query.shape[0], chunk):
-        q = query[start:start + chunk].float()
+        q = query[start : start + chunk].float()
         q_aug, keys_aug = _augment(q, keys)
         values, _ = kin_topk(q_aug, keys_aug, k=k, metric="dot")
         squared = q.pow(2).sum(1, keepdim=True) - 2.0 * values
-        out[start:start + q.shape[0]] = squared.clamp_min(0.0).sqrt().mean(1)
+        out[start : start + q.shape[0]] = squared.clamp_min(0.0).sqrt().mean(1)
     return out
 
 
@@ -132,7 +138,11 @@ class _Reference:
     """Reference rows read as tensors on ``device``, fitted and projected chunk by chunk."""
 
     def __init__(
-        self, read: Callable[[np.ndarray], np.ndarray], n_cells: int, device: torch.device, chunk: int
+        self,
+        read: Callable[[np.ndarray], np.ndarray],
+        n_cells: int,
+        device: torch.device,
+        chunk: int,
     ) -> None:
         self.read, self.n_cells, self.device, self.chunk = read, n_cells, device, chunk
 
@@ -142,8 +152,10 @@ class _Reference:
 
     def project_all(self, mean: Tensor, components: Tensor) -> Tensor:
         cells = np.arange(self.n_cells)
-        chunks = (torch.as_tensor(self.read(cells[i:i + self.chunk]), device=self.device)
-                  for i in range(0, self.n_cells, self.chunk))
+        chunks = (
+            torch.as_tensor(self.read(cells[i : i + self.chunk]), device=self.device)
+            for i in range(0, self.n_cells, self.chunk)
+        )
         return torch.cat([(x - mean) @ components for x in chunks])
 
 
@@ -195,13 +207,17 @@ def fit_neighbours(
     rng = np.random.default_rng(seed)
     order = rng.permutation(n_cells)
     if n_folds == 1:
-        left_out = [order[:config.max_calibration]]
+        left_out = [order[: config.max_calibration]]
     else:
         left_out = np.array_split(order, n_folds)
     folds = []
     for out in left_out:
         out, pool = np.sort(out), np.setdiff1d(order, out)
-        fit = pool if pool.size <= config.pca_cells else np.sort(rng.choice(pool, config.pca_cells, replace=False))
+        fit = (
+            pool
+            if pool.size <= config.pca_cells
+            else np.sort(rng.choice(pool, config.pca_cells, replace=False))
+        )
         mean, components = ref.pca(fit, config.n_components)
         keys = ref.project_all(mean, components)
         null = knn_distance(keys[out], keys[pool], config.k, chunk=config.chunk)
@@ -209,7 +225,9 @@ def fit_neighbours(
     return ReferenceNeighbours(folds, config.k)
 
 
-def count_anomalies(distances: Tensor, neighbours: ReferenceNeighbours, *, quantile: float = 0.6) -> int:
+def count_anomalies(
+    distances: Tensor, neighbours: ReferenceNeighbours, *, quantile: float = 0.6
+) -> int:
     """Estimated number of anomalies among target cells from their ``(F, n)`` fold distances.
 
     In each fold a normal target cell falls at or below the null's ``quantile`` with
@@ -245,8 +263,11 @@ def fit_reference_index(
     if source.n_obs < min_reference_cells(config):
         logger.warning(
             "reference: %d cells are too few for the neighbour index; the 'ensemble' score is "
-            "the 'mmd' score and calls without a ratio use a mixture", source.n_obs
+            "the 'mmd' score and calls without a ratio use a mixture",
+            source.n_obs,
         )
         return None
     with stage_timer(timings, "reference neighbours"):
-        return fit_neighbours(source.rows, source.n_obs, config, seed=params.random_state, device=device)
+        return fit_neighbours(
+            source.rows, source.n_obs, config, seed=params.random_state, device=device
+        )

@@ -28,7 +28,9 @@ class ScaledResiduals:
         ``(N,)`` int64 batch of every row on the store's device (needed with ``center``).
     """
 
-    def __init__(self, store: RowStore, center: Tensor | None = None, codes: Tensor | None = None) -> None:
+    def __init__(
+        self, store: RowStore, center: Tensor | None = None, codes: Tensor | None = None
+    ) -> None:
         if (center is None) != (codes is None):
             raise ValueError("ScaledResiduals: give both center and codes, or neither")
         self.store = store
@@ -69,7 +71,7 @@ class ScaledResiduals:
         """``(N,)`` float32 row norms (the ``"scaled"`` score), on the store's device."""
         out = torch.empty(self.shape[0], device=self.device)
         for start, rows in self.chunks(size):
-            out[start:start + rows.shape[0]] = rows.norm(dim=1)
+            out[start : start + rows.shape[0]] = rows.norm(dim=1)
         return out
 
 
@@ -92,7 +94,9 @@ def batch_medians(residuals: Tensor, codes: Tensor, n_batches: int) -> Tensor:
     same way, normal ones included; the median over a batch (whose cells are mostly normal)
     estimates that shift, and subtracting it leaves what sets a cell apart from its batch.
     """
-    medians = torch.zeros((n_batches, residuals.shape[1]), dtype=torch.float32, device=residuals.device)
+    medians = torch.zeros(
+        (n_batches, residuals.shape[1]), dtype=torch.float32, device=residuals.device
+    )
     for batch in torch.unique(codes).tolist():
         medians[batch] = residuals[codes == batch].float().median(dim=0).values
     return medians

@@ -67,7 +67,10 @@ def reference_residuals(
 ) -> tuple[Tensor, Tensor]:
     """Per-gene residual scale of the reference, and scaled residuals of up to 2048 of its cells."""
     loader = MinibatchLoader(
-        source, batch_size=params.eval_batch_size, device=device, resident_bytes=0,
+        source,
+        batch_size=params.eval_batch_size,
+        device=device,
+        resident_bytes=0,
         rows=parallel.shard_rows(source.n_obs, parallel.context()),
     )
     scale = residual_scale(generator, loader, precision=params.precision)
@@ -102,11 +105,16 @@ def reconstruct_target(
     ctx = parallel.context()
     n_genes = source.n_genes
     if source.n_obs < ctx.world_size:
-        raise ValueError(f"target: {source.n_obs} cell(s) for {ctx.world_size} processes; use fewer")
+        raise ValueError(
+            f"target: {source.n_obs} cell(s) for {ctx.world_size} processes; use fewer"
+        )
     first, last = parallel.shard_bounds(source.n_obs, ctx)  # all cells in a single process
     n_obs = last - first
     loader = MinibatchLoader(
-        source, batch_size=params.eval_batch_size, device=device, resident_bytes=0,
+        source,
+        batch_size=params.eval_batch_size,
+        device=device,
+        resident_bytes=0,
         rows=np.arange(first, last),
     )
     store = None
@@ -133,7 +141,7 @@ def reconstruct_target(
         for name, value in values.items():
             if name not in scores:
                 scores[name] = torch.empty(n_obs, device=out_device)
-            scores[name][start - first:stop - first].copy_(value)
+            scores[name][start - first : stop - first].copy_(value)
         if store is not None:
             scaled = ((chunk.x - chunk.x_hat) / detector.scale).to(RESIDUAL_DTYPE)
             store.write(start - first, scaled)
@@ -141,9 +149,9 @@ def reconstruct_target(
                 lo, hi = np.searchsorted(mine, [start, stop])
                 index = torch.from_numpy(mine[lo:hi] - start).to(scaled.device)
                 picked[lo:hi].copy_(scaled[index])
-        embedding[start - first:stop - first].copy_(chunk.z)
+        embedding[start - first : stop - first].copy_(chunk.z)
         if folds is not None:
-            folds[start - first:stop - first].copy_(detector.neighbours.distances(chunk.x).T)
+            folds[start - first : stop - first].copy_(detector.neighbours.distances(chunk.x).T)
     scores = {name: values.cpu() for name, values in scores.items()}
     if folds is not None:
         scores["knn folds"] = folds.cpu()
@@ -171,7 +179,7 @@ def embed(
     """Module I encoder embeddings ``(n, 256)`` of ``rows`` (all cells when None), in chunks."""
     encoder = generator.encoder.eval()
     loader = MinibatchLoader(
-        source, batch_size=params.eval_batch_size, device=device, rows=rows, resident_bytes=0,
+        source, batch_size=params.eval_batch_size, device=device, rows=rows, resident_bytes=0
     )
     with autocast(device, params.precision):
         return torch.cat([encoder(x).float() for _, x in loader])
@@ -194,9 +202,14 @@ def mmd_scores(
     # A known ratio only sets the threshold: fixing the MMD group sizes or the warm
     # start's pseudo-labels from it scored worse (benchmarks/RESULTS.md, issue 3).
     predictor = fit_predictor(
-        residuals, ratio=None, config=params.scorer_config(),
-        ranking=ranking.to(residuals.device), anchors=anchors if params.anchor else None,
-        seed=params.random_state, verbose=params.verbose, timings=timings,
+        residuals,
+        ratio=None,
+        config=params.scorer_config(),
+        ranking=ranking.to(residuals.device),
+        anchors=anchors if params.anchor else None,
+        seed=params.random_state,
+        verbose=params.verbose,
+        timings=timings,
     )
     return predict_logits(predictor, residuals).float().cpu()
 
@@ -225,15 +238,23 @@ def evaluate_target(
     codes, _ = batch_codes(source.adata, batch_key)
     with seeded(params.random_state, device):
         scores, embedding, count = score_cells(
-            detector, source, params, codes if batch_key is not None else None,
-            device=device, budget=budget, timings=timings,
+            detector,
+            source,
+            params,
+            codes if batch_key is not None else None,
+            device=device,
+            budget=budget,
+            timings=timings,
         )
     chosen = scores[params.score]
     anomaly, threshold = call_anomalies(chosen, params.score, params.anomaly_ratio, count)
     return ScoreResult(
         scores={k: v.numpy().astype(np.float64) for k, v in scores.items()},
-        score=chosen.numpy().astype(np.float64), anomaly=anomaly,
-        embedding=embedding, threshold=threshold, timings=timings,
+        score=chosen.numpy().astype(np.float64),
+        anomaly=anomaly,
+        embedding=embedding,
+        threshold=threshold,
+        timings=timings,
     )
 
 
@@ -263,8 +284,13 @@ def score_cells(
         )
     with stage_timer(timings, "reconstruct"):
         scores, residuals, embedding = reconstruct_target(
-            detector, source, params, device=device, budget=budget,
-            keep_residuals=score in NEEDS_MMD or codes is not None, codes=codes,
+            detector,
+            source,
+            params,
+            device=device,
+            budget=budget,
+            keep_residuals=score in NEEDS_MMD or codes is not None,
+            codes=codes,
         )
     try:
         if codes is not None:
@@ -288,8 +314,10 @@ def score_cells(
         scores["knn"] = folds.mean(1)
         count = count_anomalies(folds.T, detector.neighbours)
         if count == folds.shape[0]:  # no cell as near the reference as its null: no foothold
-            logger.warning("every target cell lies farther from the reference than reference "
-                           "cells do; calls without a ratio fall back to a Gaussian mixture")
+            logger.warning(
+                "every target cell lies farther from the reference than reference "
+                "cells do; calls without a ratio fall back to a Gaussian mixture"
+            )
             count = None
     if score == "ensemble":  # without an index (see Detector) it is the MMD score
         parts = [scores[name].numpy() for name in ("mmd", "knn") if name in scores]
@@ -331,7 +359,16 @@ def mixture_calls(values: np.ndarray, n_components: int) -> np.ndarray:
 
 
 __all__ = [
-    "N_ANCHORS", "RESIDUAL_DTYPE", "Detector", "ScoreResult", "call_anomalies", "embed",
-    "evaluate_target", "mixture_calls", "mmd_scores", "reconstruct_target", "reference_residuals",
+    "N_ANCHORS",
+    "RESIDUAL_DTYPE",
+    "Detector",
+    "ScoreResult",
+    "call_anomalies",
+    "embed",
+    "evaluate_target",
+    "mixture_calls",
+    "mmd_scores",
+    "reconstruct_target",
+    "reference_residuals",
     "score_cells",
 ]

@@ -76,7 +76,9 @@ class StyleTransfer(nn.Module):
         return self.decoder(self.encoder(x) - self.style[batch])
 
 
-def _batch_codes(batch_codes: np.ndarray, n_obs: int, n_styles: int, device: torch.device) -> Tensor:
+def _batch_codes(
+    batch_codes: np.ndarray, n_obs: int, n_styles: int, device: torch.device
+) -> Tensor:
     """Validated ``(n_obs,)`` int64 codes in ``[0, n_styles)`` as a tensor on ``device``."""
     codes = np.asarray(batch_codes)
     if codes.shape != (n_obs,) or (codes.size and codes.dtype.kind not in "iu"):
@@ -102,7 +104,10 @@ def _kin_pairs(
             f"train_style: normal_rows {normal_rows.shape} and kin_rows {kin_rows.shape} must "
             "be 1-D arrays of the same length (one kin per normal cell)"
         )
-    for name, rows, n in (("normal_rows", normal_rows, n_target), ("kin_rows", kin_rows, n_reference)):
+    for name, rows, n in (
+        ("normal_rows", normal_rows, n_target),
+        ("kin_rows", kin_rows, n_reference),
+    ):
         if rows.size and (rows.dtype.kind not in "iu" or rows.min() < 0 or rows.max() >= n):
             raise ValueError(f"train_style: {name} must be integer positions in [0, {n})")
     n_distinct = np.unique(normal_rows).size
@@ -161,8 +166,13 @@ def train_style(
     normal_rows, kin_rows = _kin_pairs(normal_rows, kin_rows, target.n_obs, reference.n_obs)
     codes = _batch_codes(batch_codes, target.n_obs, generator.style.shape[0], device)
     cells = MinibatchLoader(
-        target, batch_size=min(config.batch_size, normal_rows.size), shuffle=True,
-        drop_last=True, seed=seed, device=device, rows=normal_rows,
+        target,
+        batch_size=min(config.batch_size, normal_rows.size),
+        shuffle=True,
+        drop_last=True,
+        seed=seed,
+        device=device,
+        rows=normal_rows,
     )
     kin_cells = MinibatchLoader(reference, device=device)
     kin_of = np.zeros(target.n_obs, dtype=np.int64)
@@ -175,13 +185,22 @@ def train_style(
     def step(batch: tuple[Tensor, Tensor, Tensor]) -> AdversarialStep:
         x, code, x_kin = batch
         x_hat = generator(x, code)
-        return AdversarialStep(x_kin, x_hat, config.reconstruction_weight * F.l1_loss(x_hat.float(), x_kin))
+        return AdversarialStep(
+            x_kin, x_hat, config.reconstruction_weight * F.l1_loss(x_hat.float(), x_kin)
+        )
 
     generator.to(device).train()
     critic = Critic(target.n_genes).to(device).train()
     history = train_adversarial(
-        list(generator.parameters()), critic, batches, step, config, desc="style", verbose=verbose,
-        state={"generator": generator, "loader": cells}, checkpoint=checkpoint,
+        list(generator.parameters()),
+        critic,
+        batches,
+        step,
+        config,
+        desc="style",
+        verbose=verbose,
+        state={"generator": generator, "loader": cells},
+        checkpoint=checkpoint,
     )
     generator.eval()
     return history
@@ -212,7 +231,9 @@ def apply_style(
     codes = _batch_codes(batch_codes, target.n_obs, generator.style.shape[0], device)
     generator.to(device).eval()  # outside inference mode: moved weights stay trainable
     return _corrected(
-        generator, MinibatchLoader(target, batch_size=chunk, device=device, resident_bytes=0, rows=rows), codes
+        generator,
+        MinibatchLoader(target, batch_size=chunk, device=device, resident_bytes=0, rows=rows),
+        codes,
     )
 
 
@@ -242,9 +263,16 @@ def fit_style(
     ctx = parallel.context()
     style = StyleTransfer(target.n_genes, n_batches, init=init)
     train_style(
-        style, target, normal_rows, kin_rows, reference, codes,
-        config=params.style_config(ctx.world_size), device=device,
-        seed=params.random_state + ctx.rank, verbose=params.verbose and ctx.is_main,
+        style,
+        target,
+        normal_rows,
+        kin_rows,
+        reference,
+        codes,
+        config=params.style_config(ctx.world_size),
+        device=device,
+        seed=params.random_state + ctx.rank,
+        verbose=params.verbose and ctx.is_main,
         checkpoint=checkpoint,
     )
     parallel.average_buffers(style, ctx)
@@ -278,7 +306,11 @@ def correct_cells(
         corrected = np.empty((target.n_obs, n_genes), dtype=np.float32) if out is None else out
     shift = torch.zeros((n_batches, n_genes), dtype=torch.float64, device=device)
     chunks = apply_style(
-        style, target, codes, device=device, chunk=params.eval_batch_size,
+        style,
+        target,
+        codes,
+        device=device,
+        chunk=params.eval_batch_size,
         rows=np.arange(first, last),
     )
     nothing = torch.zeros((0, n_genes))
@@ -296,13 +328,13 @@ def correct_cells(
         if corrected is not None:  # one run of rows per rank
             for run in np.split(np.arange(rows.size), np.flatnonzero(np.diff(rows) != 1) + 1):
                 if run.size:
-                    corrected[int(rows[run[0]]):int(rows[run[-1]]) + 1] = styled[run]
+                    corrected[int(rows[run[0]]) : int(rows[run[-1]]) + 1] = styled[run]
     if anomalies == "shift":
         shift = parallel.all_reduce_sum(shift, ctx).cpu().numpy()
         shift /= np.maximum(np.bincount(codes[normal], minlength=n_batches), 1)[:, None]
         anomalous = np.flatnonzero(~normal) if corrected is not None else []
         for i in range(0, len(anomalous), params.eval_batch_size):
-            rows = anomalous[i:i + params.eval_batch_size]
+            rows = anomalous[i : i + params.eval_batch_size]
             corrected[rows] = corrected[rows] + shift[codes[rows]].astype(np.float32)
     return corrected
 
@@ -346,7 +378,9 @@ def correct_expression(
         )
     shape = (target_source.n_obs, len(genes))
     if out is not None and tuple(out.shape) != shape:
-        raise ValueError(f"correct: out has shape {tuple(out.shape)}, expected {shape} (cells x model genes)")
+        raise ValueError(
+            f"correct: out has shape {tuple(out.shape)}, expected {shape} (cells x model genes)"
+        )
     codes, n_batches = batch_codes(target_source.adata, batch_key)
     ctx = parallel.context()
     first, last = parallel.shard_bounds(target_source.n_obs, ctx)  # all cells in one process
@@ -354,13 +388,30 @@ def correct_expression(
     mine = normal_rows[(normal_rows >= first) & (normal_rows < last)]
     with seeded(params.random_state, device):
         with stage_timer(timings, "kin"):
-            kin_rows = find_kin(generator, target_source, reference_source, mine, kin, params, device)
+            kin_rows = find_kin(
+                generator, target_source, reference_source, mine, kin, params, device
+            )
         with stage_timer(timings, "style"):
             style = fit_style(
-                generator, target_source, reference_source, mine, kin_rows, codes, n_batches,
-                params, device=device, checkpoint=checkpoint,
+                generator,
+                target_source,
+                reference_source,
+                mine,
+                kin_rows,
+                codes,
+                n_batches,
+                params,
+                device=device,
+                checkpoint=checkpoint,
             )
             return correct_cells(
-                style, target_source, normal, codes, n_batches, params, device=device,
-                anomalies=anomalies, out=out,
+                style,
+                target_source,
+                normal,
+                codes,
+                n_batches,
+                params,
+                device=device,
+                anomalies=anomalies,
+                out=out,
             )

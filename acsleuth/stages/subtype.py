@@ -136,7 +136,11 @@ def target_distribution(q: Tensor, column_sums: Tensor | None = None) -> Tensor:
 
 @torch.no_grad()
 def embed(
-    model: nn.Module, inputs: Sequence[Tensor], *, device: torch.device, batch_size: int = EVAL_BATCH_SIZE
+    model: nn.Module,
+    inputs: Sequence[Tensor],
+    *,
+    device: torch.device,
+    batch_size: int = EVAL_BATCH_SIZE,
 ) -> Tensor:
     """``model(*rows)`` of every row of ``inputs`` (each ``(N, ...)``), in eval mode: ``(N, d)``."""
     model.eval()
@@ -231,7 +235,9 @@ def desc(
             moved = parallel.all_reduce_sum((q.argmax(1) != labels).float().sum(), ctx)
             changed = (moved / n).item()
             labels = q.argmax(1)
-            history.append({"loss": parallel.all_reduce_sum(total, ctx).item() / n, "changed": changed})
+            history.append(
+                {"loss": parallel.all_reduce_sum(total, ctx).item() / n, "changed": changed}
+            )
             if changed < config.tol:
                 break
     labels = parallel.all_gather_rows(labels, ctx).cpu().numpy()
@@ -358,7 +364,9 @@ def subtype_anomalies(
         )
     device = torch.device(device)
     if config.embedding not in ("pca", "fusion"):
-        raise ValueError(f"subtype_anomalies: embedding must be 'pca' or 'fusion', got {config.embedding!r}")
+        raise ValueError(
+            f"subtype_anomalies: embedding must be 'pca' or 'fusion', got {config.embedding!r}"
+        )
     if config.embedding == "fusion" and generator is None:
         raise ValueError("subtype_anomalies: embedding='fusion' needs module I's generator")
     if config.embedding == "pca":
@@ -368,8 +376,11 @@ def subtype_anomalies(
     else:
         with seeded(seed, device):
             model = FusionEncoder(
-                generator.encoder, n_layers=config.n_layers, n_heads=config.n_heads,
-                feedforward=config.feedforward, dropout=config.dropout,
+                generator.encoder,
+                n_layers=config.n_layers,
+                n_heads=config.n_heads,
+                feedforward=config.feedforward,
+                dropout=config.dropout,
             ).to(device)
         with stage_timer(timings, "subtype embed"):
             r = residuals(generator, x, device=device, batch_size=config.eval_batch_size)
@@ -379,8 +390,11 @@ def subtype_anomalies(
     if n_subtypes == "auto":
         with stage_timer(timings, "subtype choose k"):
             n_subtypes, curve = choose_n_subtypes(
-                z, range(2, config.max_subtypes + 1), n_init=config.n_init,
-                max_cells=config.silhouette_cells, seed=seed,
+                z,
+                range(2, config.max_subtypes + 1),
+                n_init=config.n_init,
+                max_cells=config.silhouette_cells,
+                seed=seed,
             )
     n_subtypes = int(parallel.broadcast_object(n_subtypes, parallel.context()))  # ranks agree
     if n_subtypes == 1:
@@ -393,7 +407,6 @@ def subtype_anomalies(
     return SubtypeResult(
         result.labels, result.embedding, n_subtypes, curve, result.centroids, result.history
     )
-
 
 
 def subtype_cells(
@@ -422,14 +435,21 @@ def subtype_cells(
         warnings.warn(
             f"subtype: n_subtypes={n_subtypes} is more than the {len(x)} anomalies called; "
             f"making {k} subtype(s) instead (pass a smaller n_subtypes, or 'auto')",
-            UserWarning, stacklevel=3,
+            UserWarning,
+            stacklevel=3,
         )
     with stage_timer(timings, "subtype"):
         return subtype_anomalies(
-            torch.as_tensor(x), generator=generator, n_subtypes=k,
-            config=params.subtype_config(), device=device, seed=params.random_state,
-            verbose=params.verbose, timings=timings,
+            torch.as_tensor(x),
+            generator=generator,
+            n_subtypes=k,
+            config=params.subtype_config(),
+            device=device,
+            seed=params.random_state,
+            verbose=params.verbose,
+            timings=timings,
         )
+
 
 __all__ = [
     "DescResult",

@@ -3,12 +3,7 @@ shared divergence guard and checkpoints."""
 
 from __future__ import annotations
 
-from .adversarial import (
-    AdversarialConfig,
-    AdversarialStep,
-    gradient_penalty,
-    train_adversarial,
-)
+from .adversarial import AdversarialConfig, AdversarialStep, gradient_penalty, train_adversarial
 from .checkpoint import Checkpoint, TrainingInterrupted
 from .guard import DivergenceGuard, TrainingDiverged
 

@@ -147,7 +147,10 @@ def train_adversarial(
     opt_g = torch.optim.Adam(generator_params, lr=config.lr, betas=config.betas)
     opt_c = torch.optim.Adam(critic_params, lr=config.lr, betas=config.betas)
     tracked: dict[str, Stateful] = {
-        **(state or {}), "critic": critic, "generator_optimizer": opt_g, "critic_optimizer": opt_c,
+        **(state or {}),
+        "critic": critic,
+        "generator_optimizer": opt_g,
+        "critic_optimizer": opt_c,
         "random": TorchRandomState(device),
     }
 
@@ -183,8 +186,12 @@ def train_adversarial(
             means = parallel.all_reduce_sum(means, ctx) / ctx.world_size
         return means.tolist()  # one host sync per epoch
 
-    epoch, history, lr_scale = (0, [], 1.0) if checkpoint is None else checkpoint.begin(desc, tracked)
-    guard = DivergenceGuard(desc, config.lr, "critic", config.max_critic_loss, config.max_retries, lr_scale)
+    epoch, history, lr_scale = (
+        (0, [], 1.0) if checkpoint is None else checkpoint.begin(desc, tracked)
+    )
+    guard = DivergenceGuard(
+        desc, config.lr, "critic", config.max_critic_loss, config.max_retries, lr_scale
+    )
     bar = progress(None, desc=desc, total=config.epochs, verbose=verbose and ctx.is_main)
     bar.update(epoch)
     while epoch < config.epochs:
@@ -207,9 +214,14 @@ def train_adversarial(
         bar.update(1)
         bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()})
         if checkpoint is not None and checkpoint.due(epoch, config.epochs):
-            checkpoint.save(desc, epoch, history, states_of(tracked), lr_scale=guard.lr_scale,
-                            done=epoch == config.epochs)
+            checkpoint.save(
+                desc,
+                epoch,
+                history,
+                states_of(tracked),
+                lr_scale=guard.lr_scale,
+                done=epoch == config.epochs,
+            )
     bar.close()
     parallel.average_buffers(critic, ctx)
     return history
-

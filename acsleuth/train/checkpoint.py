@@ -124,9 +124,13 @@ class Checkpoint:
         its keys is refused, naming the differences; keys of later calls are added."""
         if self.resuming:
             saved = self._saved_fingerprint
-            differences = sorted(k for k in saved.keys() & fingerprint.keys() if saved[k] != fingerprint[k])
+            differences = sorted(
+                k for k in saved.keys() & fingerprint.keys() if saved[k] != fingerprint[k]
+            )
             if differences:
-                detail = "; ".join(f"{k}: {saved[k]!r} then, {fingerprint[k]!r} now" for k in differences)
+                detail = "; ".join(
+                    f"{k}: {saved[k]!r} then, {fingerprint[k]!r} now" for k in differences
+                )
                 raise ValueError(
                     f"--resume: the checkpoint in {self.folder} is of a different run ({detail}); "
                     "resume with the same inputs and settings, or delete the folder to start afresh"
@@ -183,7 +187,9 @@ class Checkpoint:
         return self.resuming and self.model_dir.is_dir()
 
     # ------------------------------------------------------------------ training
-    def begin(self, stage: str, objects: Mapping[str, Stateful]) -> tuple[int, list[dict[str, float]], float]:
+    def begin(
+        self, stage: str, objects: Mapping[str, Stateful]
+    ) -> tuple[int, list[dict[str, float]], float]:
         """Where ``stage`` starts: ``(epoch, history so far, learning-rate scale)``.
 
         The stage the checkpoint was written in gets ``objects`` restored and continues after
@@ -220,8 +226,13 @@ class Checkpoint:
         if done:
             self.completed[stage] = list(history)
         state = {
-            "fingerprint": self.fingerprint, "completed": self.completed, "stage": stage,
-            "epoch": epoch, "history": history, "lr_scale": lr_scale, "objects": dict(states),
+            "fingerprint": self.fingerprint,
+            "completed": self.completed,
+            "stage": stage,
+            "epoch": epoch,
+            "history": history,
+            "lr_scale": lr_scale,
+            "objects": dict(states),
         }
         with atomic_path(self.training_file, overwrite=True) as tmp:
             torch.save(state, tmp)

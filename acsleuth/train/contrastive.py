@@ -61,7 +61,9 @@ class OpenWorldConfig:
 
 
 # ----------------------------------------------------------------------------- the losses
-def mask_augment(x: Tensor, p: float, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+def mask_augment(
+    x: Tensor, p: float, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
     """Mask a fraction ``p`` of entries, each replaced by the same gene in a random batch cell.
 
     Returns the augmented view and the float mask (1 = replaced).
@@ -110,7 +112,9 @@ def soft_contrastive(v: Tensor, v_other: Tensor, weights: Tensor, temperature: f
 
 def simclr(v: Tensor, v_other: Tensor, temperature: float) -> Tensor:
     """Unsupervised contrastive loss: the positive of a view is the other view of its cell."""
-    return soft_contrastive(v, v_other, torch.eye(v.shape[0], device=v.device, dtype=v.dtype), temperature)
+    return soft_contrastive(
+        v, v_other, torch.eye(v.shape[0], device=v.device, dtype=v.dtype), temperature
+    )
 
 
 def supcon(v: Tensor, v_other: Tensor, labels: Tensor, temperature: float) -> Tensor:
@@ -155,18 +159,30 @@ def step_loss(
     x = torch.cat([x_ref, x_tgt])
     views = [mask_augment(x, config.mask_prob) for _ in range(2)]
     outs = [net(xv) for xv, _ in views]
-    rec = sum(F.mse_loss(o.recon, x) + F.binary_cross_entropy_with_logits(o.mask_logits, m)
-              for o, (_, m) in zip(outs, views, strict=True)) / 2
+    rec = (
+        sum(
+            F.mse_loss(o.recon, x) + F.binary_cross_entropy_with_logits(o.mask_logits, m)
+            for o, (_, m) in zip(outs, views, strict=True)
+        )
+        / 2
+    )
     log_p = [torch.log_softmax(o.cosine / config.student_temperature, 1) for o in outs]
     teacher = [torch.softmax(o.cosine.detach() / teacher_tau, 1) for o in outs]
     loss_r = (F.nll_loss(log_p[0][:n_ref], y_ref) + F.nll_loss(log_p[1][:n_ref], y_ref)) / 2
-    loss_t = -((teacher[1][n_ref:] * log_p[0][n_ref:]).sum(1).mean()
-               + (teacher[0][n_ref:] * log_p[1][n_ref:]).sum(1).mean()) / 2
+    loss_t = (
+        -(
+            (teacher[1][n_ref:] * log_p[0][n_ref:]).sum(1).mean()
+            + (teacher[0][n_ref:] * log_p[1][n_ref:]).sum(1).mean()
+        )
+        / 2
+    )
     loss_reg = prior_regulariser(log_p[0].exp(), log_p[1].exp(), smoothed_prior(prior, config.rho))
 
     v, v_other = outs[0].projection, outs[1].projection
     tau = config.contrastive_temperature
-    p_hat = logit_adjusted(outs[0].cosine.detach()[n_ref:], prior, config.student_temperature, config.gamma)
+    p_hat = logit_adjusted(
+        outs[0].cosine.detach()[n_ref:], prior, config.student_temperature, config.gamma
+    )
     in_batch = torch.zeros(net.n_classes, dtype=torch.bool, device=x.device)
     in_batch[y_ref] = True
     keep = sample_confident(p_hat, sampling_rates(prior, in_batch, config.alpha, config.beta))
@@ -179,8 +195,14 @@ def step_loss(
     loss_con = simclr(v, v_other, tau) + supcon(v[:n_ref], v_other[:n_ref], y_ref, tau) + loss_soft
     total = rec + config.lambda_cls * (loss_r + loss_t + config.reg_weight * loss_reg)
     total = total + config.lambda_con * loss_con
-    return {"loss": total, "rec": rec, "ref": loss_r, "tgt": loss_t, "reg": loss_reg,
-            "con": loss_con}
+    return {
+        "loss": total,
+        "rec": rec,
+        "ref": loss_r,
+        "tgt": loss_t,
+        "reg": loss_reg,
+        "con": loss_con,
+    }
 
 
 def _cycle(loader: Any) -> Iterator[tuple[np.ndarray, Tensor]]:
@@ -229,14 +251,20 @@ def train_open_world(
     device = next(net.parameters()).device
     labels = torch.as_tensor(reference_labels, dtype=torch.long, device=device)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    tracked = {"net": net, "optimizer": optimizer, "reference": reference, "target": target,
-               "random": TorchRandomState(device)}
+    tracked = {
+        "net": net,
+        "optimizer": optimizer,
+        "reference": reference,
+        "target": target,
+        "random": TorchRandomState(device),
+    }
     history: list[dict[str, float]] = []
     priors: list[np.ndarray] = []
     ref_batches = _cycle(reference)
     prior = torch.full((net.n_classes,), 1.0 / net.n_classes, device=device)
-    guard = DivergenceGuard(desc, config.lr, watch="loss", max_loss=math.inf,
-                            max_retries=config.max_retries)
+    guard = DivergenceGuard(
+        desc, config.lr, watch="loss", max_loss=math.inf, max_retries=config.max_retries
+    )
     bar = progress(None, desc=desc, total=config.epochs, verbose=verbose)
     for epoch in range(config.epochs):
         if epoch % config.estimate_every == 0:
@@ -250,8 +278,15 @@ def train_open_world(
             n = 0
             for _, x_tgt in target:
                 rows, x_ref = next(ref_batches)
-                terms = step_loss(net, x_ref, labels[torch.as_tensor(rows, device=device)], x_tgt,
-                                  prior, config, tau_t)
+                terms = step_loss(
+                    net,
+                    x_ref,
+                    labels[torch.as_tensor(rows, device=device)],
+                    x_tgt,
+                    prior,
+                    config,
+                    tau_t,
+                )
                 optimizer.zero_grad(set_to_none=True)
                 terms["loss"].backward()
                 optimizer.step()

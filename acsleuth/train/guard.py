@@ -58,7 +58,11 @@ class DivergenceGuard:
     retries: int = 0
 
     def diverged(
-        self, losses: Mapping[str, float], epoch: int, tracked: Mapping[str, Stateful], good: Mapping[str, Any]
+        self,
+        losses: Mapping[str, float],
+        epoch: int,
+        tracked: Mapping[str, Stateful],
+        good: Mapping[str, Any],
     ) -> bool:
         """Whether epoch ``epoch`` (0-based) diverged; if so ``tracked`` is back at ``good``
         and ``lr_scale`` is halved. Raises :class:`TrainingDiverged` past ``max_retries``."""
@@ -77,7 +81,12 @@ class DivergenceGuard:
         self.lr_scale /= 2
         logger.warning(
             "%s: epoch %d diverged (%s); restored the state before it and halved the learning "
-            "rate to %.3g (retry %d of %d)", self.desc, epoch + 1, problem, self.lr * self.lr_scale,
-            self.retries, self.max_retries,
+            "rate to %.3g (retry %d of %d)",
+            self.desc,
+            epoch + 1,
+            problem,
+            self.lr * self.lr_scale,
+            self.retries,
+            self.max_retries,
         )
         return True

@@ -103,6 +103,9 @@ def train_jem(
 ) -> JEMResult:
     """Train ``model`` for ``config.epochs`` epochs, keeping its best-validation weights.
 
+    Over 80 lines: one epoch loop whose guard, checkpoint and best-weights steps share its
+    local state, as in :func:`~acsleuth.train.adversarial.train_adversarial`.
+
     Parameters
     ----------
     batches
@@ -129,12 +132,18 @@ def train_jem(
         raise ValueError(f"{desc}: sgld_start='data' needs start= (a sampler of training cells)")
     device = labels.device
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    buffer = ReplayBuffer(config.buffer_size, start or noise_start(model.mean.numel(), device),
-                          reinit=config.reinit)
+    buffer = ReplayBuffer(
+        config.buffer_size, start or noise_start(model.mean.numel(), device), reinit=config.reinit
+    )
     gate, best = Gate(config.p_on, seed), _Best()
     tracked: dict[str, Stateful] = {
-        **(state or {}), "model": model, "optimizer": optimizer, "buffer": buffer, "gate": gate,
-        "best": best, "random": TorchRandomState(device),
+        **(state or {}),
+        "model": model,
+        "optimizer": optimizer,
+        "buffer": buffer,
+        "gate": gate,
+        "best": best,
+        "random": TorchRandomState(device),
     }
 
     def step(x: Tensor, y: Tensor) -> Tensor:
@@ -146,8 +155,13 @@ def train_jem(
         if config.generative and gate():
             index, start = buffer.draw(z.shape[0])
             model.eval()
-            fake = sgld(lambda v: lse(model.logits(v)), start, steps=config.sgld_steps,
-                        step_size=config.sgld_step_size, noise=config.sgld_noise)
+            fake = sgld(
+                lambda v: lse(model.logits(v)),
+                start,
+                steps=config.sgld_steps,
+                step_size=config.sgld_step_size,
+                noise=config.sgld_noise,
+            )
             model.train()
             buffer.put(index, fake)
             lse_fake = lse(model.logits(fake)).mean()
@@ -171,8 +185,12 @@ def train_jem(
         means[5] = table[:, 5].sum()
         return dict(zip(LOSSES, means.tolist(), strict=True))
 
-    epoch, history, lr_scale = (0, [], 1.0) if checkpoint is None else checkpoint.begin(desc, tracked)
-    guard = DivergenceGuard(desc, config.lr, "energy", config.max_energy, config.max_retries, lr_scale)
+    epoch, history, lr_scale = (
+        (0, [], 1.0) if checkpoint is None else checkpoint.begin(desc, tracked)
+    )
+    guard = DivergenceGuard(
+        desc, config.lr, "energy", config.max_energy, config.max_retries, lr_scale
+    )
     bar = progress(None, desc=desc, total=config.epochs, verbose=verbose)
     bar.update(epoch)
     while epoch < config.epochs:
@@ -195,8 +213,14 @@ def train_jem(
         bar.update(1)
         bar.set_postfix({k: f"{v:.3g}" for k, v in losses.items()})
         if checkpoint is not None and checkpoint.due(epoch, config.epochs):
-            checkpoint.save(desc, epoch, history, states_of(tracked), lr_scale=guard.lr_scale,
-                            done=epoch == config.epochs)
+            checkpoint.save(
+                desc,
+                epoch,
+                history,
+                states_of(tracked),
+                lr_scale=guard.lr_scale,
+                done=epoch == config.epochs,
+            )
     bar.close()
     model.load_state_dict(best.weights)
     model.eval()

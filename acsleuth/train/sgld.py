@@ -44,7 +44,12 @@ class Gate:
 
 
 def sgld(
-    log_density: Callable[[Tensor], Tensor], x: Tensor, *, steps: int, step_size: float, noise: float
+    log_density: Callable[[Tensor], Tensor],
+    x: Tensor,
+    *,
+    steps: int,
+    step_size: float,
+    noise: float,
 ) -> Tensor:
     """``steps`` Langevin steps ``x <- x + step_size * d log_density(x)/dx + noise * N(0, I)``
     up the (unnormalised) log-density, per row; returns detached samples."""

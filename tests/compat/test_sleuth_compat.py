@@ -67,7 +67,11 @@ def test_anomaly_defaults_are_the_reference_libraries():
     assert c.loss_weight == {"w_rec": 30, "w_adv": 1, "w_gp": 10}
     assert c.Discriminator == {"in_dim": 2000, "hidden_dim": [256, 16], "num_blocks": 1}
     assert c.Generator == {
-        "in_dim": 2000, "hidden_dim": [512, 256], "num_blocks": 2, "mem_dim": 512, "threshold": 0.01,
+        "in_dim": 2000,
+        "hidden_dim": [512, 256],
+        "num_blocks": 2,
+        "mem_dim": 512,
+        "threshold": 0.01,
         "temperature": 0.05,
     }
     assert c.Scorer == {"in_dim": 2000, "hidden_dim": [512, 256]}
@@ -76,21 +80,49 @@ def test_anomaly_defaults_are_the_reference_libraries():
 
 def test_adapt_and_subtype_defaults_are_the_reference_libraries():
     a = AdaptConfigs(10)
-    assert (a.n_epochs, a.batch_size, a.learning_rate, a.n_critic, a.random_state) == (50, 128, 1e-4, 3, 2024)
+    assert (a.n_epochs, a.batch_size, a.learning_rate, a.n_critic, a.random_state) == (
+        50,
+        128,
+        1e-4,
+        3,
+        2024,
+    )
     assert a.loss_weight == {"w_rec": 30, "w_adv": 1, "w_gp": 10}
     s = SubtypeConfigs(10)
-    assert (s.n_epochs, s.batch_size, s.learning_rate, s.weight_decay, s.random_state) == (100, 64, 1e-4, 1e-4, 2024)
+    assert (s.n_epochs, s.batch_size, s.learning_rate, s.weight_decay, s.random_state) == (
+        100,
+        64,
+        1e-4,
+        1e-4,
+        2024,
+    )
     assert s.Cluster == {
-        "alpha": 1, "KMeans_n_init": 20, "num_layers": 3, "nheads": 4, "hidden_dim": 512, "dropout": 0.1,
+        "alpha": 1,
+        "KMeans_n_init": 20,
+        "num_layers": 3,
+        "nheads": 4,
+        "hidden_dim": 512,
+        "dropout": 0.1,
     }
 
 
 def test_default_configs_give_the_engine_the_spec_settings():
     params = AnomalyModel(AnomalyConfigs(50)).engine.params
     expected = dict(
-        prepare_epochs=50, train_epochs=20, score_epochs=20, batch_size=128, learning_rate=1e-4, n_critic=2,
-        reconstruction_weight=30.0, adversarial_weight=1.0, gp_weight=10.0, random_state=2024,
-        n_memory=512, memory_shrink=0.01, memory_temperature=0.05, n_top_genes=50,
+        prepare_epochs=50,
+        train_epochs=20,
+        score_epochs=20,
+        batch_size=128,
+        learning_rate=1e-4,
+        n_critic=2,
+        reconstruction_weight=30.0,
+        adversarial_weight=1.0,
+        gp_weight=10.0,
+        random_state=2024,
+        n_memory=512,
+        memory_shrink=0.01,
+        memory_temperature=0.05,
+        n_top_genes=50,
     )
     assert {k: params[k] for k in expected} == expected
     style = AdaptModel(AdaptConfigs(50), 1)._settings
@@ -98,7 +130,14 @@ def test_default_configs_give_the_engine_the_spec_settings():
     subtype = SubtypeModel(SubtypeConfigs(50), Generator(50), 3)
     c = subtype.config
     assert (c.embedding, c.epochs, c.batch_size, c.lr, c.weight_decay, c.dof, c.n_init) == (
-        "fusion", 100, 64, 1e-4, 1e-4, 1.0, 20)
+        "fusion",
+        100,
+        64,
+        1e-4,
+        1e-4,
+        1.0,
+        20,
+    )
     assert (c.n_layers, c.n_heads, c.feedforward, c.dropout) == (3, 4, 512, 0.1)
 
 
@@ -110,8 +149,12 @@ def test_configs_are_plain_mutable_objects_read_when_the_model_is_built():
     update_configs_with_args(c, {"batch_size": 32, "learning_rate": None, "not_a_setting": 1})
     assert not hasattr(c, "not_a_setting") and c.learning_rate == 1e-4
     params = AnomalyModel(c).engine.params
-    assert (params["train_epochs"], params["gp_weight"], params["memory_temperature"], params["batch_size"]) == (
-        7, 5.0, 0.1, 32)
+    assert (
+        params["train_epochs"],
+        params["gp_weight"],
+        params["memory_temperature"],
+        params["batch_size"],
+    ) == (7, 5.0, 0.1, 32)
     c.train_epochs = 9  # after the model was built: no effect on it, as in the reference
     assert params["train_epochs"] == 7
     assert c.to_dict()["Generator"]["temperature"] == 0.1 and isinstance(c.to_dict()["device"], str)
@@ -123,7 +166,9 @@ def test_networks_acsleuth_does_not_build_are_refused_with_the_fix(pbmc_task):
     c.Generator["hidden_dim"] = [1024, 256]
     with pytest.raises(ValueError, match=r"Generator\['hidden_dim'\].*remove that assignment"):
         AnomalyModel(c).detect(ref)
-    with pytest.raises(ValueError, match=r"in_dim'\] is 10 but the data have 765 genes.*gene_dim=765"):
+    with pytest.raises(
+        ValueError, match=r"in_dim'\] is 10 but the data have 765 genes.*gene_dim=765"
+    ):
         AnomalyModel(quick(AnomalyConfigs(10))).detect(ref)
 
 
@@ -135,10 +180,26 @@ def test_a_reference_style_script_runs_with_only_its_imports_changed(pbmc_task, 
     result = tmp_path / "result.csv"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "2"}
     subprocess.run(
-        [sys.executable, str(ROOT / "tests/compat/reference_style_script.py"), "--data_path", str(data),
-         "--result_path", str(result), "--gene_dim", str(ref.n_vars), "--prepare_epochs", "6",
-         "--train_epochs", "3", "--score_epochs", "5"],
-        check=True, env=env, capture_output=True, timeout=600,
+        [
+            sys.executable,
+            str(ROOT / "tests/compat/reference_style_script.py"),
+            "--data_path",
+            str(data),
+            "--result_path",
+            str(result),
+            "--gene_dim",
+            str(ref.n_vars),
+            "--prepare_epochs",
+            "6",
+            "--train_epochs",
+            "3",
+            "--score_epochs",
+            "5",
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=600,
     )
     row = pd.read_csv(result).iloc[0]
     assert (row["prepare_epochs"], row["train_epochs"], row["score_epochs"]) == (6, 3, 5)
@@ -159,11 +220,15 @@ def test_predict_gives_probabilities_that_rank_like_the_engines_scores(trained, 
 
 def test_g_score_and_d_score_are_the_residual_and_critic_distances(trained, pbmc_task):
     _, tgt, _ = pbmc_task
-    x = torch.as_tensor(tgt.X.toarray(), dtype=torch.float32)  # PBMC's X is CSR; the models take it as is
+    x = torch.as_tensor(
+        tgt.X.toarray(), dtype=torch.float32
+    )  # PBMC's X is CSR; the models take it as is
     with torch.no_grad():
         x_hat, _ = trained.G.eval()(x)
         critic = trained.D.eval()
-        np.testing.assert_allclose(trained.G_score(tgt), (x - x_hat).norm(dim=1).numpy(), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(
+            trained.G_score(tgt), (x - x_hat).norm(dim=1).numpy(), rtol=1e-4, atol=1e-4
+        )
         expected = (critic(x) - critic(x_hat)).norm(dim=1).numpy()
     np.testing.assert_allclose(trained.D_score(tgt), expected, rtol=1e-4, atol=1e-4)
 
@@ -204,7 +269,9 @@ def test_adaptation_with_several_target_batches(trained, pbmc_task):
     corrected = AdaptModel(c, 3).adapt(ref, tgt, "batch", trained.G)
     np.testing.assert_array_equal(tgt.X, before)  # the input is left alone
     assert corrected.shape == tgt.shape and np.isfinite(corrected.X).all()
-    assert list(corrected.var_names) == list(ref.var_names) and list(corrected.obs_names) == list(tgt.obs_names)
+    assert list(corrected.var_names) == list(ref.var_names) and list(corrected.obs_names) == list(
+        tgt.obs_names
+    )
     with pytest.raises(ValueError, match="num_batches=3"):
         AdaptModel(c, 2).adapt(ref, tgt, "batch", trained.G)
 
@@ -262,11 +329,13 @@ def test_read_filters_normalises_and_aligns_the_target(tmp_path):
     counts = rng.poisson(3.0, (30, len(genes))).astype(np.float32)
     counts[:, 2] = 0
     counts[0, 2] = 5  # expressed in one cell only: filtered
-    ad.AnnData(sp.csr_matrix(counts), var=pd.DataFrame(index=genes)).write_h5ad(tmp_path / "ref.h5ad")
-    tgt_genes = [f"G{i}" for i in range(19, -1, -1) if i != 3]  # reversed, lacks G3
-    ad.AnnData(rng.poisson(3.0, (10, 19)).astype(np.float32), var=pd.DataFrame(index=tgt_genes)).write_h5ad(
-        tmp_path / "tgt.h5ad"
+    ad.AnnData(sp.csr_matrix(counts), var=pd.DataFrame(index=genes)).write_h5ad(
+        tmp_path / "ref.h5ad"
     )
+    tgt_genes = [f"G{i}" for i in range(19, -1, -1) if i != 3]  # reversed, lacks G3
+    ad.AnnData(
+        rng.poisson(3.0, (10, 19)).astype(np.float32), var=pd.DataFrame(index=tgt_genes)
+    ).write_h5ad(tmp_path / "tgt.h5ad")
     with pytest.warns(UserWarning, match="lacks 1 of the 20 reference genes"):
         ref, tgt = read(str(tmp_path), "ref", tgt_name="tgt.h5ad")
     assert list(ref.var_names) == [f"G{i}" for i in range(20)]
@@ -293,7 +362,9 @@ def test_read_filters_normalises_and_aligns_the_target(tmp_path):
 )
 def test_evaluate_matches_its_definition_on_hand_made_cases(y_true, y_score, expected):
     np.testing.assert_allclose(evaluate(y_true, y_score), expected)
-    np.testing.assert_allclose(evaluate(pd.Series(y_true).astype(bool), pd.Series(y_score)), expected)
+    np.testing.assert_allclose(
+        evaluate(pd.Series(y_true).astype(bool), pd.Series(y_score)), expected
+    )
 
 
 def test_evaluate_refuses_what_it_cannot_score():
@@ -306,4 +377,11 @@ def test_evaluate_refuses_what_it_cannot_score():
 def test_the_package_mirrors_the_reference_modules():
     assert sleuth.configs.AnomalyConfigs is AnomalyConfigs
     assert sleuth._utils.evaluate is evaluate and callable(sleuth._utils.select_device)
-    assert set(sleuth.__all__) >= {"read", "save_pkl", "load_pkl", "AnomalyModel", "AdaptModel", "SubtypeModel"}
+    assert set(sleuth.__all__) >= {
+        "read",
+        "save_pkl",
+        "load_pkl",
+        "AnomalyModel",
+        "AdaptModel",
+        "SubtypeModel",
+    }

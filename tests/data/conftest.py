@@ -40,8 +40,10 @@ def make_adata(tmp_path) -> Iterator[Callable[..., ad.AnnData]]:
         storage = fmt.removeprefix("backed-")
         matrix = {"dense": np.array, "csr": sp.csr_matrix, "csc": sp.csc_matrix}[storage](x)
         adata = ad.AnnData(
-            X=matrix, obs=pd.DataFrame(index=names("cell", x.shape[0])),
-            var=pd.DataFrame(index=names("gene", x.shape[1])), **kwargs,
+            X=matrix,
+            obs=pd.DataFrame(index=names("cell", x.shape[0])),
+            var=pd.DataFrame(index=names("gene", x.shape[1])),
+            **kwargs,
         )
         if not fmt.startswith("backed-"):
             return adata

@@ -26,8 +26,11 @@ def test_reordered_panel(make_adata, lognorm):
 
 def test_partial_overlap_warns_and_fills_zeros(make_adata, lognorm):
     genes = ["gene3", "other1", "gene0", "other2", "gene24"]
-    with pytest.warns(UserWarning, match=r"^target: 3 of the 5 panel genes were found .* the 2 missing "
-                                         r"\(e.g. 'other1', 'other2'\) are filled with zeros"):
+    with pytest.warns(
+        UserWarning,
+        match=r"^target: 3 of the 5 panel genes were found .* the 2 missing "
+        r"\(e.g. 'other1', 'other2'\) are filled with zeros",
+    ):
         source = prepare(make_adata(lognorm, "csc"), genes=genes)
     rows = source.rows(slice(None))
     np.testing.assert_array_equal(rows[:, [0, 2, 4]], lognorm[:, [3, 0, 24]])
@@ -36,9 +39,12 @@ def test_partial_overlap_warns_and_fills_zeros(make_adata, lognorm):
 
 def test_no_overlap(make_adata, lognorm):
     genes = [f"ENSG{i:011d}" for i in range(10)]
-    with pytest.raises(DataError, match=r"^target: none of the 10 panel genes \(e.g. 'ENSG00000000000', .*\) "
-                                        r"is among its var_names \(e.g. 'gene0', 'gene1', 'gene2', ...\)\. "
-                                        r"The two may use different gene identifiers \(e.g. Ensembl ids vs gene symbols\)"):
+    with pytest.raises(
+        DataError,
+        match=r"^target: none of the 10 panel genes \(e.g. 'ENSG00000000000', .*\) "
+        r"is among its var_names \(e.g. 'gene0', 'gene1', 'gene2', ...\)\. "
+        r"The two may use different gene identifiers \(e.g. Ensembl ids vs gene symbols\)",
+    ):
         prepare(make_adata(lognorm), genes=genes)
 
 

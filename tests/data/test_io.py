@@ -25,8 +25,9 @@ def test_anndata_passes_through_unchanged(lognorm):
 @pytest.mark.parametrize("backed", [False, True])
 def test_h5ad(tmp_path, lognorm, backed):
     path = tmp_path / "x.h5ad"
-    ad.AnnData(X=lognorm, obs=pd.DataFrame(index=names("c", 60)),
-               var=pd.DataFrame(index=names("g", 25))).write_h5ad(path)
+    ad.AnnData(
+        X=lognorm, obs=pd.DataFrame(index=names("c", 60)), var=pd.DataFrame(index=names("g", 25))
+    ).write_h5ad(path)
     adata = read(str(path), backed=backed)
     try:
         assert adata.isbacked == backed
@@ -52,7 +53,10 @@ def _tenx_folder(folder, counts, *, v3: bool, feature_types=None):
     folder.mkdir()
     scipy.io.mmwrite(folder / "matrix.mtx", sp.coo_matrix(counts.T.astype(np.int64)))
     if v3:
-        with open(folder / "matrix.mtx", "rb") as src, gzip.open(folder / "matrix.mtx.gz", "wb") as dst:
+        with (
+            open(folder / "matrix.mtx", "rb") as src,
+            gzip.open(folder / "matrix.mtx.gz", "wb") as dst,
+        ):
             shutil.copyfileobj(src, dst)
         (folder / "matrix.mtx").unlink()
     n_cells, n_genes = counts.shape
@@ -107,7 +111,9 @@ def test_table_with_text_column(tmp_path):
 
 
 def test_missing_path(tmp_path):
-    with pytest.raises(DataError, match=r"nope\.h5ad does not exist; pass an AnnData object, a \.h5ad"):
+    with pytest.raises(
+        DataError, match=r"nope\.h5ad does not exist; pass an AnnData object, a \.h5ad"
+    ):
         read(tmp_path / "nope.h5ad")
 
 

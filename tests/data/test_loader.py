@@ -20,8 +20,9 @@ def source(make_adata, lognorm):
 @pytest.mark.parametrize("resident_bytes", [0, 1 << 20])
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_every_row_once_per_epoch(source, lognorm, resident_bytes, shuffle):
-    loader = MinibatchLoader(source, batch_size=16, shuffle=shuffle, seed=0,
-                             resident_bytes=resident_bytes)
+    loader = MinibatchLoader(
+        source, batch_size=16, shuffle=shuffle, seed=0, resident_bytes=resident_bytes
+    )
     assert loader.resident == bool(resident_bytes)
     for _ in range(2):
         batches = list(loader)
@@ -71,12 +72,16 @@ def test_a_subset_of_rows_and_take(source, lognorm, resident_bytes):
     for rows, x in batches:
         np.testing.assert_array_equal(x.numpy(), lognorm[rows])
     shuffled = MinibatchLoader(source, batch_size=2, rows=subset, shuffle=True, seed=0)
-    assert sorted(np.concatenate([rows for rows, _ in shuffled]).tolist()) == sorted(subset.tolist())
+    assert sorted(np.concatenate([rows for rows, _ in shuffled]).tolist()) == sorted(
+        subset.tolist()
+    )
     picks = np.array([5, 5, 0, 59, 3])  # any order, repeats allowed
     np.testing.assert_array_equal(loader.take(picks).numpy(), lognorm[picks])
 
 
-@pytest.mark.parametrize("rows", [np.array([0, 60]), np.array([-1]), np.zeros((2, 2), int), np.array([0.5])])
+@pytest.mark.parametrize(
+    "rows", [np.array([0, 60]), np.array([-1]), np.zeros((2, 2), int), np.array([0.5])]
+)
 def test_bad_rows(source, rows):
     with pytest.raises(ValueError, match="rows must"):
         MinibatchLoader(source, rows=rows)
@@ -143,8 +148,9 @@ def test_bad_arguments(source, kwargs):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("resident_bytes", [0, 1 << 20])
 def test_cuda_batches(source, lognorm, resident_bytes):
-    loader = MinibatchLoader(source, batch_size=16, shuffle=True, seed=1, device="cuda",
-                             resident_bytes=resident_bytes)
+    loader = MinibatchLoader(
+        source, batch_size=16, shuffle=True, seed=1, device="cuda", resident_bytes=resident_bytes
+    )
     for rows, x in loader:
         assert x.device.type == "cuda"
         np.testing.assert_array_equal(x.cpu().numpy(), lognorm[rows])

@@ -32,7 +32,9 @@ def test_raw_counts_are_normalised_as_scanpy_does(make_adata, counts, caplog, fm
     assert source.log_normalize
     assert "reference: X looks like raw counts" in caplog.text
     assert "normalised to 10000 total counts" in caplog.text and "log1p" in caplog.text
-    np.testing.assert_allclose(source.rows(slice(None)), _scanpy_lognorm(counts), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        source.rows(slice(None)), _scanpy_lognorm(counts), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_user_adata_is_unchanged(make_adata, counts):
@@ -63,7 +65,9 @@ def test_small_integers_are_not_raw_counts(make_adata):
 def test_integer_dtype_counts(counts):
     source = prepare(ad.AnnData(X=counts.astype(np.int32)))
     assert source.log_normalize
-    np.testing.assert_allclose(source.rows(slice(None)), _scanpy_lognorm(counts), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        source.rows(slice(None)), _scanpy_lognorm(counts), rtol=1e-5, atol=1e-6
+    )
 
 
 def _spoil(x: np.ndarray, value: float, cells: list[int], genes: list[int]) -> np.ndarray:
@@ -77,7 +81,9 @@ def _spoil(x: np.ndarray, value: float, cells: list[int], genes: list[int]) -> n
 def test_nonfinite_values_name_cells_and_genes(make_adata, lognorm, monkeypatch, fmt, value):
     monkeypatch.setattr(matrix, "CHUNK_BYTES", 4 * 25 * 7)  # 7-row chunks: spread over chunks
     adata = make_adata(_spoil(lognorm, value, [2, 2, 40, 59], [0, 3, 3, 24]), fmt)
-    with pytest.raises(DataError, match=r"^reference: X has NaN or infinite values in 3 cells and 3 genes\."):
+    with pytest.raises(
+        DataError, match=r"^reference: X has NaN or infinite values in 3 cells and 3 genes\."
+    ):
         prepare(adata, name="reference")
 
 
@@ -85,14 +91,19 @@ def test_nonfinite_values_name_cells_and_genes(make_adata, lognorm, monkeypatch,
 def test_negative_values_name_cells_and_genes(make_adata, lognorm, monkeypatch, fmt):
     monkeypatch.setattr(matrix, "CHUNK_BYTES", 4 * 25 * 7)
     adata = make_adata(_spoil(lognorm, -0.5, [1, 8, 9, 50, 51], [4, 4, 4, 4, 20]), fmt)
-    with pytest.raises(DataError, match=r"target: X has negative values in 5 cells and 2 genes\. .*scaled"):
+    with pytest.raises(
+        DataError, match=r"target: X has negative values in 5 cells and 2 genes\. .*scaled"
+    ):
         prepare(adata)
 
 
 def test_nonfinite_and_negative_values_together(lognorm):
     x = _spoil(_spoil(lognorm, np.nan, [0], [0]), -1.0, [1, 2], [1, 1])
-    with pytest.raises(DataError, match=r"NaN or infinite values in 1 cells and 1 genes and "
-                                        r"negative values in 2 cells and 1 genes"):
+    with pytest.raises(
+        DataError,
+        match=r"NaN or infinite values in 1 cells and 1 genes and "
+        r"negative values in 2 cells and 1 genes",
+    ):
         prepare(ad.AnnData(X=sp.csr_matrix(x)))
 
 
@@ -135,7 +146,9 @@ def test_layer(counts, lognorm):
 
 def test_missing_layer(lognorm):
     adata = ad.AnnData(X=lognorm, layers={"counts": lognorm, "raw": lognorm})
-    with pytest.raises(DataError, match=r"reference: no layer 'lognorm'; available layers: \['counts', 'raw'\]"):
+    with pytest.raises(
+        DataError, match=r"reference: no layer 'lognorm'; available layers: \['counts', 'raw'\]"
+    ):
         prepare(adata, name="reference", layer="lognorm")
 
 

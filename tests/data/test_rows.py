@@ -53,7 +53,9 @@ def test_rows_are_a_copy(make_adata, lognorm):
     np.testing.assert_array_equal(adata.X, lognorm)
 
 
-@pytest.mark.parametrize("index", [np.array([0, 60]), np.array([-1]), np.array([0.5]), np.ones(3, bool)])
+@pytest.mark.parametrize(
+    "index", [np.array([0, 60]), np.array([-1]), np.array([0.5]), np.ones(3, bool)]
+)
 def test_bad_row_index(lognorm, make_adata, index):
     with pytest.raises(IndexError):
         prepare(make_adata(lognorm)).rows(index)

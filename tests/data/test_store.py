@@ -13,7 +13,10 @@ from acsleuth.stages.mmd import blocked_minibatches, count_minibatches, minibatc
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 def test_memory_and_disk_tables_return_the_same_rows(dtype: torch.dtype) -> None:
     rows = torch.randn(37, 5, generator=torch.Generator().manual_seed(0)).to(dtype)
-    with RowStore(37, 5, dtype=dtype) as memory, RowStore(37, 5, dtype=dtype, budget_bytes=0) as disk:
+    with (
+        RowStore(37, 5, dtype=dtype) as memory,
+        RowStore(37, 5, dtype=dtype, budget_bytes=0) as disk,
+    ):
         assert memory.in_memory and not disk.in_memory
         for start in (30, 0, 11):  # written out of order, in uneven pieces
             stop = {30: 37, 0: 11, 11: 30}[start]
@@ -58,10 +61,14 @@ def test_of_wraps_a_tensor_without_copying() -> None:
     assert torch.equal(store.take(torch.tensor([3, 0])), table[[3, 0]])
 
 
-@pytest.mark.parametrize(("n", "batch", "block"), [(100, 16, 1000), (1000, 64, 256), (130, 32, 64), (9, None, 4)])
+@pytest.mark.parametrize(
+    ("n", "batch", "block"), [(100, 16, 1000), (1000, 64, 256), (130, 32, 64), (9, None, 4)]
+)
 def test_blocked_minibatches_visit_every_row_once_in_block_runs(n, batch, block) -> None:
     seen, count = [], 0
-    for start, stop, batches in blocked_minibatches(n, batch, block, torch.Generator().manual_seed(3)):
+    for start, stop, batches in blocked_minibatches(
+        n, batch, block, torch.Generator().manual_seed(3)
+    ):
         assert 0 <= start < stop <= n and stop - start <= block
         for rows in batches:
             assert rows.max() < stop - start and (len(rows) >= 4 or len(rows) == stop - start)
@@ -74,7 +81,7 @@ def test_blocked_minibatches_visit_every_row_once_in_block_runs(n, batch, block)
 
 
 def test_one_block_is_a_plain_shuffle() -> None:
-    (start, stop, batches), = blocked_minibatches(100, 16, 100, torch.Generator().manual_seed(5))
+    ((start, stop, batches),) = blocked_minibatches(100, 16, 100, torch.Generator().manual_seed(5))
     expected = minibatches(100, 16, torch.Generator().manual_seed(5))
     assert (start, stop) == (0, 100)
     assert all(torch.equal(a, b) for a, b in zip(batches, expected, strict=True))

@@ -58,8 +58,9 @@ def test_load_refuses_genes_that_do_not_match_the_weights(saved, tmp_path) -> No
     n_genes = len(config["genes"])
     config["genes"] = config["genes"][:-1]
     (path / persist.CONFIG_FILE).write_text(json.dumps(config))
-    with pytest.raises(ValueError, match=f"weights are for {n_genes} genes but config.json lists "
-                                         f"{n_genes - 1}") as err:
+    with pytest.raises(
+        ValueError, match=f"weights are for {n_genes} genes but config.json lists {n_genes - 1}"
+    ) as err:
         ACsleuth.load(path)
     assert "\n" not in str(err.value)
 

@@ -28,7 +28,9 @@ def test_the_network_standardises_its_input_per_gene() -> None:
     net = EnergyClassifier(4, 3, widths=(8,), blocks=(1,))
     net.set_standardisation(torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([2.0, 0.0, 1.0, 1.0]))
     x = torch.rand(5, 4)
-    z = (x - torch.tensor([1.0, 2.0, 3.0, 4.0])) / torch.tensor([2.0, 1e-3, 1.0, 1.0])  # std floored
+    z = (x - torch.tensor([1.0, 2.0, 3.0, 4.0])) / torch.tensor(
+        [2.0, 1e-3, 1.0, 1.0]
+    )  # std floored
     assert torch.allclose(net(x), net.logits(z))
     assert net(x).shape == (5, 3)
 

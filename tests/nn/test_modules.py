@@ -89,9 +89,15 @@ def test_train_adversarial_runs_the_configured_steps() -> None:
         assert out.fake.shape == (8, 4)
 
     before = gen.weight.detach().clone()
-    history = train_adversarial(list(gen.parameters()), critic, lambda: iter(data), step,
-                                AdversarialConfig(epochs=2, cosine=True), after_step=after,
-                                verbose=False)
+    history = train_adversarial(
+        list(gen.parameters()),
+        critic,
+        lambda: iter(data),
+        step,
+        AdversarialConfig(epochs=2, cosine=True),
+        after_step=after,
+        verbose=False,
+    )
     assert len(history) == 2 and set(history[0]) == {"critic", "gp", "generator", "own"}
     assert calls == {"step": 6, "after": 6}
     assert not torch.equal(before, gen.weight)
@@ -101,5 +107,11 @@ def test_train_adversarial_runs_the_configured_steps() -> None:
 def test_train_adversarial_rejects_an_empty_epoch() -> None:
     gen = nn.Linear(2, 2)
     with pytest.raises(ValueError, match="no batch"):
-        train_adversarial(list(gen.parameters()), Critic(2), lambda: iter([]),
-                          lambda x: None, AdversarialConfig(epochs=1), verbose=False)
+        train_adversarial(
+            list(gen.parameters()),
+            Critic(2),
+            lambda: iter([]),
+            lambda x: None,
+            AdversarialConfig(epochs=1),
+            verbose=False,
+        )

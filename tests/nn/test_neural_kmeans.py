@@ -19,7 +19,9 @@ def _logit(p: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("beta", [0.3, 1.0, 4.0])
 def test_neural_kmeans_is_the_logit_of_the_kmeans_softmax(beta: float) -> None:
     gen = torch.Generator().manual_seed(0)
-    mu = torch.randn(4, 3, generator=gen, dtype=torch.float64) * 2 + 1  # off-centre: the bias matters
+    mu = (
+        torch.randn(4, 3, generator=gen, dtype=torch.float64) * 2 + 1
+    )  # off-centre: the bias matters
     z = torch.randn(50, 3, generator=gen, dtype=torch.float64)
     head = NeuralKMeans(mu, beta).double()
     o = torch.cdist(z, mu).pow(2)
@@ -38,7 +40,9 @@ def test_first_layer_holds_the_squared_norm_bias() -> None:
     assert head.bias[0, 1].item() == pytest.approx(-3.75)
     z = torch.tensor([[0.3, -0.7]])
     h = head.pairwise(z)[0, 0, 1]
-    assert h.item() == pytest.approx(((z - mu[1]) ** 2).sum().item() - ((z - mu[0]) ** 2).sum().item(), abs=1e-5)
+    assert h.item() == pytest.approx(
+        ((z - mu[1]) ** 2).sum().item() - ((z - mu[0]) ** 2).sum().item(), abs=1e-5
+    )
 
 
 def test_argmax_of_the_logits_is_the_nearest_centroid() -> None:

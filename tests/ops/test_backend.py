@@ -102,10 +102,19 @@ def _opcheck_cases(device: str):
     z = torch.randn(6, 8, generator=g, dtype=torch.float64).to(device)
     memory = torch.randn(10, 8, generator=g, dtype=torch.float64).to(device)
     return [
-        (torch.ops.acsleuth.gaussian_pair_form.default, (x.requires_grad_(), phi.requires_grad_(), [1.0, 2.0])),
-        (torch.ops.acsleuth.linear_pair_form.default, (x.detach().requires_grad_(), phi.detach().requires_grad_())),
+        (
+            torch.ops.acsleuth.gaussian_pair_form.default,
+            (x.requires_grad_(), phi.requires_grad_(), [1.0, 2.0]),
+        ),
+        (
+            torch.ops.acsleuth.linear_pair_form.default,
+            (x.detach().requires_grad_(), phi.detach().requires_grad_()),
+        ),
         (torch.ops.acsleuth.linear_pair_form.default, (x.detach(), phi.detach().requires_grad_())),
-        (torch.ops.acsleuth.memory_attention.default, (z.requires_grad_(), memory.requires_grad_(), 0.5, 0.05)),
+        (
+            torch.ops.acsleuth.memory_attention.default,
+            (z.requires_grad_(), memory.requires_grad_(), 0.5, 0.05),
+        ),
         (torch.ops.acsleuth.kin_topk.default, (x.detach(), x.detach()[:30], 3, "cosine", False)),
         (torch.ops.acsleuth.kin_topk.default, (x.detach(), x.detach()[:30], 1, "dot", False)),
     ]

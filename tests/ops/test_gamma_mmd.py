@@ -28,12 +28,15 @@ def _data(n, g, dtype=torch.float64, seed=0):
 @pytest.mark.parametrize(("m", "n"), [(10.0, 3.0), (2.0, 2.0), (1000.0, 37.5)])
 def test_gamma_c_hits_the_four_corner_values(m, n):
     one, zero = torch.tensor(1.0, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64)
-    assert _reference.gamma_c(zero, zero, m, n).item() == pytest.approx(1 / (m * (m - 1)), rel=1e-15)
+    assert _reference.gamma_c(zero, zero, m, n).item() == pytest.approx(
+        1 / (m * (m - 1)), rel=1e-15
+    )
     assert _reference.gamma_c(one, one, m, n).item() == pytest.approx(1 / (n * (n - 1)), rel=1e-15)
     assert _reference.gamma_c(zero, one, m, n).item() == pytest.approx(-1 / (m * n), rel=1e-15)
     assert _reference.gamma_c(one, zero, m, n).item() == pytest.approx(-1 / (m * n), rel=1e-15)
     torch.testing.assert_close(
-        gamma_matrix(m, n), torch.tensor([[1 / (m * (m - 1)), -1 / (m * n)], [-1 / (m * n), 1 / (n * (n - 1))]])
+        gamma_matrix(m, n),
+        torch.tensor([[1 / (m * (m - 1)), -1 / (m * n)], [-1 / (m * n), 1 / (n * (n - 1))]]),
     )
 
 
@@ -74,7 +77,9 @@ def test_loss_matches_dense_reference(backend, gamma, kernel, sizes):
     delta, p = _data(40, 6, seed=2)
     bw = [0.7, 2.5]
     dev = device_of(backend)
-    got = gamma_mmd_loss(delta.to(dev), p.to(dev), kernel=kernel, bandwidths=bw, gamma=gamma, **sizes)
+    got = gamma_mmd_loss(
+        delta.to(dev), p.to(dev), kernel=kernel, bandwidths=bw, gamma=gamma, **sizes
+    )
     if "ratio" in sizes:
         m, n = 40 * 0.8, 40 * 0.2
     elif sizes:
@@ -87,7 +92,9 @@ def test_loss_matches_dense_reference(backend, gamma, kernel, sizes):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize(("n", "g", "r"), [(1, 3, 2), (2, 1, 1), (255, 4, 2), (257, 4, 2), (600, 9, 3)])
+@pytest.mark.parametrize(
+    ("n", "g", "r"), [(1, 3, 2), (2, 1, 1), (255, 4, 2), (257, 4, 2), (600, 9, 3)]
+)
 def test_gaussian_pair_form_matches_reference(backend, dtype, n, g, r):
     gen = torch.Generator().manual_seed(n)
     x = torch.randn(n, g, generator=gen, dtype=dtype)
@@ -153,8 +160,7 @@ def test_gradcheck_loss_float64(backend, kernel, sizes):
     delta = torch.randn(12, 3, generator=gen, dtype=torch.float64).to(dev).requires_grad_()
     p = (0.1 + 0.8 * torch.rand(12, generator=gen, dtype=torch.float64)).to(dev).requires_grad_()
     assert torch.autograd.gradcheck(
-        lambda d, q: gamma_mmd_loss(d, q, kernel=kernel, bandwidths=[1.0, 2.0], **sizes),
-        (delta, p),
+        lambda d, q: gamma_mmd_loss(d, q, kernel=kernel, bandwidths=[1.0, 2.0], **sizes), (delta, p)
     )
 
 
@@ -167,7 +173,9 @@ def test_gradcheck_gaussian_pair_form_float64(backend):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize(("n", "g", "r"), [(1, 3, 2), (2, 1, 1), (7, 5, 2), (130, 33, 2), (67, 9, 3)])
+@pytest.mark.parametrize(
+    ("n", "g", "r"), [(1, 3, 2), (2, 1, 1), (7, 5, 2), (130, 33, 2), (67, 9, 3)]
+)
 def test_linear_pair_form_and_gradients_match_reference(backend, dtype, n, g, r):
     gen = torch.Generator().manual_seed(n + r)
     x = torch.randn(n, g, generator=gen, dtype=dtype)
@@ -187,7 +195,9 @@ def test_linear_pair_form_and_gradients_match_reference(backend, dtype, n, g, r)
     tol = 1e-4 if dtype == torch.float32 else 1e-11
     for g_, w_ in zip(got, want, strict=True):
         assert g_.dtype == dtype
-        torch.testing.assert_close(g_.double(), w_, rtol=tol, atol=tol * (w_.abs().max().item() + 1))
+        torch.testing.assert_close(
+            g_.double(), w_, rtol=tol, atol=tol * (w_.abs().max().item() + 1)
+        )
 
 
 def test_linear_pair_form_skips_the_gradient_nobody_needs(backend):
@@ -208,8 +218,11 @@ def test_expanded_upstream_gradient(backend):
     grad = torch.ones((), dtype=torch.float64, device=dev).expand(2, 2)  # stride (0, 0)
     for fn in (linear_pair_form, lambda a, b: gaussian_pair_form(a, b, [1.0])):
         got = torch.autograd.grad(fn(x, phi), (x, phi), grad)
-        ref = (lambda a, b: _reference.pair_form(a, b, "linear")) if fn is linear_pair_form else (
-            lambda a, b: _reference.pair_form(a, b, "gaussian", [1.0]))
+        ref = (
+            (lambda a, b: _reference.pair_form(a, b, "linear"))
+            if fn is linear_pair_form
+            else (lambda a, b: _reference.pair_form(a, b, "gaussian", [1.0]))
+        )
         want = torch.autograd.grad(ref(x, phi), (x, phi), grad)
         for g_, w_ in zip(got, want, strict=True):
             torch.testing.assert_close(g_, w_)
@@ -241,7 +254,9 @@ def test_default_bandwidths_follow_the_mean_pairwise_distance():
     x, _ = _data(50, 4, seed=8)
     d = torch.cdist(x, x).pow(2)
     mean_sq = (d.sum() / (50 * 49)).item()
-    assert default_bandwidths(x) == pytest.approx([math.sqrt(c * mean_sq / 2) for c in (0.25, 1, 4)])
+    assert default_bandwidths(x) == pytest.approx(
+        [math.sqrt(c * mean_sq / 2) for c in (0.25, 1, 4)]
+    )
 
 
 def test_soft_group_sizes_are_clamped_to_keep_gamma_finite():
@@ -292,4 +307,6 @@ def test_cuda_half_precision_pair_form(monkeypatch, dtype):
     xh, ph = x.to(dtype), phi.to(dtype)
     got = gaussian_pair_form(xh.cuda(), ph.cuda(), [2.0, 6.0])
     want = _reference.pair_form(xh.double(), ph.double(), "gaussian", [2.0, 6.0])
-    torch.testing.assert_close(got.double().cpu(), want, rtol=2e-2, atol=2e-2 * want.abs().max().item())
+    torch.testing.assert_close(
+        got.double().cpu(), want, rtol=2e-2, atol=2e-2 * want.abs().max().item()
+    )

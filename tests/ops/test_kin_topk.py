@@ -122,9 +122,24 @@ def test_result_carries_no_gradient(backend):
         (torch.randn(4), torch.randn(8, 4), {}, "query must be 2-D"),
         (torch.randn(4, 3), torch.randn(8, 3).double(), {}, "cast them to one dtype"),
         (torch.randn(4, 3), torch.randn(8, 3), {"metric": "l2"}, "metric must be one of"),
-        (torch.ones(4, 3, dtype=torch.long), torch.ones(8, 3, dtype=torch.long), {}, "floating-point"),
-        (torch.tensor([[1.0, float("nan")], [1.0, 2.0]]), torch.randn(8, 2), {}, "query has 1 rows with NaN or inf"),
-        (torch.randn(4, 2), torch.tensor([[float("inf"), 0.0]] * 3), {}, "keys has 3 rows with NaN or inf"),
+        (
+            torch.ones(4, 3, dtype=torch.long),
+            torch.ones(8, 3, dtype=torch.long),
+            {},
+            "floating-point",
+        ),
+        (
+            torch.tensor([[1.0, float("nan")], [1.0, 2.0]]),
+            torch.randn(8, 2),
+            {},
+            "query has 1 rows with NaN or inf",
+        ),
+        (
+            torch.randn(4, 2),
+            torch.tensor([[float("inf"), 0.0]] * 3),
+            {},
+            "keys has 3 rows with NaN or inf",
+        ),
     ],
 )
 def test_bad_inputs_raise_clear_errors(backend, query, keys, kwargs, message):
@@ -148,7 +163,10 @@ def test_cuda_half_precision_accumulates_in_fp32(monkeypatch, dtype):
 @pytest.mark.cuda
 def test_cuda_tf32_opt_in_is_close():
     g = torch.Generator().manual_seed(9)
-    query, keys = torch.randn(300, 128, generator=g).cuda(), torch.randn(5000, 128, generator=g).cuda()
+    query, keys = (
+        torch.randn(300, 128, generator=g).cuda(),
+        torch.randn(5000, 128, generator=g).cuda(),
+    )
     exact_v, _ = kin_topk(query, keys, k=3)
     tf32_v, _ = kin_topk(query, keys, k=3, allow_tf32=True)
     torch.testing.assert_close(tf32_v, exact_v, rtol=0, atol=5e-3)
@@ -176,7 +194,10 @@ def test_50k_by_50k_adds_under_200_mb(backend):
         pytest.skip("memory probe measures host RSS of the compiled CPU kernels")
     out = subprocess.run(
         [sys.executable, "-c", _MEMORY_PROBE, "50000", "64", "64"],
-        capture_output=True, text=True, check=True, env={**__import__("os").environ},
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**__import__("os").environ},
     )
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["shape"] == [50000, 64]

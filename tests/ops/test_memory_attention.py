@@ -34,7 +34,9 @@ def test_forward_and_gradients_match_reference(backend, dtype, b, slots, p):
         lambda a, m: memory_attention(a, m), z.to(dev), memory.to(dev), grad.to(dev)
     )
     truth = _forward_backward(
-        lambda a, m: _reference.memory_attention(a, m, 0.05, 0.01), z.double(), memory.double(),
+        lambda a, m: _reference.memory_attention(a, m, 0.05, 0.01),
+        z.double(),
+        memory.double(),
         grad.double(),
     )
     same_dtype = _forward_backward(
@@ -51,8 +53,9 @@ def test_forward_and_gradients_match_reference(backend, dtype, b, slots, p):
 @pytest.mark.parametrize("temperature", [0.05, 1e-3, 1e-5])
 def test_stable_for_small_temperatures(backend, temperature):
     z, memory = _inputs(32, 64, 16, torch.float32, scale=3.0)
-    out = memory_attention(z.to(device_of(backend)), memory.to(device_of(backend)),
-                           temperature=temperature)
+    out = memory_attention(
+        z.to(device_of(backend)), memory.to(device_of(backend)), temperature=temperature
+    )
     assert torch.isfinite(out).all()
     # With a sharp softmax the readout is the best-matching memory row.
     if temperature <= 1e-3:

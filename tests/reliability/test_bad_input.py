@@ -98,9 +98,21 @@ class Cli:
         self.n += 1
         self.out = self.folder / f"out{self.n}"
         before = {p: p.read_bytes() for p in self.folder.rglob("*") if p.is_file()}
-        self.rc = main(["run", "--reference", str(self.folder / reference), "--target",
-                        str(self.folder / target), "--out", str(self.out), "--device", "cpu",
-                        "--quiet", *extra])
+        self.rc = main(
+            [
+                "run",
+                "--reference",
+                str(self.folder / reference),
+                "--target",
+                str(self.folder / target),
+                "--out",
+                str(self.out),
+                "--device",
+                "cpu",
+                "--quiet",
+                *extra,
+            ]
+        )
         captured = self.capsys.readouterr()
         self.err, self.stdout = captured.err, captured.out
         for path, content in before.items():
@@ -108,7 +120,9 @@ class Cli:
         if self.rc != 0:
             assert self.rc == 2
             assert not self.out.exists()
-            assert self.err.startswith("acsleuth run: error: ") and self.err.count("\n") == 1, self.err
+            assert self.err.startswith("acsleuth run: error: ") and self.err.count("\n") == 1, (
+                self.err
+            )
             assert "Traceback" not in self.err
         return self
 
@@ -136,8 +150,10 @@ def cli(tmp_path, monkeypatch, capsys, data) -> Cli:
 # --------------------------------------------------------------------------- values
 
 
-@pytest.mark.parametrize(("value", "problem"), [(np.nan, "NaN or infinite"), (np.inf, "NaN or infinite"),
-                                                (-1.0, "negative")])
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [(np.nan, "NaN or infinite"), (np.inf, "NaN or infinite"), (-1.0, "negative")],
+)
 @pytest.mark.parametrize("side", ["reference", "target"])
 def test_nan_inf_or_negative_values_are_refused_naming_how_many_cells_and_genes(
     model, reference, target, cli, value, problem, side
@@ -215,14 +231,21 @@ def test_partial_gene_overlap_warns_how_many_are_missing_and_fills_them_with_zer
 # --------------------------------------------------------------------------- sizes
 
 
-@pytest.mark.parametrize(("side", "shape"), [
-    ("reference", "0 cells"), ("reference", "0 genes"),
-    ("target", "0 cells"), ("target", "0 genes"),
-])
+@pytest.mark.parametrize(
+    ("side", "shape"),
+    [
+        ("reference", "0 cells"),
+        ("reference", "0 genes"),
+        ("target", "0 cells"),
+        ("target", "0 genes"),
+    ],
+)
 def test_empty_data_is_refused(model, reference, target, cli, side, shape) -> None:
     adata = {"reference": reference, "target": target}[side]
     empty = adata[:0].copy() if shape == "0 cells" else adata[:, :0].copy()
-    message = rf"{side} has {empty.n_obs} cells x {empty.n_vars} genes; it needs at least one of each"
+    message = (
+        rf"{side} has {empty.n_obs} cells x {empty.n_vars} genes; it needs at least one of each"
+    )
     with pytest.raises(DataError, match=message):
         FastACsleuth().fit(empty) if side == "reference" else model.score(empty)
     cli(**{side: cli.write("empty.h5ad", empty)}).refused(message)
@@ -258,7 +281,9 @@ def test_fewer_cells_than_the_batch_size_are_accepted(reference, target, cli) ->
     small_ref, small_tgt = reference[:20].copy(), target[::10].copy()
     out = FastACsleuth(batch_size=32).run(small_ref, small_tgt.copy())
     assert np.isfinite(out.obs["acsleuth_score"]).all() and out.n_obs == 10
-    cells = cli(reference=cli.write("ref20.h5ad", small_ref), target=cli.write("tgt10.h5ad", small_tgt)).accepted()
+    cells = cli(
+        reference=cli.write("ref20.h5ad", small_ref), target=cli.write("tgt10.h5ad", small_tgt)
+    ).accepted()
     assert len(cells) == 10
 
 
@@ -266,7 +291,10 @@ def test_all_zero_cells_and_genes_get_finite_scores(reference, target, cli) -> N
     ref_x, tgt_x = dense(reference), dense(target)
     ref_x[:, 5] = ref_x[7] = 0  # a gene no cell expresses, a cell with no counts (total 0)
     tgt_x[:, 5] = tgt_x[7] = 0
-    zero_ref, zero_tgt = with_x(reference, sp.csr_matrix(ref_x)), with_x(target, sp.csr_matrix(tgt_x))
+    zero_ref, zero_tgt = (
+        with_x(reference, sp.csr_matrix(ref_x)),
+        with_x(target, sp.csr_matrix(tgt_x)),
+    )
     source = prepare(zero_tgt)
     assert source.log_normalize and not source.rows(np.array([7])).any()
     # highly variable genes skip the zero-variance gene
@@ -276,13 +304,17 @@ def test_all_zero_cells_and_genes_get_finite_scores(reference, target, cli) -> N
         scores = model.evaluate(zero_tgt).scores
         assert all(np.isfinite(s).all() for s in scores.values())
         assert ("gene_5" in model.genes_) == kept
-    cli(reference=cli.write("zero_ref.h5ad", zero_ref), target=cli.write("zero_tgt.h5ad", zero_tgt)).accepted()
+    cli(
+        reference=cli.write("zero_ref.h5ad", zero_ref), target=cli.write("zero_tgt.h5ad", zero_tgt)
+    ).accepted()
 
 
 # --------------------------------------------------------------------------- names
 
 
-def test_duplicate_cell_names_are_warned_and_made_unique(model, reference, target, cli, clean) -> None:
+def test_duplicate_cell_names_are_warned_and_made_unique(
+    model, reference, target, cli, clean
+) -> None:
     target.obs_names = ["cell"] * 50 + [f"c{i}" for i in range(50)]
     message = r"target: 49 cell names repeat earlier ones; acsleuth makes them unique .*obs_names_make_unique"
     with pytest.warns(UserWarning, match=message):
@@ -300,21 +332,27 @@ def test_duplicate_gene_names_are_warned_and_made_unique(reference, target, cli)
     names = list(reference.var_names)
     names[6] = names[5]  # gene_6 becomes a second gene_5
     reference.var_names = target.var_names = names
-    message = r"1 gene names repeat earlier ones; acsleuth makes them unique .*var_names_make_unique"
+    message = (
+        r"1 gene names repeat earlier ones; acsleuth makes them unique .*var_names_make_unique"
+    )
     with pytest.warns(UserWarning, match=f"reference: {message}"):
         model = FastACsleuth().fit(reference)
     assert model.genes_[5:7] == ["gene_5", "gene_5-1"]
     with pytest.warns(UserWarning, match=f"target: {message}"):
         assert np.isfinite(model.score(target)).all()
     with pytest.warns(UserWarning, match=message):
-        cli(reference=cli.write("dup_ref.h5ad", reference), target=cli.write("dup_tgt.h5ad", target)).accepted()
+        cli(
+            reference=cli.write("dup_ref.h5ad", reference), target=cli.write("dup_tgt.h5ad", target)
+        ).accepted()
 
 
 # --------------------------------------------------------------------------- storage
 
 
 @pytest.mark.parametrize("dtype", [np.int32, np.int64, np.float64, np.float16])
-def test_integer_float64_and_float16_inputs_score_like_float32(model, target, cli, clean, dtype) -> None:
+def test_integer_float64_and_float16_inputs_score_like_float32(
+    model, target, cli, clean, dtype
+) -> None:
     cast = with_x(target, dense(target).astype(dtype))
     assert_scores_match(model.evaluate(cast).scores, clean)
     cells = cli(target=cli.write("cast.h5ad", cast)).accepted()
@@ -346,13 +384,16 @@ def _damaged(folder: Path, target: ad.AnnData) -> bytes:
     with h5py.File(path, "r") as f:
         offset = f["X"].id.get_chunk_info(0).byte_offset
     content = bytearray(path.read_bytes())
-    content[offset + 10:offset + 60] = b"\xff" * 50
+    content[offset + 10 : offset + 60] = b"\xff" * 50
     path.unlink()
     return bytes(content)
 
 
 BAD_FILES = {
-    "truncated": (lambda folder, good: good[: len(good) // 2], r"truncated file.* damaged or truncated"),
+    "truncated": (
+        lambda folder, good: good[: len(good) // 2],
+        r"truncated file.* damaged or truncated",
+    ),
     "text": (lambda folder, good: b"cell,gene_0\nc1,3\n", r"it is not an HDF5 file"),
     "png": (lambda folder, good: b"\x89PNG\r\n\x1a\n" + bytes(200), r"it is not an HDF5 file"),
     "empty": (lambda folder, good: b"", r"it is not an HDF5 file"),
@@ -381,7 +422,9 @@ def test_a_truncated_damaged_or_non_h5ad_file_is_refused(model, target, cli, kin
         finally:
             adata.file.close()
     if kind != "damaged":  # damage inside X is found when X is read, not when the file is opened
-        with pytest.raises(DataError, match=f"bad.h5ad could not be read as .h5ad.*{message}.*{fix}"):
+        with pytest.raises(
+            DataError, match=f"bad.h5ad could not be read as .h5ad.*{message}.*{fix}"
+        ):
             read(path)
     cli(**{side: "bad.h5ad"}).refused(f"{message}.*{fix}")
 
@@ -414,7 +457,9 @@ def test_a_missing_batch_key_is_refused_naming_the_columns(model, reference, tar
     cli("--batch-key", "nope").refused(message)
 
 
-def test_more_subtypes_than_anomalies_are_lowered_with_a_warning(model, reference, target, cli) -> None:
+def test_more_subtypes_than_anomalies_are_lowered_with_a_warning(
+    model, reference, target, cli
+) -> None:
     message = r"n_subtypes=50 is more than the 10 anomalies called; making 10 subtype\(s\) instead"
     with pytest.warns(UserWarning, match=message):
         model.run(reference, target, anomaly_ratio=0.1, n_subtypes=50)
@@ -426,7 +471,9 @@ def test_more_subtypes_than_anomalies_are_lowered_with_a_warning(model, referenc
 
 @pytest.mark.parametrize("n_subtypes", ["abc", "0", "-2", "2.5"])
 def test_a_bad_n_subtypes_is_refused(model, target, cli, n_subtypes) -> None:
-    message = r"n_subtypes: .* is not a number of subtypes \(pass a positive integer, e\.g\. 5, or 'auto'"
+    message = (
+        r"n_subtypes: .* is not a number of subtypes \(pass a positive integer, e\.g\. 5, or 'auto'"
+    )
     value = {"abc": "abc", "0": 0, "-2": -2, "2.5": 2.5}[n_subtypes]
     with pytest.raises(ValueError, match=message):
         model.subtype(dense(target[:20]), n_subtypes=value)

@@ -54,7 +54,9 @@ def uninterrupted(data):
 def _run(data, checkpoint: Checkpoint):
     reference, target = data
     target = target.copy()
-    acsleuth.ACsleuth(**RUN_SETTINGS).run(reference, target, batch_key="batch", checkpoint=checkpoint)
+    acsleuth.ACsleuth(**RUN_SETTINGS).run(
+        reference, target, batch_key="batch", checkpoint=checkpoint
+    )
     return target
 
 
@@ -74,12 +76,16 @@ def _interrupt_at(monkeypatch, n_updates: int) -> None:
 def _assert_same_results(a, b) -> None:
     np.testing.assert_array_equal(a.obs["acsleuth_score"], b.obs["acsleuth_score"])
     np.testing.assert_array_equal(a.obs["acsleuth_anomaly"], b.obs["acsleuth_anomaly"])
-    np.testing.assert_array_equal(a.obs["acsleuth_subtype"].astype(str), b.obs["acsleuth_subtype"].astype(str))
+    np.testing.assert_array_equal(
+        a.obs["acsleuth_subtype"].astype(str), b.obs["acsleuth_subtype"].astype(str)
+    )
     np.testing.assert_array_equal(a.layers["acsleuth_corrected"], b.layers["acsleuth_corrected"])
 
 
 # Interrupt points drawn at random (seeded) over module I's two stages and the style transfer.
-INTERRUPTS = sorted(int(n) for n in np.random.default_rng(7).choice(np.arange(1, ALL_UPDATES + 1), 4, replace=False))
+INTERRUPTS = sorted(
+    int(n) for n in np.random.default_rng(7).choice(np.arange(1, ALL_UPDATES + 1), 4, replace=False)
+)
 
 
 # Fixed points: one in module I's "prepare" stage (updates 1-32), the first of the style transfer.
@@ -93,20 +99,39 @@ def test_ctrl_c_at_a_random_step_then_resume_gives_identical_results(
     assert info.value.folder == tmp_path / "ckpt"
     assert (tmp_path / "ckpt" / "training.pt").is_file()
     monkeypatch.undo()
-    _assert_same_results(_run(data, Checkpoint(tmp_path / "ckpt", every=2, resume=True)), uninterrupted)
+    _assert_same_results(
+        _run(data, Checkpoint(tmp_path / "ckpt", every=2, resume=True)), uninterrupted
+    )
 
 
-def test_a_checkpoint_is_written_every_n_epochs_and_at_each_stage_end(data, tmp_path, monkeypatch) -> None:
+def test_a_checkpoint_is_written_every_n_epochs_and_at_each_stage_end(
+    data, tmp_path, monkeypatch
+) -> None:
     saved = []
     save = Checkpoint.save
-    monkeypatch.setattr(Checkpoint, "save", lambda self, stage, epoch, *a, **k: (
-        saved.append((stage, epoch)), save(self, stage, epoch, *a, **k)))
+    monkeypatch.setattr(
+        Checkpoint,
+        "save",
+        lambda self, stage, epoch, *a, **k: (
+            saved.append((stage, epoch)),
+            save(self, stage, epoch, *a, **k),
+        ),
+    )
     _run(data, Checkpoint(tmp_path / "ckpt", every=2))
-    assert saved == [("prepare", 2), ("prepare", 4), ("train", 2), ("train", 3), ("style", 2), ("style", 3)]
+    assert saved == [
+        ("prepare", 2),
+        ("prepare", 4),
+        ("train", 2),
+        ("train", 3),
+        ("style", 2),
+        ("style", 3),
+    ]
     assert (tmp_path / "ckpt" / "model" / "weights.pt").is_file()  # the fitted model, for a resume
 
 
-def test_resuming_a_finished_fit_reads_the_model_instead_of_training(data, uninterrupted, tmp_path, monkeypatch) -> None:
+def test_resuming_a_finished_fit_reads_the_model_instead_of_training(
+    data, uninterrupted, tmp_path, monkeypatch
+) -> None:
     _interrupt_at(monkeypatch, MODULE_I_UPDATES + 5)  # in the style transfer
     with pytest.raises(TrainingInterrupted):
         _run(data, Checkpoint(tmp_path / "ckpt"))
@@ -124,10 +149,14 @@ def test_resume_refuses_a_checkpoint_of_another_run(data, tmp_path, monkeypatch)
     monkeypatch.undo()
     reference, _ = data
     with pytest.raises(ValueError, match=r"different run \(train_epochs: 3 then, 5 now\)"):
-        acsleuth.ACsleuth(**{**RUN_SETTINGS, "train_epochs": 5}).fit(reference, checkpoint=Checkpoint(tmp_path / "ckpt", resume=True))
+        acsleuth.ACsleuth(**{**RUN_SETTINGS, "train_epochs": 5}).fit(
+            reference, checkpoint=Checkpoint(tmp_path / "ckpt", resume=True)
+        )
 
 
-def test_an_earlier_checkpoint_is_never_overwritten_without_resume(data, tmp_path, monkeypatch) -> None:
+def test_an_earlier_checkpoint_is_never_overwritten_without_resume(
+    data, tmp_path, monkeypatch
+) -> None:
     _interrupt_at(monkeypatch, 20)
     with pytest.raises(TrainingInterrupted):
         _run(data, Checkpoint(tmp_path / "ckpt"))
@@ -137,7 +166,9 @@ def test_an_earlier_checkpoint_is_never_overwritten_without_resume(data, tmp_pat
     assert (tmp_path / "ckpt" / "training.pt").read_bytes() == before
 
 
-def test_removing_a_checkpoint_clears_what_a_killed_write_left_but_nothing_else(data, tmp_path) -> None:
+def test_removing_a_checkpoint_clears_what_a_killed_write_left_but_nothing_else(
+    data, tmp_path
+) -> None:
     reference, _ = data
     checkpoint = Checkpoint(tmp_path / "ckpt", every=2)
     acsleuth.ACsleuth(**RUN_SETTINGS).fit(reference, checkpoint=checkpoint)
@@ -159,7 +190,9 @@ def test_resume_without_a_checkpoint_says_what_to_do(tmp_path) -> None:
 def test_a_damaged_checkpoint_is_refused_clearly(tmp_path) -> None:
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "training.pt").write_bytes(b"\x80\x04 half a pickle")
-    with pytest.raises(ValueError, match=r"not a readable acsleuth checkpoint .* delete the folder"):
+    with pytest.raises(
+        ValueError, match=r"not a readable acsleuth checkpoint .* delete the folder"
+    ):
         Checkpoint(tmp_path / "ckpt", resume=True)
 
 
@@ -185,9 +218,17 @@ class _Toy:
         return AdversarialStep(x, fake, own)
 
     def train(self, config, **kwargs):
-        return train_adversarial(list(self.generator.parameters()), self.critic, self.batches, self.step,
-                                 config, desc="toy", verbose=False, state={"generator": self.generator},
-                                 **kwargs)
+        return train_adversarial(
+            list(self.generator.parameters()),
+            self.critic,
+            self.batches,
+            self.step,
+            config,
+            desc="toy",
+            verbose=False,
+            state={"generator": self.generator},
+            **kwargs,
+        )
 
 
 def test_a_nan_epoch_is_rolled_back_and_retried_at_half_the_learning_rate(caplog) -> None:
@@ -209,8 +250,11 @@ def test_a_nan_epoch_is_rolled_back_and_retried_at_half_the_learning_rate(caplog
 
 def test_training_that_keeps_diverging_stops_with_a_clear_message() -> None:
     toy = _Toy(lambda _: True)
-    with pytest.raises(TrainingDiverged, match=r"toy: training diverged at epoch 1 \(.*own loss nan\) after 3 "
-                       r"restarts .* \(last 0.000125\); check the input for extreme values"):
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"toy: training diverged at epoch 1 \(.*own loss nan\) after 3 "
+        r"restarts .* \(last 0.000125\); check the input for extreme values",
+    ):
         toy.train(AdversarialConfig(epochs=2, lr=1e-3))
 
 
@@ -220,7 +264,9 @@ def test_an_exploding_critic_counts_as_divergence() -> None:
         toy.train(AdversarialConfig(epochs=2, max_critic_loss=1e-9, max_retries=1))
 
 
-def test_a_retry_after_divergence_is_checkpointed_and_resumed_exactly(tmp_path, monkeypatch) -> None:
+def test_a_retry_after_divergence_is_checkpointed_and_resumed_exactly(
+    tmp_path, monkeypatch
+) -> None:
     calls = [0]
 
     def once(_):
@@ -245,7 +291,9 @@ def test_a_retry_after_divergence_is_checkpointed_and_resumed_exactly(tmp_path, 
 
 # ---------------------------------------------------------------------------------- the CLI
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "kill"])
-def test_cli_interrupted_or_killed_mid_training_resumes_to_identical_outputs(cli_baseline, tmp_path, sig) -> None:
+def test_cli_interrupted_or_killed_mid_training_resumes_to_identical_outputs(
+    cli_baseline, tmp_path, sig
+) -> None:
     out = tmp_path / "out"
     args = cli_command(cli_baseline, out, "--checkpoint-every", "3")
     process = cli_start(args)
@@ -262,5 +310,7 @@ def test_cli_interrupted_or_killed_mid_training_resumes_to_identical_outputs(cli
     assert again.returncode == 2 and "--resume" in again.stderr
     resumed = cli_run([*args, "--resume"])
     assert resumed.returncode == 0, resumed.stderr
-    assert (out / "cells.csv").read_text() == (cli_baseline / "uninterrupted" / "cells.csv").read_text()
+    assert (out / "cells.csv").read_text() == (
+        cli_baseline / "uninterrupted" / "cells.csv"
+    ).read_text()
     assert not out.with_name("out.checkpoint").exists()  # removed once the outputs are complete

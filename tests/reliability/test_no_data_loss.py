@@ -19,8 +19,23 @@ from acsleuth.cli import main
 
 
 def _run(cli_files, *extra: str) -> int:
-    return main(["run", "--reference", str(cli_files / "ref.h5ad"), "--target", str(cli_files / "tgt.h5ad"),
-                 "--out", str(cli_files / "out"), "--batch-key", "batch", "--device", "cpu", "--quiet", *extra])
+    return main(
+        [
+            "run",
+            "--reference",
+            str(cli_files / "ref.h5ad"),
+            "--target",
+            str(cli_files / "tgt.h5ad"),
+            "--out",
+            str(cli_files / "out"),
+            "--batch-key",
+            "batch",
+            "--device",
+            "cpu",
+            "--quiet",
+            *extra,
+        ]
+    )
 
 
 def _digest(path) -> str:
@@ -28,7 +43,9 @@ def _digest(path) -> str:
 
 
 def _tree(folder) -> dict[str, str]:
-    return {str(p.relative_to(folder)): _digest(p) for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): _digest(p) for p in sorted(folder.rglob("*")) if p.is_file()
+    }
 
 
 def test_read_only_inputs_are_read_and_left_byte_identical(cli_files) -> None:
@@ -50,7 +67,9 @@ def test_an_existing_out_is_never_replaced_without_overwrite(cli_files, capsys) 
     assert _run(cli_files, "--overwrite") == 0 and not (cli_files / "out" / "keep.txt").exists()
 
 
-def test_a_run_failing_late_leaves_the_previous_outputs_and_no_temporaries(cli_files, monkeypatch) -> None:
+def test_a_run_failing_late_leaves_the_previous_outputs_and_no_temporaries(
+    cli_files, monkeypatch
+) -> None:
     assert _run(cli_files) == 0
     before = _tree(cli_files / "out")
 
@@ -67,8 +86,25 @@ def test_an_earlier_output_can_be_screened_again_and_stays_intact(cli_files) -> 
     assert _run(cli_files) == 0
     earlier = cli_files / "out" / "target.h5ad"
     before = _digest(earlier)
-    assert main(["run", "--reference", str(cli_files / "ref.h5ad"), "--target", str(earlier), "--out",
-                 str(cli_files / "again"), "--batch-key", "batch", "--device", "cpu", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--reference",
+                str(cli_files / "ref.h5ad"),
+                "--target",
+                str(earlier),
+                "--out",
+                str(cli_files / "again"),
+                "--batch-key",
+                "batch",
+                "--device",
+                "cpu",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert _digest(earlier) == before
     again = ad.read_h5ad(cli_files / "again" / "target.h5ad")
     assert np.isfinite(again.layers["acsleuth_corrected"]).all()
@@ -97,23 +133,36 @@ def test_folders_are_swapped_in_one_atomic_step_on_linux(tmp_path) -> None:
     assert (tmp_path / "b" / "x").read_text() == "a" and not any((tmp_path / "a").iterdir())
 
 
-def test_kill_9_at_random_moments_leaves_the_previous_or_the_complete_new_outputs(cli_baseline, tmp_path) -> None:
+def test_kill_9_at_random_moments_leaves_the_previous_or_the_complete_new_outputs(
+    cli_baseline, tmp_path
+) -> None:
     start = time.monotonic()
     old = cli_run(cli_command(cli_baseline, tmp_path / "out", "--seed", "1"))
     assert old.returncode == 0, old.stderr
     duration = time.monotonic() - start
     new = cli_baseline / "uninterrupted"  # the same run with the default seed
-    old_cells, new_cells = (tmp_path / "out" / "cells.csv").read_text(), (new / "cells.csv").read_text()
+    old_cells, new_cells = (
+        (tmp_path / "out" / "cells.csv").read_text(),
+        (new / "cells.csv").read_text(),
+    )
     assert old_cells != new_cells
     new_files = sorted(p.relative_to(new) for p in new.rglob("*"))
     for trial, delay in enumerate(np.random.default_rng(0).uniform(0.3, 1.0, 3) * duration):
-        args = cli_command(cli_baseline, tmp_path / "out", "--overwrite",
-                                   "--checkpoint-dir", str(tmp_path / f"checkpoint{trial}"))
+        args = cli_command(
+            cli_baseline,
+            tmp_path / "out",
+            "--overwrite",
+            "--checkpoint-dir",
+            str(tmp_path / f"checkpoint{trial}"),
+        )
         process = cli_start(args)
         time.sleep(delay)
         cli_stop(process, signal.SIGKILL)
         cells = (tmp_path / "out" / "cells.csv").read_text()
         assert cells in (old_cells, new_cells), f"trial {trial}: out/cells.csv is neither run's"
         if cells == new_cells:  # the whole new output, readable
-            assert sorted(p.relative_to(tmp_path / "out") for p in (tmp_path / "out").rglob("*")) == new_files
+            assert (
+                sorted(p.relative_to(tmp_path / "out") for p in (tmp_path / "out").rglob("*"))
+                == new_files
+            )
             assert ad.read_h5ad(tmp_path / "out" / "target.h5ad").n_obs == 100

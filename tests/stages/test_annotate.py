@@ -42,7 +42,9 @@ def test_hungarian_maps_seen_clusters_and_orders_novel_ones_by_size() -> None:
     labels[70:75] = 0  # five labelled cells of type 0 in cluster 2
     mapping = match_clusters(clusters, labels, n_seen=2, k=4)
     assert mapping.tolist() == [1, 3, 0, 2]  # the larger novel cluster takes slot 2
-    np.testing.assert_allclose(prior_from_clusters(clusters, mapping), [20 / 150, 30 / 150, 60 / 150, 40 / 150])
+    np.testing.assert_allclose(
+        prior_from_clusters(clusters, mapping), [20 / 150, 30 / 150, 60 / 150, 40 / 150]
+    )
 
 
 def test_a_seen_type_no_cluster_captures_takes_a_labelled_cluster_not_a_novel_one() -> None:

@@ -41,8 +41,15 @@ def test_median_sample_keeps_small_batches_whole_and_caps_large_ones() -> None:
 @pytest.fixture(scope="module")
 def shifted():
     reference, target = datasets.pbmc_holdout("CD19+ B", n_batches=2, batch_effect=1.0, seed=0)
-    model = ACsleuth(prepare_epochs=10, train_epochs=3, score_epochs=2, batch_size=64,
-                     device="cpu", verbose=False, random_state=0).fit(reference)
+    model = ACsleuth(
+        prepare_epochs=10,
+        train_epochs=3,
+        score_epochs=2,
+        batch_size=64,
+        device="cpu",
+        verbose=False,
+        random_state=0,
+    ).fit(reference)
     return model, target
 
 

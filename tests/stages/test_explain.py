@@ -56,7 +56,9 @@ def test_one_vs_rest_moves_cells_to_the_nearest_other_group_not_the_first() -> N
     codes = np.repeat([0, 1, 2], 20)
     x = (centres[codes] + rng.normal(0, 0.2, (60, 2))).astype(np.float32)
     x[codes == 0, 0] += 1.0
-    model = ace.cluster_model(nn.Identity(), NeuralKMeans(torch.as_tensor(centres, dtype=torch.float32)))
+    model = ace.cluster_model(
+        nn.Identity(), NeuralKMeans(torch.as_tensor(centres, dtype=torch.float32))
+    )
     rest = ace.explain(x, codes, model, groups=[0])[0]
     one = ace.explain(x, codes, model, groups=[0], mode="one_vs_one", reference=2)[0]
     assert rest.order[0] == 0 and rest.score[1] < rest.score[0] / 10
@@ -66,9 +68,14 @@ def test_one_vs_rest_moves_cells_to_the_nearest_other_group_not_the_first() -> N
 def test_solver_is_deterministic_and_samples_at_most_max_cells() -> None:
     x, codes = _one_gene_toy(n=60)
     x[:, 1:] += np.linspace(0, 1, 60)[:, None].astype(np.float32)
-    model = ace.cluster_model(ace.pca_embedding(x, 3), NeuralKMeans(torch.zeros(2, 3) + torch.tensor([[1.0], [-1.0]])))
+    model = ace.cluster_model(
+        ace.pca_embedding(x, 3), NeuralKMeans(torch.zeros(2, 3) + torch.tensor([[1.0], [-1.0]]))
+    )
     config = ace.ExplainConfig(max_cells=10)
-    first, second = ace.explain(x, codes, model, config=config), ace.explain(x, codes, model, config=config)
+    first, second = (
+        ace.explain(x, codes, model, config=config),
+        ace.explain(x, codes, model, config=config),
+    )
     for k in first:
         assert first[k].n_cells == 10
         np.testing.assert_array_equal(first[k].score, second[k].score)
@@ -89,4 +96,6 @@ def test_fitted_embedding_reproduces_pca() -> None:
     z = pca(torch.as_tensor(x, dtype=torch.float32)).double().numpy() + 5.0
     mapping, r2 = ace.fitted_embedding(x, z)
     assert r2 > 0.999999
-    np.testing.assert_allclose(mapping(torch.as_tensor(x, dtype=torch.float32)).numpy(), z, atol=1e-3)
+    np.testing.assert_allclose(
+        mapping(torch.as_tensor(x, dtype=torch.float32)).numpy(), z, atol=1e-3
+    )

@@ -36,8 +36,14 @@ def test_pseudo_labels_mark_the_top_fraction() -> None:
 
 @pytest.mark.parametrize(
     ("n", "size", "expected"),
-    [(10, None, [10]), (10, 4, [4, 4]), (13, 4, [4, 4, 4]), (16, 4, [4, 4, 4, 4]),
-     (20, 8, [8, 8, 4]), (3, 8, [3])],
+    [
+        (10, None, [10]),
+        (10, 4, [4, 4]),
+        (13, 4, [4, 4, 4]),
+        (16, 4, [4, 4, 4, 4]),
+        (20, 8, [8, 8, 4]),
+        (3, 8, [3]),
+    ],
 )
 def test_minibatches_drop_only_a_tail_too_small_for_two_groups(n, size, expected) -> None:
     batches = minibatches(n, size, torch.Generator().manual_seed(0))
@@ -54,8 +60,15 @@ def test_warm_started_anchored_predictor_separates_planted_anomalies(kernel) -> 
     residuals, truth, anchors = _residuals()
     config = ScorerConfig(epochs=10, kernel=kernel, batch_size=64, warm_epochs=10, lr=1e-3)
     torch.manual_seed(0)
-    predictor = fit_predictor(residuals, ratio=None, config=config, ranking=residuals.norm(dim=1),
-                              anchors=anchors, seed=0, verbose=False)
+    predictor = fit_predictor(
+        residuals,
+        ratio=None,
+        config=config,
+        ranking=residuals.norm(dim=1),
+        anchors=anchors,
+        seed=0,
+        verbose=False,
+    )
     logits = predict_logits(predictor, residuals)
     assert auroc(truth.numpy(), logits.numpy()) > 0.97
 
@@ -63,8 +76,9 @@ def test_warm_started_anchored_predictor_separates_planted_anomalies(kernel) -> 
 def test_paper_mode_finds_the_planted_split_in_some_orientation() -> None:
     residuals, truth, _ = _residuals()
     torch.manual_seed(0)
-    predictor = fit_predictor(residuals, ratio=0.25, config=ScorerConfig(epochs=60, lr=1e-3),
-                              seed=0, verbose=False)
+    predictor = fit_predictor(
+        residuals, ratio=0.25, config=ScorerConfig(epochs=60, lr=1e-3), seed=0, verbose=False
+    )
     auc = auroc(truth.numpy(), predict_logits(predictor, residuals).numpy())
     assert max(auc, 1.0 - auc) > 0.9  # the objective is symmetric in the two groups
 
@@ -74,8 +88,13 @@ def test_warm_start_needs_a_ranking_and_anchors_need_matching_genes() -> None:
     with pytest.raises(ValueError, match="needs a ranking"):
         fit_predictor(residuals, ratio=None, config=ScorerConfig(warm_epochs=1), verbose=False)
     with pytest.raises(ValueError, match="anchors have 3 genes"):
-        fit_predictor(residuals, ratio=None, config=replace(ScorerConfig(), epochs=1),
-                      anchors=anchors[:, :3], verbose=False)
+        fit_predictor(
+            residuals,
+            ratio=None,
+            config=replace(ScorerConfig(), epochs=1),
+            anchors=anchors[:, :3],
+            verbose=False,
+        )
 
 
 def test_same_seed_same_predictor() -> None:
@@ -84,7 +103,14 @@ def test_same_seed_same_predictor() -> None:
     outs = []
     for _ in range(2):
         torch.manual_seed(1)
-        p = fit_predictor(residuals, ratio=0.25, config=config, ranking=residuals.norm(dim=1),
-                          anchors=anchors, seed=5, verbose=False)
+        p = fit_predictor(
+            residuals,
+            ratio=0.25,
+            config=config,
+            ranking=residuals.norm(dim=1),
+            anchors=anchors,
+            seed=5,
+            verbose=False,
+        )
         outs.append(predict_logits(p, residuals))
     assert torch.equal(outs[0], outs[1])

@@ -25,14 +25,18 @@ def _planted(n_reference: int = 400, n_normal: int = 300, n_anomalous: int = 100
     def cells(n: int, types: list[int]) -> np.ndarray:
         return (centres[rng.choice(types, n)] + rng.normal(size=(n, 30))).astype(np.float32)
 
-    return cells(n_reference, [0, 1, 2]), np.concatenate([cells(n_normal, [0, 1, 2]), cells(n_anomalous, [3])])
+    return cells(n_reference, [0, 1, 2]), np.concatenate(
+        [cells(n_normal, [0, 1, 2]), cells(n_anomalous, [3])]
+    )
 
 
 def test_knn_distance_equals_brute_force_in_chunks() -> None:
     gen = torch.Generator().manual_seed(0)
     query, keys = torch.randn(37, 6, generator=gen), torch.randn(50, 6, generator=gen) * 2
     slow = torch.cdist(query.double(), keys.double()).topk(4, largest=False).values.mean(1)
-    torch.testing.assert_close(knn_distance(query, keys, 4, chunk=8).double(), slow, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(
+        knn_distance(query, keys, 4, chunk=8).double(), slow, atol=1e-4, rtol=1e-5
+    )
     # hand-computed: nearest of (0,0) among (3,4), (6,8), (0,1) is 1, the two nearest 3
     keys = torch.tensor([[3.0, 4.0], [6.0, 8.0], [0.0, 1.0]])
     assert knn_distance(torch.zeros(1, 2), keys, 1).item() == pytest.approx(1.0)
@@ -41,7 +45,9 @@ def test_knn_distance_equals_brute_force_in_chunks() -> None:
 
 def test_anomalies_lie_farther_and_are_counted_without_a_ratio() -> None:
     reference, target = _planted()
-    neighbours = fit_neighbours(lambda rows: reference[rows], len(reference), NeighbourConfig(n_components=10, k=5), seed=0)
+    neighbours = fit_neighbours(
+        lambda rows: reference[rows], len(reference), NeighbourConfig(n_components=10, k=5), seed=0
+    )
     assert len(neighbours.folds) == 10 and neighbours.folds[0].keys.shape == (360, 10)
     distances = neighbours.distances(torch.from_numpy(target))
     assert distances.shape == (10, 400)
@@ -59,7 +65,9 @@ def test_anomalies_lie_farther_and_are_counted_without_a_ratio() -> None:
 def test_reference_cells_are_not_their_own_null() -> None:
     """Scored by a PCA fitted on themselves, reference cells would look farther than new cells."""
     reference, target = _planted(n_anomalous=1)
-    neighbours = fit_neighbours(lambda rows: reference[rows], len(reference), NeighbourConfig(n_components=10, k=5), seed=1)
+    neighbours = fit_neighbours(
+        lambda rows: reference[rows], len(reference), NeighbourConfig(n_components=10, k=5), seed=1
+    )
     distances = neighbours.distances(torch.from_numpy(target[:300]))
     assert count_anomalies(distances, neighbours) <= 30  # at most 1 normal cell in 10 counted
 
@@ -76,8 +84,9 @@ def test_large_reference_gets_one_fold_and_state_round_trips() -> None:
 
 
 def test_rank_average_and_ratio_calls() -> None:
-    np.testing.assert_allclose(rank_average(np.array([3.0, 1.0, 2.0]), np.array([10.0, 30.0, 20.0])),
-                               [2 / 3, 2 / 3, 2 / 3])
+    np.testing.assert_allclose(
+        rank_average(np.array([3.0, 1.0, 2.0]), np.array([10.0, 30.0, 20.0])), [2 / 3, 2 / 3, 2 / 3]
+    )
     anomaly, threshold = call_anomalies(torch.tensor([0.1, 0.9, 0.5, 0.7]), "knn", 0.5, count=3)
     assert anomaly.tolist() == [False, True, False, True] and threshold == pytest.approx(0.7)
 
@@ -86,7 +95,9 @@ def test_bad_inputs_say_what_is_wrong() -> None:
     with pytest.raises(ValueError, match="k = 5 neighbours but 3 reference cells"):
         knn_distance(torch.zeros(2, 2), torch.zeros(3, 2), 5)
     with pytest.raises(ValueError, match="needs at least 10"):
-        fit_neighbours(lambda rows: np.zeros((len(rows), 4), np.float32), 6, NeighbourConfig(k=5), seed=0)
+        fit_neighbours(
+            lambda rows: np.zeros((len(rows), 4), np.float32), 6, NeighbourConfig(k=5), seed=0
+        )
     reference, _ = _planted(n_reference=60)
     neighbours = fit_neighbours(lambda rows: reference[rows], 60, NeighbourConfig(k=3), seed=0)
     with pytest.raises(ValueError, match="quantile must be in"):
@@ -99,12 +110,24 @@ def test_default_score_is_the_rank_average_of_mmd_and_knn() -> None:
     from acsleuth import ACsleuth, datasets
 
     reference, target = datasets.synthetic(96, 80, 60, anomaly_ratio=0.25, seed=3)
-    model = ACsleuth(prepare_epochs=2, train_epochs=1, score_epochs=1, warm_epochs=1, batch_size=32,
-                     n_memory=50, device="cpu", verbose=False).fit(reference)
+    model = ACsleuth(
+        prepare_epochs=2,
+        train_epochs=1,
+        score_epochs=1,
+        warm_epochs=1,
+        batch_size=32,
+        n_memory=50,
+        device="cpu",
+        verbose=False,
+    ).fit(reference)
     result = model.evaluate(target)
-    np.testing.assert_allclose(result.score, rank_average(result.scores["mmd"], result.scores["knn"]),
-                               rtol=1e-6)
-    assert result.anomaly.any() and result.score[result.anomaly].min() >= result.score[~result.anomaly].max()
+    np.testing.assert_allclose(
+        result.score, rank_average(result.scores["mmd"], result.scores["knn"]), rtol=1e-6
+    )
+    assert (
+        result.anomaly.any()
+        and result.score[result.anomaly].min() >= result.score[~result.anomaly].max()
+    )
     model.neighbours_ = None  # as a model saved before the index existed
     with pytest.raises(ValueError, match="score='knn' needs the reference neighbour index"):
         model.evaluate(target, score="knn")
@@ -118,8 +141,16 @@ def test_a_target_unlike_every_reference_cell_falls_back_to_the_mixture() -> Non
     from acsleuth import ACsleuth, datasets
 
     reference, target = datasets.synthetic(120, 100, 50, anomaly_ratio=0.3, seed=1)
-    model = ACsleuth(prepare_epochs=2, train_epochs=1, score_epochs=1, warm_epochs=1, batch_size=32,
-                     n_memory=50, device="cpu", verbose=False).fit(reference)
+    model = ACsleuth(
+        prepare_epochs=2,
+        train_epochs=1,
+        score_epochs=1,
+        warm_epochs=1,
+        batch_size=32,
+        n_memory=50,
+        device="cpu",
+        verbose=False,
+    ).fit(reference)
     x = target.X.toarray()
     x[:, 25:] = 0
     target.X = x

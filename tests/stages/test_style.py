@@ -22,8 +22,15 @@ def _sources(
 ) -> tuple[ExpressionSource, ExpressionSource, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Reference, target, normal target rows, a same-type reference kin each, batch codes, types."""
     reference, target = synthetic(
-        n_reference, n_target, n_genes, n_types=3, n_anomaly_types=1, anomaly_ratio=0.1,
-        n_batches=n_batches, batch_effect=0.5, seed=0,
+        n_reference,
+        n_target,
+        n_genes,
+        n_types=3,
+        n_anomaly_types=1,
+        anomaly_ratio=0.1,
+        n_batches=n_batches,
+        batch_effect=0.5,
+        seed=0,
     )
     ref = prepare(reference, name="reference")
     tgt = prepare(target, genes=ref.genes)
@@ -65,7 +72,9 @@ def test_style_transfer_starts_from_module_one_weights() -> None:
     detector = Generator(20)
     model = StyleTransfer(20, 2, init=detector)
     for mine, theirs in ((model.encoder, detector.encoder), (model.decoder, detector.decoder)):
-        for (name, a), (_, b) in zip(mine.state_dict().items(), theirs.state_dict().items(), strict=True):
+        for (name, a), (_, b) in zip(
+            mine.state_dict().items(), theirs.state_dict().items(), strict=True
+        ):
             assert torch.equal(a, b), name
     assert not any(p is q for p, q in zip(model.parameters(), detector.parameters(), strict=False))
 
@@ -75,8 +84,16 @@ def test_one_target_batch_trains_and_corrects_every_cell() -> None:
     assert (codes == 0).all()
     torch.manual_seed(0)
     model = StyleTransfer(tgt.n_genes, 1)
-    history = train_style(model, tgt, normal, kin, ref, codes,
-                          config=StyleConfig(epochs=2, batch_size=32), verbose=False)
+    history = train_style(
+        model,
+        tgt,
+        normal,
+        kin,
+        ref,
+        codes,
+        config=StyleConfig(epochs=2, batch_size=32),
+        verbose=False,
+    )
     assert len(history) == 2 and all(np.isfinite(list(h.values())).all() for h in history)
     assert not model.training
     out = _corrected(model, tgt, codes)
@@ -108,14 +125,19 @@ def test_train_style_rejects_inconsistent_inputs() -> None:
 
 def _same_label_knn(points: np.ndarray, labels: np.ndarray, k: int = 15) -> float:
     """Mean fraction of each cell's ``k`` nearest neighbours that share its label."""
-    nearest = NearestNeighbors(n_neighbors=k + 1).fit(points).kneighbors(points, return_distance=False)
+    nearest = (
+        NearestNeighbors(n_neighbors=k + 1).fit(points).kneighbors(points, return_distance=False)
+    )
     return float((labels[nearest[:, 1:]] == labels[:, None]).mean())
 
 
 def _mixing(x: np.ndarray, batch: np.ndarray, cell_type: np.ndarray) -> dict[str, float]:
     pcs = PCA(10, random_state=0).fit_transform(x)
-    return {"batch_knn": _same_label_knn(pcs, batch), "type_knn": _same_label_knn(pcs, cell_type),
-            "batch_silhouette": float(silhouette_score(pcs, batch))}
+    return {
+        "batch_knn": _same_label_knn(pcs, batch),
+        "type_knn": _same_label_knn(pcs, cell_type),
+        "batch_silhouette": float(silhouette_score(pcs, batch)),
+    }
 
 
 def test_style_transfer_removes_a_planted_batch_effect() -> None:
@@ -123,8 +145,17 @@ def test_style_transfer_removes_a_planted_batch_effect() -> None:
     before = _mixing(tgt.rows(normal), codes[normal], cell_type[normal])
     torch.manual_seed(0)
     model = StyleTransfer(tgt.n_genes, 2)
-    train_style(model, tgt, normal, kin, ref, codes,
-                config=StyleConfig(epochs=20, batch_size=64, lr=1e-3), seed=0, verbose=False)
+    train_style(
+        model,
+        tgt,
+        normal,
+        kin,
+        ref,
+        codes,
+        config=StyleConfig(epochs=20, batch_size=64, lr=1e-3),
+        seed=0,
+        verbose=False,
+    )
     after = _mixing(_corrected(model, tgt, codes)[normal], codes[normal], cell_type[normal])
     # measured: batch_knn 1.00 -> 0.60, batch_silhouette 0.25 -> 0.004, type_knn 1.00 -> 0.96
     # (other torch seeds: batch_knn 0.63-0.82, batch_silhouette <= 0.17, type_knn >= 0.90)

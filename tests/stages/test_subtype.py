@@ -126,8 +126,10 @@ def test_subtype_anomalies_is_deterministic_given_the_seed(anomalies, embedding)
     model, x, _ = anomalies
     gen = model.generator_
     config = replace(FAST, epochs=2, embedding=embedding)
-    runs = [subtype_anomalies(x, generator=gen, n_subtypes="auto", config=config, seed=3,
-                              verbose=False) for _ in range(2)]
+    runs = [
+        subtype_anomalies(x, generator=gen, n_subtypes="auto", config=config, seed=3, verbose=False)
+        for _ in range(2)
+    ]
     np.testing.assert_array_equal(runs[0].labels, runs[1].labels)
     np.testing.assert_array_equal(runs[0].embedding, runs[1].embedding)
     assert runs[0].silhouette_curve == runs[1].silhouette_curve
@@ -145,8 +147,14 @@ def test_few_anomalies_make_one_subtype_and_bad_counts_are_refused() -> None:
     with pytest.raises(ValueError, match=r"\(N >= 1, G\)"):
         subtype_anomalies(x[:0], generator=gen, verbose=False)
     with pytest.raises(ValueError, match="'pca' or 'fusion'"):
-        subtype_anomalies(torch.rand(5, 10), generator=gen, n_subtypes=2,
-                          config=replace(FAST, embedding="umap"), verbose=False)
+        subtype_anomalies(
+            torch.rand(5, 10),
+            generator=gen,
+            n_subtypes=2,
+            config=replace(FAST, embedding="umap"),
+            verbose=False,
+        )
     with pytest.raises(ValueError, match="'fusion' needs module I's generator"):
-        subtype_anomalies(torch.rand(5, 10), n_subtypes=2, config=replace(FAST, embedding="fusion"),
-                          verbose=False)
+        subtype_anomalies(
+            torch.rand(5, 10), n_subtypes=2, config=replace(FAST, embedding="fusion"), verbose=False
+        )

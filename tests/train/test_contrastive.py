@@ -23,7 +23,9 @@ from acsleuth.train.contrastive import (
 
 
 def _unit(n: int, d: int, seed: int) -> torch.Tensor:
-    return F.normalize(torch.randn(n, d, generator=torch.Generator().manual_seed(seed)), dim=1).double()
+    return F.normalize(
+        torch.randn(n, d, generator=torch.Generator().manual_seed(seed)), dim=1
+    ).double()
 
 
 def test_logit_adjustment_is_softmax_of_logits_minus_gamma_log_prior() -> None:
@@ -83,7 +85,9 @@ def test_soft_contrastive_with_identity_weights_is_simclr() -> None:
 def test_prior_regulariser_is_zero_when_mean_prediction_equals_smoothed_prior() -> None:
     prior = torch.tensor([0.6, 0.3, 0.1], dtype=torch.float64)
     target = smoothed_prior(prior, 0.5)
-    np.testing.assert_allclose(target.numpy(), np.sqrt([0.6, 0.3, 0.1]) / np.sqrt([0.6, 0.3, 0.1]).sum())
+    np.testing.assert_allclose(
+        target.numpy(), np.sqrt([0.6, 0.3, 0.1]) / np.sqrt([0.6, 0.3, 0.1]).sum()
+    )
     delta = torch.tensor([0.1, -0.05, -0.05], dtype=torch.float64)
     p = torch.stack([target + delta, target - delta])  # two distributions whose mean is target
     assert float(prior_regulariser(p, p, target)) == pytest.approx(0.0, abs=1e-12)

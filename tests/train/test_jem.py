@@ -10,7 +10,9 @@ from acsleuth.nn.ebm import EnergyClassifier
 from acsleuth.train import TrainingDiverged
 from acsleuth.train.jem import JEMConfig, train_jem
 
-CONFIG = JEMConfig(epochs=3, batch_size=16, lr=1e-3, buffer_size=64, sgld_steps=2, p_on=1.0, sgld_start="noise")
+CONFIG = JEMConfig(
+    epochs=3, batch_size=16, lr=1e-3, buffer_size=64, sgld_steps=2, p_on=1.0, sgld_start="noise"
+)
 
 
 class Batches:
@@ -38,7 +40,9 @@ def network() -> EnergyClassifier:
 
 def test_a_nan_in_training_triggers_the_guard_which_restores_and_goes_on() -> None:
     batches, model = Batches(n_poisoned=1), network()
-    result = train_jem(model, batches, batches.labels, lambda: (0.5, 0.0), CONFIG, seed=0, verbose=False)
+    result = train_jem(
+        model, batches, batches.labels, lambda: (0.5, 0.0), CONFIG, seed=0, verbose=False
+    )
     assert result.divergences == 1  # epoch 1 restored once, then retried on clean data
     assert len(result.history) == CONFIG.epochs and batches.passes == CONFIG.epochs + 1
     assert all(np.isfinite(list(h.values())).all() for h in result.history)
@@ -47,8 +51,13 @@ def test_a_nan_in_training_triggers_the_guard_which_restores_and_goes_on() -> No
 
 def test_nans_that_persist_past_every_retry_stop_training_with_one_line() -> None:
     batches = Batches(n_poisoned=100)
-    with pytest.raises(TrainingDiverged, match=r"classifier: training diverged at epoch 1 \(.*nan.*\) after 3 restarts"):
-        train_jem(network(), batches, batches.labels, lambda: (0.5, 0.0), CONFIG, seed=0, verbose=False)
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"classifier: training diverged at epoch 1 \(.*nan.*\) after 3 restarts",
+    ):
+        train_jem(
+            network(), batches, batches.labels, lambda: (0.5, 0.0), CONFIG, seed=0, verbose=False
+        )
 
 
 def test_the_best_validation_epoch_is_kept() -> None:
@@ -70,8 +79,15 @@ def test_the_best_validation_epoch_is_kept() -> None:
 def test_chains_started_from_data_need_a_sampler_of_training_cells() -> None:
     batches = Batches(n_poisoned=0)
     with pytest.raises(ValueError, match="sgld_start='data' needs start="):
-        train_jem(network(), batches, batches.labels, lambda: (0.5, 0.0),
-                  JEMConfig(epochs=1, sgld_start="data"), seed=0, verbose=False)
+        train_jem(
+            network(),
+            batches,
+            batches.labels,
+            lambda: (0.5, 0.0),
+            JEMConfig(epochs=1, sgld_start="data"),
+            seed=0,
+            verbose=False,
+        )
     start_calls = []
 
     def start(n: int) -> torch.Tensor:
@@ -79,5 +95,14 @@ def test_chains_started_from_data_need_a_sampler_of_training_cells() -> None:
         return batches.x[torch.randint(0, 32, (n,))]
 
     config = JEMConfig(epochs=1, batch_size=16, buffer_size=64, sgld_steps=1, p_on=1.0, reinit=0.0)
-    train_jem(network(), batches, batches.labels, lambda: (0.5, 0.0), config, seed=0, verbose=False, start=start)
+    train_jem(
+        network(),
+        batches,
+        batches.labels,
+        lambda: (0.5, 0.0),
+        config,
+        seed=0,
+        verbose=False,
+        start=start,
+    )
     assert start_calls[0] == 64  # the buffer is filled from the sampler

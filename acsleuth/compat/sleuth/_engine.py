@@ -41,9 +41,12 @@ def engine_settings(configs: Any) -> dict[str, Any]:
     """The :class:`acsleuth.ACsleuth` keyword arguments every reference config shares."""
     weights = configs.loss_weight
     return dict(
-        batch_size=int(configs.batch_size), learning_rate=float(configs.learning_rate),
-        reconstruction_weight=float(weights["w_rec"]), adversarial_weight=float(weights["w_adv"]),
-        gp_weight=float(weights["w_gp"]), random_state=int(configs.random_state),
+        batch_size=int(configs.batch_size),
+        learning_rate=float(configs.learning_rate),
+        reconstruction_weight=float(weights["w_rec"]),
+        adversarial_weight=float(weights["w_adv"]),
+        gp_weight=float(weights["w_gp"]),
+        random_state=int(configs.random_state),
         device=str(configs.device),
     )
 

@@ -35,7 +35,8 @@ class AdaptModel:
         self.num_batches = int(num_batches)
         self._configs = configs
         self._settings = dict(
-            style_epochs=int(configs.n_epochs), style_n_critic=int(configs.n_critic),
+            style_epochs=int(configs.n_epochs),
+            style_n_critic=int(configs.n_critic),
             **engine_settings(configs),
         )
 
@@ -75,11 +76,16 @@ class AdaptModel:
         engine = ACsleuth(n_top_genes=n_genes, **self._settings)
         engine.generator_ = on_device(generator, engine.device)
         engine.genes_ = [str(g) for g in ref.var_names]
-        normal = np.ones(tgt.n_obs, dtype=bool) if normal is None else np.asarray(normal, dtype=bool)
+        normal = (
+            np.ones(tgt.n_obs, dtype=bool) if normal is None else np.asarray(normal, dtype=bool)
+        )
         corrected = engine.correct(tgt, ref, normal=normal, batch_key=batch_key)
         return AnnData(
-            corrected, obs=tgt.obs.copy(), var=ref.var.copy(),
-            obsm={key: value.copy() for key, value in tgt.obsm.items()}, uns=copy.deepcopy(dict(tgt.uns)),
+            corrected,
+            obs=tgt.obs.copy(),
+            var=ref.var.copy(),
+            obsm={key: value.copy() for key, value in tgt.obsm.items()},
+            uns=copy.deepcopy(dict(tgt.uns)),
         )
 
 

@@ -42,11 +42,16 @@ class AnomalyModel:
     def __init__(self, configs: AnomalyConfigs, anomaly_ratio: float | None = None) -> None:
         memory = configs.Generator
         self.engine = ACsleuth(
-            n_top_genes=int(configs.Generator["in_dim"]), prepare_epochs=int(configs.prepare_epochs),
-            train_epochs=int(configs.train_epochs), score_epochs=int(configs.score_epochs),
-            n_critic=int(configs.n_critic), anomaly_ratio=anomaly_ratio,
-            n_memory=int(memory["mem_dim"]), memory_shrink=float(memory["threshold"]),
-            memory_temperature=float(memory["temperature"]), **engine_settings(configs),
+            n_top_genes=int(configs.Generator["in_dim"]),
+            prepare_epochs=int(configs.prepare_epochs),
+            train_epochs=int(configs.train_epochs),
+            score_epochs=int(configs.score_epochs),
+            n_critic=int(configs.n_critic),
+            anomaly_ratio=anomaly_ratio,
+            n_memory=int(memory["mem_dim"]),
+            memory_shrink=float(memory["threshold"]),
+            memory_temperature=float(memory["temperature"]),
+            **engine_settings(configs),
         )
         self._configs = configs
         self.G: Generator | None = None

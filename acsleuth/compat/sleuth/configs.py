@@ -40,8 +40,12 @@ class AnomalyConfigs(_Configs):
         self.random_state = 2024
         self.Discriminator = {"in_dim": gene_dim, "hidden_dim": [256, 16], "num_blocks": 1}
         self.Generator = {
-            "in_dim": gene_dim, "hidden_dim": [512, 256], "num_blocks": 2, "mem_dim": 512,
-            "threshold": 0.01, "temperature": 0.05,
+            "in_dim": gene_dim,
+            "hidden_dim": [512, 256],
+            "num_blocks": 2,
+            "mem_dim": 512,
+            "threshold": 0.01,
+            "temperature": 0.05,
         }
         self.Scorer = {"in_dim": gene_dim, "hidden_dim": [512, 256]}
 
@@ -74,7 +78,11 @@ class SubtypeConfigs(_Configs):
         self.device = select_device("cuda")
         self.random_state = 2024
         self.Cluster = {
-            "alpha": 1, "KMeans_n_init": 20, "num_layers": 3, "nheads": 4, "hidden_dim": 512,
+            "alpha": 1,
+            "KMeans_n_init": 20,
+            "num_layers": 3,
+            "nheads": 4,
+            "hidden_dim": 512,
             "dropout": 0.1,
         }
 

@@ -45,14 +45,23 @@ def _reindex_genes(adata: AnnData, genes: list[str]) -> AnnData:
     found = adata.var_names.get_indexer(genes)
     absent = found < 0
     if absent.all():
-        raise DataError("the target shares no gene with the reference; give both the same kind of gene names")
-    out = AnnData(adata.X[:, np.maximum(found, 0)], obs=adata.obs.copy(), var=pd.DataFrame(index=genes))
+        raise DataError(
+            "the target shares no gene with the reference; give both the same kind of gene names"
+        )
+    out = AnnData(
+        adata.X[:, np.maximum(found, 0)], obs=adata.obs.copy(), var=pd.DataFrame(index=genes)
+    )
     if absent.any():
         warnings.warn(
             f"the target lacks {int(absent.sum())} of the {len(genes)} reference genes; they are zeros",
-            UserWarning, stacklevel=3,
+            UserWarning,
+            stacklevel=3,
         )
-        out.X = out.X @ sp.diags((~absent).astype(out.X.dtype)) if sp.issparse(out.X) else out.X * ~absent
+        out.X = (
+            out.X @ sp.diags((~absent).astype(out.X.dtype))
+            if sp.issparse(out.X)
+            else out.X * ~absent
+        )
     return out
 
 
@@ -60,7 +69,9 @@ def _read_names(folder: str, names: str | Sequence[str]) -> AnnData:
     names = [names] if isinstance(names, str) else list(names)
     if not names:
         raise ValueError("read: no data set name given")
-    adatas = [read_any(os.path.join(folder, n if n.endswith(".h5ad") else f"{n}.h5ad")) for n in names]
+    adatas = [
+        read_any(os.path.join(folder, n if n.endswith(".h5ad") else f"{n}.h5ad")) for n in names
+    ]
     return adatas[0] if len(adatas) == 1 else ad.concat(adatas)
 
 
@@ -78,7 +89,9 @@ def read(
     are log-normalised (:func:`preprocess_data`). The files are opened read-only.
     """
     ref = _read_names(ref_dir, ref_name)
-    tgt = _read_names(ref_dir if tgt_dir is None else tgt_dir, ref_name if tgt_name is None else tgt_name)
+    tgt = _read_names(
+        ref_dir if tgt_dir is None else tgt_dir, ref_name if tgt_name is None else tgt_name
+    )
     if preprocess:
         ref = preprocess_data(ref)
         tgt = preprocess_data(tgt, ref.var_names)
@@ -103,7 +116,9 @@ def save_pkl(*args: Any) -> None:
         if not isinstance(value, AnnData):
             raise TypeError(f"save_pkl: {what} must be an AnnData, got {type(value).__name__}")
     with atomic_path(path, overwrite=True) as tmp, open(tmp, "wb") as handle:
-        pickle.dump(dict(zip(PICKLE_KEYS, data, strict=True)), handle, protocol=pickle.HIGHEST_PROTOCOL)
+        pickle.dump(
+            dict(zip(PICKLE_KEYS, data, strict=True)), handle, protocol=pickle.HIGHEST_PROTOCOL
+        )
 
 
 def load_pkl(path: str | os.PathLike) -> tuple[AnnData, AnnData, Any]:

@@ -42,11 +42,17 @@ class SubtypeModel:
         self.generator = on_device(generator, self.device)
         self.seed = int(configs.random_state)
         self.config = SubtypeConfig(
-            embedding="fusion", epochs=int(configs.n_epochs), batch_size=int(configs.batch_size),
-            lr=float(configs.learning_rate), weight_decay=float(configs.weight_decay),
-            dof=float(cluster["alpha"]), n_init=int(cluster["KMeans_n_init"]),
-            n_layers=int(cluster["num_layers"]), n_heads=int(cluster["nheads"]),
-            feedforward=int(cluster["hidden_dim"]), dropout=float(cluster["dropout"]),
+            embedding="fusion",
+            epochs=int(configs.n_epochs),
+            batch_size=int(configs.batch_size),
+            lr=float(configs.learning_rate),
+            weight_decay=float(configs.weight_decay),
+            dof=float(cluster["alpha"]),
+            n_init=int(cluster["KMeans_n_init"]),
+            n_layers=int(cluster["num_layers"]),
+            n_heads=int(cluster["nheads"]),
+            feedforward=int(cluster["hidden_dim"]),
+            dropout=float(cluster["dropout"]),
         )
         self.labels_: np.ndarray | None = None
         self.result_: SubtypeResult | None = None
@@ -60,8 +66,12 @@ class SubtypeModel:
         source = prepare(adata, name="anomalies")
         x = torch.from_numpy(source.rows(np.arange(source.n_obs)))
         self.result_ = subtype_anomalies(
-            x, generator=self.generator, n_subtypes=self.num_types, config=self.config,
-            device=self.device, seed=self.seed,
+            x,
+            generator=self.generator,
+            n_subtypes=self.num_types,
+            config=self.config,
+            device=self.device,
+            seed=self.seed,
         )
         self.labels_ = self.result_.labels
         return torch.from_numpy(self.result_.soft_assignment(self.config.dof))
