@@ -1,5 +1,7 @@
-"""Command-line interface: ``acsleuth run``, ``demo``, ``classify``, ``annotate`` and
-``explain`` (``python -m acsleuth``).
+"""acsleuth's command line: find anomalous cells (run, demo), classify, annotate, explain.
+
+Subcommands ``acsleuth run``, ``demo``, ``classify``, ``annotate`` and ``explain`` (also
+``python -m acsleuth``).
 
 Each subcommand is a module of this package with ``add_parser(subparsers)`` and its handler;
 :func:`build_parser` assembles them, :func:`main` runs one and turns its errors into one line.
@@ -27,11 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"acsleuth {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    annotate.add_parser(sub)
-    demo.add_parser(sub)
-    run.add_parser(sub)
-    explain.add_parser(sub)
-    classify.add_parser(sub)
+    for command in (run, demo, classify, annotate, explain):  # the order --help lists them in
+        command.add_parser(sub)
     return parser
 
 
