@@ -157,6 +157,27 @@ def write_cli_inputs(folder: Path) -> tuple[Path, Path]:
     return folder / "ref.h5ad", folder / "tgt.h5ad"
 
 
+def run_in(folder: Path, *extra: str, out: str = "out", target: str = "tgt.h5ad") -> int:
+    """``acsleuth run`` in this process on the inputs of :func:`write_cli_inputs` on the CPU,
+    writing ``folder / out``; returns the exit code."""
+    from acsleuth.cli import main
+
+    return main(
+        [
+            "run",
+            "--reference",
+            str(folder / "ref.h5ad"),
+            "--target",
+            str(folder / target),
+            "--out",
+            str(folder / out),
+            "--device",
+            "cpu",
+            *extra,
+        ]
+    )
+
+
 def cli_command(folder: Path, out: Path, *extra: str) -> list[str]:
     """``acsleuth run`` on the inputs of :func:`write_cli_inputs`, writing ``out``."""
     return [

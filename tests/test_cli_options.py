@@ -5,6 +5,7 @@ from __future__ import annotations
 import anndata as ad
 import numpy as np
 import pytest
+from _helpers import run_in
 
 import acsleuth
 from acsleuth.cli import build_parser, main
@@ -13,22 +14,7 @@ QUICK = ["--device", "cpu", "--quiet", "--epochs", "prepare=2,train=1,score=2,st
 
 
 def _run(folder, out: str, *extra: str, target: str = "tgt.h5ad") -> ad.AnnData:
-    assert (
-        main(
-            [
-                "run",
-                "--reference",
-                str(folder / "ref.h5ad"),
-                "--target",
-                str(folder / target),
-                "--out",
-                str(folder / out),
-                *QUICK,
-                *extra,
-            ]
-        )
-        == 0
-    )
+    assert run_in(folder, *QUICK, *extra, out=out, target=target) == 0
     return ad.read_h5ad(folder / out / "target.h5ad")
 
 
@@ -119,22 +105,7 @@ def test_score_n_top_genes_and_named_epochs(cli_files) -> None:
     ],
 )
 def test_bad_epochs_are_refused_in_one_line(cli_files, capsys, epochs, message) -> None:
-    rc = main(
-        [
-            "run",
-            "--reference",
-            str(cli_files / "ref.h5ad"),
-            "--target",
-            str(cli_files / "tgt.h5ad"),
-            "--out",
-            str(cli_files / "out"),
-            "--device",
-            "cpu",
-            "--quiet",
-            "--epochs",
-            epochs,
-        ]
-    )
+    rc = run_in(cli_files, "--quiet", "--epochs", epochs)
     err = capsys.readouterr().err
     assert rc == 2 and message in err and err.count("\n") == 1, err
 

@@ -6,28 +6,14 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-from _helpers import FastACsleuth
+from _helpers import FastACsleuth, run_in
 
 import acsleuth
 from acsleuth.cli import main
 
 
 def _run(cli_files, *extra: str) -> int:
-    return main(
-        [
-            "run",
-            "--reference",
-            str(cli_files / "ref.h5ad"),
-            "--target",
-            str(cli_files / "tgt.h5ad"),
-            "--out",
-            str(cli_files / "out"),
-            "--device",
-            "cpu",
-            "--quiet",
-            *extra,
-        ]
-    )
+    return run_in(cli_files, "--quiet", *extra)
 
 
 def test_run_writes_every_output_and_leaves_inputs_alone(cli_files, capsys) -> None:

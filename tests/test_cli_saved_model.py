@@ -5,6 +5,7 @@ from __future__ import annotations
 import anndata as ad
 import numpy as np
 import pytest
+from _helpers import run_in
 
 import acsleuth
 from acsleuth import tl
@@ -14,24 +15,7 @@ from acsleuth.cli import main
 @pytest.fixture
 def trained(cli_files):
     """``cli_files`` with ``fit/model``, a model trained by the command."""
-    assert (
-        main(
-            [
-                "run",
-                "--reference",
-                str(cli_files / "ref.h5ad"),
-                "--target",
-                str(cli_files / "tgt.h5ad"),
-                "--out",
-                str(cli_files / "fit"),
-                "--device",
-                "cpu",
-                "--quiet",
-                "--no-correct",
-            ]
-        )
-        == 0
-    )
+    assert run_in(cli_files, "--quiet", "--no-correct", out="fit") == 0
     return cli_files
 
 

@@ -8,29 +8,15 @@ import re
 
 import pytest
 import scanpy as sc
+from _helpers import run_in
 
 from acsleuth import _logging
-from acsleuth.cli import main
 
 STAGE_END = re.compile(r"^\d\d:\d\d:\d\d acsleuth: module I: \d+\.\d\d s$", re.MULTILINE)
 
 
 def _run(cli_files, *extra: str) -> int:
-    return main(
-        [
-            "run",
-            "--reference",
-            str(cli_files / "ref.h5ad"),
-            "--target",
-            str(cli_files / "tgt.h5ad"),
-            "--out",
-            str(cli_files / "out"),
-            "--device",
-            "cpu",
-            "--no-correct",
-            *extra,
-        ]
-    )
+    return run_in(cli_files, "--no-correct", *extra)
 
 
 @pytest.fixture(autouse=True)

@@ -10,7 +10,7 @@ import time
 import anndata as ad
 import numpy as np
 import pytest
-from _helpers import cli_command, cli_run, cli_start, cli_stop
+from _helpers import cli_command, cli_run, cli_start, cli_stop, run_in
 
 import acsleuth
 import acsleuth.cli.run
@@ -19,23 +19,7 @@ from acsleuth.cli import main
 
 
 def _run(cli_files, *extra: str) -> int:
-    return main(
-        [
-            "run",
-            "--reference",
-            str(cli_files / "ref.h5ad"),
-            "--target",
-            str(cli_files / "tgt.h5ad"),
-            "--out",
-            str(cli_files / "out"),
-            "--batch-key",
-            "batch",
-            "--device",
-            "cpu",
-            "--quiet",
-            *extra,
-        ]
-    )
+    return run_in(cli_files, "--batch-key", "batch", "--quiet", *extra)
 
 
 def _digest(path) -> str:
