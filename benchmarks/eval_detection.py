@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 from acsleuth import ACsleuth, datasets, metrics
+from acsleuth.baselines import pca_knn
 from acsleuth.data import prepare
 
 B, MONO, NK, DC, CD34 = "CD19+ B", "CD14+ Monocyte", "CD56+ NK", "Dendritic", "CD34+"
@@ -134,7 +135,6 @@ def peer_scores(x_reference: np.ndarray, x_target: np.ndarray, seed: int) -> dic
     from pyod.models.iforest import IForest
     from pyod.models.knn import KNN
     from pyod.models.lof import LOF
-    from sklearn.decomposition import PCA
 
     out = {
         "pyod KNN": KNN(n_neighbors=5).fit(x_reference).decision_function(x_target),
@@ -146,14 +146,7 @@ def peer_scores(x_reference: np.ndarray, x_target: np.ndarray, seed: int) -> dic
         # 10 epochs of 64-cell batches: the loss is flat by then on these references
         auto = AutoEncoder(epoch_num=10, batch_size=64, verbose=0, random_state=seed, device="cpu")
         out["pyod AutoEncoder"] = auto.fit(x_reference).decision_function(x_target)
-    pca = PCA(min(50, len(x_reference) - 1), random_state=seed).fit(x_reference)
-    z_reference, z_target = (
-        torch.as_tensor(pca.transform(x_reference)),
-        torch.as_tensor(pca.transform(x_target)),
-    )
-    out["pca-knn"] = (
-        torch.cdist(z_target, z_reference).topk(5, largest=False).values.mean(1).numpy()
-    )
+    out["pca-knn"] = pca_knn(x_reference, x_target, seed=seed)
     return out
 
 

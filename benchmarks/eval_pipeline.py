@@ -36,12 +36,11 @@ import numpy as np
 import pandas as pd
 import torch
 from anndata import AnnData
-from sklearn.decomposition import PCA
-from sklearn.neighbors import NearestNeighbors
 
 from acsleuth import ACsleuth, datasets, metrics
+from acsleuth.baselines import SUBTYPE_PCS, kmeans_on_pcs, peer_pipeline
 from acsleuth.data import prepare
-from acsleuth.stages.subtype import SubtypeConfig, kmeans, subtype_anomalies
+from acsleuth.stages.subtype import SubtypeConfig, subtype_anomalies
 
 B, MONO, NK, DC = "CD19+ B", "CD14+ Monocyte", "CD56+ NK", "Dendritic"
 TREG, CD8, CD8_NAIVE, CD34 = (
@@ -65,18 +64,6 @@ HELD_OUT = {
 }
 SPLITS = {"dev": DEV, "held-out": HELD_OUT}
 EFFECTS = (0.5, 1.0, 2.0)  # sd of the second batch's per-gene effect, by seed
-N_PCS = 30
-PEER_PCS, PEER_K = 50, 5
-
-
-def pcs(x: np.ndarray, n: int, seed: int) -> np.ndarray:
-    return PCA(min(n, x.shape[0] - 1, x.shape[1]), random_state=seed).fit_transform(x)
-
-
-def top_n(scores: np.ndarray, n: int) -> np.ndarray:
-    called = np.zeros(len(scores), dtype=bool)
-    called[np.argsort(-scores, kind="stable")[:n]] = True
-    return called
 
 
 def batch_centred(x: np.ndarray, batch: np.ndarray, normal: np.ndarray) -> np.ndarray:
@@ -85,13 +72,6 @@ def batch_centred(x: np.ndarray, batch: np.ndarray, normal: np.ndarray) -> np.nd
     for b in np.unique(batch):
         out[batch == b] -= x[(batch == b) & normal].mean(0)
     return out
-
-
-def knn_peer(reference_x: np.ndarray, x: np.ndarray, seed: int) -> np.ndarray:
-    """Mean distance to the ``PEER_K`` nearest reference cells in reference PCs."""
-    pca = PCA(min(PEER_PCS, *reference_x.shape), random_state=seed).fit(reference_x)
-    index = NearestNeighbors(n_neighbors=PEER_K).fit(pca.transform(reference_x))
-    return index.kneighbors(pca.transform(x))[0].mean(1)
 
 
 def evaluate_target(
@@ -136,9 +116,9 @@ def evaluate_target(
         cells = {"uncorrected": x[called], "corrected": np.asarray(corrected)[called]}
         for source, values in cells.items():
             start = time.perf_counter()
-            km = kmeans(pcs(values, N_PCS, seed), min(n_types, len(values)), seed=seed).labels_
+            km = kmeans_on_pcs(values, n_types, seed=seed)
             record(
-                f"same calls: k-means on {N_PCS} PCs of {source}, K given",
+                f"same calls: k-means on {SUBTYPE_PCS} PCs of {source}, K given",
                 called,
                 km,
                 time.perf_counter() - start,
@@ -163,8 +143,7 @@ def evaluate_target(
             )
     reference_x = prepare(reference, genes=model.genes_).rows(np.arange(reference.n_obs))
     start = time.perf_counter()
-    peer = top_n(knn_peer(reference_x, x, seed), int(truth.sum()))
-    km = kmeans(pcs(x[peer], N_PCS, seed), n_types, seed=seed).labels_
+    _, peer, km = peer_pipeline(reference_x, x, int(truth.sum()), n_types, seed=seed)
     record(
         "peer: kNN in reference PCs (true ratio) + k-means, K given",
         peer,
@@ -198,7 +177,9 @@ def _subtype_config(model: ACsleuth, quick: bool) -> SubtypeConfig:
     return replace(config, n_init=5) if quick else config
 
 
-def run(split: str, name: str, seed: int, *, quick: bool) -> list[dict]:
+def run(
+    split: str, name: str, seed: int, *, quick: bool, batches: tuple[int, ...] = (1, 2)
+) -> list[dict]:
     held, ratio = SPLITS[split][name]
     effect = EFFECTS[seed % len(EFFECTS)]
     reference, two_batches = datasets.pbmc_holdout(
@@ -214,7 +195,9 @@ def run(split: str, name: str, seed: int, *, quick: bool) -> list[dict]:
     model = ACsleuth(**epochs, device="cpu", random_state=seed, verbose=False).fit(reference)
     fit_seconds = time.perf_counter() - start
     rows = []
-    for batches, target in ((1, one_batch), (2, two_batches)):
+    for n_batches, target in ((1, one_batch), (2, two_batches)):
+        if n_batches not in batches:
+            continue
         for row in evaluate_target(model, reference, target, seed=seed, quick=quick):
             rows.append(
                 {
@@ -222,8 +205,8 @@ def run(split: str, name: str, seed: int, *, quick: bool) -> list[dict]:
                     "scenario": name,
                     "types": len(held),
                     "seed": seed,
-                    "batches": batches,
-                    "effect": effect if batches == 2 else 0.0,
+                    "batches": n_batches,
+                    "effect": effect if n_batches == 2 else 0.0,
                     "anomalies": int(target.obs["is_anomaly"].sum()),
                     "fit_seconds": fit_seconds,
                     **row,
@@ -253,6 +236,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="1 scenario, 1 seed, few epochs")
     parser.add_argument("--out", default=None, help="CSV of per-run rows")
+    parser.add_argument(
+        "--batches", type=int, nargs="+", choices=(1, 2), default=[1, 2], help="targets to run"
+    )
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first..first+seeds-1")
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = []
@@ -260,8 +247,8 @@ def main() -> None:
         names = args.scenarios.split(",") if args.scenarios else list(SPLITS[split])
         names = [n for n in names if n in SPLITS[split]]
         for name in names[:1] if args.quick else names:
-            for seed in range(1 if args.quick else args.seeds):
-                rows += run(split, name, seed, quick=args.quick)
+            for seed in range(args.first_seed, args.first_seed + (1 if args.quick else args.seeds)):
+                rows += run(split, name, seed, quick=args.quick, batches=tuple(args.batches))
                 print(pd.DataFrame(rows[-1:]).round(3).to_string(index=False), flush=True)
                 if args.out:  # after every run: a long evaluation stopped early keeps its rows
                     pd.DataFrame(rows).to_csv(args.out, index=False)

@@ -6,6 +6,7 @@ import anndata as ad
 import pandas as pd
 
 from acsleuth.cli import main
+from acsleuth.demo import PEER
 
 QUICK = ["--epochs", "2", "1", "2", "2", "3", "--device", "cpu"]
 
@@ -24,8 +25,12 @@ def test_demo_runs_the_pipeline_with_and_without_correction(tmp_path, capsys) ->
     assert len(cells) == target.n_obs
     assert set(cells.loc[cells["is_anomaly"], "cell_type"]) == {"CD19+ B", "Dendritic"}
     table = pd.read_csv(out / "metrics.csv", index_col="run")
-    assert list(table.index) == ["without batch correction", "with batch correction"]
+    assert list(table.index) == ["without batch correction", "with batch correction", PEER]
     assert ((table["F1 x NMI"] >= 0) & (table["F1 x NMI"] <= 1)).all()
+    # the peer is told the ratio and the number of types; acsleuth is told the types only
+    assert table.loc[PEER, "called"] == cells["is_anomaly"].sum()
+    assert table.loc[PEER, "subtypes"] == 2
+    assert (table.loc[["without batch correction", "with batch correction"], "subtypes"] <= 2).all()
     for name in ("report.md", "scores.png", "umap.png", "subtypes.png", "confusion.png"):
         assert (out / name).exists(), name
     # a second run replaces its own outputs

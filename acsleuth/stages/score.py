@@ -29,7 +29,7 @@ from ..nn import Critic, Generator
 from ..nn.generator import EMBEDDING
 from .detect import chunk_scores, reconstruct, residual_scale
 from .mmd import fit_predictor, predict_logits
-from .neighbours import ReferenceNeighbours, count_anomalies, rank_average
+from .neighbours import OFFSET_SAMPLE, ReferenceNeighbours, count_anomalies, rank_average
 from .residuals import ScaledResiduals, batch_medians, median_sample
 
 N_ANCHORS = 2048
@@ -128,9 +128,12 @@ def reconstruct_target(
     out_device = device if on_device else torch.device("cpu")
     embedding = torch.empty((n_obs, EMBEDDING), device=out_device)
     scores: dict[str, Tensor] = {}
-    folds = None
+    folds = offsets = None
     if detector.neighbours is not None:  # (cells, folds): gathered over ranks by rows
         folds = torch.empty((n_obs, len(detector.neighbours.folds)), device=out_device)
+        if codes is not None:  # the same sample, so the same shifts, on every rank
+            offsets = reference_offsets(detector.neighbours, source, codes, params, device)
+            codes_t = torch.as_tensor(codes, dtype=torch.long, device=device)
     picked = None
     if sample is not None and store is not None:
         mine = sample[(sample >= first) & (sample < last)]
@@ -151,7 +154,10 @@ def reconstruct_target(
                 picked[lo:hi].copy_(scaled[index])
         embedding[start - first : stop - first].copy_(chunk.z)
         if folds is not None:
-            folds[start - first : stop - first].copy_(detector.neighbours.distances(chunk.x).T)
+            shift = None if offsets is None else offsets[:, codes_t[start:stop]]
+            folds[start - first : stop - first].copy_(
+                detector.neighbours.distances(chunk.x, offsets=shift).T
+            )
     scores = {name: values.cpu() for name, values in scores.items()}
     if folds is not None:
         scores["knn folds"] = folds.cpu()
@@ -166,6 +172,21 @@ def reconstruct_target(
             )
             residuals = ScaledResiduals(store, centre, codes_t[first:last])
     return scores, residuals, embedding.cpu().numpy()
+
+
+def reference_offsets(
+    neighbours: ReferenceNeighbours,
+    source: ExpressionSource,
+    codes: np.ndarray,
+    params: Params,
+    device: torch.device,
+) -> Tensor:
+    """``(F, B, d)`` shifts of each target batch onto the reference in every fold
+    (:meth:`~acsleuth.stages.neighbours.ReferenceNeighbours.batch_offsets`), from a seeded
+    sample of at most ``OFFSET_SAMPLE`` cells per batch."""
+    sample = median_sample(codes, cap=OFFSET_SAMPLE, seed=params.random_state)
+    x = torch.as_tensor(source.rows(sample), device=device)
+    return neighbours.batch_offsets(x, codes[sample], int(codes.max()) + 1)
 
 
 @torch.inference_mode()
@@ -273,7 +294,8 @@ def score_cells(
 
     With batch ``codes`` the scaled residuals are centred per batch before the ``"scaled"``
     and ``"mmd"`` scores are taken from them. ``"knn"`` is the mean over folds of the
-    distance to the reference (:mod:`acsleuth.stages.neighbours`); ``"ensemble"`` the rank
+    distance to the reference (:mod:`acsleuth.stages.neighbours`; with batch ``codes``, after
+    shifting each batch onto the reference, :func:`reference_offsets`); ``"ensemble"`` the rank
     average of ``"mmd"`` and ``"knn"``. Seconds go to ``timings``.
     """
     score = params.score

@@ -62,6 +62,41 @@ def test_anomalies_lie_farther_and_are_counted_without_a_ratio() -> None:
     assert anomaly.sum() == count and score[anomaly].min() == threshold
 
 
+def test_a_shifted_batch_is_moved_back_onto_the_reference() -> None:
+    """A constant shift of one batch's genes (normal and anomalous cells alike) is estimated
+    from its cells and removed: its normal cells score as unshifted ones do, its anomalies
+    stay far, and the count is unchanged; an unshifted batch gets (almost) no shift."""
+    reference, target = _planted(n_normal=300, n_anomalous=100)
+    neighbours = fit_neighbours(
+        lambda rows: reference[rows], len(reference), NeighbourConfig(n_components=10, k=5), seed=0
+    )
+    shift = np.random.default_rng(4).normal(0.0, 2.0, 30).astype(np.float32)
+    codes = np.arange(400) % 2  # batch 1: every other cell, normal and anomalous
+    shifted = torch.from_numpy(target + np.outer(codes, shift).astype(np.float32))
+    offsets = neighbours.batch_offsets(shifted, codes, 2)
+    assert offsets.shape == (10, 2, 10)
+    for fold, offset in zip(neighbours.folds, offsets, strict=True):
+        expected = -torch.from_numpy(shift) @ fold.components
+        assert (offset[1] - expected).norm() < 0.2 * expected.norm()
+        assert offset[0].norm() < 0.15 * expected.norm()
+    plain = neighbours.distances(torch.from_numpy(target)).mean(0).numpy()
+    naive = neighbours.distances(shifted).mean(0).numpy()
+    aligned = (
+        neighbours.distances(shifted, offsets=offsets[:, torch.from_numpy(codes)]).mean(0).numpy()
+    )
+    batch1_normal = (codes == 1) & (np.arange(400) < 300)
+    assert np.median(naive[batch1_normal]) > 1.3 * np.median(plain[batch1_normal])
+    np.testing.assert_allclose(
+        np.median(aligned[batch1_normal]), np.median(plain[batch1_normal]), rtol=0.05
+    )
+    assert aligned[300:].min() > np.median(aligned[:300])  # anomalies still score higher
+    counts = [
+        count_anomalies(neighbours.distances(x, offsets=o), neighbours)
+        for x, o in ((shifted, None), (shifted, offsets[:, torch.from_numpy(codes)]))
+    ]
+    assert counts[0] > 150 and 85 <= counts[1] <= 120  # the naive count takes in the shifted batch
+
+
 def test_reference_cells_are_not_their_own_null() -> None:
     """Scored by a PCA fitted on themselves, reference cells would look farther than new cells."""
     reference, target = _planted(n_anomalous=1)
