@@ -1,4 +1,4 @@
-"""The losses and training loop of the open-world annotator (docs/method.md §8.2, docs/method.md §8.2).
+"""The losses and training loop of the open-world annotator (docs/method.md §8.2).
 
 Each step takes a labelled reference batch and an unlabelled target batch, draws two masked
 views of every cell and minimises
