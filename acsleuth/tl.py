@@ -456,8 +456,9 @@ def annotate(
         ``obs`` column of ``reference`` with the cell types.
     n_types
         Number of types in reference and target together (at least the reference's), or
-        ``"auto"``: the K of best silhouette of k-means on 50 principal components, tried from
-        the reference's number of types to 8 more.
+        ``"auto"``: the reference's types plus the number of clusters (1 to 8, best
+        silhouette) of the target cells the reference leaves unexplained
+        (:func:`acsleuth.stages.annotate.estimate_n_types`).
     key_added
         Prefix of every key written.
     copy

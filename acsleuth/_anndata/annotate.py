@@ -9,7 +9,8 @@ Every key is built from ``key_added`` (default ``"acsleuth_annot"``) by :func:`k
   probabilities, columns in the order of ``uns[key_added]["classes"]``
 - ``uns[key_added]``: ``classes``, ``cluster_map`` (class index -> type name), ``n_seen``,
   ``priors`` (the estimates of pi over training, one row per estimate), ``params``, ``seed``,
-  ``timings`` and, with ``n_types="auto"``, ``n_types_scores`` (silhouette per K tried)
+  ``timings`` and, with ``n_types="auto"``, ``n_types_scores`` (silhouette per K tried;
+  empty when K was the reference's types or one more)
 """
 
 from __future__ import annotations

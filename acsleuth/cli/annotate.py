@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .._anndata.annotate import KEY_ADDED
 from . import non_negative, whole_number
-from ._safety import check_output_file, check_output_folder
+
+if TYPE_CHECKING:
+    from ..train import Checkpoint
+from ._safety import check_checkpoint_folder, check_output_file, check_output_folder
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -42,6 +46,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--epochs", type=non_negative, help="training epochs (default: the model's)"
     )
+    parser.add_argument(
+        "--checkpoint-dir",
+        help="write the training state here at the end and on Ctrl-C (off by default; "
+        "deleted once --out is written)",
+    )
+    parser.add_argument(
+        "--checkpoint-every",
+        type=non_negative,
+        default=0,
+        metavar="N",
+        help="with --checkpoint-dir: also every N epochs",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run checkpointed in --checkpoint-dir (same inputs and settings); "
+        "the result equals an uninterrupted run's",
+    )
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -61,6 +83,18 @@ def n_types(text: str) -> int | str:
         ) from None
 
 
+def _checkpoint(args: argparse.Namespace, inputs: dict[str, str], out: Path) -> Checkpoint | None:
+    """The run's checkpoint (None without ``--checkpoint-dir``), after checking the options."""
+    from ..train import Checkpoint
+
+    if args.checkpoint_dir is None:
+        if args.resume or args.checkpoint_every:
+            raise ValueError("--resume and --checkpoint-every need --checkpoint-dir (the folder)")
+        return None
+    folder = check_checkpoint_folder(args.checkpoint_dir, inputs, out)
+    return Checkpoint(folder, every=args.checkpoint_every, resume=args.resume)
+
+
 def annotate_command(args: argparse.Namespace) -> int:
     """Annotate ``--target`` into ``--out``; the input files are only read."""
     from .._anndata.annotate import write_annotation
@@ -76,6 +110,7 @@ def annotate_command(args: argparse.Namespace) -> int:
         raise ValueError(f"--out must name an .h5ad file, got {out}")
     if args.model_out is not None:
         check_output_folder(args.model_out, inputs, option="--model-out", overwrite=args.overwrite)
+    checkpoint = _checkpoint(args, inputs, out)
     config = OpenWorldConfig()
     if args.epochs is not None:
         config = replace(config, epochs=args.epochs)
@@ -84,12 +119,14 @@ def annotate_command(args: argparse.Namespace) -> int:
         read(args.target),
     )  # in memory: files stay as they are
     model = OpenWorldAnnotator(args.n_types, config=config, seed=args.seed, device=args.device)
-    model.fit(reference, annotated, label_key=args.label_key)
+    model.fit(reference, annotated, label_key=args.label_key, checkpoint=checkpoint)
     write_annotation(annotated, model.predict(annotated), model, args.key_added)
     if args.model_out is not None:
         model.save(args.model_out)
     with atomic_path(out, overwrite=args.overwrite) as tmp:
         annotated.write_h5ad(tmp)
+    if checkpoint is not None:  # the output is complete: the checkpoint has served
+        checkpoint.remove()
     labels = annotated.obs[args.key_added]
     print(
         f"acsleuth annotate: {annotated.n_obs} cells, {int(annotated.obs[args.key_added + '_novel'].sum())} "

@@ -20,6 +20,8 @@ from ..data import DataError, MinibatchLoader, highly_variable_genes, prepare
 from ..data.source import ExpressionSource
 from ..nn.annotator import AnnotatorNet
 from ..stages import annotate as stage
+from ..train import Checkpoint
+from ..train.checkpoint import fingerprint
 from ..train.contrastive import OpenWorldConfig, train_open_world
 
 MODEL_FILE = "annotator.pt"
@@ -126,11 +128,30 @@ class OpenWorldAnnotator:
             seed=self.seed + offset,
         )
 
-    def fit(self, reference: AnnData, target: AnnData, *, label_key: str) -> OpenWorldAnnotator:
-        """Train on the labelled ``reference`` and unlabelled ``target`` (neither is modified)."""
+    def fit(
+        self,
+        reference: AnnData,
+        target: AnnData,
+        *,
+        label_key: str,
+        checkpoint: Checkpoint | None = None,
+    ) -> OpenWorldAnnotator:
+        """Train on the labelled ``reference`` and unlabelled ``target`` (neither is modified).
+
+        With a :class:`~acsleuth.train.Checkpoint` the training state is written every
+        ``checkpoint.every`` epochs, at the end and on Ctrl-C (which then raises
+        :class:`~acsleuth.train.TrainingInterrupted`); fitting again with the checkpoint
+        opened with ``resume=True`` continues the run, on the CPU to the same weights as an
+        uninterrupted one. Resuming with other inputs or settings is refused.
+        """
         start = time.perf_counter()
         codes, self.seen = reference_labels(reference, label_key)
         check_n_types(self.n_types, len(self.seen))
+        if checkpoint is not None:
+            params = {"n_types": self.n_types, "seed": self.seed, "label_key": label_key}
+            checkpoint.bind(
+                fingerprint({**params, **self.settings()}, reference=reference, target=target)
+            )
         ref_src = prepare(reference, name="reference")
         self.genes = highly_variable_genes(ref_src, self.config.n_top_genes)
         ref_src = ref_src.with_genes(self.genes)
@@ -149,9 +170,8 @@ class OpenWorldAnnotator:
 
         with seeded(self.seed, self.device):
             net = AnnotatorNet(len(self.genes), self.n_types_).to(self.device)
-            calls = iter(range(1 << 30))
 
-            def estimate_prior() -> torch.Tensor:
+            def estimate_prior(epoch: int) -> torch.Tensor:
                 pairs = [stage.contrastive_features(net, ld) for ld in (ref_eval, tgt_eval)]
                 proj, feats = (torch.cat(part) for part in zip(*pairs, strict=True))
                 clusters, _ = stage.kmeans(
@@ -159,7 +179,7 @@ class OpenWorldAnnotator:
                     self.n_types_,
                     n_iter=self.config.kmeans_iter,
                     n_init=self.config.kmeans_init,
-                    seed=self.seed + next(calls),
+                    seed=self.seed + epoch // self.config.estimate_every,
                 )
                 clusters = clusters.numpy()
                 mapping = stage.match_clusters(clusters, labels, len(self.seen), self.n_types_)
@@ -176,6 +196,7 @@ class OpenWorldAnnotator:
                 self._loader(tgt_src, train=True, offset=2),
                 estimate_prior,
                 self.config,
+                checkpoint=checkpoint,
                 verbose=self.verbose,
             )
         self.net = net

@@ -21,24 +21,35 @@ from ..nn.annotator import AnnotatorNet
 from ..ops import kin_topk
 
 KMEANS_INIT_CELLS = 20_000  # k-means++ seeds are drawn from at most this many cells
-AUTO_MAX_NOVEL = 8  # n_types="auto" tries n_seen .. n_seen + 8 clusters
-AUTO_CELLS = 3000  # cells (at most) scored by the silhouette when estimating K
+AUTO_MAX_NOVEL = 8  # n_types="auto" tries up to 8 novel types
+AUTO_CELLS = 3000  # cells (at most) used when estimating K
+AUTO_PCS = 30  # principal components the estimate of K works on
+AUTO_NEIGHBOURS = 15  # neighbours whose reference share decides if a target cell is unexplained
+AUTO_UNEXPLAINED_SHARE = 0.25  # ... below this fraction of the reference's overall share
+AUTO_MIN_UNEXPLAINED = 10  # fewer unexplained target cells: no novel type
+AUTO_MIN_SILHOUETTE = 0.25  # a best silhouette below it: the unexplained cells are one type
 
 
 # ----------------------------------------------------------------------------- k-means
-def assign(features: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
-    """Nearest centroid (Euclidean) of every row, streamed by the ``kin_topk`` op.
+def nearest(features: Tensor, points: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` nearest ``points`` (Euclidean) of every row, streamed by the ``kin_topk`` op.
 
-    ``argmin ||x - c||^2 = argmax (x . c - ||c||^2 / 2)``: a dot-product top-1 search of
-    ``[x, 1]`` against ``[c, -||c||^2 / 2]``. Returns indices and squared distances.
+    ``argmin ||x - c||^2 = argmax (x . c - ||c||^2 / 2)``: a dot-product top-k search of
+    ``[x, 1]`` against ``[c, -||c||^2 / 2]``. Returns ``(N, k)`` indices and squared distances.
     """
     ones = features.new_ones(features.shape[0], 1)
-    half_norm = -(centroids * centroids).sum(1, keepdim=True) / 2
+    half_norm = -(points * points).sum(1, keepdim=True) / 2
     best, index = kin_topk(
-        torch.cat([features, ones], 1), torch.cat([centroids, half_norm], 1), k=1, metric="dot"
+        torch.cat([features, ones], 1), torch.cat([points, half_norm], 1), k=k, metric="dot"
     )
-    dist = (features * features).sum(1) - 2 * best[:, 0]
-    return index[:, 0], dist.clamp_min(0)
+    dist = (features * features).sum(1, keepdim=True) - 2 * best
+    return index, dist.clamp_min(0)
+
+
+def assign(features: Tensor, centroids: Tensor) -> tuple[Tensor, Tensor]:
+    """Nearest centroid of every row (:func:`nearest`); indices and squared distances."""
+    index, dist = nearest(features, centroids, 1)
+    return index[:, 0], dist[:, 0]
 
 
 def _kmeans_pp(features: Tensor, k: int, generator: torch.Generator) -> Tensor:
@@ -192,21 +203,16 @@ def predict(net: AnnotatorNet, loader: MinibatchLoader, temperature: float) -> P
     return Predictions(features, proba, proba.argmax(1))
 
 
-def estimate_n_types(
-    reference: MinibatchLoader, target: MinibatchLoader, n_seen: int, *, seed: int = 0
-) -> tuple[int, dict[int, float]]:
-    """Estimate K = |seen + novel| by the silhouette of k-means on 50 principal components.
-
-    PCs are fitted incrementally on minibatches of both data sets; k-means with k in
-    ``n_seen .. n_seen + 8`` runs on at most 3000 cells, and the k with the highest silhouette
-    wins. Returns K and the silhouette of every k tried.
-    """
+def _principal_components(
+    reference: MinibatchLoader, target: MinibatchLoader, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """PCs (fitted incrementally on minibatches of both) of at most ``AUTO_CELLS / 2`` random
+    cells of each data set."""
     from sklearn.decomposition import IncrementalPCA
-    from sklearn.metrics import silhouette_score
 
     rng = np.random.default_rng(seed)
     n_total = reference.rows.size + target.rows.size
-    n_comp = min(50, n_total - 1, reference.source.n_genes)
+    n_comp = min(AUTO_PCS, n_total - 1, reference.source.n_genes)
     pca = IncrementalPCA(n_components=n_comp)
     pending: list[np.ndarray] = []
     for loader in (reference, target):
@@ -215,22 +221,54 @@ def estimate_n_types(
             if sum(len(p) for p in pending) >= max(n_comp, 256):
                 pca.partial_fit(np.concatenate(pending))
                 pending = []
-    if pending:
-        if sum(len(p) for p in pending) >= n_comp:
-            pca.partial_fit(np.concatenate(pending))
-    keep = {
-        name: np.sort(rng.permutation(ld.rows.size)[: AUTO_CELLS // 2])
-        for name, ld in (("reference", reference), ("target", target))
-    }
-    points = np.concatenate(
-        [
-            pca.transform(ld.take(ld.rows[keep[name]]).cpu().numpy())
-            for name, ld in (("reference", reference), ("target", target))
-        ]
+    if pending and sum(len(p) for p in pending) >= n_comp:
+        pca.partial_fit(np.concatenate(pending))
+    return tuple(  # type: ignore[return-value]
+        pca.transform(
+            ld.take(ld.rows[np.sort(rng.permutation(ld.rows.size)[: AUTO_CELLS // 2])])
+            .cpu()
+            .numpy()
+        )
+        for ld in (reference, target)
     )
-    tensor = torch.as_tensor(points, dtype=torch.float32)
+
+
+def unexplained(reference: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """Target cells the reference does not explain: among a cell's ``AUTO_NEIGHBOURS``
+    nearest cells (both data sets), the reference's share is below a quarter of its share of all
+    cells (cells of a seen type have reference neighbours, cells of a new type hardly any)."""
+    points = torch.as_tensor(np.concatenate([reference, target]), dtype=torch.float32)
+    is_ref = np.r_[np.ones(len(reference)), np.zeros(len(target))]
+    k = min(AUTO_NEIGHBOURS + 1, len(points))
+    index, _ = nearest(points[len(reference) :], points, k)
+    share = is_ref[index[:, 1:].numpy()].mean(1)  # the first neighbour is the cell itself
+    return share < is_ref.mean() * AUTO_UNEXPLAINED_SHARE
+
+
+def estimate_n_types(
+    reference: MinibatchLoader, target: MinibatchLoader, n_seen: int, *, seed: int = 0
+) -> tuple[int, dict[int, float]]:
+    """Estimate K = seen + novel types from the target cells the reference does not explain.
+
+    On 30 principal components (fitted on minibatches of both data sets; at most 3000 cells
+    used), the target cells whose 15 nearest neighbours hold under a quarter of the reference's
+    overall share of reference cells are unexplained (:func:`unexplained`). Fewer than 10:
+    no novel type; else k-means with 2 .. 8 clusters on them, and the k of best silhouette is
+    the number of novel types, unless that silhouette is below 0.25 (one novel type).
+    Returns K and the silhouette of every K = n_seen + k tried.
+    """
+    from sklearn.metrics import silhouette_score
+
+    ref_pcs, tgt_pcs = _principal_components(reference, target, seed)
+    cells = tgt_pcs[unexplained(ref_pcs, tgt_pcs)]
+    if len(cells) < AUTO_MIN_UNEXPLAINED:
+        return n_seen, {}
+    tensor = torch.as_tensor(cells, dtype=torch.float32)
     scores: dict[int, float] = {}
-    for k in range(max(2, n_seen), min(n_seen + AUTO_MAX_NOVEL, len(points) - 1) + 1):
+    for k in range(2, min(AUTO_MAX_NOVEL, len(cells) - 1) + 1):
         labels, _ = kmeans(tensor, k, seed=seed)
-        scores[k] = float(silhouette_score(points, labels.numpy()))
+        if len(np.unique(labels.numpy())) > 1:
+            scores[n_seen + k] = float(silhouette_score(cells, labels.numpy()))
+    if not scores or max(scores.values()) < AUTO_MIN_SILHOUETTE:
+        return n_seen + 1, scores
     return max(scores, key=scores.get), scores

@@ -20,7 +20,7 @@ import os
 import pickle
 import shutil
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -239,6 +239,26 @@ class Checkpoint:
 
     def interrupted(self, stage: str, epoch: int) -> TrainingInterrupted:
         return TrainingInterrupted(stage, epoch, self.folder)
+
+
+@contextlib.contextmanager
+def checkpointed_on_interrupt(
+    checkpoint: Checkpoint | None,
+    stage: str,
+    epoch: int,
+    history: list[dict[str, float]],
+    good: Mapping[str, Any],
+    lr_scale: float,
+) -> Iterator[None]:
+    """Around one epoch: on Ctrl-C write ``good`` (the state before the epoch) to
+    ``checkpoint`` and raise :class:`TrainingInterrupted` (without a checkpoint, re-raise)."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if checkpoint is None:
+            raise
+        checkpoint.save(stage, epoch, history, good, lr_scale=lr_scale)
+        raise checkpoint.interrupted(stage, epoch) from None
 
 
 def fingerprint(params: Mapping[str, Any], **inputs: Any) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The losses and training loop of the open-world annotator (docs/method.md §8.2, docs/method.md §8.2).
+"""The losses and training loop of the open-world annotator (docs/method.md §8.2).
 
 Each step takes a labelled reference batch and an unlabelled target batch, draws two masked
 views of every cell and minimises
@@ -14,8 +14,9 @@ temperature annealed 0.07 -> 0.04 (tau = 1 on cosines cannot give confident pred
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +27,14 @@ from torch.nn import functional as F
 
 from .._logging import progress
 from ..nn.annotator import AnnotatorNet
-from .checkpoint import Stateful, TorchRandomState, snapshot
+from .checkpoint import (
+    Checkpoint,
+    Stateful,
+    TorchRandomState,
+    checkpointed_on_interrupt,
+    snapshot,
+    states_of,
+)
 from .guard import DivergenceGuard
 
 _EPS = 1e-8
@@ -167,31 +175,12 @@ def step_loss(
         / 2
     )
     log_p = [torch.log_softmax(o.cosine / config.student_temperature, 1) for o in outs]
-    teacher = [torch.softmax(o.cosine.detach() / teacher_tau, 1) for o in outs]
     loss_r = (F.nll_loss(log_p[0][:n_ref], y_ref) + F.nll_loss(log_p[1][:n_ref], y_ref)) / 2
-    loss_t = (
-        -(
-            (teacher[1][n_ref:] * log_p[0][n_ref:]).sum(1).mean()
-            + (teacher[0][n_ref:] * log_p[1][n_ref:]).sum(1).mean()
-        )
-        / 2
-    )
-    loss_reg = prior_regulariser(log_p[0].exp(), log_p[1].exp(), smoothed_prior(prior, config.rho))
-
     v, v_other = outs[0].projection, outs[1].projection
     tau = config.contrastive_temperature
-    p_hat = logit_adjusted(
-        outs[0].cosine.detach()[n_ref:], prior, config.student_temperature, config.gamma
+    loss_t, loss_reg, loss_soft = _open_world_terms(
+        net, outs, log_p, y_ref, prior, config, teacher_tau
     )
-    in_batch = torch.zeros(net.n_classes, dtype=torch.bool, device=x.device)
-    in_batch[y_ref] = True
-    keep = sample_confident(p_hat, sampling_rates(prior, in_batch, config.alpha, config.beta))
-    soft = p_hat[keep]
-    if not config.soft:
-        soft = F.one_hot(soft.argmax(1), net.n_classes).to(soft)
-    labels = torch.cat([F.one_hot(y_ref, net.n_classes).to(soft), soft])
-    chosen = torch.cat([torch.arange(n_ref, device=x.device), n_ref + keep])
-    loss_soft = soft_contrastive(v[chosen], v_other[chosen], labels @ labels.T, tau)
     loss_con = simclr(v, v_other, tau) + supcon(v[:n_ref], v_other[:n_ref], y_ref, tau) + loss_soft
     total = rec + config.lambda_cls * (loss_r + loss_t + config.reg_weight * loss_reg)
     total = total + config.lambda_con * loss_con
@@ -205,29 +194,91 @@ def step_loss(
     }
 
 
-def _cycle(loader: Any) -> Iterator[tuple[np.ndarray, Tensor]]:
-    while True:
-        yield from loader
+def _open_world_terms(
+    net: AnnotatorNet,
+    outs: list[Any],
+    log_p: list[Tensor],
+    y_ref: Tensor,
+    prior: Tensor,
+    config: OpenWorldConfig,
+    teacher_tau: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """L_t (cross-view self-distillation on the target), L_reg and L_soft of one step."""
+    n_ref = y_ref.shape[0]
+    teacher = [torch.softmax(o.cosine.detach() / teacher_tau, 1) for o in outs]
+    loss_t = (
+        -(
+            (teacher[1][n_ref:] * log_p[0][n_ref:]).sum(1).mean()
+            + (teacher[0][n_ref:] * log_p[1][n_ref:]).sum(1).mean()
+        )
+        / 2
+    )
+    loss_reg = prior_regulariser(log_p[0].exp(), log_p[1].exp(), smoothed_prior(prior, config.rho))
+    p_hat = logit_adjusted(
+        outs[0].cosine.detach()[n_ref:], prior, config.student_temperature, config.gamma
+    )
+    in_batch = torch.zeros(net.n_classes, dtype=torch.bool, device=prior.device)
+    in_batch[y_ref] = True
+    keep = sample_confident(p_hat, sampling_rates(prior, in_batch, config.alpha, config.beta))
+    soft = p_hat[keep]
+    if not config.soft:
+        soft = F.one_hot(soft.argmax(1), net.n_classes).to(soft)
+    labels = torch.cat([F.one_hot(y_ref, net.n_classes).to(soft), soft])
+    chosen = torch.cat([torch.arange(n_ref, device=prior.device), n_ref + keep])
+    v, v_other = outs[0].projection, outs[1].projection
+    loss_soft = soft_contrastive(
+        v[chosen], v_other[chosen], labels @ labels.T, config.contrastive_temperature
+    )
+    return loss_t, loss_reg, loss_soft
 
 
-def run_guarded_epoch(
-    run_epoch: Callable[[], dict[str, float]],
-    tracked: Mapping[str, Stateful],
-    optimizer: torch.optim.Optimizer,
-    guard: DivergenceGuard,
-    *,
-    epoch: int,
-) -> dict[str, float]:
-    """One epoch under the shared divergence guard: a non-finite loss restores the state
-    before the epoch and retries it at half the learning rate (``guard.max_retries`` times per
-    stage), then raises :class:`~acsleuth.train.guard.TrainingDiverged`."""
-    while True:
-        good = snapshot(tracked)
-        for group in optimizer.param_groups:
-            group["lr"] = guard.lr * guard.lr_scale
-        losses = run_epoch()
-        if not guard.diverged(losses, epoch, tracked, good):
-            return losses
+class CyclingBatches:
+    """Endless minibatches of a loader, pass after pass, that a checkpoint can resume.
+
+    Its state is the loader's shuffler before the pass in progress and how many batches of it
+    were taken: restoring it redraws that pass's order and skips what was taken.
+    """
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+        self._new_pass()
+
+    def _new_pass(self) -> None:
+        self._start = self.loader.state_dict()  # the permutation is drawn at the first batch
+        self._batches = iter(self.loader)
+        self._taken = 0
+
+    def __next__(self) -> tuple[np.ndarray, Tensor]:
+        try:
+            batch = next(self._batches)
+        except StopIteration:
+            self._new_pass()
+            batch = next(self._batches)
+        self._taken += 1
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"start": copy.deepcopy(self._start), "taken": self._taken}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.loader.load_state_dict(copy.deepcopy(state["start"]))
+        self._new_pass()
+        for _ in range(int(state["taken"])):
+            next(self._batches)
+        self._taken = int(state["taken"])
+
+
+class PriorHistory:
+    """The estimates of ``pi`` so far (the last one is in use), as a checkpoint stores them."""
+
+    def __init__(self) -> None:
+        self.estimates: list[Tensor] = []
+
+    def state_dict(self) -> dict[str, list[Tensor]]:
+        return {"estimates": list(self.estimates)}
+
+    def load_state_dict(self, state: Mapping[str, list[Tensor]]) -> None:
+        self.estimates = [p.clone() for p in state["estimates"]]
 
 
 def train_open_world(
@@ -235,69 +286,94 @@ def train_open_world(
     reference: Any,
     reference_labels: np.ndarray,
     target: Any,
-    estimate_prior: Callable[[], Tensor],
+    estimate_prior: Callable[[int], Tensor],
     config: OpenWorldConfig,
     *,
+    checkpoint: Checkpoint | None = None,
     verbose: bool = False,
     desc: str = "annotate",
 ) -> tuple[list[dict[str, float]], list[np.ndarray]]:
     """Train ``net`` on minibatch loaders of the reference and target (see module docstring).
 
     ``reference_labels`` holds the integer class of every reference row (seen classes first);
-    ``estimate_prior`` returns the prior ``pi`` over the K classes from the current ``net``.
+    ``estimate_prior(epoch)`` returns the prior ``pi`` over the K classes from the current
+    ``net`` (a function of ``net`` and ``epoch`` only, so that a resumed run repeats it).
+    Epochs run under the shared divergence guard (a non-finite loss restores the state before
+    the epoch and retries it at half the learning rate). With a ``checkpoint`` the state is
+    written every ``checkpoint.every`` epochs, at the end and on Ctrl-C, and a resumed run
+    continues from it to the weights of an uninterrupted one (on the CPU).
 
     Returns the per-epoch mean losses and the prior estimates, in order.
     """
     device = next(net.parameters()).device
     labels = torch.as_tensor(reference_labels, dtype=torch.long, device=device)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    tracked = {
+    ref_batches, priors = CyclingBatches(reference), PriorHistory()
+    tracked: dict[str, Stateful] = {
         "net": net,
         "optimizer": optimizer,
-        "reference": reference,
+        "reference": ref_batches,
         "target": target,
+        "priors": priors,
         "random": TorchRandomState(device),
     }
-    history: list[dict[str, float]] = []
-    priors: list[np.ndarray] = []
-    ref_batches = _cycle(reference)
-    prior = torch.full((net.n_classes,), 1.0 / net.n_classes, device=device)
+    epoch, history, lr_scale = (
+        (0, [], 1.0) if checkpoint is None else checkpoint.begin(desc, tracked)
+    )
     guard = DivergenceGuard(
         desc, config.lr, watch="loss", max_loss=math.inf, max_retries=config.max_retries
     )
+    guard.lr_scale = lr_scale
     bar = progress(None, desc=desc, total=config.epochs, verbose=verbose)
-    for epoch in range(config.epochs):
-        if epoch % config.estimate_every == 0:
-            prior = estimate_prior().to(device)
-            priors.append(prior.cpu().numpy())
-        tau_t = teacher_temperature(epoch, config)
-
-        def run_epoch(prior: Tensor = prior, tau_t: float = tau_t) -> dict[str, float]:
-            net.train()
-            sums: dict[str, Tensor] = {}
-            n = 0
-            for _, x_tgt in target:
-                rows, x_ref = next(ref_batches)
-                terms = step_loss(
-                    net,
-                    x_ref,
-                    labels[torch.as_tensor(rows, device=device)],
-                    x_tgt,
-                    prior,
-                    config,
-                    tau_t,
-                )
-                optimizer.zero_grad(set_to_none=True)
-                terms["loss"].backward()
-                optimizer.step()
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0) + v.detach()
-                n += 1
-            return {k: float(v) / n for k, v in sums.items()}
-
-        losses = run_guarded_epoch(run_epoch, tracked, optimizer, guard, epoch=epoch)
+    bar.update(epoch)
+    while epoch < config.epochs:
+        good = snapshot(tracked)
+        for group in optimizer.param_groups:
+            group["lr"] = config.lr * guard.lr_scale
+        with checkpointed_on_interrupt(checkpoint, desc, epoch, history, good, guard.lr_scale):
+            if epoch % config.estimate_every == 0:
+                priors.estimates.append(estimate_prior(epoch).to(device))
+            losses = _train_epoch(
+                net, optimizer, ref_batches, labels, target, priors.estimates[-1], config, epoch
+            )
+        if guard.diverged(losses, epoch, tracked, good):
+            continue
         history.append(losses)
+        epoch += 1
         bar.update(1)
+        if checkpoint is not None and checkpoint.due(epoch, config.epochs):
+            done = epoch == config.epochs
+            checkpoint.save(
+                desc, epoch, history, states_of(tracked), lr_scale=guard.lr_scale, done=done
+            )
     bar.close()
     net.eval()
-    return history, priors
+    return history, [p.cpu().numpy() for p in priors.estimates]
+
+
+def _train_epoch(
+    net: AnnotatorNet,
+    optimizer: torch.optim.Optimizer,
+    ref_batches: CyclingBatches,
+    labels: Tensor,
+    target: Any,
+    prior: Tensor,
+    config: OpenWorldConfig,
+    epoch: int,
+) -> dict[str, float]:
+    """One pass over the target (a reference batch with each target batch); mean losses."""
+    net.train()
+    tau_t = teacher_temperature(epoch, config)
+    sums: dict[str, Tensor] = {}
+    n = 0
+    for _, x_tgt in target:
+        rows, x_ref = next(ref_batches)
+        y_ref = labels[torch.as_tensor(rows, device=labels.device)]
+        terms = step_loss(net, x_ref, y_ref, x_tgt, prior, config, tau_t)
+        optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        optimizer.step()
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0) + v.detach()
+        n += 1
+    return {k: float(v) / n for k, v in sums.items()}
