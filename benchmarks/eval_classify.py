@@ -32,6 +32,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from acsleuth import ACsleuth, CellTypeClassifier, datasets, metrics
 from acsleuth.data import prepare
+from acsleuth.stages.classify import predict_logits
 from acsleuth.train import TrainingDiverged
 
 LABEL = "cell_type"
@@ -78,21 +79,28 @@ def run_classifier(
     result = model.classify(target)
     seconds = {"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - cpu}
     common = {"diverged": model.divergences_ > 0, "divergences": model.divergences_, **seconds}
-    rows = [
+    # the confidence at temperature 1: softmax(log p * T) undoes the fitted temperature T
+    raw = torch.softmax(torch.log(torch.from_numpy(result.proba)) * model.temperature_, 1)
+    unknown = target.obs["is_anomaly"].to_numpy()
+    truth = target.obs[LABEL].astype(str).to_numpy()
+    correct = (result.labels == truth)[~unknown]
+    common["ece_uncalibrated"] = metrics.ece(correct, raw.max(1).values.numpy()[~unknown])
+    scores = {"energy": result.energy, "max-softmax": -result.confidence}
+    if model.index_ is not None:
+        scores[model.config.ood_score] = result.ood_score
+        genes = prepare(target, genes=model.genes_, name="target")
+        _, distance = predict_logits(
+            model.network_, genes, batch_size=4096, device=model.device, index=model.index_
+        )
+        scores["kNN term only"] = distance
+    return [
         {
-            "method": f"{name} energy",
-            **quality(target, result.labels, result.confidence, result.ood_score),
+            "method": f"{name} {score}",
+            **quality(target, result.labels, result.confidence, values),
             **common,
         }
+        for score, values in scores.items()
     ]
-    rows.append(
-        {
-            "method": f"{name} max-softmax",
-            **quality(target, result.labels, result.confidence, -result.confidence),
-            **common,
-        }
-    )
-    return rows
 
 
 def run_baselines(reference: AnnData, target: AnnData, seed: int) -> list[dict]:
@@ -177,6 +185,7 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
         auroc=("auroc", "mean"),
         accuracy=("accuracy", "mean"),
         ece=("ece", "mean"),
+        ece_uncalibrated=("ece_uncalibrated", "mean"),
         seconds=("seconds", "mean"),
         cpu_seconds=("cpu_seconds", "mean"),
         runs=("seed", "size"),

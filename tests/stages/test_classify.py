@@ -35,8 +35,9 @@ def test_prediction_streams_batches_and_matches_one_pass(monkeypatch) -> None:
         return out
 
     monkeypatch.setattr(source, "rows", counted)
-    logits = predict_logits(net, source, batch_size=16, device=torch.device("cpu"))
+    logits, distance = predict_logits(net, source, batch_size=16, device=torch.device("cpu"))
     assert max(sizes) == 16 and sum(sizes) == 120  # never more than a batch in memory
+    assert distance is None  # no index: the energy alone
     with torch.no_grad():
         expected = net(torch.from_numpy(rows(slice(None)))).numpy()
     np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
