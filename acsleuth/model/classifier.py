@@ -31,6 +31,7 @@ from ..stages.classify import (
 )
 from ..stages.classify_ood import OOD_SCORES, OODIndex
 from ..train import Checkpoint
+from ..train.checkpoint import fingerprint
 from ..train.jem import JEMConfig
 from ..train.sgld import CLIPS
 
@@ -193,8 +194,15 @@ class CellTypeClassifier:
         """Train on the labelled ``reference`` (AnnData, backed AnnData or a path).
 
         ``label_key`` names the ``obs`` column of cell types; ``layer`` reads
-        ``layers[layer]`` instead of ``X`` (e.g. batch-corrected expression).
+        ``layers[layer]`` instead of ``X`` (e.g. batch-corrected expression). With a
+        :class:`~acsleuth.train.Checkpoint` the training state is written every
+        ``checkpoint.every`` epochs, at the end and on Ctrl-C, and an interrupted fit resumed
+        from it ends with the weights of an uninterrupted one (on the CPU).
         """
+        if checkpoint is not None:
+            checkpoint.bind(
+                fingerprint({**self.params, "label_key": label_key}, reference=reference)
+            )
         timings: dict[str, float] = {}
         with stage_timer(timings, "prepare data"):
             try:
