@@ -388,11 +388,15 @@ def classify(
     - ``obs[key_added]``: predicted type (categorical; ``"unassigned"`` where ``reject`` and
       the cell is called out of distribution)
     - ``obs[f"{key_added}_confidence"]``: max p(y|x)
-    - ``obs[f"{key_added}_ood_score"]``: ``-LSE(x)``, higher = more out of distribution
+    - ``obs[f"{key_added}_ood_score"]``: higher = more out of distribution; by default
+      (``ood_score="energy+knn"``) the energy ``-LSE(x)`` plus the distance to the nearest
+      training cells, each standardised on the validation cells; ``ood_score="energy"``:
+      ``-LSE(x)`` alone (docs/method.md §8.1)
     - ``obs[f"{key_added}_ood"]``: bool OOD call, score above ``uns[key_added]["threshold"]``
       (the ``ood_quantile``, default 0.95, of the reference's validation cells' scores)
     - ``obsm[f"{key_added}_proba"]``: ``(n_obs, K)`` p(y|x), columns in ``classes`` order
-    - ``uns[key_added]``: ``classes``, ``validation_accuracy``, ``validation_ece``,
+    - ``uns[key_added]``: ``classes``, ``validation_accuracy``, ``validation_ece`` (with the
+      fitted temperature; ``validation_ece_uncalibrated`` at temperature 1), ``ood_score``,
       ``threshold``, ``divergences`` (epochs the divergence guard restored), ``best_epoch``,
       ``reject``, ``input`` (``"X"`` or the layer classified), ``params``, ``version`` and
       ``timings``

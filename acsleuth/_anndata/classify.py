@@ -77,6 +77,8 @@ def write_classification(
         "classes": list(model.classes_),
         "validation_accuracy": model.validation_accuracy_,
         "validation_ece": model.validation_ece_,
+        "validation_ece_uncalibrated": model.validation_ece_uncalibrated_,
+        "ood_score": model.config.ood_score,
         "threshold": model.threshold_,
         "divergences": model.divergences_,
         "best_epoch": model.best_epoch_,

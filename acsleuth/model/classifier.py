@@ -23,17 +23,21 @@ from .._logging import logger, stage_timer
 from ..data import DataError, ExpressionSource, highly_variable_genes, prepare, read
 from ..stages.classify import (
     ClassifierConfig,
+    combined_score,
     fit_classifier,
     predict_logits,
     reference_labels,
     summarise,
 )
+from ..stages.classify_ood import OOD_SCORES, OODIndex
 from ..train import Checkpoint
+from ..train.checkpoint import fingerprint
 from ..train.jem import JEMConfig
 from ..train.sgld import CLIPS
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
+INDEX_FILE = "ood_index.pt"  # the "energy+knn" score's training-cell index
 
 
 def make_config(**settings: Any) -> ClassifierConfig:
@@ -63,9 +67,18 @@ def _check(config: ClassifierConfig) -> None:
         ("n_top_genes", config.n_top_genes),
         ("eval_batch_size", config.eval_batch_size),
         ("buffer_size", t.buffer_size),
+        ("knn_k", config.knn_k),
+        ("knn_components", config.knn_components),
+        ("knn_cells", config.knn_cells),
     ):
         if int(value) < 1:
             raise ValueError(f"CellTypeClassifier: {name} must be a positive integer, got {value}")
+    if config.ood_score not in OOD_SCORES:
+        raise ValueError(
+            f"CellTypeClassifier: ood_score must be one of {OOD_SCORES}, got {config.ood_score!r}"
+        )
+    if not config.knn_weight >= 0.0:
+        raise ValueError(f"CellTypeClassifier: knn_weight must be >= 0, got {config.knn_weight}")
     if t.clip not in CLIPS:
         raise ValueError(f"CellTypeClassifier: clip must be one of {CLIPS}, got {t.clip!r}")
     if not 0.0 < t.p_on <= 1.0:
@@ -87,7 +100,8 @@ class Classification:
     labels: np.ndarray  # predicted type names
     proba: np.ndarray  # (n, K) p(y|x), columns in ``classes_`` order
     confidence: np.ndarray  # max p(y|x)
-    ood_score: np.ndarray  # -LSE(x): higher = more out of distribution
+    ood_score: np.ndarray  # the configured score (``ood_score``): higher = more OOD
+    energy: np.ndarray  # -LSE(x), CLAMS' energy: higher = more OOD
     ood: np.ndarray  # ood_score > threshold_
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -117,10 +131,13 @@ class CellTypeClassifier:
         The types (sorted) and the gene panel.
     temperature_
         The softmax temperature fitted on the validation cells (``calibrate``); 1 without.
+    index_
+        The training-cell index of the ``"energy+knn"`` OOD score (None for ``"energy"``).
     threshold_
         The OOD call: cells scoring above the ``ood_quantile`` of the validation cells' scores.
-    validation_accuracy_, validation_ece_
-        On the held-back ``validation_fraction`` of the reference (stratified).
+    validation_accuracy_, validation_ece_, validation_ece_uncalibrated_
+        On the held-back ``validation_fraction`` of the reference (stratified); the ECE with
+        the fitted temperature, and at temperature 1.
     divergences_
         Epochs the divergence guard restored.
     """
@@ -142,6 +159,8 @@ class CellTypeClassifier:
         self.classes_: list[str] | None = None
         self.genes_: list[str] | None = None
         self.threshold_ = self.validation_accuracy_ = self.validation_ece_ = float("nan")
+        self.validation_ece_uncalibrated_ = float("nan")
+        self.index_: OODIndex | None = None
         self.temperature_ = 1.0
         self.divergences_ = 0
         self.best_epoch_ = -1
@@ -175,8 +194,15 @@ class CellTypeClassifier:
         """Train on the labelled ``reference`` (AnnData, backed AnnData or a path).
 
         ``label_key`` names the ``obs`` column of cell types; ``layer`` reads
-        ``layers[layer]`` instead of ``X`` (e.g. batch-corrected expression).
+        ``layers[layer]`` instead of ``X`` (e.g. batch-corrected expression). With a
+        :class:`~acsleuth.train.Checkpoint` the training state is written every
+        ``checkpoint.every`` epochs, at the end and on Ctrl-C, and an interrupted fit resumed
+        from it ends with the weights of an uninterrupted one (on the CPU).
         """
+        if checkpoint is not None:
+            checkpoint.bind(
+                fingerprint({**self.params, "label_key": label_key}, reference=reference)
+            )
         timings: dict[str, float] = {}
         with stage_timer(timings, "prepare data"):
             try:
@@ -200,6 +226,8 @@ class CellTypeClassifier:
             )
         self.network_, self.classes_, self.genes_ = fitted.network, classes, genes
         self.threshold_, self.temperature_ = fitted.threshold, fitted.temperature
+        self.index_ = fitted.index
+        self.validation_ece_uncalibrated_ = fitted.validation_ece_uncalibrated
         self.validation_accuracy_, self.validation_ece_ = (
             fitted.validation_accuracy,
             fitted.validation_ece,
@@ -238,15 +266,18 @@ class CellTypeClassifier:
         self._require_fitted()
         timings: dict[str, float] = {}
         with stage_timer(timings, "predict"):
-            logits = predict_logits(
+            logits, distance = predict_logits(
                 self.network_,
                 self._source(target, layer),
                 batch_size=self.config.eval_batch_size,
                 device=self.device,
+                index=self.index_,
             )
-            proba, confidence, score = summarise(logits, self.temperature_)
+            proba, confidence, energy = summarise(logits, self.temperature_)
+            score = combined_score(energy, distance, self.index_)
         labels = np.asarray(self.classes_, dtype=object)[proba.argmax(1)]
-        return Classification(labels, proba, confidence, score, score > self.threshold_, timings)
+        ood = score > self.threshold_
+        return Classification(labels, proba, confidence, score, energy, ood, timings)
 
     def predict(
         self, target: AnnData | str | os.PathLike, *, layer: str | None = None
@@ -263,12 +294,13 @@ class CellTypeClassifier:
     def score_samples(
         self, target: AnnData | str | os.PathLike, *, layer: str | None = None
     ) -> np.ndarray:
-        """The OOD score ``-LSE(x)`` (the energy): higher = more out of distribution."""
+        """The OOD score (``ood_score``: ``"energy+knn"`` or ``"energy"``, ``-LSE(x)``):
+        higher = more out of distribution."""
         return self.classify(target, layer=layer).ood_score
 
     # ------------------------------------------------------------------ persistence
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
-        """Write ``config.json`` and ``weights.pt`` into ``path`` (refused if it exists,
+        """Write ``config.json``, ``weights.pt`` (and ``ood_index.pt``) into ``path`` (refused if it exists,
         unless ``overwrite``); written under a temporary name and renamed."""
         from .. import __version__
 
@@ -286,6 +318,7 @@ class CellTypeClassifier:
                 "temperature": self.temperature_,
                 "validation_accuracy": self.validation_accuracy_,
                 "validation_ece": self.validation_ece_,
+                "validation_ece_uncalibrated": self.validation_ece_uncalibrated_,
                 "divergences": self.divergences_,
                 "best_epoch": self.best_epoch_,
                 "history": self.history_,
@@ -293,6 +326,8 @@ class CellTypeClassifier:
             }
             (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=1))
             torch.save(self.network_.state_dict(), tmp / WEIGHTS_FILE)
+            if self.index_ is not None:
+                torch.save(self.index_.state_dict(), tmp / INDEX_FILE)
         return Path(path)
 
     @classmethod
@@ -311,6 +346,7 @@ class CellTypeClassifier:
             )
         settings = dict(saved["settings"])
         settings.update(settings.pop("training"))
+        settings.setdefault("ood_score", "energy")  # saved before "energy+knn" existed
         model = cls(device=device, random_state=saved["random_state"], verbose=False, **settings)
         model.classes_, model.genes_ = list(saved["classes"]), list(saved["genes"])
         model.network_ = model.config.network(len(model.genes_), len(model.classes_)).to(
@@ -320,6 +356,14 @@ class CellTypeClassifier:
             torch.load(path / WEIGHTS_FILE, map_location=model.device, weights_only=True)
         )
         model.network_.eval()
+        if model.config.ood_score == "energy+knn":
+            if not (path / INDEX_FILE).is_file():
+                raise FileNotFoundError(
+                    f"{path} is not a saved CellTypeClassifier: {INDEX_FILE} is missing"
+                )
+            state = torch.load(path / INDEX_FILE, map_location=model.device, weights_only=True)
+            model.index_ = OODIndex.from_state_dict(state)
+        model.validation_ece_uncalibrated_ = saved.get("validation_ece_uncalibrated", float("nan"))
         model.threshold_, model.temperature_ = (
             float(saved["threshold"]),
             float(saved["temperature"]),

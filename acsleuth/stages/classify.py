@@ -16,10 +16,12 @@ from anndata import AnnData
 from torch import Tensor
 
 from .. import metrics
+from .._constants import N_NEIGHBOURS
 from ..data import ExpressionSource, MinibatchLoader
 from ..nn.ebm import EnergyClassifier, ood_score
 from ..train import Checkpoint
 from ..train.jem import JEMConfig, JEMResult, train_jem
+from .classify_ood import OODIndex, OODScore, calibrate, fit_ood_index
 
 MIN_CELLS_PER_TYPE = 2
 
@@ -37,6 +39,14 @@ class ClassifierConfig:
     max_value: float | None = 10.0  # clip standardised inputs to [-max_value, max_value]
     validation_fraction: float = 0.1
     ood_quantile: float = 0.95  # the OOD threshold: this quantile of the validation cells' scores
+    # the OOD score: "energy" (CLAMS' -LSE) or, a deliberate deviation (docs/method.md §8.1),
+    # "energy+knn": + knn_weight x the distance to the training cells in knn_components PCs
+    # (chosen on the development types of benchmarks/RESULTS.md)
+    ood_score: OODScore = "energy+knn"
+    knn_k: int = N_NEIGHBOURS
+    knn_components: int = 200
+    knn_weight: float = 2.0
+    knn_cells: int = 20_000  # training cells indexed (a seeded sample of a larger reference)
     calibrate: bool = True  # fit a softmax temperature on the validation cells (p(y|x) only)
     eval_batch_size: int = 4096
     training: JEMConfig = field(default_factory=JEMConfig)
@@ -60,8 +70,10 @@ class Fitted:
     training: JEMResult
     validation_accuracy: float
     validation_ece: float
+    validation_ece_uncalibrated: float  # at temperature 1
     threshold: float
     temperature: float
+    index: OODIndex | None  # the "energy+knn" score's; None for "energy"
 
 
 def reference_labels(adata: AnnData, label_key: str) -> tuple[np.ndarray, list[str]]:
@@ -140,29 +152,67 @@ def predict_logits(
     batch_size: int,
     device: torch.device,
     rows: np.ndarray | None = None,
-) -> np.ndarray:
-    """``(n, K)`` float32 logits, streamed batch by batch (memory O(batch) besides the output)."""
+    index: OODIndex | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(n, K)`` float32 logits and, with an ``index``, ``(n,)`` distances to the training
+    cells, streamed batch by batch (memory O(batch) besides the outputs)."""
     loader = MinibatchLoader(
         source, batch_size=batch_size, device=device, resident_bytes=0, rows=rows
     )
     out = np.empty((loader.rows.size, network.body[-1].out_features), dtype=np.float32)
+    distance = None if index is None else np.empty(loader.rows.size, dtype=np.float32)
     start = 0
     network.eval()
     with torch.inference_mode():
         for _, x in loader:
-            out[start : start + x.shape[0]] = network(x).float().cpu().numpy()
+            z = network.standardise(x)
+            out[start : start + x.shape[0]] = network.logits(z).float().cpu().numpy()
+            if distance is not None:
+                distance[start : start + x.shape[0]] = index.distances(z).cpu().numpy()
             start += x.shape[0]
-    return out
+    return out, distance
 
 
 def summarise(
     logits: np.ndarray, temperature: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(proba, confidence, ood_score)``: ``softmax(f / temperature)``, its max, and ``-LSE(f)``
+    """``(proba, confidence, energy)``: ``softmax(f / temperature)``, its max, and ``-LSE(f)``
     (higher = more OOD; the temperature only calibrates p(y|x))."""
     t = torch.from_numpy(logits)
     proba = torch.softmax(t / temperature, dim=1)
     return proba.numpy(), proba.max(1).values.numpy(), ood_score(t).numpy()
+
+
+def combined_score(
+    energy: np.ndarray, distance: np.ndarray | None, index: OODIndex | None
+) -> np.ndarray:
+    """The configured OOD score: the energy alone (no ``index``) or ``"energy+knn"``."""
+    return energy if index is None else index.score(energy, distance)
+
+
+def index_training_cells(
+    network: EnergyClassifier,
+    source: ExpressionSource,
+    train_rows: np.ndarray,
+    config: ClassifierConfig,
+    *,
+    seed: int,
+    device: torch.device,
+) -> OODIndex:
+    """The ``"energy+knn"`` index of (at most ``knn_cells``, a seeded sample of) the training
+    cells, standardised as the network sees them."""
+    rng = np.random.default_rng(seed)
+    rows = train_rows
+    if rows.size > config.knn_cells:
+        rows = np.sort(rng.choice(rows, config.knn_cells, replace=False))
+    loader = MinibatchLoader(
+        source, batch_size=config.eval_batch_size, device=device, resident_bytes=0, rows=rows
+    )
+    with torch.inference_mode():
+        z = torch.cat([network.standardise(x) for _, x in loader])
+    return fit_ood_index(
+        z, n_components=config.knn_components, k=config.knn_k, weight=config.knn_weight
+    )
 
 
 TEMPERATURES = np.exp(np.linspace(np.log(0.1), np.log(10.0), 93))
@@ -211,7 +261,7 @@ def fit_classifier(
     def validation_logits() -> np.ndarray:
         return predict_logits(
             network, source, batch_size=config.eval_batch_size, device=device, rows=val_rows
-        )
+        )[0]
 
     def validate() -> tuple[float, float]:
         logits = torch.from_numpy(validation_logits())
@@ -238,15 +288,45 @@ def fit_classifier(
         checkpoint=checkpoint,
         start=start,
     )
-    logits = validation_logits()
-    temperature = fit_temperature(logits, codes[val_rows]) if config.calibrate else 1.0
-    proba, confidence, score = summarise(logits, temperature)
-    correct = proba.argmax(1) == codes[val_rows]
+    index = None
+    if config.ood_score == "energy+knn":
+        index = index_training_cells(network, source, train_rows, config, seed=seed, device=device)
+    logits, distance = predict_logits(
+        network,
+        source,
+        batch_size=config.eval_batch_size,
+        device=device,
+        rows=val_rows,
+        index=index,
+    )
+    return _validated(network, result, logits, distance, index, codes[val_rows], config)
+
+
+def _validated(
+    network: EnergyClassifier,
+    result: JEMResult,
+    logits: np.ndarray,
+    distance: np.ndarray | None,
+    index: OODIndex | None,
+    truth: np.ndarray,
+    config: ClassifierConfig,
+) -> Fitted:
+    """What the validation cells say: the temperature, accuracy and ECE (before and after
+    it), the index's moments and the OOD threshold."""
+    temperature = fit_temperature(logits, truth) if config.calibrate else 1.0
+    proba, confidence, energy = summarise(logits, temperature)
+    _, raw_confidence, _ = summarise(logits)
+    correct = proba.argmax(1) == truth
+    if index is not None:
+        calibrate(index, energy, distance)
+    score = combined_score(energy, distance, index)
     return Fitted(
         network,
         result,
         float(correct.mean()),
         metrics.ece(correct, confidence),
+        metrics.ece(correct, raw_confidence),
         float(np.quantile(score, config.ood_quantile)),
         temperature,
+        index,
     )

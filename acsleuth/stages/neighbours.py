@@ -187,7 +187,7 @@ def nearest(query: Tensor, keys: Tensor, k: int, *, chunk: int = 8192) -> tuple[
     return distance, index
 
 
-def _pca(x: Tensor, n_components: int) -> tuple[Tensor, Tensor]:
+def principal_axes(x: Tensor, n_components: int) -> tuple[Tensor, Tensor]:
     """Mean ``(G,)`` and top ``(G, d)`` principal axes of rows ``x`` (exact SVD in float64)."""
     mean = x.double().mean(0)
     _, _, vh = torch.linalg.svd(x.double() - mean, full_matrices=False)
@@ -208,7 +208,7 @@ class _Reference:
 
     def pca(self, positions: np.ndarray, n_components: int) -> tuple[Tensor, Tensor]:
         x = torch.as_tensor(self.read(positions), device=self.device)
-        return _pca(x, min(n_components, len(positions) - 1, x.shape[1]))
+        return principal_axes(x, min(n_components, len(positions) - 1, x.shape[1]))
 
     def project_all(self, mean: Tensor, components: Tensor) -> Tensor:
         cells = np.arange(self.n_cells)
