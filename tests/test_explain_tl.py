@@ -82,7 +82,7 @@ def test_one_vs_one_and_bad_inputs_say_what_to_fix(toy: AnnData) -> None:
     assert set(out.uns["acsleuth_explain"]["names"].dtype.names) == {"a", "b"}
     with pytest.raises(KeyError, match="obs\\['nope'\\]"):
         acsleuth.tl.explain_groups(toy, groupby="nope")
-    with pytest.raises(KeyError, match="neither 'pca' nor an obsm key"):
+    with pytest.raises(KeyError, match="neither 'whitened', 'pca' nor an obsm key"):
         acsleuth.tl.explain_groups(toy, groupby="group", embedding="X_missing")
     with pytest.raises(ValueError, match="reference"):
         acsleuth.tl.explain_groups(toy, groupby="group", mode="one_vs_one")
