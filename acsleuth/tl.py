@@ -189,7 +189,7 @@ def explain_groups(
     adata: AnnData,
     *,
     groupby: str,
-    embedding: Any = "pca",
+    embedding: Any = "whitened",
     mode: Literal["one_vs_rest", "one_vs_one"] = "one_vs_rest",
     reference: str | None = None,
     groups: list[str] | None = None,
@@ -214,8 +214,11 @@ def explain_groups(
     groupby
         ``obs`` column of the groups (any labels; at least 2 groups).
     embedding
-        ``"pca"`` (principal components of the expression), an ``obsm`` key (a least-squares
-        linear map from the expression to it is fitted; its R^2 is recorded), a fitted
+        ``"whitened"`` (every principal component of the expression, whitened down to a
+        typical gene's variance, ``config.whiten_floor``: genes that only sum others lose
+        their weight), ``"pca"`` (the first ``config.n_components`` principal components),
+        an ``obsm`` key (a least-squares linear map from the expression to it is fitted; its
+        R^2 is recorded), a fitted
         :class:`~acsleuth.ACsleuth` (its encoder; the expression must be on its genes) or a
         callable mapping ``(B, G)`` float32 tensors to ``(B, d)``.
     mode

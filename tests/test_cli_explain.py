@@ -77,7 +77,10 @@ def test_explain_writes_panels_and_leaves_the_input(h5ad, tmp_path, capsys) -> N
     [
         (["--groupby", "nope"], "--groupby 'nope' is not an obs column"),
         (["--groupby", "group", "--mode", "one_vs_one"], "needs reference="),
-        (["--groupby", "group", "--embedding", "X_none"], "neither 'pca' nor an obsm key"),
+        (
+            ["--groupby", "group", "--embedding", "X_none"],
+            "neither 'whitened', 'pca' nor an obsm key",
+        ),
     ],
 )
 def test_bad_arguments_give_one_line(h5ad, tmp_path, capsys, extra, message) -> None:

@@ -75,6 +75,20 @@ def test_embeddings_obsm_key_and_callable_and_determinism(toy: AnnData) -> None:
     assert adata.uns["id_explain"]["params"]["embedding"] == "identity"
 
 
+def test_default_embedding_is_whitened_and_pca_stays_available(toy: AnnData) -> None:
+    adata = toy.copy()
+    acsleuth.tl.explain_groups(adata, groupby="group", config=FAST)
+    acsleuth.tl.explain_groups(adata, groupby="group", embedding="pca", config=FAST, key_added="p")
+    whitened, pca = adata.uns["acsleuth_explain"], adata.uns["p_explain"]
+    assert (
+        whitened["params"]["embedding"] == "whitened" and whitened["params"]["whiten_floor"] == 0.9
+    )
+    assert pca["params"]["embedding"] == "pca" and pca["params"]["n_components"] == 5
+    assert list(whitened["names"]["a"]) != list(pca["names"]["a"])  # a different geometry
+    with pytest.raises(ValueError, match="whiten_floor must be in"):
+        acsleuth.tl.explain_groups(adata, groupby="group", config=ExplainConfig(whiten_floor=-0.1))
+
+
 def test_one_vs_one_and_bad_inputs_say_what_to_fix(toy: AnnData) -> None:
     out = acsleuth.tl.explain_groups(
         toy, groupby="group", mode="one_vs_one", reference="c", config=FAST, copy=True
@@ -82,7 +96,7 @@ def test_one_vs_one_and_bad_inputs_say_what_to_fix(toy: AnnData) -> None:
     assert set(out.uns["acsleuth_explain"]["names"].dtype.names) == {"a", "b"}
     with pytest.raises(KeyError, match="obs\\['nope'\\]"):
         acsleuth.tl.explain_groups(toy, groupby="nope")
-    with pytest.raises(KeyError, match="neither 'pca' nor an obsm key"):
+    with pytest.raises(KeyError, match="neither 'whitened', 'pca' nor an obsm key"):
         acsleuth.tl.explain_groups(toy, groupby="group", embedding="X_missing")
     with pytest.raises(ValueError, match="reference"):
         acsleuth.tl.explain_groups(toy, groupby="group", mode="one_vs_one")

@@ -28,6 +28,7 @@ from ..stages.explain import (
     group_centroids,
     kmeans_head,
     pca_embedding,
+    whitened_embedding,
 )
 
 if TYPE_CHECKING:
@@ -104,6 +105,7 @@ def resolve_embedding(
 ) -> tuple[Callable[[Tensor], Tensor], dict[str, Any]]:
     """The differentiable map ``x -> z`` named by ``embedding`` and what to record of it.
 
+    ``"whitened"``: :func:`~acsleuth.stages.explain.whitened_embedding` of ``x``;
     ``"pca"``: principal components of ``x``; an ``obsm`` key: the least-squares linear map
     from ``x`` to it (exact for PCA-like embeddings; its R^2 is recorded); a fitted
     :class:`~acsleuth.ACsleuth`: its encoder (``x`` must be on the model's genes); a
@@ -113,6 +115,8 @@ def resolve_embedding(
 
     if isinstance(embedding, ACsleuth):
         return _Encoder(embedding), {"embedding": "acsleuth_encoder"}
+    if isinstance(embedding, str) and embedding == "whitened":
+        return whitened_embedding(x, config.whiten_floor), {"embedding": "whitened"}
     if isinstance(embedding, str) and embedding == "pca":
         mapping = pca_embedding(
             x, config.n_components, standardize=config.standardize, seed=config.seed
@@ -121,8 +125,9 @@ def resolve_embedding(
     if isinstance(embedding, str):
         if embedding not in adata.obsm:
             raise KeyError(
-                f"explain: embedding {embedding!r} is neither 'pca' nor an obsm key "
-                f"({list(adata.obsm)}); pass 'pca', an obsm key, a fitted ACsleuth or a callable"
+                f"explain: embedding {embedding!r} is neither 'whitened', 'pca' nor an obsm key "
+                f"({list(adata.obsm)}); pass 'whitened', 'pca', an obsm key, a fitted ACsleuth "
+                "or a callable"
             )
         z = np.asarray(adata.obsm[embedding], dtype=np.float64)
         rows = np.isfinite(z).all(1)
@@ -131,7 +136,8 @@ def resolve_embedding(
     if callable(embedding):
         return embedding, {"embedding": getattr(embedding, "__name__", type(embedding).__name__)}
     raise TypeError(
-        f"explain: embedding must be 'pca', an obsm key, a fitted ACsleuth or a callable, got "
+        "explain: embedding must be 'whitened', 'pca', an obsm key, a fitted ACsleuth or a "
+        f"callable, got "
         f"{type(embedding).__name__}"
     )
 

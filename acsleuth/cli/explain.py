@@ -19,7 +19,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--groupby", required=True, help="obs column of the groups to explain")
     parser.add_argument("--out", required=True, help="output folder (refused if it exists)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out")
-    parser.add_argument("--embedding", default="pca", help="'pca' (default) or an obsm key")
+    parser.add_argument(
+        "--embedding", default="whitened", help="'whitened' (default), 'pca' or an obsm key"
+    )
     parser.add_argument("--mode", default="one_vs_rest", choices=["one_vs_rest", "one_vs_one"])
     parser.add_argument("--reference", help="the group cells move to with --mode one_vs_one")
     parser.add_argument("--n-genes", type=int, default=50, help="genes kept per group (default 50)")

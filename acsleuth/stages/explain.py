@@ -11,6 +11,14 @@ soft-thresholding step of the L1 term gives exact zeros. Gene ``g``'s score for 
 mean ``|delta_g|`` over the cells; its direction is the sign of ``-mean(delta_g)``: ``delta``
 moves a cell *out of* ``s``, so a gene enriched in ``s`` has a negative mean ``delta``.
 
+The default embedding is :func:`whitened_embedding`: squared distances in it are Mahalanobis
+distances under the genes' covariance with its eigenvalues floored at a typical gene's
+variance. In plain principal components a gene that sums several others (and so has more
+variance) carries the largest loadings, and the L1-cheapest way out of a group goes through
+it; whitening the directions of high variance moves the gradient to the genes the others
+depend on, and the floor keeps rarely expressed genes (low variance) from being amplified
+(benchmarks/RESULTS.md, ACE).
+
 ``lam`` and the step size are made free of the data's scale: ``lam`` is divided by the
 median, over the group's cells, of ``||grad margin(x)||_inf`` (``lam > 1`` makes a typical
 cell worth flipping), and each cell's step is set so that its strongest gene covers the
@@ -43,7 +51,9 @@ class ExplainConfig:
     ``max_iter`` FISTA steps and stops once no cell's best objective improved by more than
     ``tol`` (relative) in ``patience`` steps. ``max_cells`` bounds the cells explained per
     group (a sample seeded by ``seed``); ``n_components`` is the number of principal
-    components of the ``"pca"`` embedding, of the z-scored genes with ``standardize``.
+    components of the ``"pca"`` embedding, of the z-scored genes with ``standardize``;
+    ``whiten_floor`` the quantile of the per-gene variances at which the ``"whitened"``
+    embedding floors its eigenvalues (:func:`whitened_embedding`).
     """
 
     beta: float = 1.0
@@ -56,6 +66,7 @@ class ExplainConfig:
     max_cells: int = 200
     n_components: int = 30
     standardize: bool = False
+    whiten_floor: float = 0.9
     seed: int = 0
 
 
@@ -121,6 +132,31 @@ def pca_embedding(
     scale = np.where(scale > 0, scale, 1.0)
     pca = PCA(n, random_state=seed).fit(x / scale)
     return LinearEmbedding(pca.mean_ * scale, pca.components_ / scale)
+
+
+def whitened_embedding(x: np.ndarray, floor_quantile: float = 0.9) -> LinearEmbedding:
+    """Every principal component of ``x (N, G)``, divided by ``sqrt(max(variance, tau))``.
+
+    ``tau`` is the ``floor_quantile`` quantile of the per-gene variances. Squared distances
+    are Mahalanobis distances under the covariance whose eigenvalues are floored at ``tau``:
+    directions of more variance than ``tau`` are whitened, the others keep the scale
+    ``1 / sqrt(tau)`` (those outside the span of the centred cells play no part in distances
+    between cells or centroids and are left out).
+    """
+    if not 0.0 <= floor_quantile <= 1.0:
+        raise ValueError(f"explain: whiten_floor must be in [0, 1], got {floor_quantile}")
+    x64 = np.asarray(x, dtype=np.float64)
+    mean = x64.mean(0)
+    centred = x64 - mean
+    _, singular, vt = np.linalg.svd(centred, full_matrices=False)
+    variance = singular**2 / max(len(x64) - 1, 1)
+    tau = float(np.quantile(centred.var(0, ddof=1) if len(x64) > 1 else [0.0], floor_quantile))
+    if not tau > 0:
+        raise ValueError(
+            "explain: the whitened embedding needs genes that vary; the expression is constant "
+            "in more than a whiten_floor fraction of its genes (raise whiten_floor or drop them)"
+        )
+    return LinearEmbedding(mean, vt / np.sqrt(np.maximum(variance, tau))[:, None])
 
 
 def fitted_embedding(x: np.ndarray, z: np.ndarray) -> tuple[LinearEmbedding, float]:
@@ -321,4 +357,5 @@ __all__ = [
     "saliency",
     "sample_rows",
     "solve",
+    "whitened_embedding",
 ]
