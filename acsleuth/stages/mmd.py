@@ -175,7 +175,7 @@ def fit_predictor(
         raise ValueError("fit_predictor: a distributed run needs an integer batch_size (e.g. 128)")
     predictor = Predictor(n_genes).to(device).train()
     parallel.broadcast_module(predictor, ctx)
-    opt = torch.optim.Adam(predictor.parameters(), lr=config.lr, betas=config.betas)
+    opt = torch.optim.Adam(predictor.parameters(), lr=config.lr, betas=config.betas, fused=True)
     gen = torch.Generator().manual_seed(seed + ctx.rank)
     if config.warm_epochs > 0 and ranking is None:
         raise ValueError("fit_predictor: warm_epochs > 0 needs a ranking")

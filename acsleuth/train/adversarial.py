@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from .. import parallel
 from .._constants import ADVERSARIAL_WEIGHT, BETAS, GP_WEIGHT, LEARNING_RATE, N_CRITIC, Precision
@@ -144,8 +145,8 @@ def train_adversarial(
         parallel.broadcast_module(critic, ctx)
         parallel.broadcast_tensors(generator_params, ctx)
     device = generator_params[0].device
-    opt_g = torch.optim.Adam(generator_params, lr=config.lr, betas=config.betas)
-    opt_c = torch.optim.Adam(critic_params, lr=config.lr, betas=config.betas)
+    opt_g = torch.optim.Adam(generator_params, lr=config.lr, betas=config.betas, fused=True)
+    opt_c = torch.optim.Adam(critic_params, lr=config.lr, betas=config.betas, fused=True)
     tracked: dict[str, Stateful] = {
         **(state or {}),
         "critic": critic,
@@ -161,7 +162,7 @@ def train_adversarial(
                 out = step(batch)
             fake = out.fake.detach()
             for _ in range(config.critic_steps):
-                with autocast(device, config.precision):
+                with autocast(device, config.precision), parametrize.cached():
                     gp = gradient_penalty(critic, out.real, fake)
                     loss_c = critic(fake).mean() - critic(out.real).mean() + config.gp_weight * gp
                 opt_c.zero_grad(set_to_none=True)
@@ -169,7 +170,7 @@ def train_adversarial(
                 parallel.average_gradients(critic_params, ctx)
                 opt_c.step()
             critic.requires_grad_(False)
-            with autocast(device, config.precision):
+            with autocast(device, config.precision), parametrize.cached():
                 loss_g = out.own_loss - config.adversarial_weight * critic(out.fake).mean()
             opt_g.zero_grad(set_to_none=True)
             loss_g.backward()
