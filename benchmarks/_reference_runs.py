@@ -199,6 +199,7 @@ def run_acsleuth(spec: dict[str, Any], ref: AnnData, tgt: AnnData, timer: Timer)
     batch_key = "batch" if pipeline else None
     result = timer("predict", lambda: model.evaluate(tgt, batch_key=batch_key))
     out = dict(zip(("auroc", "ap", "f1"), map(float, evaluate(label, result.score)), strict=True))
+    out["own timings"] = {k: round(v, 2) for k, v in {**model.timings_, **result.timings}.items()}
     if not pipeline:
         return out
     x = timer("adapt", lambda: model.correct(tgt, ref, normal=~result.anomaly, batch_key=batch_key))
