@@ -188,10 +188,21 @@ def nearest(query: Tensor, keys: Tensor, k: int, *, chunk: int = 8192) -> tuple[
 
 
 def principal_axes(x: Tensor, n_components: int) -> tuple[Tensor, Tensor]:
-    """Mean ``(G,)`` and top ``(G, d)`` principal axes of rows ``x`` (exact SVD in float64)."""
+    """Mean ``(G,)`` and top ``(G, d)`` principal axes of rows ``x`` (exact, in float64).
+
+    The top eigenvectors of the Gram matrix of the smaller side (cells or genes): the axes of
+    an SVD up to their signs, which no distance sees, in a quarter of its time
+    (benchmarks/RESULTS.md, issue 21).
+    """
     mean = x.double().mean(0)
-    _, _, vh = torch.linalg.svd(x.double() - mean, full_matrices=False)
-    return mean.float(), vh[:n_components].T.float().contiguous()
+    centred = x.double() - mean
+    by_cells = centred.shape[0] <= centred.shape[1]
+    gram = centred @ centred.T if by_cells else centred.T @ centred
+    axes = torch.linalg.eigh(gram).eigenvectors[:, -n_components:].flip(1)
+    if by_cells:
+        axes = centred.T @ axes
+        axes = axes / axes.norm(dim=0).clamp_min(torch.finfo(axes.dtype).tiny)
+    return mean.float(), axes.float().contiguous()
 
 
 class _Reference:
