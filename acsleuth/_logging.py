@@ -24,7 +24,11 @@ HEARTBEAT_S = 30.0
 """Seconds between two progress lines of one training loop when stderr is not a terminal."""
 
 _SCANPY_LEVELS = {0: logging.ERROR, 1: logging.WARNING, 2: logging.INFO, 3: logging.INFO}
-_depth = contextvars.ContextVar("acsleuth_stage_depth", default=0)
+_path: contextvars.ContextVar[tuple[str, ...]] = contextvars.ContextVar(
+    "acsleuth_stage_path", default=()
+)
+NEST = " > "
+"""Joins a stage's name to the stages it runs in, in the keys of :func:`stage_timer`."""
 
 
 class _StderrHandler(logging.Handler):
@@ -69,23 +73,30 @@ def set_verbosity(level: int | None) -> None:
     _handler.fixed_level = level
 
 
+def stage_key(stage: str) -> str:
+    """The key :func:`stage_timer` would give ``stage`` started here."""
+    return NEST.join((*_path.get(), stage))
+
+
 @contextmanager
 def stage_timer(timings: dict[str, float], stage: str) -> Iterator[None]:
-    """Time a stage into ``timings[stage]`` (seconds) and log its start and end.
+    """Time a stage into ``timings`` (seconds) and log its start and end.
 
-    Outermost stages log at INFO, stages inside another stage at DEBUG (indented).
+    A stage run inside others is keyed by their path, ``"outer > inner"`` (:data:`NEST`);
+    the outermost stages by their own names. Outermost stages log at INFO, inner ones at
+    DEBUG (indented).
     """
-    depth = _depth.get()
-    level, indent = (logging.INFO if depth == 0 else logging.DEBUG), "  " * depth
+    path, name = _path.get(), stage_key(stage)
+    level, indent = (logging.INFO if not path else logging.DEBUG), "  " * len(path)
     logger.log(level, "%s%s ...", indent, stage)
-    token = _depth.set(depth + 1)
+    token = _path.set((*path, stage))
     start = time.perf_counter()
     try:
         yield
     finally:
-        _depth.reset(token)
+        _path.reset(token)
         elapsed = time.perf_counter() - start
-        timings[stage] = timings.get(stage, 0.0) + elapsed
+        timings[name] = timings.get(name, 0.0) + elapsed
         logger.log(level, "%s%s: %.2f s", indent, stage, elapsed)
 
 

@@ -7,21 +7,24 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
-import torch
 from anndata import AnnData
 
 from . import metrics, pl
-from ._anndata.detect import keys
+from ._anndata.detect import anomaly_rates, keys, run_batch_key
 from ._atomic import atomic_path
 from ._constants import KEY_ADDED
+from ._logging import NEST
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 __all__ = ["write_report"]
 
-MIN_UMAP_CELLS = 10
+MIN_UMAP_CELLS = 200
+"""Cells from which the report draws a UMAP by default (its numba start-up costs 10-20 s
+per process, which tiny targets, as in the tests, do without)."""
+UMAP_MAX_CELLS = 50_000
+"""Cells the report's UMAP lays out at most (a random sample of larger targets)."""
 
 
 def write_report(
@@ -31,6 +34,8 @@ def write_report(
     key: str = KEY_ADDED,
     label_key: str | None = None,
     truth_key: str | None = None,
+    batch_key: str | None = None,
+    umap: bool | None = None,
     overwrite: bool = True,
 ) -> Path:
     """Write figures and a Markdown summary of an :meth:`ACsleuth.run` result to ``out_dir``.
@@ -41,15 +46,25 @@ def write_report(
         Target annotated by :meth:`ACsleuth.run` (or the ``tl`` tools, subtyping included);
         left unchanged.
     out_dir
-        Existing directory to write ``report.md``, ``scores.png``, ``umap.png``,
-        ``subtypes.png`` and, with ``label_key``, ``confusion.png`` into.
+        Existing directory to write ``report.md`` and its figures into: ``scores.png``
+        (histogram), ``score_groups.png`` (violins per label, else per call), ``umap.png``
+        (see ``umap``; at most :data:`UMAP_MAX_CELLS` cells drawn),
+        ``batches.png`` (with a batch key), ``losses.png`` (when ``uns[key]`` has the
+        training history), ``subtypes.png`` and, with ``label_key``, ``confusion.png``.
     key
         The ``key_added`` of the run.
     label_key
-        ``obs`` column of true labels: groups the score histogram, and is compared with the
-        subtypes (confusion heatmap; NMI, ARI and F1 x NMI given ``truth_key``).
+        ``obs`` column of true labels: groups the score violins, colours a UMAP panel, and
+        is compared with the subtypes (confusion heatmap; NMI, ARI and F1 x NMI given
+        ``truth_key``).
     truth_key
         Boolean ``obs`` column of the true anomalies: adds AUROC, AP and F1 of the calls.
+    batch_key
+        ``obs`` column of batches (per-batch anomaly rates, a UMAP panel); default: the
+        run's (``uns[key]["params"]``).
+    umap
+        Draw ``umap.png``: ``None`` when there are at least :data:`MIN_UMAP_CELLS` cells;
+        ``True`` from 4 cells on; ``False`` never.
     overwrite
         Replace existing files; otherwise an existing one is an error and nothing is written.
 
@@ -61,21 +76,87 @@ def write_report(
     out_dir = Path(out_dir)
     if not out_dir.is_dir():
         raise FileNotFoundError(f"output directory {out_dir} does not exist")
-    _check_keys(adata, key, label_key, truth_key)
-    anomaly = adata.obs[keys(key).anomaly].to_numpy(dtype=bool)
+    batch_key, umap, notes = _choices(adata, key, batch_key, umap)
+    _check_keys(adata, key, label_key, truth_key, batch_key)
     scores = _metrics(adata, key=key, label_key=label_key, truth_key=truth_key)
+    figures = _figures(adata, key, label_key, batch_key, umap, notes)
+    paths = [out_dir / name for name in (*figures, "report.md")]
+    existing = [str(path) for path in paths if path.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{existing} exist; pass overwrite=True to replace them")
+    for name, (_, draw) in figures.items():
+        _save(draw(), out_dir / name)
+    titles = {name: title for name, (title, _) in figures.items()}
+    text = _markdown(adata, key, scores, notes, titles, batch_key)
+    report = out_dir / "report.md"
+    with atomic_path(report, overwrite=True) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return report
+
+
+def _choices(
+    adata: AnnData, key: str, batch_key: str | None, umap: bool | None
+) -> tuple[str | None, bool, list[str]]:
+    """The batch key and whether to draw the UMAP (see :func:`write_report`), and notes on
+    what is left out."""
+    notes = []
+    if batch_key is None and run_batch_key(adata, key) is not None:
+        batch_key = run_batch_key(adata, key)
+        if batch_key not in adata.obs:
+            notes.append(f"Batches left out: the run's batch_key {batch_key!r} is not in obs.")
+            batch_key = None
+    smallest = MIN_UMAP_CELLS if umap is None else 4
+    if umap is not False and adata.n_obs < smallest:
+        notes.append(f"UMAP skipped: {adata.n_obs} cells (fewer than {smallest}).")
+    return batch_key, umap is not False and adata.n_obs >= smallest, notes
+
+
+def _figures(
+    adata: AnnData,
+    key: str,
+    label_key: str | None,
+    batch_key: str | None,
+    umap: bool,
+    notes: list[str],
+) -> dict[str, tuple[str, Callable[[], Figure]]]:
+    """The report's figures: file name -> caption, drawing; a note for each left out."""
+    anomaly = adata.obs[keys(key).anomaly].to_numpy(dtype=bool)
+    name = str(adata.uns.get(key, {}).get("score", "anomaly"))
+    by = label_key or "anomaly call"
     figures: dict[str, tuple[str, Callable[[], Figure]]] = {
         "scores.png": (
-            "Anomaly scores",
-            lambda: pl.scores(adata, key=key, groupby=label_key, return_fig=True),
+            f"Histogram of the {name} score per anomaly call, threshold dashed",
+            lambda: pl.scores(adata, key=key, return_fig=True),
         ),
-        "subtypes.png": ("Subtype sizes", lambda: pl.subtypes(adata, key=key, return_fig=True)),
+        "score_groups.png": (
+            f"The {name} score per {by}, threshold dashed",
+            lambda: pl.score_groups(adata, key=key, groupby=label_key, return_fig=True),
+        ),
     }
-    notes = []
-    if adata.n_obs >= MIN_UMAP_CELLS:
-        figures["umap.png"] = ("UMAP of the embedding", lambda: _umap_figure(adata, key))
-    else:
-        notes.append(f"UMAP skipped: {adata.n_obs} cells (fewer than {MIN_UMAP_CELLS}).")
+    if umap:
+        sampled = f" ({UMAP_MAX_CELLS} of {adata.n_obs} cells, drawn at random)"
+        panels = ["call", "subtype", *(k for k in (batch_key, label_key) if k is not None)]
+        figures["umap.png"] = (
+            f"UMAP of the embedding by {', '.join(panels)}"
+            + (sampled if adata.n_obs > UMAP_MAX_CELLS else ""),
+            lambda: pl.umap(
+                adata, key=key, color=panels, max_cells=UMAP_MAX_CELLS, return_fig=True
+            ),
+        )
+    if batch_key is not None:
+        figures["batches.png"] = (
+            f"Anomalies called per {batch_key}",
+            lambda: pl.batch_rates(adata, key=key, batch_key=batch_key, return_fig=True),
+        )
+    if adata.uns.get(key, {}).get("history"):
+        figures["losses.png"] = (
+            "Training losses per epoch",
+            lambda: pl.losses(adata, key=key, return_fig=True),
+        )
+    figures["subtypes.png"] = (
+        "Subtype sizes",
+        lambda: pl.subtypes(adata, key=key, return_fig=True),
+    )
     if label_key is not None and anomaly.any():
         figures["confusion.png"] = (
             f"Subtypes x {label_key}",
@@ -85,18 +166,7 @@ def write_report(
         )
     elif label_key is not None:
         notes.append("Confusion heatmap skipped: no predicted anomalies.")
-    paths = [out_dir / name for name in (*figures, "report.md")]
-    existing = [str(path) for path in paths if path.exists()]
-    if existing and not overwrite:
-        raise FileExistsError(f"{existing} exist; pass overwrite=True to replace them")
-    for name, (_, draw) in figures.items():
-        _save(draw(), out_dir / name)
-    titles = {name: title for name, (title, _) in figures.items()}
-    text = _markdown(adata, key, scores, notes, titles)
-    report = out_dir / "report.md"
-    with atomic_path(report, overwrite=True) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return report
+    return figures
 
 
 def _metrics(
@@ -125,7 +195,9 @@ def _metrics(
     return table
 
 
-def _check_keys(adata: AnnData, key: str, label_key: str | None, truth_key: str | None) -> None:
+def _check_keys(
+    adata: AnnData, key: str, label_key: str | None, truth_key: str | None, batch_key: str | None
+) -> None:
     """Fail before writing anything when a needed annotation is missing."""
     for column in (keys(key).score, keys(key).anomaly, keys(key).subtype):
         if column not in adata.obs:
@@ -135,36 +207,13 @@ def _check_keys(adata: AnnData, key: str, label_key: str | None, truth_key: str 
             )
     if keys(key).embedding not in adata.obsm:
         raise KeyError(f"obsm['X_{key}'] is missing; run ACsleuth.run first")
-    for name, column in (("label_key", label_key), ("truth_key", truth_key)):
+    for name, column in (
+        ("label_key", label_key),
+        ("truth_key", truth_key),
+        ("batch_key", batch_key),
+    ):
         if column is not None and column not in adata.obs:
             raise KeyError(f"{name} {column!r} is not an obs column")
-
-
-def _umap_figure(adata: AnnData, key: str) -> Figure:
-    """UMAP of ``obsm[f"X_{key}"]`` on a new AnnData, coloured by anomaly call and subtype."""
-    import scanpy as sc
-
-    call = np.where(adata.obs[keys(key).anomaly].to_numpy(dtype=bool), "anomaly", "normal")
-    obs = pd.DataFrame(
-        {
-            "anomaly call": pd.Categorical(call, categories=["normal", "anomaly"]),
-            "subtype": adata.obs[keys(key).subtype].to_numpy(),
-        },
-        index=adata.obs_names.copy(),
-    )
-    obs["subtype"] = obs["subtype"].astype("category")
-    view = AnnData(
-        obs=obs, obsm={"X_rep": np.array(adata.obsm[keys(key).embedding], dtype=np.float32)}
-    )
-    threads = torch.get_num_threads()
-    try:
-        sc.pp.neighbors(view, use_rep="X_rep", n_neighbors=min(15, view.n_obs - 1), random_state=0)
-        sc.tl.umap(view, random_state=0)
-    finally:  # numba's OpenMP layer resets torch's thread count, and with it later results
-        torch.set_num_threads(threads)
-    return sc.pl.umap(
-        view, color=["anomaly call", "subtype"], wspace=0.4, show=False, return_fig=True
-    )
 
 
 def _save(fig: Figure, path: Path) -> None:
@@ -179,7 +228,12 @@ def _save(fig: Figure, path: Path) -> None:
 
 
 def _markdown(
-    adata: AnnData, key: str, scores: dict[str, float], notes: list[str], figures: dict[str, str]
+    adata: AnnData,
+    key: str,
+    scores: dict[str, float],
+    notes: list[str],
+    figures: dict[str, str],
+    batch_key: str | None,
 ) -> str:
     """The text of ``report.md``."""
     uns = adata.uns.get(key, {})
@@ -192,6 +246,7 @@ def _markdown(
         "|---|---|",
         f"| cells | {adata.n_obs} |",
         f"| anomalies called | {n_called} ({n_called / max(adata.n_obs, 1):.1%}) |",
+        f"| score | {uns.get('score', 'n/a')} |",
         f"| threshold | {'n/a' if threshold is None else f'{float(threshold):.4g}'} |",
         f"| subtypes | {uns.get('n_subtypes', 'n/a')} |",
         *(f"| {name} | {uns[name]} |" for name in ("version", "backend", "device") if name in uns),
@@ -200,14 +255,16 @@ def _markdown(
         "## Silhouette curve",
         "",
     ]
-    curve = uns.get("silhouette_curve", {})
+    curve = dict(sorted(uns.get("silhouette_curve", {}).items(), key=lambda kv: int(kv[0])))
     if len(curve):
         lines += _table(("k", "silhouette"), curve)
     else:
         lines += ["Not computed (fixed number of subtypes).", ""]
+    if batch_key is not None:
+        lines += _batch_table(adata, key, batch_key)
     lines += ["## Timings", ""]
     timings = uns.get("timings", {})
-    lines += _table(("stage", "seconds"), timings) if len(timings) else ["None recorded.", ""]
+    lines += _timings_table(timings) if len(timings) else ["None recorded.", ""]
     lines += _subtype_panels(adata, key)
     if scores:
         lines += ["## Metrics", "", *_table(("metric", "value"), scores), *METRIC_DEFINITIONS]
@@ -260,6 +317,45 @@ METRIC_DEFINITIONS = [
     "a single true type); f1_nmi = F1 x NMI.",
     "",
 ]
+
+
+def _batch_table(adata: AnnData, key: str, batch_key: str) -> list[str]:
+    """Markdown lines of the anomalies called per batch."""
+    table = anomaly_rates(adata, batch_key, key)
+    rows = [
+        f"| {batch} | {int(row.cells)} | {int(row.anomalies)} | {row.rate:.1%} |"
+        for batch, row in table.iterrows()
+    ]
+    header = [f"| {batch_key} | cells | anomalies called | rate |", "|---|---:|---:|---:|"]
+    return [f"## Anomalies per {batch_key}", "", *header, *rows, ""]
+
+
+def _timings_table(timings: dict) -> list[str]:
+    """Markdown lines of the seconds per stage, each stage followed by its sub-stages (the
+    keys ``"stage > sub-stage"`` of :func:`acsleuth._logging.stage_timer`), in run order
+    as recorded, with the total of the outermost stages."""
+    children: dict[str, list[str]] = {}
+    for name in timings:
+        parent, _, _ = name.rpartition(NEST)
+        children.setdefault(parent, []).append(name)
+
+    def rows(parent: str, depth: int) -> list[str]:
+        out = []
+        for name in children.get(parent, []):
+            label = name.rpartition(NEST)[2]
+            cells = f"{label} | " if depth == 0 else f" | {'↳ ' * (depth - 1)}{label}"
+            out.append(f"| {cells} | {float(timings[name]):.2f} |")
+            out += rows(name, depth + 1)
+        return out
+
+    total = sum(float(timings[name]) for name in children.get("", []))
+    return [
+        "| stage | sub-stage | seconds |",
+        "|---|---|---:|",
+        *rows("", 0),
+        f"| **total** (of the stages) | | **{total:.2f}** |",
+        "",
+    ]
 
 
 def _table(header: tuple[str, str], rows: dict) -> list[str]:

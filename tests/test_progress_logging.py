@@ -59,7 +59,7 @@ def test_the_api_follows_scanpys_verbosity(monkeypatch) -> None:
     with _logging.stage_timer(timings, "outer"), _logging.stage_timer(timings, "inner"):
         pass
     assert re.search(r"acsleuth:   inner: \d+\.\d\d s", stream.getvalue())
-    assert set(timings) == {"outer", "inner"}
+    assert set(timings) == {"outer", "outer > inner"}  # a nested stage keyed by its path
 
 
 def test_bars_only_on_a_terminal_and_a_heartbeat_line_elsewhere(monkeypatch) -> None:

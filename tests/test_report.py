@@ -46,15 +46,17 @@ def by_hand(n: int = 12) -> AnnData:
 
 @pytest.fixture(scope="module")
 def annotated() -> AnnData:
-    reference, target = datasets.synthetic(80, 80, 40, anomaly_ratio=0.25, seed=0)
-    return ACsleuth(**FAST_RUN, random_state=0).run(reference, target)
+    reference, target = datasets.synthetic(80, 80, 40, anomaly_ratio=0.25, n_batches=2, seed=0)
+    return ACsleuth(**FAST_RUN, random_state=0).run(reference, target, batch_key="batch")
 
 
 @pytest.fixture(scope="module")
 def report(annotated, tmp_path_factory):
     before = annotated.copy()
     out_dir = tmp_path_factory.mktemp("report")
-    path = write_report(annotated, out_dir, label_key="cell_type", truth_key="is_anomaly")
+    path = write_report(
+        annotated, out_dir, label_key="cell_type", truth_key="is_anomaly", umap=True
+    )
     return path, before
 
 
@@ -86,14 +88,24 @@ def test_subtype_plot_errors_say_what_is_missing() -> None:
 
 def test_report_writes_every_figure_and_the_metrics(report) -> None:
     path, _ = report
-    names = ["scores.png", "umap.png", "subtypes.png", "confusion.png"]
+    names = [
+        "scores.png",
+        "score_groups.png",
+        "umap.png",
+        "batches.png",
+        "losses.png",
+        "subtypes.png",
+        "confusion.png",
+    ]
     for name in names:
         assert (path.parent / name).read_bytes()[:8] == PNG_MAGIC
     text = path.read_text()
     assert all(f"]({name})" in text for name in names)
     assert "| anomalies called | 20 (25.0%) |" in text and "## Silhouette curve" in text
-    for metric in ("auroc", "ap", "f1", "nmi", "ari", "f1_nmi", "module I"):
+    for metric in ("auroc", "ap", "f1", "nmi", "ari", "f1_nmi", "module I", "score"):
         assert f"| {metric} |" in text
+    assert "| score | scaled |" in text and "The scaled score per cell_type" in text
+    assert "UMAP of the embedding by call, subtype, batch, cell_type" in text
     assert not list(path.parent.glob(".*"))  # no temporary files left
 
 
@@ -117,7 +129,8 @@ def test_the_umap_leaves_torch_thread_count_alone(annotated, tmp_path) -> None:
     code = (
         "import sys, torch, anndata\n"
         "from acsleuth.report import write_report\n"
-        "write_report(anndata.read_h5ad(sys.argv[1]), sys.argv[2], label_key='cell_type')\n"
+        "write_report(anndata.read_h5ad(sys.argv[1]), sys.argv[2], label_key='cell_type', "
+        "umap=True)\n"
         "print('threads', torch.get_num_threads())"
     )
     done = subprocess.run(
@@ -152,3 +165,39 @@ def test_report_checks_its_inputs_before_writing(tmp_path) -> None:
     with pytest.raises(KeyError, match="subtype_anomalies"):
         write_report(adata, tmp_path)
     assert not list(tmp_path.iterdir())
+
+
+def test_the_run_records_each_trained_stages_losses(annotated) -> None:
+    history = annotated.uns["acsleuth"]["history"]
+    epochs = {
+        stage: {name: len(v) for name, v in losses.items()} for stage, losses in history.items()
+    }
+    gan = {"critic": 1, "gp": 1, "generator": 1, "own": 1}
+    assert epochs["module I prepare"] == {name: 2 for name in gan}  # FAST: 2 prepare epochs
+    assert epochs["module I train"] == gan and epochs["style"] == gan
+    assert set(epochs["subtype desc"]) == {"loss", "changed"}
+    assert "mmd predictor" not in history  # the "scaled" score trains no predictor
+
+
+def test_report_tables_rates_per_batch_and_nests_the_timings(annotated, report) -> None:
+    path, _ = report
+    text = path.read_text()
+    calls = annotated.obs["acsleuth_anomaly"].groupby(annotated.obs["batch"], observed=True)
+    for batch, called in calls:
+        rate = f"{called.mean():.1%}"
+        assert f"| {batch} | {called.size} | {int(called.sum())} | {rate} |" in text
+    lines = text.splitlines()
+    module = next(i for i, line in enumerate(lines) if line.startswith("| module I |  |"))
+    assert lines[module + 1].startswith("|  | prepare |")  # its sub-stages follow it
+    assert lines[module + 2].startswith("|  | train |")
+    timings = annotated.uns["acsleuth"]["timings"]
+    total = sum(v for k, v in timings.items() if " > " not in k)
+    assert f"| **total** (of the stages) | | **{total:.2f}** |" in text
+
+
+def test_the_report_leaves_a_missing_batch_column_out_with_a_note(tmp_path) -> None:
+    adata = by_hand()
+    adata.uns["acsleuth"]["params"] = {"batch_key": "donor"}
+    text = write_report(adata, tmp_path).read_text()
+    assert "Batches left out: the run's batch_key 'donor' is not in obs." in text
+    assert not (tmp_path / "batches.png").exists()

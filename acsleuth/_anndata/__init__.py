@@ -6,7 +6,7 @@ Each tool's own keys, writers and readers live in a module of this package named
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -42,6 +42,21 @@ def add_timings(adata: AnnData, key: str, timings: Mapping[str, float]) -> None:
     uns["timings"] = {**uns.get("timings", {}), **timings}
 
 
+def add_history(
+    adata: AnnData, key: str, history: Mapping[str, Sequence[Mapping[str, float]]]
+) -> None:
+    """Add per-epoch losses to ``uns[key]["history"]`` as ``{stage: {loss: (epochs,) float
+    array}}`` (``history`` maps a stage to one ``{loss: value}`` per epoch; a stage that ran
+    no epoch is left out)."""
+    uns = adata.uns.setdefault(key, {})
+    stored = dict(uns.get("history", {}))
+    for stage, epochs in history.items():
+        if len(epochs):
+            names = list(epochs[0])
+            stored[stage] = {n: np.array([e[n] for e in epochs], dtype=np.float64) for n in names}
+    uns["history"] = stored
+
+
 def batch_codes(adata: AnnData, batch_key: str | None) -> tuple[np.ndarray, int]:
     """``(n_obs,)`` int64 codes of ``adata.obs[batch_key]`` (its categories) and their number."""
     from ..data.checks import check_obs_column
@@ -52,4 +67,4 @@ def batch_codes(adata: AnnData, batch_key: str | None) -> tuple[np.ndarray, int]
     return batches.codes.astype(np.int64), len(batches.categories)
 
 
-__all__ = ["add_timings", "annotated", "batch_codes", "params_record", "source_path"]
+__all__ = ["add_history", "add_timings", "annotated", "batch_codes", "params_record", "source_path"]

@@ -10,7 +10,8 @@ Every key is built from ``key_added`` (default ``"acsleuth"``) by :func:`keys`:
 - ``obs[f"{key_added}_subtype"]``, ``obsm[f"X_{key_added}_subtype"]``: subtypes, and the
   embedding DESC clustered
 - ``uns[key_added]``: ``params``, ``score``, ``threshold``, ``version``, ``backend``,
-  ``seed``, ``timings``, ``n_subtypes``, ``silhouette_curve``
+  ``seed``, ``timings`` (a nested stage keyed "stage > sub-stage"), ``n_subtypes``,
+  ``silhouette_curve``, ``history`` (per-epoch losses of each trained stage)
 """
 
 from __future__ import annotations
@@ -166,6 +167,26 @@ def anomaly_calls(adata: AnnData, key_added: str, tool: str) -> np.ndarray:
     return adata.obs[column].to_numpy(dtype=bool)
 
 
+def run_batch_key(adata: AnnData, key_added: str = KEY_ADDED) -> str | None:
+    """The ``batch_key`` the run under ``key_added`` was given (``uns[key_added]["params"]``),
+    or None."""
+    key = adata.uns.get(key_added, {}).get("params", {}).get("batch_key")
+    return None if key is None else str(key)
+
+
+def anomaly_rates(adata: AnnData, batch_key: str, key_added: str = KEY_ADDED) -> pd.DataFrame:
+    """Cells, anomalies called and their fraction (``rate``) per ``obs[batch_key]`` category,
+    in category order (a category without cells is left out); ``batch_key`` must be an
+    ``obs`` column."""
+    calls = anomaly_calls(adata, key_added, "anomaly_rates")
+    batches = adata.obs[batch_key].astype("category")
+    table = pd.DataFrame({"batch": batches.to_numpy(), "anomalies": calls})
+    table = table.groupby("batch", observed=True)["anomalies"].agg(["size", "sum"])
+    table.columns = ["cells", "anomalies"]
+    table["rate"] = table["anomalies"] / table["cells"]
+    return table
+
+
 def corrected_expression(
     adata: AnnData,
     genes: Sequence[str],
@@ -189,9 +210,11 @@ def corrected_expression(
 __all__ = [
     "Keys",
     "anomaly_calls",
+    "anomaly_rates",
     "corrected_expression",
     "corrected_slot",
     "keys",
+    "run_batch_key",
     "write_corrected",
     "write_scores",
     "write_subtypes",

@@ -25,8 +25,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument("--mode", default="one_vs_rest", choices=["one_vs_rest", "one_vs_one"])
     parser.add_argument("--reference", help="the group cells move to with --mode one_vs_one")
     parser.add_argument("--n-genes", type=int, default=50, help="genes kept per group (default 50)")
-    parser.add_argument("--layer", help="read layers[LAYER] instead of .raw / X")
-    parser.add_argument("--no-raw", action="store_true", help="read X even when .raw is present")
+    matrix = parser.add_mutually_exclusive_group()
+    matrix.add_argument("--layer", help="read layers[LAYER] instead of .raw / X")
+    matrix.add_argument("--no-raw", action="store_true", help="read X even when .raw is present")
+    matrix.add_argument(
+        "--use-raw", action="store_true", help="read .raw (refused when there is none)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
     parser.set_defaults(func=explain)
@@ -56,6 +60,10 @@ def explain(args: argparse.Namespace) -> int:
             f"--groupby {args.groupby!r} is not an obs column of {args.input} "
             f"(columns: {list(adata.obs.columns)})"
         )
+    if args.use_raw and adata.raw is None:
+        raise ValueError(
+            f"--use-raw: --input {args.input} has no .raw; drop --use-raw to read X, or pass --layer"
+        )
     config = replace(ExplainConfig(), seed=args.seed)
     result = tl.explain_groups(
         adata,
@@ -65,7 +73,7 @@ def explain(args: argparse.Namespace) -> int:
         reference=args.reference,
         n_genes=args.n_genes,
         layer=args.layer,
-        use_raw=False if args.no_raw else None,
+        use_raw=False if args.no_raw else (True if args.use_raw else None),
         config=config,
         copy=True,
     )

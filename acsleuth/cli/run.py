@@ -55,7 +55,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     run.add_argument("--model", help="a saved model folder (e.g. OUT/model): skip training")
     run.add_argument("--batch-key", help="obs column of the target's batches")
     run.add_argument("--label-key", help="obs column of known cell types (report only)")
-    run.add_argument("--layer", help="read layers[LAYER] of both inputs instead of X (e.g. counts)")
+    matrix = run.add_mutually_exclusive_group()
+    matrix.add_argument(
+        "--layer", help="read layers[LAYER] of both inputs instead of X (e.g. counts)"
+    )
+    matrix.add_argument(
+        "--use-raw",
+        action="store_true",
+        help="read .raw of both inputs instead of X (OUT/target.h5ad then has .raw's genes as X)",
+    )
     run.add_argument("--score", choices=SCORES, help=f"score type (default {DEFAULTS.score})")
     run.add_argument(
         "--anomaly-ratio",
@@ -216,6 +224,10 @@ def _inputs(args: argparse.Namespace, ctx: Context) -> tuple[ACsleuth, Any, AnnD
     with stage_timer({}, "checking the inputs"):
         target = read(args.target, backed=True)
         reference = read(args.reference, backed=True) if args.reference is not None else None
+        if args.use_raw:
+            target = raw_as_x(target, f"--target {args.target}")
+            if reference is not None:
+                reference = raw_as_x(reference, f"--reference {args.reference}")
         settings: dict[str, Any] = {"verbose": not args.quiet, "n_jobs": args.threads}
         settings |= {
             k: v
@@ -244,6 +256,26 @@ def _inputs(args: argparse.Namespace, ctx: Context) -> tuple[ACsleuth, Any, AnnD
     return model, reference, target, checkpoint, n_subtypes
 
 
+def raw_as_x(adata: AnnData, name: str) -> AnnData:
+    """``adata.raw`` as an AnnData in memory (same cells, ``.raw``'s genes as ``X``); a
+    ``ValueError`` naming the input ``name`` when it has no ``.raw``."""
+    if adata.raw is None:
+        raise ValueError(
+            f"--use-raw: {name} has no .raw; drop --use-raw to read X, or pass --layer"
+        )
+    from anndata import AnnData
+
+    x = adata.raw.X  # backed: an h5py dataset or anndata's sparse dataset
+    x = x.to_memory() if hasattr(x, "to_memory") else (x[()] if adata.isbacked else x.copy())
+    return AnnData(
+        X=x,
+        obs=adata.obs.copy(),
+        var=adata.raw.var.copy(),
+        obsm=dict(adata.obsm),
+        uns=dict(adata.uns),
+    )
+
+
 def _explain_subtypes(target: AnnData, model: ACsleuth, corrected: Any, layer: str | None) -> None:
     """ACE panels of the subtypes (for ``report.md``), when there are at least two."""
     from ..tl import explain_subtypes
@@ -256,6 +288,8 @@ def _record_command(args: argparse.Namespace, target: AnnData) -> None:
     """Add the command line and the input paths to ``uns[key]["params"]``."""
     params = target.uns[KEYS.uns]["params"]
     params["command"] = args.command_line
+    if args.use_raw:
+        params["use_raw"] = True
     for name in ("reference", "target", "model"):
         if getattr(args, name) is not None:
             params[name] = str(Path(getattr(args, name)).resolve())

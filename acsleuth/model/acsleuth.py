@@ -16,7 +16,7 @@ import torch
 from anndata import AnnData
 
 from .. import ops, parallel
-from .._anndata import add_timings, source_path
+from .._anndata import add_history, add_timings, source_path
 from .._anndata import detect as contract
 from .._constants import (
     DEFAULTS,
@@ -412,8 +412,10 @@ class ACsleuth(FamiliarAPI, PipelineStages, persist.Persistent):
         - ``obsm[f"X_{key_added}_subtype"]``: the embedding DESC clustered, NaN rows for normal
           cells (``obsm[f"X_{key_added}"]`` keeps module I's embedding of every cell)
         - ``uns[key_added]``: also ``n_subtypes``, ``silhouette_curve`` and the ``"kin"``,
-          ``"style"`` and ``"subtype"`` timings, the ``device`` that ran, and in ``params``
-          this call's arguments and the inputs' paths (when read from files)
+          ``"style"`` and ``"subtype"`` timings, the ``device`` that ran, in ``params``
+          this call's arguments and the inputs' paths (when read from files), and in
+          ``history`` each trained stage's per-epoch losses (``{stage: {loss: array}}``:
+          module I's, the MMD predictor's, the style transfer's, DESC's)
         """
         if not isinstance(target, AnnData):
             raise TypeError(f"run: target must be an AnnData, got {type(target).__name__}")
@@ -451,6 +453,8 @@ class ACsleuth(FamiliarAPI, PipelineStages, persist.Persistent):
             target.uns[key_added]["device"] = str(self.device)
         anomaly = result.anomaly
         timings: dict[str, float] = {}
+        history = {f"module I {stage}": epochs for stage, epochs in self.history_.items()}
+        history |= result.history
         if correct:
             corrected = self.correct(
                 target,
@@ -462,6 +466,7 @@ class ACsleuth(FamiliarAPI, PipelineStages, persist.Persistent):
                 timings=timings,
                 checkpoint=checkpoint,
                 layer=layer,
+                history=history,
             )
             if main and corrected_out is None:
                 contract.write_corrected(target, corrected, self.genes_, key_added)
@@ -479,6 +484,8 @@ class ACsleuth(FamiliarAPI, PipelineStages, persist.Persistent):
         if main:
             contract.write_subtypes(target, anomaly, result, key_added)
             add_timings(target, key_added, timings)
+            history["subtype desc"] = [] if result is None else result.history
+            add_history(target, key_added, history)
         return target
 
     def __repr__(self) -> str:

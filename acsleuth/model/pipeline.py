@@ -39,6 +39,7 @@ class PipelineStages:
         timings: dict[str, float] | None = None,
         checkpoint: Checkpoint | None = None,
         layer: str | None = None,
+        history: dict[str, list[dict[str, float]]] | None = None,
     ) -> Any:
         """Batch-corrected expression of every target cell (modules II-III, docs/method.md §2-§3).
 
@@ -51,7 +52,8 @@ class PipelineStages:
         normal one, and subtyping its output lost much of the subtype signal
         (benchmarks/RESULTS.md, issue 4); ``"generator"`` gives them its output (docs/method.md §3).
         Seconds go to ``timings["kin"]`` and ``timings["style"]``. ``checkpoint`` checkpoints
-        and resumes the style transfer's training.
+        and resumes the style transfer's training; its per-epoch losses go to
+        ``history["style"]`` when ``history`` is given.
 
         Returns ``out``, filled chunk by chunk with the float32 ``(n_obs, n_genes_)``
         corrected expression: any array taking row-slice assignment (a numpy array or
@@ -74,6 +76,7 @@ class PipelineStages:
             timings={} if timings is None else timings,
             checkpoint=checkpoint,
             layer=layer,
+            history=history,
         )
 
     def _kin(

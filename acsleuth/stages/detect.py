@@ -22,7 +22,7 @@ from .._constants import (
     Params,
     Precision,
 )
-from .._logging import stage_timer
+from .._logging import stage_key, stage_timer
 from .._precision import autocast
 from ..data import ExpressionSource, MinibatchLoader
 from ..data.checks import check_reference_size
@@ -71,7 +71,8 @@ def train_detector(
 
     After every generator update of stage "train" the batch's encoder embeddings are
     enqueued into the memory bank. When ``timings`` is given, the seconds each stage took
-    are added to ``timings["prepare"]`` and ``timings["train"]`` (0.0 for a skipped stage).
+    are added under "prepare" and "train" (keyed as :func:`~acsleuth._logging.stage_timer`
+    does; 0.0 for a skipped stage).
     ``checkpoint`` resumes and checkpoints both stages (:func:`~acsleuth.train.train_adversarial`;
     a loader with a ``state_dict``, such as :class:`~acsleuth.data.MinibatchLoader`, has its
     shuffler checkpointed too).
@@ -99,7 +100,7 @@ def train_detector(
     ):
         if epochs == 0:
             history[name] = []
-            timings.setdefault(name, 0.0)
+            timings.setdefault(stage_key(name), 0.0)
             continue
         with stage_timer(timings, name):  # ends after the epoch's loss read-back (a host sync)
             history[name] = train_adversarial(

@@ -137,6 +137,7 @@ def fit_predictor(
     seed: int = 0,
     verbose: bool = True,
     timings: dict[str, float] | None = None,
+    history: dict[str, list[dict[str, float]]] | None = None,
 ) -> Predictor:
     """Train a :class:`~acsleuth.nn.Predictor` on ``residuals (N, G)`` of every target cell.
 
@@ -157,11 +158,16 @@ def fit_predictor(
     anchors
         ``(A, G)`` residuals of known normal (reference) cells, or ``None``.
     timings
-        When given, the seconds of the warm start and of the MMD epochs are added to
-        ``timings["mmd warm start"]`` (when ``warm_epochs > 0``) and ``timings["mmd train"]``
+        When given, the seconds of the warm start and of the MMD epochs are added under
+        "mmd warm start" (when ``warm_epochs > 0``) and "mmd train" (inside a caller's stage
+        keyed by its path, as :func:`~acsleuth._logging.stage_timer` does)
         (each ends with a device sync on CUDA).
+    history
+        When given, per-epoch mean losses go to ``history["mmd warm start"]`` (``bce``,
+        when ``warm_epochs > 0``) and ``history["mmd predictor"]`` (``mmd``, this rank's).
     """
     timings = {} if timings is None else timings
+    history = {} if history is None else history
     if isinstance(residuals, Tensor):
         residuals = ScaledResiduals.wrap(residuals)
     n_cells, n_genes = residuals.shape
@@ -221,18 +227,21 @@ def fit_predictor(
     if config.warm_epochs:
         with stage_timer(timings, "mmd warm start"):
             for _ in progress(range(config.warm_epochs), desc="warm start", verbose=verbose):
-                steps = n_steps(config.batch_size or 128)
+                steps, losses = n_steps(config.batch_size or 128), []
                 for _, _, _, loss in itertools.islice(epoch(config.batch_size or 128), steps):
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     parallel.average_gradients(predictor.parameters(), ctx)
                     opt.step()
+                    losses.append(loss.detach())
+                _record(history, "mmd warm start", "bce", losses)
             _sync(device)
     steps = n_steps(config.batch_size)
     total = config.epochs * steps
     step = 0
     with stage_timer(timings, "mmd train"):
         for _ in progress(range(config.epochs), desc="mmd score", verbose=verbose):
+            losses = []
             for rows, delta, logits, _ in itertools.islice(epoch(config.batch_size), steps):
                 for group in opt.param_groups:  # cosine schedule over all steps
                     group["lr"] = config.lr * 0.5 * (1.0 + math.cos(math.pi * step / total))
@@ -248,8 +257,18 @@ def fit_predictor(
                 parallel.average_gradients(predictor.parameters(), ctx)
                 opt.step()
                 step += 1
+                losses.append(loss.detach())
+            _record(history, "mmd predictor", "mmd", losses)
         _sync(device)
     return predictor.eval()
+
+
+def _record(
+    history: dict[str, list[dict[str, float]]], stage: str, name: str, losses: list[Tensor]
+) -> None:
+    """Append the mean of an epoch's ``losses`` (one host sync) to ``history[stage]``."""
+    if losses:
+        history.setdefault(stage, []).append({name: float(torch.stack(losses).float().mean())})
 
 
 @torch.inference_mode()

@@ -46,6 +46,8 @@ class ScoreResult:
     embedding: np.ndarray | None  # None on ranks other than 0 of a distributed run
     threshold: float
     timings: dict[str, float] = field(default_factory=dict)
+    history: dict[str, list[dict[str, float]]] = field(default_factory=dict)
+    """Per-epoch losses of the stages trained while scoring (the MMD predictor's)."""
 
 
 @dataclass
@@ -213,8 +215,10 @@ def mmd_scores(
     params: Params,
     *,
     timings: dict[str, float] | None = None,
+    history: dict[str, list[dict[str, float]]] | None = None,
 ) -> Tensor:
-    """The MMD predictor's logits of every cell, trained on its scaled ``residuals``."""
+    """The MMD predictor's logits of every cell, trained on its scaled ``residuals``
+    (``timings`` and ``history`` as in :func:`~acsleuth.stages.mmd.fit_predictor`)."""
     if residuals.shape[0] < 4:
         raise ValueError(
             f"target: {residuals.shape[0]} cell(s); the MMD score needs at least 4 target "
@@ -231,6 +235,7 @@ def mmd_scores(
         seed=params.random_state,
         verbose=params.verbose,
         timings=timings,
+        history=history,
     )
     return predict_logits(predictor, residuals).float().cpu()
 
@@ -253,6 +258,7 @@ def evaluate_target(
     ``budget``: bytes the residual store and embeddings may hold on ``device``.
     """
     timings: dict[str, float] = {}
+    history: dict[str, list[dict[str, float]]] = {}
     with stage_timer(timings, "prepare target"):
         source = prepare(target, genes=genes, name="target", layer=layer)
     check_target_size(source.n_obs, params.score)
@@ -266,6 +272,7 @@ def evaluate_target(
             device=device,
             budget=budget,
             timings=timings,
+            history=history,
         )
     chosen = scores[params.score]
     anomaly, threshold = call_anomalies(chosen, params.score, params.anomaly_ratio, count)
@@ -276,6 +283,7 @@ def evaluate_target(
         embedding=embedding,
         threshold=threshold,
         timings=timings,
+        history=history,
     )
 
 
@@ -288,6 +296,7 @@ def score_cells(
     device: torch.device,
     budget: int,
     timings: dict[str, float],
+    history: dict[str, list[dict[str, float]]] | None = None,
 ) -> tuple[dict[str, Tensor], np.ndarray | None, int | None]:
     """Every score of every target cell (all ranks' cells), rank 0's embeddings and the
     estimated number of anomalies (None without a neighbour index).
@@ -296,7 +305,8 @@ def score_cells(
     and ``"mmd"`` scores are taken from them. ``"knn"`` is the mean over folds of the
     distance to the reference (:mod:`acsleuth.stages.neighbours`; with batch ``codes``, after
     shifting each batch onto the reference, :func:`reference_offsets`); ``"ensemble"`` the rank
-    average of ``"mmd"`` and ``"knn"``. Seconds go to ``timings``.
+    average of ``"mmd"`` and ``"knn"``. Seconds go to ``timings``, the MMD predictor's
+    losses to ``history``.
     """
     score = params.score
     if score == "knn" and detector.neighbours is None:
@@ -321,7 +331,12 @@ def score_cells(
         if score in NEEDS_MMD:
             with stage_timer(timings, "mmd score"):
                 scores["mmd"] = mmd_scores(
-                    residuals, scores["scaled"], detector.anchors, params, timings=timings
+                    residuals,
+                    scores["scaled"],
+                    detector.anchors,
+                    params,
+                    timings=timings,
+                    history=history,
                 )
     finally:
         if residuals is not None:

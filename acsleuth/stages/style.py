@@ -257,12 +257,13 @@ def fit_style(
     *,
     device: torch.device,
     checkpoint: Checkpoint | None = None,
-) -> StyleTransfer:
+) -> tuple[StyleTransfer, list[dict[str, float]]]:
     """A style transfer started from module I's ``init``, trained on this rank's
-    ``normal_rows`` and their kin (every rank's model alike after training)."""
+    ``normal_rows`` and their kin (every rank's model alike after training), and its
+    per-epoch losses (:func:`train_style`)."""
     ctx = parallel.context()
     style = StyleTransfer(target.n_genes, n_batches, init=init)
-    train_style(
+    history = train_style(
         style,
         target,
         normal_rows,
@@ -276,7 +277,7 @@ def fit_style(
         checkpoint=checkpoint,
     )
     parallel.average_buffers(style, ctx)
-    return style
+    return style, history
 
 
 def correct_cells(
@@ -355,12 +356,14 @@ def correct_expression(
     timings: dict[str, float],
     checkpoint: Checkpoint | None = None,
     layer: str | None = None,
+    history: dict[str, list[dict[str, float]]] | None = None,
 ) -> Any:
     """Modules II-III with module I's ``generator``: match the ``normal`` target cells to
     reference kin, train the style transfer on them and correct every target cell on the
     panel ``genes`` (see :meth:`acsleuth.ACsleuth.correct`, which documents the arguments;
     ``layer``: read ``layers[layer]`` of both inputs instead of ``X``).
-    Seconds go to ``timings["kin"]`` and ``timings["style"]``."""
+    Seconds go to ``timings["kin"]`` and ``timings["style"]``; the style transfer's per-epoch
+    losses to ``history["style"]`` when given."""
     if kin not in KINS:
         raise ValueError(f"ACsleuth: kin must be 'nearest' or 'learned', got {kin!r}")
     if anomalies not in ANOMALY_EXPRESSIONS:
@@ -392,7 +395,7 @@ def correct_expression(
                 generator, target_source, reference_source, mine, kin, params, device
             )
         with stage_timer(timings, "style"):
-            style = fit_style(
+            style, losses = fit_style(
                 generator,
                 target_source,
                 reference_source,
@@ -404,6 +407,8 @@ def correct_expression(
                 device=device,
                 checkpoint=checkpoint,
             )
+            if history is not None:
+                history["style"] = losses
             return correct_cells(
                 style,
                 target_source,
