@@ -84,7 +84,7 @@ def check_checkpoint_folder(path: str | os.PathLike, inputs: Inputs, out: Path) 
     if where == out_where or out_where in where.parents:
         raise ValueError(
             f"--checkpoint-dir {folder} is inside --out {out}, which the run replaces "
-            "as a whole; put it beside (the default is OUT.checkpoint)"
+            "as a whole; put it beside --out (e.g. OUT.checkpoint)"
         )
     return folder
 

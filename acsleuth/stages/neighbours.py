@@ -87,7 +87,7 @@ class NeighbourFold:
         rows, is the estimate (each round closes about half the remaining gap: 5 rounds left
         13 % of a planted shift, 3 rounds 19 %). On two-batch development scenarios it raised
         the AUROC of the distance from 0.88-0.92 to 0.99 (synthetic data, effect sd 1) and from
-        0.67-0.77 to 0.70-0.83 (PBMC T-cell states, sd 1.5), and left weaker effects level
+        0.67-0.77 to 0.68-0.83 (PBMC T-cell states, sd 1.5), and left weaker effects level
         (benchmarks/RESULTS.md, issue 16).
         """
         q = self.project(x)
