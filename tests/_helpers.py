@@ -213,10 +213,23 @@ def cli_run(args: list[str]) -> subprocess.CompletedProcess:
 
 
 def cli_start(args: list[str]) -> subprocess.Popen:
-    """Start a command that a test can interrupt or kill."""
+    """Start a command that a test can interrupt or kill.
+
+    Its Ctrl-C (SIGINT) is reset to the default, as in a terminal's foreground job: a
+    suite started in the background by a shell without job control (``cmd &``) ignores
+    SIGINT, every child inherits that, and the interrupted run would finish instead."""
     return subprocess.Popen(
-        args, env=_cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        args,
+        env=_cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_sigint,
     )
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def cli_wait_for(path: Path, process: subprocess.Popen, timeout: float = 120.0) -> bool:
