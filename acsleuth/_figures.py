@@ -73,13 +73,23 @@ def umap_layout(x: np.ndarray, *, max_cells: int, seed: int = 0) -> tuple[np.nda
     view = AnnData(obsm={"X_rep": np.asarray(x[rows], dtype=np.float32)})
     threads = torch.get_num_threads()
     try:
-        sc.pp.neighbors(
-            view, use_rep="X_rep", n_neighbors=min(15, len(rows) - 1), random_state=seed
-        )
+        neighbour_graph(view, "X_rep", n_neighbors=min(15, len(rows) - 1), seed=seed)
         sc.tl.umap(view, random_state=seed)
     finally:  # numba's OpenMP layer resets torch's thread count, and with it later results
         torch.set_num_threads(threads)
     return rows, view.obsm["X_umap"]
+
+
+def neighbour_graph(adata: AnnData, use_rep: str, *, n_neighbors: int, seed: int = 0) -> None:
+    """``sc.pp.neighbors`` on ``obsm[use_rep]`` with exact neighbours (scikit-learn's
+    transformer). On larger inputs scanpy's default, pynndescent, hands back a scipy
+    ``csr_array``, which scanpy 1.11 then reads with ``getnnz`` (gone in scipy 1.17): a whole
+    ``acsleuth run`` of 20,000 cells failed while drawing its report."""
+    import scanpy as sc
+
+    sc.pp.neighbors(
+        adata, use_rep=use_rep, n_neighbors=n_neighbors, random_state=seed, transformer="sklearn"
+    )
 
 
 def panel_axes(

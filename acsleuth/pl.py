@@ -277,7 +277,7 @@ def score_groups(
     groupby
         Categorical ``obs`` column (e.g. true labels or batches); default: the anomaly call.
     score
-        As in :func:`scores`; the called score (e.g. ``"ensemble"``) by default.
+        As in :func:`scores`; the called score (e.g. ``"mmd"``) by default.
     title, save
         As in :func:`scores`.
     """

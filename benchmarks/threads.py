@@ -63,6 +63,13 @@ def child_env(threads_env: bool) -> dict[str, str]:
     return env
 
 
+def run_child(command: list[str], env: dict[str, str]) -> None:
+    """Run ``command``; a failure stops the benchmark with the end of the child's stderr."""
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"failed: {shlex.join(command)}\n{done.stderr[-3000:]}")
+
+
 def write_data(folder: Path, cells: int, genes: int) -> None:
     from acsleuth import datasets
 
@@ -98,7 +105,7 @@ def train(folder: Path) -> Path:
         "--epochs",
         "prepare=2,train=1,score=2,subtype=2",
     ]
-    subprocess.run(command, env=child_env(True), check=True, capture_output=True, text=True)
+    run_child(command, child_env(True))
     return folder / "fit" / "model"
 
 
@@ -135,7 +142,7 @@ def time_setting(command: list[str], repeats: int) -> list[float]:
     seconds = []
     for _ in range(repeats):
         start = time.perf_counter()
-        subprocess.run(command, env=child_env(False), check=True, capture_output=True, text=True)
+        run_child(command, child_env(False))
         seconds.append(time.perf_counter() - start)
     return seconds
 

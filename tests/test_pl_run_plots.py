@@ -126,3 +126,17 @@ def test_umap_colours_by_call_subtype_and_batch_and_says_when_it_samples() -> No
     sampled = pl.umap(adata, color=["call"], max_cells=7, return_fig=True)
     assert sum(len(c.get_offsets()) for c in sampled.axes[0].collections) == 7
     assert "7 of 10 cells at random" in sampled._suptitle.get_text()
+
+
+def test_the_umap_graph_of_many_cells_is_exact_and_builds_where_pynndescent_broke() -> None:
+    """10,000 cells: scanpy's default (pynndescent) failed there with scipy 1.17 (a whole
+    ``acsleuth run`` lost its report); each cell's neighbours are its true nearest ones."""
+    from acsleuth._figures import neighbour_graph
+
+    x = np.random.default_rng(0).normal(size=(10_000, 4)).astype(np.float32)
+    view = AnnData(obsm={"X_rep": x})
+    neighbour_graph(view, "X_rep", n_neighbors=5)
+    distances = view.obsp["distances"]
+    first = distances[0].indices
+    brute = np.argsort(((x - x[0]) ** 2).sum(1))[1:5]
+    assert set(first) == set(brute) and distances.shape == (10_000, 10_000)

@@ -28,6 +28,7 @@ from .._constants import (
     Precision,
     Score,
     SubtypeEmbedding,
+    WarmRanking,
 )
 from .._device import cache_bytes, resolve_device
 from .._logging import logger, stage_timer
@@ -69,19 +70,21 @@ class ACsleuth(FamiliarAPI, PipelineStages, persist.Persistent):
     batch_size
         Training minibatch size.
     score
-        ``"ensemble"`` (default: rank average of ``"mmd"``, the paper's gamma_c predictor, and
-        ``"knn"``, the distance to the reference in its PCs), ``"scaled"`` (``||(x - x_hat) / s||``),
-        ``"residual"``, ``"cosine"`` or ``"critic"`` (README.md, docs/method.md §1).
+        ``"mmd"`` (default: the paper's gamma_c predictor, warm-started from the ``"knn"``
+        ranking), ``"knn"`` (the distance to the reference in its PCs), ``"ensemble"`` (rank
+        average of the two), ``"scaled"`` (``||(x - x_hat) / s||``), ``"residual"``,
+        ``"cosine"`` or ``"critic"`` (README.md, docs/method.md §1).
     kernel, gamma
         Kernel and weight function of the MMD predictor (docs/method.md §1.1).
     anomaly_ratio
         Expected fraction of anomalies: the top ``ratio * N`` cells are called anomalous.
         ``None``: the top ``n``, ``n`` estimated from the reference's null distances
         (:func:`~acsleuth.stages.neighbours.count_anomalies`); the MMD predictor: soft sizes.
-    score_batch_size, warm_epochs, anchor
+    score_batch_size, warm_epochs, warm_ranking, anchor
         Minibatch size of the MMD predictor (``None``: one full pass per epoch), the epochs
-        it first spends learning the scaled-residual ranking, and whether reference
-        residuals join its minibatches as known normal cells.
+        it first spends learning the top half of a ranking, that ranking (``"knn"``, the
+        default, or ``"scaled"``; a model without a neighbour index uses ``"scaled"``), and
+        whether reference residuals join its minibatches as known normal cells.
     n_memory, memory_temperature, memory_shrink
         The memory bank's size, softmax temperature and hard-shrinkage threshold (docs/method.md §1).
     n_critic, style_n_critic
@@ -132,6 +135,7 @@ class ACsleuth(FamiliarAPI, PipelineStages, persist.Persistent):
         anomaly_ratio: float | None = DEFAULTS.anomaly_ratio,
         score_batch_size: int | None = DEFAULTS.score_batch_size,
         warm_epochs: int = DEFAULTS.warm_epochs,
+        warm_ranking: WarmRanking = DEFAULTS.warm_ranking,
         anchor: bool = DEFAULTS.anchor,
         n_memory: int = DEFAULTS.n_memory,
         memory_temperature: float = DEFAULTS.memory_temperature,

@@ -208,6 +208,22 @@ def embed(
         return torch.cat([encoder(x).float() for _, x in loader])
 
 
+def warm_ranking(scores: dict[str, Tensor], params: Params) -> Tensor:
+    """This rank's ranking whose top half the MMD predictor first learns: the mean fold
+    distance to the reference (``warm_ranking="knn"``, when the model has a neighbour index)
+    or the scaled residual.
+
+    Warm-started from the distance, the predictor ranked every dev family of issue 16 better
+    than from the scaled residual (mean AUROC 0.924 against 0.884 over 15 scenarios x 3
+    seeds; two batches 0.873 against 0.726): the distance, shifted batch by batch onto the
+    reference, gives it a start free of the batch effect, and the MMD then refines it.
+    """
+    folds = scores.get("knn folds")
+    if params.warm_ranking == "knn" and folds is not None:
+        return folds.mean(1).cpu()
+    return scores["scaled"]
+
+
 def mmd_scores(
     residuals: ScaledResiduals,
     ranking: Tensor,
@@ -332,7 +348,7 @@ def score_cells(
             with stage_timer(timings, "mmd score"):
                 scores["mmd"] = mmd_scores(
                     residuals,
-                    scores["scaled"],
+                    warm_ranking(scores, params),
                     detector.anchors,
                     params,
                     timings=timings,
@@ -349,14 +365,14 @@ def score_cells(
     folds = scores.pop("knn folds", None)
     if folds is not None:
         scores["knn"] = folds.mean(1)
-        count = count_anomalies(folds.T, detector.neighbours)
+        count = count_anomalies(folds.T, detector.neighbours, shifted=codes is not None)
         if count == folds.shape[0]:  # no cell as near the reference as its null: no foothold
             logger.warning(
                 "every target cell lies farther from the reference than reference "
                 "cells do; calls without a ratio fall back to a Gaussian mixture"
             )
             count = None
-    if score == "ensemble":  # without an index (see Detector) it is the MMD score
+    if score in NEEDS_MMD:  # without an index (see Detector) "ensemble" is the MMD score
         parts = [scores[name].numpy() for name in ("mmd", "knn") if name in scores]
         scores["ensemble"] = torch.from_numpy(rank_average(*parts)).float()
     return scores, embedding, count
@@ -408,4 +424,5 @@ __all__ = [
     "reconstruct_target",
     "reference_residuals",
     "score_cells",
+    "warm_ranking",
 ]

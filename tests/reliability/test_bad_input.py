@@ -26,6 +26,7 @@ from scipy.stats import spearmanr
 
 import acsleuth
 from acsleuth import tl
+from acsleuth._constants import DEFAULTS
 from acsleuth.cli import main
 from acsleuth.data import DataError, highly_variable_genes, prepare, read
 
@@ -63,14 +64,20 @@ def clean(model, data) -> dict[str, np.ndarray]:
     return model.evaluate(data[1]).scores
 
 
-RANK_ATOL = 0.011  # the default score averages two ranks of 100 cells: a near-tie may swap
+MMD_ATOL = 1e-3  # float32 rounding of the input, through training (the logits span ~0.2)
 
 
 def assert_scores_match(scores: dict[str, np.ndarray], clean: dict[str, np.ndarray]) -> None:
-    """The same scores up to float32 rounding of the input (the MMD logits span ~0.2)."""
+    """The same scores up to float32 rounding of the input."""
     np.testing.assert_allclose(scores["scaled"], clean["scaled"], rtol=1e-4)
-    np.testing.assert_allclose(scores["mmd"], clean["mmd"], rtol=0, atol=1e-3)
+    np.testing.assert_allclose(scores["mmd"], clean["mmd"], rtol=0, atol=MMD_ATOL)
     np.testing.assert_allclose(scores["knn"], clean["knn"], rtol=1e-4)
+
+
+def assert_default_score_matches(cells: pd.DataFrame, clean: dict[str, np.ndarray]) -> None:
+    """The CLI's ``score`` column is the default score (the MMD logits) of the clean target."""
+    assert DEFAULTS.score == "mmd"
+    np.testing.assert_allclose(cells["score"], clean["mmd"], rtol=0, atol=MMD_ATOL)
 
 
 def dense(adata: ad.AnnData) -> np.ndarray:
@@ -200,7 +207,7 @@ def test_raw_count_files_are_accepted_and_logged(cli, caplog, clean) -> None:
     with caplog.at_level(logging.INFO, logger="acsleuth"):
         cells = cli().accepted()
     assert "target: X looks like raw counts" in caplog.text
-    np.testing.assert_allclose(cells["score"], clean["ensemble"], rtol=0, atol=RANK_ATOL)
+    assert_default_score_matches(cells, clean)
 
 
 # --------------------------------------------------------------------------- genes
@@ -356,7 +363,7 @@ def test_integer_float64_and_float16_inputs_score_like_float32(
     cast = with_x(target, dense(target).astype(dtype))
     assert_scores_match(model.evaluate(cast).scores, clean)
     cells = cli(target=cli.write("cast.h5ad", cast)).accepted()
-    np.testing.assert_allclose(cells["score"], clean["ensemble"], rtol=0, atol=RANK_ATOL)
+    assert_default_score_matches(cells, clean)
 
 
 @pytest.mark.parametrize("storage", ["csr", "csc", "dense"])
@@ -371,7 +378,7 @@ def test_csr_csc_dense_and_backed_inputs_score_alike(model, target, cli, clean, 
     finally:
         backed.file.close()
     cells = cli(target="stored.h5ad").accepted()  # the command line reads files backed
-    np.testing.assert_allclose(cells["score"], clean["ensemble"], rtol=0, atol=RANK_ATOL)
+    assert_default_score_matches(cells, clean)
 
 
 # --------------------------------------------------------------------------- files

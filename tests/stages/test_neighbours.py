@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _helpers import FastACsleuth
 
+from acsleuth._constants import Params
 from acsleuth.stages.neighbours import (
     NeighbourConfig,
     ReferenceNeighbours,
@@ -14,7 +16,7 @@ from acsleuth.stages.neighbours import (
     knn_distance,
     rank_average,
 )
-from acsleuth.stages.score import call_anomalies
+from acsleuth.stages.score import call_anomalies, warm_ranking
 
 
 def _planted(n_reference: int = 400, n_normal: int = 300, n_anomalous: int = 100, seed: int = 0):
@@ -97,6 +99,33 @@ def test_a_shifted_batch_is_moved_back_onto_the_reference() -> None:
     assert counts[0] > 150 and 85 <= counts[1] <= 120  # the naive count takes in the shifted batch
 
 
+def test_the_shifted_null_is_what_shifted_normal_cells_score() -> None:
+    """A fitted shift pulls normal cells nearer the index than the plain null; the null of
+    left-out cells shifted the same way matches them, and the count uses it."""
+    reference, target = _planted(n_normal=300, n_anomalous=100, seed=2)
+    neighbours = fit_neighbours(
+        lambda rows: reference[rows],
+        len(reference),
+        NeighbourConfig(n_components=10, k=5, n_folds=2),
+        seed=0,
+    )
+    codes = np.zeros(400, dtype=np.int64)
+    x = torch.from_numpy(target)
+    offsets = neighbours.batch_offsets(x, codes, 1)
+    distances = neighbours.distances(x, offsets=offsets[:, torch.from_numpy(codes)])
+    below = {"null": [], "shifted_null": []}
+    for fold, values in zip(neighbours.folds, distances, strict=True):
+        assert torch.equal(fold.shifted_null, fold.shifted_null.sort().values)
+        for name in below:
+            q = torch.quantile(getattr(fold, name).double(), 0.6)
+            below[name].append(float((values[:300] <= q).double().mean()))
+    assert abs(np.mean(below["shifted_null"]) - 0.6) < abs(np.mean(below["null"]) - 0.6)
+    plain, shifted = (
+        count_anomalies(distances, neighbours, shifted=flag) for flag in (False, True)
+    )
+    assert abs(shifted - 100) < abs(plain - 100) and shifted > plain
+
+
 def test_reference_cells_are_not_their_own_null() -> None:
     """Scored by a PCA fitted on themselves, reference cells would look farther than new cells."""
     reference, target = _planted(n_anomalous=1)
@@ -116,6 +145,12 @@ def test_large_reference_gets_one_fold_and_state_round_trips() -> None:
     copy = ReferenceNeighbours.from_state_dict(neighbours.state_dict())
     x = torch.from_numpy(target)
     assert torch.equal(copy.distances(x), neighbours.distances(x)) and copy.k == 3
+    assert torch.equal(copy.folds[0].shifted_null, neighbours.folds[0].shifted_null)
+    saved_before = {k: v for k, v in neighbours.state_dict().items() if "shifted_null" not in k}
+    older = ReferenceNeighbours.from_state_dict(saved_before)  # a model saved before it existed
+    assert older.folds[0].shifted_null is None
+    distances = older.distances(x)
+    assert count_anomalies(distances, older, shifted=True) == count_anomalies(distances, older)
 
 
 def test_rank_average_and_ratio_calls() -> None:
@@ -141,51 +176,54 @@ def test_bad_inputs_say_what_is_wrong() -> None:
         rank_average()
 
 
-def test_default_score_is_the_rank_average_of_mmd_and_knn() -> None:
-    from acsleuth import ACsleuth, datasets
+def test_the_mmd_predictor_starts_from_the_distance_and_ensemble_averages_ranks() -> None:
+    from acsleuth import datasets
 
     reference, target = datasets.synthetic(96, 80, 60, anomaly_ratio=0.25, seed=3)
-    model = ACsleuth(
-        prepare_epochs=2,
-        train_epochs=1,
-        score_epochs=1,
-        warm_epochs=1,
-        batch_size=32,
-        n_memory=50,
-        device="cpu",
-        verbose=False,
-    ).fit(reference)
+    model = FastACsleuth(score_epochs=1, warm_epochs=1).fit(reference)
     result = model.evaluate(target)
-    np.testing.assert_allclose(
-        result.score, rank_average(result.scores["mmd"], result.scores["knn"]), rtol=1e-6
-    )
+    assert model.params["score"] == "mmd" and model.params["warm_ranking"] == "knn"
+    np.testing.assert_array_equal(result.score, result.scores["mmd"])
     assert (
         result.anomaly.any()
         and result.score[result.anomaly].min() >= result.score[~result.anomaly].max()
     )
-    model.neighbours_ = None  # as a model saved before the index existed
+    np.testing.assert_allclose(
+        result.scores["ensemble"],
+        rank_average(result.scores["mmd"], result.scores["knn"]),
+        rtol=1e-6,
+    )
+    model.params["warm_ranking"] = "scaled"
+    from_scaled = model.evaluate(target).scores
+    np.testing.assert_array_equal(from_scaled["knn"], result.scores["knn"])
+    assert not np.allclose(from_scaled["mmd"], result.scores["mmd"])
+    model.neighbours_ = None  # as a model saved before the index existed: from "scaled"
     with pytest.raises(ValueError, match="score='knn' needs the reference neighbour index"):
         model.evaluate(target, score="knn")
-    ranks = model.evaluate(target).score
-    np.testing.assert_allclose(ranks, rank_average(result.scores["mmd"]), rtol=1e-6)
+    without_index = model.evaluate(target, score="ensemble").scores
+    np.testing.assert_array_equal(without_index["mmd"], from_scaled["mmd"])
+    np.testing.assert_allclose(
+        without_index["ensemble"], rank_average(from_scaled["mmd"]), rtol=1e-6
+    )
+
+
+def test_warm_ranking_is_the_mean_fold_distance_or_the_scaled_residual() -> None:
+    folds, scaled = torch.rand(20, 3), torch.rand(20)
+    scores = {"knn folds": folds, "scaled": scaled}
+    torch.testing.assert_close(warm_ranking(scores, Params()), folds.mean(1))
+    assert warm_ranking(scores, Params(warm_ranking="scaled")) is scaled
+    assert warm_ranking({"scaled": scaled}, Params()) is scaled
+    with pytest.raises(ValueError, match="warm_ranking must be one of"):
+        Params(warm_ranking="mmd")
 
 
 def test_a_target_unlike_every_reference_cell_falls_back_to_the_mixture() -> None:
     """Half the genes zeroed: no target cell is as near the reference as the null, so the
     count (every cell) is not used and the pipeline keeps normal cells to correct."""
-    from acsleuth import ACsleuth, datasets
+    from acsleuth import datasets
 
     reference, target = datasets.synthetic(120, 100, 50, anomaly_ratio=0.3, seed=1)
-    model = ACsleuth(
-        prepare_epochs=2,
-        train_epochs=1,
-        score_epochs=1,
-        warm_epochs=1,
-        batch_size=32,
-        n_memory=50,
-        device="cpu",
-        verbose=False,
-    ).fit(reference)
+    model = FastACsleuth(score_epochs=1, warm_epochs=1).fit(reference)
     x = target.X.toarray()
     x[:, 25:] = 0
     target.X = x
