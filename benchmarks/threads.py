@@ -86,49 +86,24 @@ def write_data(folder: Path, cells: int, genes: int) -> None:
     target.write_h5ad(folder / "tgt.h5ad")
 
 
+def acsleuth_run(*options: str) -> list[str]:
+    """``python -m acsleuth run`` with ``options``, quietly, on the CPU."""
+    return [sys.executable, "-m", "acsleuth", "run", "--quiet", "--device", "cpu", *options]
+
+
 def train(folder: Path) -> Path:
-    command = [
-        sys.executable,
-        "-m",
-        "acsleuth",
-        "run",
-        "--reference",
-        str(folder / "ref.h5ad"),
-        "--target",
-        str(folder / "tgt.h5ad"),
-        "--out",
-        str(folder / "fit"),
-        "--quiet",
-        "--device",
-        "cpu",
-        "--no-correct",
-        "--epochs",
-        "prepare=2,train=1,score=2,subtype=2",
-    ]
+    inputs = ["--reference", str(folder / "ref.h5ad"), "--target", str(folder / "tgt.h5ad")]
+    epochs = ["--epochs", "prepare=2,train=1,score=2,subtype=2"]
+    command = acsleuth_run(*inputs, "--out", str(folder / "fit"), "--no-correct", *epochs)
     run_child(command, child_env(True))
     return folder / "fit" / "model"
 
 
 def score_command(folder: Path, model: Path, threads: int | None) -> list[str]:
-    command = [
-        sys.executable,
-        "-m",
-        "acsleuth",
-        "run",
-        "--model",
-        str(model),
-        "--target",
-        str(folder / "tgt.h5ad"),
-        "--batch-key",
-        "batch",
-        "--no-correct",
-        "--quiet",
-        "--device",
-        "cpu",
-        "--out",
-        str(folder / "scored"),
-        "--overwrite",
-    ]
+    command = acsleuth_run(
+        *("--model", str(model), "--target", str(folder / "tgt.h5ad"), "--batch-key", "batch"),
+        *("--no-correct", "--out", str(folder / "scored"), "--overwrite"),
+    )
     return command if threads is None else [*command, "--threads", str(threads)]
 
 

@@ -70,36 +70,30 @@ def _snapshot(folder: Path) -> dict[str, str]:
     }
 
 
+def _refused(folder: Path, capsys, reference: ad.AnnData, target: ad.AnnData, *extra: str) -> str:
+    """Write ``reference`` and ``target`` into ``folder``, ``acsleuth run`` them with
+    ``extra`` options, and return the one error line; the run must be refused (exit 2) and
+    leave the folder as it was."""
+    reference.write_h5ad(folder / "ref.h5ad")
+    target.write_h5ad(folder / "tgt.h5ad")
+    before = _snapshot(folder)
+    inputs = ["--reference", str(folder / "ref.h5ad"), "--target", str(folder / "tgt.h5ad")]
+    rc = main(["run", *inputs, "--out", str(folder / "out"), "--device", "cpu", "--quiet", *extra])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1, err
+    assert _snapshot(folder) == before  # no out/, no out.checkpoint/, no temporaries
+    return err
+
+
 @pytest.mark.parametrize("case", list(BAD_TARGETS))
 def test_a_bad_target_is_refused_before_training_leaving_nothing(
     data, tmp_path, monkeypatch, capsys, case
 ) -> None:
     monkeypatch.setattr(acsleuth, "ACsleuth", NeverTrains)
     make, message = BAD_TARGETS[case]
-    data[0].write_h5ad(tmp_path / "ref.h5ad")
-    make(data[1]).write_h5ad(tmp_path / "tgt.h5ad")
-    before = _snapshot(tmp_path)
-    rc = main(
-        [
-            "run",
-            "--reference",
-            str(tmp_path / "ref.h5ad"),
-            "--target",
-            str(tmp_path / "tgt.h5ad"),
-            "--out",
-            str(tmp_path / "out"),
-            "--device",
-            "cpu",
-            "--quiet",
-            "--checkpoint-every",
-            "1",
-        ]
-    )
-    err = capsys.readouterr().err
-    assert rc == 2 and err.count("\n") == 1, err
+    err = _refused(tmp_path, capsys, data[0], make(data[1]), "--checkpoint-every", "1")
     assert message in err and "target" in err, err
     assert "--resume" not in err, err  # no checkpoint was written, so none is offered
-    assert _snapshot(tmp_path) == before  # no out/, no out.checkpoint/, no temporaries
 
 
 @pytest.mark.parametrize(
@@ -115,49 +109,14 @@ def test_bad_keys_and_settings_are_refused_before_training(
     data, tmp_path, monkeypatch, capsys, extra, message
 ) -> None:
     monkeypatch.setattr(acsleuth, "ACsleuth", NeverTrains)
-    data[0].write_h5ad(tmp_path / "ref.h5ad")
-    data[1].write_h5ad(tmp_path / "tgt.h5ad")
-    rc = main(
-        [
-            "run",
-            "--reference",
-            str(tmp_path / "ref.h5ad"),
-            "--target",
-            str(tmp_path / "tgt.h5ad"),
-            "--out",
-            str(tmp_path / "out"),
-            "--device",
-            "cpu",
-            "--quiet",
-            *extra,
-        ]
-    )
-    err = capsys.readouterr().err
-    assert rc == 2 and message in err, err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ref.h5ad", "tgt.h5ad"]
+    err = _refused(tmp_path, capsys, data[0], data[1], *extra)
+    assert message in err, err
 
 
 def test_a_bad_reference_is_refused_before_training(data, tmp_path, monkeypatch, capsys) -> None:
     monkeypatch.setattr(acsleuth, "ACsleuth", NeverTrains)
-    _with_value(data[0], np.inf).write_h5ad(tmp_path / "ref.h5ad")
-    data[1].write_h5ad(tmp_path / "tgt.h5ad")
-    rc = main(
-        [
-            "run",
-            "--reference",
-            str(tmp_path / "ref.h5ad"),
-            "--target",
-            str(tmp_path / "tgt.h5ad"),
-            "--out",
-            str(tmp_path / "out"),
-            "--device",
-            "cpu",
-            "--quiet",
-        ]
-    )
-    err = capsys.readouterr().err
-    assert rc == 2 and "reference" in err and "NaN or infinite" in err, err
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["ref.h5ad", "tgt.h5ad"]
+    err = _refused(tmp_path, capsys, _with_value(data[0], np.inf), data[1])
+    assert "reference" in err and "NaN or infinite" in err, err
 
 
 @pytest.mark.parametrize("case", ["nan", "no shared gene", "upper-case genes", "empty"])
