@@ -197,14 +197,21 @@ def timing(config: ace.ExplainConfig, repeats: int = 3) -> dict:
 
 
 def figure(results: dict, path: Path) -> None:
+    """The simulation curves (clean, complex) and the pbmc panel metrics, whichever of the
+    two parts ``results`` holds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    simulations = [name for name in ("clean", "complex") if f"simulation_{name}" in results]
     with_pbmc = "table" in results.get("pbmc", {}) and "ace-pca" in results["pbmc"]["table"]
-    fig, axes = plt.subplots(1, 4 if with_pbmc else 2, figsize=(18 if with_pbmc else 9, 4))
-    for ax, name in zip(axes[:2], ("clean", "complex"), strict=True):
+    n_panels = len(simulations) + (2 if with_pbmc else 0)
+    if n_panels == 0:
+        return
+    fig, axes = plt.subplots(1, n_panels, figsize=(4.5 * n_panels, 4), squeeze=False)
+    axes = list(axes[0])
+    for ax, name in zip(axes, simulations, strict=False):
         sim = results[f"simulation_{name}"]
         for method in METHODS:
             ax.plot(
@@ -217,23 +224,20 @@ def figure(results: dict, path: Path) -> None:
             sim["causal_only_jaccard"], color="grey", linestyle="--", label="20 causal genes"
         )
         ax.set(title=f"simulation ({name})", xlabel="top-n genes", ylabel="kNN-Jaccard distance")
+    if with_pbmc:
+        table = results["pbmc"]["table"]
+        sizes = ["top8", "2%", "top16", "5%"]
+        for ax, metric in zip(axes[len(simulations) :], ("auroc", "redundancy"), strict=True):
+            for method in METHODS:
+                ax.plot(
+                    [PBMC_SIZES[s] for s in sizes],
+                    [table[method][f"{metric}_{s}"] for s in sizes],
+                    marker="o",
+                    label=method,
+                    linewidth=2 if method == "ace" else 1,
+                )
+            ax.set(title=f"pbmc68k_reduced: {metric}", xlabel="panel size (genes)", ylabel=metric)
     axes[0].legend(fontsize="small")
-    if not with_pbmc:  # the pbmc part of this version of the script has not run
-        fig.tight_layout()
-        fig.savefig(path, dpi=120)
-        return
-    table = results["pbmc"]["table"]
-    sizes = ["top8", "2%", "top16", "5%"]
-    for ax, metric in zip(axes[2:], ("auroc", "redundancy"), strict=True):
-        for method in METHODS:
-            ax.plot(
-                [PBMC_SIZES[s] for s in sizes],
-                [table[method][f"{metric}_{s}"] for s in sizes],
-                marker="o",
-                label=method,
-                linewidth=2 if method == "ace" else 1,
-            )
-        ax.set(title=f"pbmc68k_reduced: {metric}", xlabel="panel size (genes)", ylabel=metric)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -229,3 +229,30 @@ def test_a_target_unlike_every_reference_cell_falls_back_to_the_mixture() -> Non
     target.X = x
     result = model.evaluate(target)
     assert 0 < result.anomaly.sum() < target.n_obs
+
+
+def test_several_folds_fit_their_pca_on_a_sample_one_fold_on_every_pool_cell() -> None:
+    reference, target = _planted()
+    read = lambda rows: reference[rows]  # noqa: E731
+    full = fit_neighbours(read, 400, NeighbourConfig(n_components=10, k=5), seed=0)
+    capped = fit_neighbours(
+        read, 400, NeighbourConfig(n_components=10, k=5, fold_pca_cells=60), seed=0
+    )
+    pool_mean = torch.from_numpy(np.delete(reference, _left_out(400, 10, seed=0)[0], 0).mean(0))
+    torch.testing.assert_close(full.folds[0].mean, pool_mean.float(), rtol=0, atol=1e-5)
+    assert not torch.allclose(capped.folds[0].mean, pool_mean.float(), atol=1e-2)
+    assert torch.equal(capped.folds[0].null, capped.folds[0].null.sort().values)
+    score = capped.distances(torch.from_numpy(target)).mean(0).numpy()
+    assert score[300:].min() > np.median(score[:300])  # still ranks the anomalies first
+    one_fold = NeighbourConfig(n_components=10, k=3, max_calibration=20, fold_pca_cells=60)
+    single = fit_neighbours(lambda rows: reference[rows], 200, one_fold, seed=0)
+    kept = np.delete(reference[:200], _left_out(200, 1, seed=0, size=20)[0], 0)
+    torch.testing.assert_close(
+        single.folds[0].mean, torch.from_numpy(kept.mean(0)).float(), rtol=0, atol=1e-5
+    )
+
+
+def _left_out(n: int, n_folds: int, *, seed: int, size: int | None = None) -> list[np.ndarray]:
+    """The cells each fold leaves out, drawn as :func:`fit_neighbours` draws them."""
+    order = np.random.default_rng(seed).permutation(n)
+    return [np.sort(order[:size])] if n_folds == 1 else np.array_split(order, n_folds)
