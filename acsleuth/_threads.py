@@ -5,8 +5,9 @@ cores this process may use (its CPU affinity mask: ``taskset``, cgroup cpusets),
 ``os.cpu_count()``. It does not follow the machine's load: a count that changed with other
 processes would let two runs of the same command differ. Beside another busy process on the
 same cores, parallel regions wait for workers the scheduler has paused (the issue-17 report
-measured a saved-model scoring run 3.7x slower at the full core count than at one thread), so
-pass ``--threads``/``n_jobs`` there; ``benchmarks/threads.py`` measures it.
+measured a saved-model scoring run 3.7x slower at the full core count than at one thread);
+most of that was spin-waiting, which ``import acsleuth`` turns off (``OMP_WAIT_POLICY``,
+:mod:`acsleuth`). ``benchmarks/threads.py`` measures it.
 """
 
 from __future__ import annotations

@@ -7,9 +7,10 @@ Usage::
 
 Method. A synthetic reference and target (``acsleuth.datasets.synthetic``, two target batches)
 are written as ``.h5ad`` into a temporary folder and a model is trained once with few epochs
-(``acsleuth run``; its quality does not matter for timing). Then, for each setting, a fresh
-``python -m acsleuth run --model M --target T --batch-key batch --no-correct`` scores the
-target, ``--repeats`` times, while a second process keeps every core busy (``--busy``
+(``acsleuth run``; its quality does not matter for timing). Then, after one untimed warm-up
+run (the first child was ~1.5x slower: cold caches), a fresh
+``python -m acsleuth run --model M --target T --batch-key batch --no-correct`` per setting
+scores the target, the settings in turn, ``--repeats`` rounds, while a second process keeps every core busy (``--busy``
 processes of a numpy matrix-product loop, each with its own BLAS threads, started before and
 stopped after the timings; ``--busy 0`` measures an idle machine). Settings: ``default`` (no
 ``--threads`` and no ``OMP_NUM_THREADS`` in the environment: what a user gets) and
@@ -113,13 +114,11 @@ def start_busy(n: int) -> list[subprocess.Popen]:
     ]
 
 
-def time_setting(command: list[str], repeats: int) -> list[float]:
-    seconds = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run_child(command, child_env(False))
-        seconds.append(time.perf_counter() - start)
-    return seconds
+def time_once(command: list[str]) -> float:
+    """Wall seconds of one child running ``command``."""
+    start = time.perf_counter()
+    run_child(command, child_env(False))
+    return time.perf_counter() - start
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -147,10 +146,11 @@ def main(argv: list[str] | None = None) -> int:
         settings += [(f"--threads {t}", t) for t in range(1, cores + 1)]
         busy = start_busy(args.busy)
         try:
-            times = {
-                name: time_setting(score_command(folder, model, t), args.repeats)
-                for name, t in settings
-            }
+            time_once(score_command(folder, model, None))  # warm-up, untimed: the first child
+            times: dict[str, list[float]] = {name: [] for name, _ in settings}  # ran ~1.5x slower
+            for _ in range(args.repeats):  # settings in turn, so that drift hits each alike
+                for name, t in settings:
+                    times[name].append(time_once(score_command(folder, model, t)))
         finally:
             for process in busy:
                 process.kill()

@@ -60,3 +60,20 @@ def test_the_model_runs_on_n_jobs_threads_and_restores_the_count(monkeypatch) ->
         model.evaluate(target)
         assert torch.get_num_threads() == 2
     assert seen == [1]
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
+def test_importing_acsleuth_makes_idle_openmp_threads_sleep_unless_told(given, expected) -> None:
+    """A fresh interpreter: acsleuth sets OMP_WAIT_POLICY before torch loads OpenMP, and
+    leaves a user's own value alone."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given is not None:
+        env["OMP_WAIT_POLICY"] = given
+    code = "import os, acsleuth, torch; print(os.environ['OMP_WAIT_POLICY'])"
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == expected
