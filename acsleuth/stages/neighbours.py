@@ -36,7 +36,7 @@ class NeighbourConfig:
     at most ``fold_pca_cells`` when there are several folds.
 
     ``fold_pca_cells``: the ten PCAs of a reference of 2,000 cells x 2,000 genes took 10.2 of
-    its 18.6 s fit; on 1,000 cells they took a quarter of the time and the distance's AUROC
+    its 18.9 s fit; on 1,000 cells they took a quarter of the time and the distance's AUROC
     did not drop (three synthetic sets of 2,000-3,000 reference cells: 0.996 / 0.991 / 0.991
     on every pool cell, 1.000 / 1.000 / 0.997 on 1,000; benchmarks/RESULTS.md, issue 21).
     The references of the issue-16 evaluation (at most 600 cells) are below it.
