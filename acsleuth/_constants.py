@@ -57,6 +57,8 @@ BATCH_SIZE = 128
 EVAL_BATCH_SIZE = 4096
 N_NEIGHBOURS = 10  # k of the "knn" score: more than 5 ranked mixtures of types better (dev set)
 N_REFERENCE_PCS = 50  # principal components of the reference the "knn" score measures in
+# null quantiles at which calls without a ratio count normal cells (stages.neighbours)
+COUNT_QUANTILES = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
 SEED = 2024
 KEY_ADDED = "acsleuth"
 # the epochs that ``--epochs`` (and ``run_demo(epochs=...)``) set, in order
@@ -266,6 +268,7 @@ DEFAULTS = Params()  # the defaults of every setting, e.g. for a signature
 
 __all__ = [
     "ANOMALY_EXPRESSIONS",
+    "COUNT_QUANTILES",
     "DEFAULTS",
     "EPOCH_PARAMS",
     "GAMMAS",

@@ -48,7 +48,7 @@ for f in sorted(glob.glob(f"/tmp/mt/{sys.argv[1]}_*.npz")):
         f1=f1_top(t, ens, t.sum()),
     )
     for q in (0.5, 0.6, 0.7, 0.8):
-        n = count_anomalies(D, nb, quantile=q)
+        n = count_anomalies(D, nb, quantiles=(q,))
         r[f"f1_q{q}"] = f1_top(t, ens, n)
         r[f"c_q{q}"] = n / t.sum()
     rows.append(r)

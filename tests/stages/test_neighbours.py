@@ -170,8 +170,9 @@ def test_bad_inputs_say_what_is_wrong() -> None:
         )
     reference, _ = _planted(n_reference=60)
     neighbours = fit_neighbours(lambda rows: reference[rows], 60, NeighbourConfig(k=3), seed=0)
-    with pytest.raises(ValueError, match="quantile must be in"):
-        count_anomalies(torch.zeros(10, 4), neighbours, quantile=1.0)
+    for bad in ((1.0,), (0.5, 0.0), ()):
+        with pytest.raises(ValueError, match="quantiles must be in"):
+            count_anomalies(torch.zeros(10, 4), neighbours, quantiles=bad)
     with pytest.raises(ValueError, match="no score given"):
         rank_average()
 
