@@ -2,7 +2,8 @@
 
 The computation behind :class:`~acsleuth.CellTypeClassifier`: reading the labels, the
 stratified validation split, the per-gene standardisation, JEM training with the best
-validation checkpoint, the OOD threshold and streamed prediction.
+validation checkpoint, the temperature (cross-fitted on out-of-fold training cells while the
+validation cells are few), the OOD threshold and streamed prediction.
 """
 
 from __future__ import annotations
