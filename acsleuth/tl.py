@@ -400,9 +400,9 @@ def classify(
     - ``obsm[f"{key_added}_proba"]``: ``(n_obs, K)`` p(y|x), columns in ``classes`` order
     - ``uns[key_added]``: ``classes``, ``validation_accuracy``, ``validation_ece`` (with the
       fitted temperature; ``validation_ece_uncalibrated`` at temperature 1), ``ood_score``,
-      ``threshold``, ``divergences`` (epochs the divergence guard restored), ``best_epoch``,
-      ``reject``, ``input`` (``"X"`` or the layer classified), ``params``, ``version`` and
-      ``timings``
+      ``threshold``, ``divergences`` (epochs the divergence guard restored, the calibration
+      networks' included), ``best_epoch``, ``reject``, ``input`` (``"X"`` or the layer
+      classified), ``params``, ``version`` and ``timings``
     """
     from ._anndata.classify import corrected_layer, write_classification
     from .model import CellTypeClassifier

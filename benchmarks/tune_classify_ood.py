@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import ast
 import warnings
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -61,25 +62,41 @@ def candidates(model: CellTypeClassifier, reference, target, seed: int) -> dict[
     return scores
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def development_fits(description: str) -> tuple[argparse.Namespace, Iterator[tuple]]:
+    """The command line (``--types``, ``--seeds``, ``--set``; ``args.settings``) and, lazily,
+    ``(seed, model, reference, target)`` of one classifier fitted per development split."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--types", type=int, nargs="+", default=[0, 2, 4, 5, 8])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--set", nargs="*", default=[], metavar="NAME=VALUE")
     args = parser.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore", category=UserWarning)
-    settings = {k: ast.literal_eval(v) for k, v in (item.split("=", 1) for item in args.set)}
+    args.settings = {k: ast.literal_eval(v) for k, v in (item.split("=", 1) for item in args.set)}
+
+    def fits() -> Iterator[tuple]:
+        for seed in args.seeds:
+            for index in args.types:
+                held = datasets.PBMC_CELL_TYPES[index]
+                reference, target = datasets.pbmc_holdout(held, seed=seed)
+                model = CellTypeClassifier(
+                    random_state=seed, verbose=False, device="cpu", **args.settings
+                )
+                yield seed, model.fit(reference, label_key="cell_type"), reference, target
+
+    return args, fits()
+
+
+def main() -> None:
+    args, fits = development_fits(__doc__.splitlines()[0])
     table: dict[str, list[float]] = {}
-    for seed in args.seeds:
-        for index in args.types:
-            reference, target = datasets.pbmc_holdout(datasets.PBMC_CELL_TYPES[index], seed=seed)
-            model = CellTypeClassifier(random_state=seed, verbose=False, device="cpu", **settings)
-            model.fit(reference, label_key="cell_type")
-            unknown = target.obs["is_anomaly"].to_numpy()
-            for name, score in candidates(model, reference, target, seed).items():
-                table.setdefault(name, []).append(metrics.auroc(unknown, score))
-    print(f"{settings}; types {args.types} x seeds {args.seeds}: mean / worst split / per split")
+    for seed, model, reference, target in fits:
+        unknown = target.obs["is_anomaly"].to_numpy()
+        for name, score in candidates(model, reference, target, seed).items():
+            table.setdefault(name, []).append(metrics.auroc(unknown, score))
+    print(
+        f"{args.settings}; types {args.types} x seeds {args.seeds}: mean / worst split / per split"
+    )
     for name, values in sorted(table.items(), key=lambda kv: -np.mean(kv[1])):
         cells = " ".join(f"{v:.2f}" for v in values)
         print(f"{name:34s} {np.mean(values):.3f} {np.min(values):.3f}  {cells}")

@@ -73,6 +73,12 @@ def _check(config: ClassifierConfig) -> None:
     ):
         if int(value) < 1:
             raise ValueError(f"CellTypeClassifier: {name} must be a positive integer, got {value}")
+    for name, value in (
+        ("calibration_folds", config.calibration_folds),
+        ("calibration_cells", config.calibration_cells),
+    ):
+        if int(value) < 0:
+            raise ValueError(f"CellTypeClassifier: {name} must be >= 0 (0: off), got {value}")
     if config.ood_score not in OOD_SCORES:
         raise ValueError(
             f"CellTypeClassifier: ood_score must be one of {OOD_SCORES}, got {config.ood_score!r}"
@@ -121,7 +127,7 @@ class CellTypeClassifier:
     **settings
         Fields of :class:`~acsleuth.stages.classify.ClassifierConfig` (``n_top_genes``,
         ``widths``, ``blocks``, ``dropout``, ``validation_fraction``, ``ood_quantile``,
-        ``eval_batch_size``) and of :class:`~acsleuth.train.jem.JEMConfig` (``epochs``,
+        ``calibration_folds``, ``eval_batch_size``) and of :class:`~acsleuth.train.jem.JEMConfig` (``epochs``,
         ``batch_size``, ``lr``, ``clip``, ``p_on``, ``sgld_steps``, ``buffer_size``, ...,
         and ``generative=False`` for a plain cross-entropy classifier); defaults live there.
 
@@ -130,7 +136,9 @@ class CellTypeClassifier:
     classes_, genes_
         The types (sorted) and the gene panel.
     temperature_
-        The softmax temperature fitted on the validation cells (``calibrate``); 1 without.
+        The softmax temperature of least NLL (``calibrate``; 1 without) on the validation
+        cells and, while they are fewer than ``calibration_cells``, the out-of-fold logits of
+        every training cell from ``calibration_folds`` networks trained on the other folds.
     index_
         The training-cell index of the ``"energy+knn"`` OOD score (None for ``"energy"``).
     threshold_
@@ -139,7 +147,7 @@ class CellTypeClassifier:
         On the held-back ``validation_fraction`` of the reference (stratified); the ECE with
         the fitted temperature, and at temperature 1.
     divergences_
-        Epochs the divergence guard restored.
+        Epochs the divergence guard restored (the cross-fitted networks' included).
     """
 
     def __init__(
@@ -233,7 +241,7 @@ class CellTypeClassifier:
             fitted.validation_ece,
         )
         self.divergences_, self.best_epoch_ = (
-            fitted.training.divergences,
+            fitted.training.divergences + fitted.calibration_divergences,
             fitted.training.best_epoch,
         )
         self.history_, self.timings_ = fitted.training.history, timings

@@ -2,12 +2,13 @@
 
 The computation behind :class:`~acsleuth.CellTypeClassifier`: reading the labels, the
 stratified validation split, the per-gene standardisation, JEM training with the best
-validation checkpoint, the OOD threshold and streamed prediction.
+validation checkpoint, the temperature (cross-fitted on out-of-fold training cells while the
+validation cells are few), the OOD threshold and streamed prediction.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pandas as pd
@@ -47,7 +48,12 @@ class ClassifierConfig:
     knn_components: int = 200
     knn_weight: float = 2.0
     knn_cells: int = 20_000  # training cells indexed (a seeded sample of a larger reference)
-    calibrate: bool = True  # fit a softmax temperature on the validation cells (p(y|x) only)
+    calibrate: bool = True  # fit a softmax temperature (p(y|x) only), see calibration_folds
+    # while the validation cells are fewer than calibration_cells, the temperature is fitted on
+    # them plus out-of-fold logits of every training cell, from calibration_folds networks each
+    # trained on the other folds (docs/method.md §8.1: ~30 validation cells fix it loosely)
+    calibration_folds: int = 5
+    calibration_cells: int = 1000
     eval_batch_size: int = 4096
     training: JEMConfig = field(default_factory=JEMConfig)
 
@@ -74,6 +80,27 @@ class Fitted:
     threshold: float
     temperature: float
     index: OODIndex | None  # the "energy+knn" score's; None for "energy"
+    calibration_divergences: int  # epochs the guard restored in the cross-fitted networks
+
+
+@dataclass
+class CrossFit:
+    """Out-of-fold logits of training cells, for the temperature."""
+
+    logits: np.ndarray
+    truth: np.ndarray
+    divergences: int
+
+
+@dataclass
+class Validation:
+    """The kept network's logits (and kNN distances) of the validation cells, their labels,
+    and the out-of-fold logits of the training cells when cross-fitted."""
+
+    logits: np.ndarray
+    truth: np.ndarray
+    distance: np.ndarray | None
+    cross_fit: CrossFit | None
 
 
 def reference_labels(adata: AnnData, label_key: str) -> tuple[np.ndarray, list[str]]:
@@ -127,6 +154,17 @@ def validation_split(
         validation.append(cells[:n_val])
         train.append(cells[n_val:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(validation))
+
+
+def stratified_folds(codes: np.ndarray, n_folds: int, seed: int) -> np.ndarray:
+    """``(n,)`` fold of each cell in ``0 .. n_folds - 1``: every type's cells, in a seeded
+    random order, are dealt round the folds."""
+    rng = np.random.default_rng([seed, n_folds])
+    folds = np.empty(codes.size, dtype=np.int64)
+    for code in np.unique(codes):
+        cells = rng.permutation(np.flatnonzero(codes == code))
+        folds[cells] = np.arange(cells.size) % n_folds
+    return folds
 
 
 def gene_moments(
@@ -215,6 +253,44 @@ def index_training_cells(
     )
 
 
+def out_of_fold_logits(
+    source: ExpressionSource,
+    codes: np.ndarray,
+    n_classes: int,
+    train_rows: np.ndarray,
+    config: ClassifierConfig,
+    *,
+    epochs: int,
+    seed: int,
+    device: torch.device,
+) -> CrossFit:
+    """Logits of every training cell from a network trained, for ``epochs`` epochs (the kept
+    network's), on the other ``config.calibration_folds`` - 1 stratified folds."""
+    folds = stratified_folds(codes[train_rows], config.calibration_folds, seed)
+    training = replace(config.training, epochs=epochs)
+    logits = np.empty((train_rows.size, n_classes), dtype=np.float32)
+    divergences = 0
+    for fold in range(config.calibration_folds):
+        held = folds == fold
+        if not held.any() or held.all():
+            continue
+        network, result = train_network(
+            source,
+            codes,
+            n_classes,
+            train_rows[~held],
+            config,
+            training,
+            seed=seed + 1 + fold,
+            device=device,
+        )
+        logits[held] = predict_logits(
+            network, source, batch_size=config.eval_batch_size, device=device, rows=train_rows[held]
+        )[0]
+        divergences += result.divergences
+    return CrossFit(logits, codes[train_rows], divergences)
+
+
 TEMPERATURES = np.exp(np.linspace(np.log(0.1), np.log(10.0), 93))
 
 
@@ -223,6 +299,72 @@ def fit_temperature(logits: np.ndarray, codes: np.ndarray) -> float:
     t, y = torch.from_numpy(logits), torch.as_tensor(codes)
     nll = [float(torch.nn.functional.cross_entropy(t / float(temp), y)) for temp in TEMPERATURES]
     return float(TEMPERATURES[int(np.argmin(nll))])
+
+
+def train_network(
+    source: ExpressionSource,
+    codes: np.ndarray,
+    n_classes: int,
+    rows: np.ndarray,
+    config: ClassifierConfig,
+    training: JEMConfig,
+    *,
+    seed: int,
+    device: torch.device,
+    validation_rows: np.ndarray | None = None,
+    verbose: bool = False,
+    checkpoint: Checkpoint | None = None,
+) -> tuple[EnergyClassifier, JEMResult]:
+    """A network trained on the cells ``rows``, standardised on them; with ``validation_rows``
+    its best-validation (accuracy, -NLL) epoch is kept, without them its last."""
+    network = config.network(source.n_genes, n_classes).to(device)
+    mean, std = gene_moments(source, rows, config.eval_batch_size)
+    network.set_standardisation(mean.to(device), std.to(device))
+    loader = MinibatchLoader(
+        source,
+        batch_size=min(training.batch_size, rows.size),
+        shuffle=True,
+        drop_last=True,
+        seed=seed,
+        device=device,
+        rows=rows,
+    )
+    validate = None
+    if validation_rows is not None:
+        truth = torch.as_tensor(codes[validation_rows])
+
+        def validate() -> tuple[float, float]:
+            logits = predict_logits(
+                network,
+                source,
+                batch_size=config.eval_batch_size,
+                device=device,
+                rows=validation_rows,
+            )[0]
+            logits = torch.from_numpy(logits)
+            accuracy = float((logits.argmax(1) == truth).float().mean())
+            return accuracy, -float(torch.nn.functional.cross_entropy(logits, truth))
+
+    start = None
+    if training.sgld_start == "data":
+
+        def start(n: int) -> Tensor:  # training cells, standardised; torch's generator picks them
+            picks = torch.randint(0, rows.size, (n,)).numpy()
+            return network.standardise(loader.take(rows[picks]))
+
+    result = train_jem(
+        network,
+        loader,
+        torch.as_tensor(codes, device=device),
+        validate,
+        training,
+        seed=seed,
+        verbose=verbose,
+        state={"loader": loader},
+        checkpoint=checkpoint,
+        start=start,
+    )
+    return network, result
 
 
 def fit_classifier(
@@ -243,51 +385,35 @@ def fit_classifier(
             f"reference: {codes.size} cells leave no validation cell at validation_fraction="
             f"{config.validation_fraction}; raise it or give more cells"
         )
-    network = config.network(source.n_genes, n_classes).to(device)
-    mean, std = gene_moments(source, train_rows, config.eval_batch_size)
-    network.set_standardisation(mean.to(device), std.to(device))
-    batch_size = min(config.training.batch_size, train_rows.size)
-    loader = MinibatchLoader(
+    network, result = train_network(
         source,
-        batch_size=batch_size,
-        shuffle=True,
-        drop_last=True,
-        seed=seed,
-        device=device,
-        rows=train_rows,
-    )
-    labels = torch.as_tensor(codes, device=device)
-
-    def validation_logits() -> np.ndarray:
-        return predict_logits(
-            network, source, batch_size=config.eval_batch_size, device=device, rows=val_rows
-        )[0]
-
-    def validate() -> tuple[float, float]:
-        logits = torch.from_numpy(validation_logits())
-        truth = torch.as_tensor(codes[val_rows])
-        accuracy = float((logits.argmax(1) == truth).float().mean())
-        return accuracy, -float(torch.nn.functional.cross_entropy(logits, truth))
-
-    start = None
-    if config.training.sgld_start == "data":
-
-        def start(n: int) -> Tensor:  # training cells, standardised; torch's generator picks them
-            picks = torch.randint(0, train_rows.size, (n,)).numpy()
-            return network.standardise(loader.take(train_rows[picks]))
-
-    result = train_jem(
-        network,
-        loader,
-        labels,
-        validate,
+        codes,
+        n_classes,
+        train_rows,
+        config,
         config.training,
         seed=seed,
+        device=device,
+        validation_rows=val_rows,
         verbose=verbose,
-        state={"loader": loader},
         checkpoint=checkpoint,
-        start=start,
     )
+    cross_fit = None
+    if (
+        config.calibrate
+        and config.calibration_folds > 1
+        and val_rows.size < config.calibration_cells
+    ):
+        cross_fit = out_of_fold_logits(
+            source,
+            codes,
+            n_classes,
+            train_rows,
+            config,
+            epochs=result.best_epoch + 1,
+            seed=seed,
+            device=device,
+        )
     index = None
     if config.ood_score == "energy+knn":
         index = index_training_cells(network, source, train_rows, config, seed=seed, device=device)
@@ -299,27 +425,38 @@ def fit_classifier(
         rows=val_rows,
         index=index,
     )
-    return _validated(network, result, logits, distance, index, codes[val_rows], config)
+    validation = Validation(logits, codes[val_rows], distance, cross_fit)
+    return _validated(network, result, validation, index, config)
 
 
 def _validated(
     network: EnergyClassifier,
     result: JEMResult,
-    logits: np.ndarray,
-    distance: np.ndarray | None,
+    validation: Validation,
     index: OODIndex | None,
-    truth: np.ndarray,
     config: ClassifierConfig,
 ) -> Fitted:
-    """What the validation cells say: the temperature, accuracy and ECE (before and after
-    it), the index's moments and the OOD threshold."""
-    temperature = fit_temperature(logits, truth) if config.calibrate else 1.0
+    """What the validation cells say: the temperature (with the out-of-fold training cells
+    when cross-fitted), accuracy and ECE (before and after it), the index's moments and the OOD
+    threshold."""
+    logits, truth, cross_fit = validation.logits, validation.truth, validation.cross_fit
+    temperature = 1.0
+    if config.calibrate:
+        pooled = (
+            (logits, truth)
+            if cross_fit is None
+            else (
+                np.concatenate([logits, cross_fit.logits]),
+                np.concatenate([truth, cross_fit.truth]),
+            )
+        )
+        temperature = fit_temperature(*pooled)
     proba, confidence, energy = summarise(logits, temperature)
     _, raw_confidence, _ = summarise(logits)
     correct = proba.argmax(1) == truth
     if index is not None:
-        calibrate(index, energy, distance)
-    score = combined_score(energy, distance, index)
+        calibrate(index, energy, validation.distance)
+    score = combined_score(energy, validation.distance, index)
     return Fitted(
         network,
         result,
@@ -329,4 +466,5 @@ def _validated(
         float(np.quantile(score, config.ood_quantile)),
         temperature,
         index,
+        0 if cross_fit is None else cross_fit.divergences,
     )

@@ -59,7 +59,7 @@ class JEMResult:
 
     history: list[dict[str, float]]
     best_epoch: int
-    best_validation: tuple[float, float]  # (accuracy, -NLL) of the best epoch
+    best_validation: tuple[float, float]  # (accuracy, -NLL) of the best epoch; (epoch, 0) without
     divergences: int
 
 
@@ -91,7 +91,7 @@ def train_jem(
     model: EnergyClassifier,
     batches: Iterable[tuple[np.ndarray, Tensor]],
     labels: Tensor,
-    validate: Callable[[], tuple[float, float]],
+    validate: Callable[[], tuple[float, float]] | None,
     config: JEMConfig,
     *,
     seed: int,
@@ -114,7 +114,7 @@ def train_jem(
         ``(n_cells,)`` int64 class codes, indexed by ``rows``.
     validate
         ``() -> (accuracy, -NLL)`` of the model on the validation cells; higher is better,
-        compared in that order.
+        compared in that order. None keeps the last epoch's weights.
     seed
         Seed of the on/off gate.
     state
@@ -207,7 +207,7 @@ def train_jem(
         if guard.diverged(losses, epoch, tracked, good):
             continue
         model.eval()
-        best.offer(epoch, validate(), model)
+        best.offer(epoch, (float(epoch), 0.0) if validate is None else validate(), model)
         history.append(losses)
         epoch += 1
         bar.update(1)

@@ -5,12 +5,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from classify_toy import toy
+from classify_toy import FAST, toy
 
-from acsleuth import metrics
+from acsleuth import CellTypeClassifier, metrics
 from acsleuth.data import prepare
 from acsleuth.nn.ebm import EnergyClassifier
-from acsleuth.stages.classify import fit_temperature, predict_logits, summarise, validation_split
+from acsleuth.stages import classify
+from acsleuth.stages.classify import (
+    fit_temperature,
+    predict_logits,
+    stratified_folds,
+    summarise,
+    validation_split,
+)
 
 
 def test_the_validation_split_is_stratified_and_keeps_a_training_cell_per_type() -> None:
@@ -21,6 +28,64 @@ def test_the_validation_split_is_stratified_and_keeps_a_training_cell_per_type()
     assert not set(train) & set(validation) and len(train) + len(validation) == codes.size
     again = validation_split(codes, 0.1, seed=0)
     assert np.array_equal(again[1], validation)
+
+
+def test_stratified_folds_deal_every_type_round_the_folds() -> None:
+    codes = np.repeat([0, 1, 2], [12, 7, 2])
+    folds = stratified_folds(codes, 5, seed=0)
+    per_fold = [np.bincount(codes[folds == f], minlength=3).tolist() for f in range(5)]
+    assert [row[0] for row in per_fold] == [3, 3, 2, 2, 2]  # 12 cells: 3, 3, 2, 2, 2
+    assert [row[1] for row in per_fold] == [2, 2, 1, 1, 1]
+    assert [row[2] for row in per_fold] == [1, 1, 0, 0, 0]
+    assert np.array_equal(stratified_folds(codes, 5, seed=0), folds)
+    assert not np.array_equal(stratified_folds(codes, 5, seed=1), folds)  # the order is seeded
+
+
+def _record_fits(monkeypatch) -> tuple[list[dict], list[int]]:
+    """Spy on the classifier stage: the rows and epochs of every trained network, and the
+    number of cells each temperature was fitted on."""
+    trained, fitted = [], []
+    train_network, fit_temperature = classify.train_network, classify.fit_temperature
+
+    def spy_train(source, codes, n_classes, rows, config, training, **kwargs):
+        trained.append({"rows": set(rows.tolist()), "epochs": training.epochs, **kwargs})
+        return train_network(source, codes, n_classes, rows, config, training, **kwargs)
+
+    def spy_temperature(logits, codes):
+        fitted.append(len(codes))
+        return fit_temperature(logits, codes)
+
+    monkeypatch.setattr(classify, "train_network", spy_train)
+    monkeypatch.setattr(classify, "fit_temperature", spy_temperature)
+    return trained, fitted
+
+
+def test_the_temperature_is_fitted_on_validation_and_out_of_fold_training_cells(
+    monkeypatch,
+) -> None:
+    trained, fitted = _record_fits(monkeypatch)
+    reference = toy(n_per_type=20)
+    model = CellTypeClassifier(random_state=0, **FAST).fit(reference, label_key="cell_type")
+    main, *folds = trained
+    validation = set(range(reference.n_obs)) - main["rows"]
+    assert len(validation) == 6 and main["validation_rows"] is not None
+    assert len(folds) == 5 and all(f.get("validation_rows") is None for f in folds)
+    assert all(f["epochs"] == model.best_epoch_ + 1 for f in folds)  # the kept network's
+    for cell in main["rows"]:  # each training cell is left out of exactly one fold's network
+        assert sum(cell not in f["rows"] for f in folds) == 1
+    assert all(not f["rows"] & validation for f in folds)
+    assert fitted == [reference.n_obs]  # 6 validation + 54 out-of-fold training cells
+
+
+@pytest.mark.parametrize("settings", [{"calibration_folds": 0}, {"calibration_cells": 6}])
+def test_enough_validation_cells_or_no_folds_fit_the_temperature_on_them_alone(
+    monkeypatch, settings
+) -> None:
+    trained, fitted = _record_fits(monkeypatch)
+    CellTypeClassifier(random_state=0, **FAST, **settings).fit(
+        toy(n_per_type=20), label_key="cell_type"
+    )
+    assert len(trained) == 1 and fitted == [6]
 
 
 def test_prediction_streams_batches_and_matches_one_pass(monkeypatch) -> None:

@@ -76,6 +76,16 @@ def test_the_best_validation_epoch_is_kept() -> None:
         assert torch.equal(value, kept[(0.9, -2.0)][name])
 
 
+def test_without_validation_the_last_epoch_is_kept() -> None:
+    batches, model = Batches(n_poisoned=0), network()
+    result = train_jem(model, batches, batches.labels, None, CONFIG, seed=0, verbose=False)
+    assert result.best_epoch == CONFIG.epochs - 1 and len(result.history) == CONFIG.epochs
+    again = network()
+    train_jem(again, Batches(n_poisoned=0), batches.labels, None, CONFIG, seed=0, verbose=False)
+    for name, value in model.state_dict().items():  # the last epoch's weights, as a rerun's
+        assert torch.equal(value, again.state_dict()[name])
+
+
 def test_chains_started_from_data_need_a_sampler_of_training_cells() -> None:
     batches = Batches(n_poisoned=0)
     with pytest.raises(ValueError, match="sgld_start='data' needs start="):
