@@ -202,12 +202,10 @@ def explain_groups(
 ) -> AnnData | None:
     """Explain groups of cells with small, signed gene panels (ACE, docs/method.md §8.3).
 
-    For each cell of a group, the smallest (L1) change of its expression, within every
-    gene's observed range, that moves it out of its group in ``embedding`` (the neuralised
-    k-means on the groups' mean embeddings); a gene's score is the mean over the group's
-    cells (at most ``config.max_cells``, a seeded sample) of ``|delta_g|`` times the slope of
-    the margin in that gene, the part of the move out of the group it accounts for
-    (``config.rank_by="delta"``: the mean ``|delta|``).
+    For each cell of a group, the smallest (L1) change of its expression that moves it out
+    of its group in ``embedding`` (the neuralised k-means on the groups' mean embeddings);
+    a gene's score is its mean ``|delta|`` over the group's cells (at most
+    ``config.max_cells``, a seeded sample).
 
     Parameters
     ----------
@@ -249,7 +247,7 @@ def explain_groups(
     ``uns[f"{key_added}_explain"]`` in the layout of ``sc.tl.rank_genes_groups`` (so
     ``sc.get.rank_genes_groups_df(adata, group, key=...)`` reads it):
 
-    - ``names``, ``scores`` (see above), ``direction`` (+1 enriched, -1 depleted),
+    - ``names``, ``scores`` (mean ``|delta|``), ``direction`` (+1 enriched, -1 depleted),
       ``mean_delta``, ``logfoldchanges`` (as scanpy computes them), ``pvals`` and
       ``pvals_adj`` (NaN: ACE has no test): record arrays with a field per group
     - ``flipped`` and ``mean_l1``: per group, the fraction of cells moved out of the group

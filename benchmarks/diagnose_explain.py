@@ -41,7 +41,7 @@ def main() -> None:
         by_role = {r: round(float(weights[:, roles == r].mean()), 3) for r in ROLES}
         print(f"{name}: mean |weight| of the map by role {by_role}")
         z = mapping(torch.as_tensor(x)).numpy()
-        head = ace.kmeans_head(ace.group_centroids(z, codes, 5), config.beta)
+        head = ace.kmeans_head(z, codes, ace.group_centroids(z, codes, 5), config.beta)
         found = ace.explain(x, codes, ace.cluster_model(mapping, head), config=config)
         for k, result in found.items():
             top = roles[result.order[:20]]

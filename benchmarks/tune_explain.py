@@ -2,15 +2,13 @@
 
 Development part: the simulation's seeds 1 and 2 (clean and complex; ``eval_explain.py``
 reports seed 0) and the pbmc68k_reduced groups ``DEV_GROUPS`` of ``eval_explain.py`` (it
-reports the three others separately). For each setting ``EMBEDDING:X:BETA:LAM[:BOX:RANK]``
-(``EMBEDDING`` ``pca`` with ``X`` components, or ``whitened`` with ``X`` the floor quantile;
-``BOX`` ``range`` or ``free`` for ``within_range``; ``RANK`` ``contribution`` or ``delta``
-for ``rank_by``; the defaults of ``ExplainConfig`` when left out) it prints the recall of the causal genes in each group's top 20 on the four simulated sets,
+reports the three others separately). For each setting ``EMBEDDING:X:BETA:LAM``
+(``EMBEDDING`` ``pca`` with ``X`` components, or ``whitened`` with ``X`` the floor quantile)
+it prints the recall of the causal genes in each group's top 20 on the four simulated sets,
 the n <= 20 at which ACE's kNN-Jaccard is below Wilcoxon's, and the pbmc top-8 / top-16
 SVM AUROC and redundancy of the development groups.
 
-    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/tune_explain.py whitened:0.9:4:4 \
-        whitened:0.9:4:4:free:delta
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/tune_explain.py pca:30:1:4 whitened:0.9:1:4
 """
 
 from __future__ import annotations
@@ -33,18 +31,15 @@ NS = (1, 2, 3, 5, 8, 10, 15, 20)
 
 def ace_order(x: np.ndarray, codes: np.ndarray, spec: str) -> list[np.ndarray]:
     """Each group's genes, best first, for the setting ``spec``."""
-    embedding, value, beta, lam, *rest = spec.split(":")
-    box, rank = rest if rest else ("range", "contribution")
-    config = ace.ExplainConfig(
-        beta=float(beta), lam=float(lam), within_range=box == "range", rank_by=rank
-    )
+    embedding, value, beta, lam = spec.split(":")
+    config = ace.ExplainConfig(beta=float(beta), lam=float(lam))
     if embedding == "whitened":
         mapping = ace.whitened_embedding(x, float(value))
     else:
         mapping = ace.pca_embedding(x, int(value))
     z = mapping(torch.as_tensor(x)).numpy()
     k = int(codes.max()) + 1
-    head = ace.kmeans_head(ace.group_centroids(z, codes, k), config.beta)
+    head = ace.kmeans_head(z, codes, ace.group_centroids(z, codes, k), config.beta)
     found = ace.explain(x, codes, ace.cluster_model(mapping, head), config=config)
     return [found[g].order for g in range(k)]
 
@@ -91,7 +86,7 @@ def main() -> None:
     names = [str(c) for c in pbmc.obs["bulk_labels"].cat.categories]
     codes = pbmc.obs["bulk_labels"].cat.codes.to_numpy()
     for spec in sys.argv[1:]:
-        line = f"{spec:34s} {simulation_line(spec, sims, wilcoxon)}"
+        line = f"{spec:18s} {simulation_line(spec, sims, wilcoxon)}"
         order = dict(zip(names, ace_order(x, codes, spec), strict=True))
         for n in (8, 16):
             auroc = [metrics.panel_auroc(x, labels, g, order[g][:n]) for g in DEV_GROUPS]

@@ -251,7 +251,7 @@ def explain_adata(
     z = embed(mapping, x[labelled])
     if centroids is None:
         mu = group_centroids(z, codes[labelled], len(names))
-        head: nn.Module = kmeans_head(mu, config.beta)
+        head: nn.Module = kmeans_head(z, codes[labelled], mu, config.beta)
         info["head"] = "neural_kmeans"
     else:
         head, info["head"] = (

@@ -6,14 +6,10 @@ proximal gradient (FISTA) solver minimises
     ||delta||_1 + lam * max(0, alpha + m_s(x + delta) - max_{t != s} m_t(x + delta))
 
 (one-vs-rest; one-vs-one replaces the max by a fixed target group ``t``), where
-``m = head(embedding(x))`` are group logits (:mod:`acsleuth.nn.neural_kmeans`), with
-``x + delta`` kept inside every gene's observed range (``ExplainConfig.within_range``: the
-proximal step of the L1 term and of the box is soft-thresholding then clipping, which gives
-exact zeros). Gene ``g``'s score for ``s`` is the mean over the cells of
-``|delta_g * d margin / d x_g (x)|``, the part of the margin the gene's move accounts for to
-first order (``rank_by="contribution"``; ``"delta"``, the mean ``|delta_g|`` of SPEC §8.3,
-is the alternative); its direction is the sign of ``-mean(delta_g)``: ``delta`` moves a cell
-*out of* ``s``, so a gene enriched in ``s`` has a negative mean ``delta``.
+``m = head(embedding(x))`` are group logits (:mod:`acsleuth.nn.neural_kmeans`). The
+soft-thresholding step of the L1 term gives exact zeros. Gene ``g``'s score for ``s`` is the
+mean ``|delta_g|`` over the cells; its direction is the sign of ``-mean(delta_g)``: ``delta``
+moves a cell *out of* ``s``, so a gene enriched in ``s`` has a negative mean ``delta``.
 
 The default embedding is :func:`whitened_embedding`: squared distances in it are Mahalanobis
 distances under the genes' covariance with its eigenvalues floored at a typical gene's
@@ -23,11 +19,9 @@ it; whitening the directions of high variance moves the gradient to the genes th
 depend on, and the floor keeps rarely expressed genes (low variance) from being amplified
 (benchmarks/RESULTS.md, ACE).
 
-``beta``, ``lam`` and the step size are made free of the data's scale: ``beta`` is divided
-by the median squared distance from a centroid to its nearest other centroid (so that the
-margin ``alpha`` is crossed a known way past the boundary, :func:`kmeans_head`); ``lam``
-by the median, over the group's cells, of ``||grad margin(x)||_inf`` (``lam > 1`` makes a
-typical cell worth flipping); each cell's step is set so that its strongest gene covers the
+``lam`` and the step size are made free of the data's scale: ``lam`` is divided by the
+median, over the group's cells, of ``||grad margin(x)||_inf`` (``lam > 1`` makes a typical
+cell worth flipping), and each cell's step is set so that its strongest gene covers the
 linearised distance to the margin in about ``steps_to_cross`` steps.
 """
 
@@ -44,7 +38,6 @@ from torch import Tensor, nn
 from ..nn.neural_kmeans import NeuralKMeans, StudentTHead
 
 Mode = Literal["one_vs_rest", "one_vs_one"]
-RankBy = Literal["contribution", "delta"]
 Embedding = Callable[[Tensor], Tensor]
 
 
@@ -52,20 +45,18 @@ Embedding = Callable[[Tensor], Tensor]
 class ExplainConfig:
     """ACE settings (chosen on the simulation and pbmc68k_reduced, benchmarks/RESULTS.md).
 
-    ``beta`` is the k-means fuzziness in units of the inverse median squared distance from a
-    centroid to its nearest other centroid (:func:`kmeans_head`); ``lam`` the hinge weight in units of the group's median gradient
+    ``beta`` is the k-means fuzziness in units of the inverse mean squared distance of a cell
+    to its own centroid; ``lam`` the hinge weight in units of the group's median gradient
     (see the module docstring); ``alpha`` the margin (the seed's 1.0). The solver runs at most
     ``max_iter`` FISTA steps and stops once no cell's best objective improved by more than
     ``tol`` (relative) in ``patience`` steps. ``max_cells`` bounds the cells explained per
     group (a sample seeded by ``seed``); ``n_components`` is the number of principal
     components of the ``"pca"`` embedding, of the z-scored genes with ``standardize``;
     ``whiten_floor`` the quantile of the per-gene variances at which the ``"whitened"``
-    embedding floors its eigenvalues (:func:`whitened_embedding`). ``within_range`` keeps
-    every gene of ``x + delta`` between its smallest and largest value over the cells
-    explained (all groups'); ``rank_by`` the gene score (module docstring).
+    embedding floors its eigenvalues (:func:`whitened_embedding`).
     """
 
-    beta: float = 8.0
+    beta: float = 1.0
     lam: float = 4.0
     alpha: float = 1.0
     max_iter: int = 300
@@ -76,8 +67,6 @@ class ExplainConfig:
     n_components: int = 30
     standardize: bool = False
     whiten_floor: float = 0.9
-    within_range: bool = True
-    rank_by: RankBy = "contribution"
     seed: int = 0
 
 
@@ -85,8 +74,7 @@ class ExplainConfig:
 class GroupExplanation:
     """ACE's answer for one group over ``G`` genes.
 
-    ``score (G,)`` the gene score (``ExplainConfig.rank_by``), ``mean_delta (G,)``,
-    ``saliency (G,)`` mean
+    ``score (G,)`` mean ``|delta|``, ``mean_delta (G,)``, ``saliency (G,)`` mean
     ``|grad margin|`` at the cells (it orders genes of equal score), ``flipped`` the fraction
     of cells whose ``argmax m`` left the group, ``l1`` the mean ``||delta||_1``, ``n_cells``
     explained and ``n_iter`` solver steps run.
@@ -188,18 +176,13 @@ def group_centroids(z: np.ndarray, codes: np.ndarray, n_groups: int) -> np.ndarr
     return np.stack([z[codes == k].mean(0) for k in range(n_groups)]).astype(np.float32)
 
 
-def kmeans_head(centroids: np.ndarray, beta: float) -> NeuralKMeans:
-    """:class:`NeuralKMeans` on ``centroids (K, d)`` whose ``beta`` is ``beta`` over ``D^2``,
-    the median over the centroids of the squared distance to the nearest other one.
-
-    Between two groups ``D^2`` apart, a cell moved from one centroid towards the other
-    reaches the margin ``alpha`` a fraction ``(1 + alpha / (2 beta)) / 2`` of the way.
-    """
-    mu = np.asarray(centroids, dtype=np.float64)
-    squared = ((mu[:, None, :] - mu[None, :, :]) ** 2).sum(-1)
-    np.fill_diagonal(squared, np.inf)
-    scale = float(np.median(squared.min(1)))
-    return NeuralKMeans(torch.as_tensor(centroids), beta / max(scale, 1e-12))
+def kmeans_head(
+    z: np.ndarray, codes: np.ndarray, centroids: np.ndarray, beta: float
+) -> NeuralKMeans:
+    """:class:`NeuralKMeans` whose ``beta`` is ``beta`` over the mean squared distance of a
+    cell to its own centroid."""
+    spread = float(((z - centroids[codes]) ** 2).sum(1).mean())
+    return NeuralKMeans(torch.as_tensor(centroids), beta / max(spread, 1e-12))
 
 
 def margin(logits: Tensor, source: int, target: int | None) -> Tensor:
@@ -231,14 +214,12 @@ def solve(
     target: int | None = None,
     *,
     config: ExplainConfig = ExplainConfig(),
-    bounds: tuple[Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, int, list[float]]:
     """The perturbations ``delta (n, G)`` of the cells ``x (n, G)`` of group ``source``.
 
-    ``model`` maps ``(n, G)`` expression to ``(n, K)`` group logits; ``bounds`` ``(G,)``
-    lowest and highest values, each holding ``x``, keep ``x + delta`` inside them. Returns the
-    best ``delta`` (lowest objective) seen for each cell, the number of steps run and the
-    mean objective per step.
+    ``model`` maps ``(n, G)`` expression to ``(n, K)`` group logits. Returns the best
+    ``delta`` (lowest objective) seen for each cell, the number of steps run and the mean
+    objective per step.
     """
     m0, g0 = _margin_and_grad(model, x, source, target)
     gmax = g0.abs().amax(1)
@@ -258,8 +239,6 @@ def solve(
         m, g = _margin_and_grad(model, x + y, source, target)
         active = (config.alpha + m > 0).float()[:, None]
         previous, delta = delta, _soft(y - step * lam * active * g, step)
-        if bounds is not None:
-            delta = torch.minimum(torch.maximum(delta, bounds[0] - x), bounds[1] - x)
         momentum = next_momentum
         with torch.no_grad():
             obj = delta.abs().sum(1) + lam * (
@@ -281,17 +260,14 @@ def explain_group(
     target: int | None = None,
     *,
     config: ExplainConfig = ExplainConfig(),
-    bounds: tuple[Tensor, Tensor] | None = None,
 ) -> GroupExplanation:
-    """Solve for the cells ``x (n, G)`` of ``source`` (within ``bounds``, see :func:`solve`)
-    and summarise per gene."""
-    delta, n_iter, history = solve(model, x, source, target, config=config, bounds=bounds)
+    """Solve for the cells ``x (n, G)`` of ``source`` and summarise per gene."""
+    delta, n_iter, history = solve(model, x, source, target, config=config)
     _, grad = _margin_and_grad(model, x, source, target)
     with torch.no_grad():
         flipped = model(x + delta).argmax(1) != source
-    moved = delta.abs() * (grad.abs() if config.rank_by == "contribution" else 1.0)
     return GroupExplanation(
-        score=moved.mean(0).numpy().astype(np.float64),
+        score=delta.abs().mean(0).numpy().astype(np.float64),
         mean_delta=delta.mean(0).numpy().astype(np.float64),
         saliency=grad.abs().mean(0).numpy().astype(np.float64),
         flipped=float(flipped.float().mean()),
@@ -322,20 +298,13 @@ def explain(
     """ACE for each group code in ``groups`` (default: all present) of cells ``x (N, G)``.
 
     ``codes (N,)`` are group codes ``0..K-1`` matching the logits of ``model``; with
-    ``mode="one_vs_one"`` every group is moved towards ``reference``. With
-    ``config.within_range`` every gene stays within its range over ``x``.
+    ``mode="one_vs_one"`` every group is moved towards ``reference``.
     """
     if mode not in ("one_vs_rest", "one_vs_one"):
         raise ValueError(f"explain: mode must be 'one_vs_rest' or 'one_vs_one', got {mode!r}")
-    if config.rank_by not in ("contribution", "delta"):
-        raise ValueError(
-            f"explain: rank_by must be 'contribution' or 'delta', got {config.rank_by!r}"
-        )
     if mode == "one_vs_one" and reference is None:
         raise ValueError("explain: mode='one_vs_one' needs the reference group to move cells to")
     groups = sorted(set(codes.tolist())) if groups is None else groups
-    x32 = torch.as_tensor(x, dtype=torch.float32)
-    bounds = (x32.amin(0), x32.amax(0)) if config.within_range else None
     out = {}
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
@@ -343,9 +312,9 @@ def explain(
             if mode == "one_vs_one" and k == reference:
                 continue
             rows = sample_rows(np.flatnonzero(codes == k), config.max_cells, config.seed + k)
-            cells = x32[rows]
+            cells = torch.as_tensor(x[rows], dtype=torch.float32)
             target = reference if mode == "one_vs_one" else None
-            out[k] = explain_group(model, cells, k, target, config=config, bounds=bounds)
+            out[k] = explain_group(model, cells, k, target, config=config)
     return out
 
 
