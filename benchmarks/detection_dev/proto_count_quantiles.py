@@ -1,12 +1,13 @@
 """Calls without a ratio from the package default's own ranking (issue 16), with the count
-taken at the null's 0.6 quantile (the rule before) and averaged over 0.30-0.60
-(``COUNT_QUANTILES``, the rule now), both from the same fit; no peers (the ranking is the
-default's, so AUROC and F1 at the true ratio equal ``eval_detection.py``'s).
+taken at the null's 0.6 quantile (the rule before), averaged over 0.30-0.60 (the rule now,
+``COUNT_QUANTILES``, "default"), over 0.45-0.60 (tried after a batch shift, not adopted)
+and at 0.5, all from the same fit; no peers (the ranking is the default's, so AUROC and F1
+at the true ratio equal ``eval_detection.py``'s).
 
 usage: PYTHONPATH=. OMP_NUM_THREADS=1 python benchmarks/detection_dev/proto_count_quantiles.py \
-           dev|heldout OUT.csv SEED [SEED ...]
+           dev|heldout OUT.csv SEED [SEED ...] [--only POSITION ...]
 
-The rule was chosen on ``dev``; ``heldout`` was run once afterwards, to report.
+The rules were chosen on ``dev``; ``heldout`` was run afterwards, to report.
 """
 
 import sys
@@ -23,7 +24,13 @@ from acsleuth import ACsleuth, metrics
 from acsleuth.stages import score as score_stage
 from acsleuth.stages.neighbours import count_anomalies
 
-RULES = {"q0.6": (0.6,), "mean 0.30-0.60": None}
+RULES = {
+    "q0.6": (0.6,),
+    "mean 0.30-0.60": (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6),
+    "mean 0.45-0.60": (0.45, 0.5, 0.55, 0.6),
+    "q0.5": (0.5,),
+    "default": None,
+}
 counts: dict[str, int] = {}
 
 
@@ -31,7 +38,7 @@ def recording(distances, neighbours, *, shifted=False):
     for name, quantiles in RULES.items():
         kwargs = {} if quantiles is None else {"quantiles": quantiles}
         counts[name] = count_anomalies(distances, neighbours, shifted=shifted, **kwargs)
-    return counts["mean 0.30-0.60"]
+    return counts["default"]
 
 
 score_stage.count_anomalies = recording
@@ -44,9 +51,13 @@ def top(values: np.ndarray, n: int) -> np.ndarray:
 
 
 rows = []
-split, out = sys.argv[1], sys.argv[2]
-for seed in map(int, sys.argv[3:]):
+split, out, rest = sys.argv[1], sys.argv[2], sys.argv[3:]
+only = [int(p) for p in rest[rest.index("--only") + 1 :]] if "--only" in rest else None
+seeds = [int(s) for s in (rest[: rest.index("--only")] if "--only" in rest else rest)]
+for seed in seeds:
     for i, scenario in enumerate(SPLITS[split]):
+        if only is not None and i not in only:
+            continue
         ref, tgt = scenario.load(seed)
         truth = tgt.obs["is_anomaly"].to_numpy().astype(bool)
         model = ACsleuth(random_state=seed, verbose=False, device="cpu", n_jobs=1).fit(ref)
