@@ -105,6 +105,7 @@ class Cli:
         self.n += 1
         self.out = self.folder / f"out{self.n}"
         before = {p: p.read_bytes() for p in self.folder.rglob("*") if p.is_file()}
+        self.capsys.readouterr()  # what the test printed before: not this command's output
         self.rc = main(
             [
                 "run",
