@@ -268,11 +268,11 @@ def out_of_fold_logits(
     network's), on the other ``config.calibration_folds`` - 1 stratified folds."""
     folds = stratified_folds(codes[train_rows], config.calibration_folds, seed)
     training = replace(config.training, epochs=epochs)
-    logits = np.empty((train_rows.size, n_classes), dtype=np.float32)
+    logits = np.full((train_rows.size, n_classes), np.nan, dtype=np.float32)
     divergences = 0
     for fold in range(config.calibration_folds):
         held = folds == fold
-        if not held.any() or held.all():
+        if not held.any() or held.all():  # no cell to score, or none to train on
             continue
         network, result = train_network(
             source,
@@ -288,7 +288,8 @@ def out_of_fold_logits(
             network, source, batch_size=config.eval_batch_size, device=device, rows=train_rows[held]
         )[0]
         divergences += result.divergences
-    return CrossFit(logits, codes[train_rows], divergences)
+    scored = ~np.isnan(logits).any(1)
+    return CrossFit(logits[scored], codes[train_rows][scored], divergences)
 
 
 TEMPERATURES = np.exp(np.linspace(np.log(0.1), np.log(10.0), 93))

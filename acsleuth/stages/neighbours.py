@@ -350,12 +350,12 @@ def count_anomalies(
     if not quantiles or not all(0.0 < q < 1.0 for q in quantiles):
         raise ValueError(f"count_anomalies: quantiles must be in (0, 1), got {tuple(quantiles)}")
     n = distances.shape[1]
+    q = torch.tensor(quantiles, dtype=torch.float64)
     normal = []
     for fold, values in zip(neighbours.folds, distances, strict=True):
         null = fold.shifted_null if shifted and fold.shifted_null is not None else fold.null
-        thresholds = torch.quantile(null.double(), torch.tensor(quantiles, dtype=torch.float64))
-        below = (values.double()[:, None] <= thresholds).sum(0).double()
-        normal.extend(torch.clamp(below / torch.tensor(quantiles, dtype=torch.float64), max=n))
+        below = (values.double()[:, None] <= torch.quantile(null.double(), q)).sum(0).double()
+        normal.extend(torch.clamp(below / q, max=n))
     return n - round(float(torch.stack(normal).mean()))
 
 

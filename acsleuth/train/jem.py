@@ -59,7 +59,7 @@ class JEMResult:
 
     history: list[dict[str, float]]
     best_epoch: int
-    best_validation: tuple[float, float]  # (accuracy, -NLL) of the best epoch; (epoch, 0) without
+    best_validation: tuple[float, float]  # (accuracy, -NLL) of the best epoch; NaN without
     divergences: int
 
 
@@ -207,7 +207,8 @@ def train_jem(
         if guard.diverged(losses, epoch, tracked, good):
             continue
         model.eval()
-        best.offer(epoch, (float(epoch), 0.0) if validate is None else validate(), model)
+        if validate is not None:
+            best.offer(epoch, validate(), model)
         history.append(losses)
         epoch += 1
         bar.update(1)
@@ -222,6 +223,8 @@ def train_jem(
                 done=epoch == config.epochs,
             )
     bar.close()
-    model.load_state_dict(best.weights)
     model.eval()
+    if validate is None:  # the last epoch's weights are the model's own: no copy to keep
+        return JEMResult(history, epoch - 1, (np.nan, np.nan), guard.retries)
+    model.load_state_dict(best.weights)
     return JEMResult(history, best.epoch, best.key, guard.retries)
