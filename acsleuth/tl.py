@@ -481,10 +481,12 @@ def annotate(
       (by decreasing size) for cells of new types
     - ``obs[f"{key_added}_novel"]``: bool, the cell's type is not in the reference
     - ``obs[f"{key_added}_confidence"]``: the largest class probability
-    - ``obsm[f"X_{key_added}"]``: the 128-d embedding
-    - ``obsm[f"{key_added}_proba"]``: class probabilities (columns: ``uns[key_added]["classes"]``)
+    - ``obsm[f"X_{key_added}"]``: the 128-d embedding (of the ensemble's first network)
+    - ``obsm[f"{key_added}_proba"]``: class probabilities, the mean over the ensemble's networks
+      (columns: ``uns[key_added]["classes"]``)
     - ``uns[key_added]``: ``classes``, ``cluster_map`` (class index -> name), ``n_seen``,
-      ``priors`` (estimates of the class distribution over training), ``params``, ``seed``,
+      ``priors`` (estimates of the class distribution over training, ``(networks, estimates,
+      classes)``), ``params``, ``seed``,
       ``timings`` and, with ``n_types="auto"``, ``n_types_scores``
     """
     from .model.annotator import OpenWorldAnnotator

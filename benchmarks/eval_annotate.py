@@ -2,8 +2,9 @@
 
 pbmc68k_reduced: for every split (novel types held out of the reference; the reference is half
 of every seen type, the target the rest plus every novel cell) and seed, runs
-- ``scdet``: :class:`acsleuth.OpenWorldAnnotator` with the defaults;
+- ``scdet``: :class:`acsleuth.OpenWorldAnnotator` with the defaults (two networks averaged);
 - ``no_reg``: the same without L_reg; ``hard``: one-hot pseudo-labels in the contrastive loss;
+  ``one_net``: the defaults with one network (``members=1``, the method before the ensemble);
 - ``reject_kmeans``: logistic regression on 50 PCs of the reference, target cells with max
   probability < 0.5 rejected, k-means (K - seen clusters) on the rejected cells' PCs;
 - ``kmeans``: k-means with K clusters on all target cells' PCs.
@@ -105,6 +106,7 @@ def run_case(
         "scdet": config,
         "no_reg": replace(config, reg_weight=0.0),
         "hard": replace(config, soft=False),
+        "one_net": replace(config, members=1),
     }
     for name, cfg in variants.items():
         if name not in methods:
@@ -146,7 +148,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--splits", nargs="+", default=[*SPLITS, "synthetic"])
     parser.add_argument(
-        "--methods", nargs="+", default=["scdet", "no_reg", "hard", "reject_kmeans", "kmeans"]
+        "--methods",
+        nargs="+",
+        default=["scdet", "one_net", "no_reg", "hard", "reject_kmeans", "kmeans"],
     )
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--quick", action="store_true")

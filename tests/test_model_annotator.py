@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
 import numpy as np
 import pytest
+import torch
 
 from acsleuth import datasets
-from acsleuth.model.annotator import OpenWorldAnnotator
+from acsleuth.data import prepare
+from acsleuth.model.annotator import META_FILE, MODEL_FILE, OpenWorldAnnotator
+from acsleuth.stages import annotate as stage
 from acsleuth.train.contrastive import OpenWorldConfig
 
 TINY = OpenWorldConfig(epochs=3, batch_size=64, estimate_every=2, kmeans_iter=5, kmeans_init=1)
@@ -71,7 +77,24 @@ def test_outputs_are_consistent(data, fitted) -> None:
     np.testing.assert_array_equal(out.novel, ~np.isin(labels, list(seen)))
     counts = [int((labels == f"novel_{i}").sum()) for i in (1, 2)]
     assert counts[0] >= counts[1]  # novel clusters are named by decreasing size
-    assert len(fitted.priors) == 2 and all(abs(p.sum() - 1) < 1e-6 for p in fitted.priors)
+    # one row of pi estimates per member (epochs 0 and 2), each summing to 1
+    assert [p.shape for p in fitted.priors] == [(2, 5)] * TINY.members == [(2, 5)] * 2
+    np.testing.assert_allclose(np.concatenate(fitted.priors).sum(1), 1.0, rtol=1e-6)
+
+
+def test_prediction_averages_the_members_with_aligned_novel_slots(data, fitted) -> None:
+    _, tgt = data
+    out = fitted.predict(tgt)
+    loader = fitted._loader(prepare(tgt, genes=fitted.genes, name="target"), train=False, seed=0)
+    members = [stage.predict(net, loader, TINY.student_temperature) for net in fitted.nets]
+    # seen columns stay; the second member's novel slots are a permutation of 3, 4
+    np.testing.assert_array_equal(fitted.slot_orders[0], np.arange(5))
+    np.testing.assert_array_equal(fitted.slot_orders[1][:3], np.arange(3))
+    assert sorted(fitted.slot_orders[1][3:]) == [3, 4]
+    expected = (members[0].proba + members[1].proba[:, fitted.slot_orders[1]]) / 2
+    np.testing.assert_allclose(out.proba, expected, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(out.features, members[0].features)  # the first member's
+    assert not np.array_equal(members[0].proba, members[1].proba)  # two different networks
 
 
 def test_save_load_round_trip(tmp_path, data, fitted) -> None:
@@ -82,3 +105,22 @@ def test_save_load_round_trip(tmp_path, data, fitted) -> None:
     assert loaded.classes == fitted.classes and loaded.config == fitted.config
     with pytest.raises(FileNotFoundError, match="holds no saved OpenWorldAnnotator"):
         OpenWorldAnnotator.load(tmp_path / "nothing")
+
+
+def test_a_model_saved_before_ensembles_loads_as_one_member(tmp_path, data) -> None:
+    ref, tgt = data
+    single = replace(TINY, members=1)
+    model = OpenWorldAnnotator(5, config=single, seed=0).fit(ref, tgt, label_key="cell_type")
+    # the former layout: one state dict, priors a list of estimates, no members or slot orders
+    folder = tmp_path / "old"
+    folder.mkdir()
+    torch.save(model.nets[0].state_dict(), folder / MODEL_FILE)
+    model.save(tmp_path / "new")
+    meta = json.loads((tmp_path / "new" / META_FILE).read_text())
+    meta["priors"], meta["history"] = meta["priors"][0], meta["history"][0]
+    del meta["slot_orders"], meta["config"]["members"]
+    (folder / META_FILE).write_text(json.dumps(meta))
+    loaded = OpenWorldAnnotator.load(folder)
+    assert loaded.config == single and len(loaded.nets) == 1
+    np.testing.assert_array_equal(loaded.priors[0], model.priors[0])
+    np.testing.assert_array_equal(loaded.predict(tgt).proba, model.predict(tgt).proba)

@@ -52,7 +52,7 @@ def test_documented_keys_are_written(annotated, tmp_path) -> None:
     uns = a.uns["acsleuth_annot"]
     assert list(uns["classes"][:3]) == ["type_0", "type_1", "type_2"] and uns["n_seen"] == 3
     assert uns["cluster_map"]["0"] == "type_0"
-    assert uns["priors"].shape == (2, 5)  # estimated before epochs 1 and 2
+    assert uns["priors"].shape == (2, 2, 5)  # two networks, each estimated before epochs 1 and 2
     assert uns["params"]["n_types"] == 5 and uns["params"]["epochs"] == 2 and uns["seed"] == 0
     assert {"fit", "predict"} <= set(uns["timings"])
     sizes = [int((labels == f"novel_{i}").sum()) for i in (1, 2)]
@@ -70,7 +70,7 @@ def test_n_types_below_the_reference_is_refused(data) -> None:
 def test_auto_n_types_is_at_least_the_reference_types(data) -> None:
     ref, tgt = data
     model = OpenWorldAnnotator("auto", config=TINY).fit(ref, tgt, label_key="cell_type")
-    assert model.n_types_ >= 3 and model.net.n_classes == model.n_types_
+    assert model.n_types_ >= 3 and all(net.n_classes == model.n_types_ for net in model.nets)
     if model.n_types_ > 4:  # two or more novel types: the K of best silhouette (3 + 2 .. 3 + 8)
         assert model.n_types_ == max(model.auto_scores, key=model.auto_scores.get)
         assert min(model.auto_scores) == 5 and max(model.auto_scores) <= 11

@@ -5,11 +5,12 @@ Every key is built from ``key_added`` (default ``"acsleuth_annot"``) by :func:`k
 - ``obs[key_added]``: a reference type name for seen cells, ``"novel_1"``, ``"novel_2"``, ...
   (by decreasing size) for cells of new types (categorical)
 - ``obs[f"{key_added}_novel"]`` (bool) and ``obs[f"{key_added}_confidence"]`` (max probability)
-- ``obsm[f"X_{key_added}"]``: the 128-d embedding; ``obsm[f"{key_added}_proba"]``: class
-  probabilities, columns in the order of ``uns[key_added]["classes"]``
+- ``obsm[f"X_{key_added}"]``: the 128-d embedding (of the ensemble's first network);
+  ``obsm[f"{key_added}_proba"]``: class probabilities (the mean over the networks), columns in
+  the order of ``uns[key_added]["classes"]``
 - ``uns[key_added]``: ``classes``, ``cluster_map`` (class index -> type name), ``n_seen``,
-  ``priors`` (the estimates of pi over training, one row per estimate), ``params``, ``seed``,
-  ``timings`` and, with ``n_types="auto"``, ``n_types_scores`` (silhouette per K tried;
+  ``priors`` (the estimates of pi over training, ``(networks, estimates, classes)``), ``params``,
+  ``seed``, ``timings`` and, with ``n_types="auto"``, ``n_types_scores`` (silhouette per K tried;
   empty when K was the reference's types or one more)
 """
 

@@ -21,11 +21,12 @@ from ..data.source import ExpressionSource
 from ..nn.annotator import AnnotatorNet
 from ..stages import annotate as stage
 from ..train import Checkpoint
-from ..train.checkpoint import fingerprint
-from ..train.contrastive import OpenWorldConfig, train_open_world
+from ..train.checkpoint import Stateful, fingerprint
+from ..train.contrastive import OpenWorldConfig, PriorHistory, train_open_world
 
 MODEL_FILE = "annotator.pt"
 META_FILE = "annotator.json"
+MEMBER_SEED_STEP = 100  # ensemble member i trains with seed + 100 i
 
 
 @dataclass
@@ -86,7 +87,9 @@ class OpenWorldAnnotator:
     config
         Settings; :class:`~acsleuth.train.contrastive.OpenWorldConfig` defaults when None.
     seed
-        Seeds the network, the augmentation, the loaders and k-means.
+        Seeds the networks, the augmentation, the loaders and k-means (``config.members``
+        networks are trained, member ``i`` with ``seed + 100 i``; their probabilities are
+        averaged, novel slots aligned to the first member's).
     device
         Torch device.
     """
@@ -107,17 +110,18 @@ class OpenWorldAnnotator:
         self.seed = int(seed)
         self.device = torch.device(device)
         self.verbose = verbose
-        self.net: AnnotatorNet | None = None
+        self.nets: list[AnnotatorNet] = []
+        self.slot_orders: list[np.ndarray] = []  # member's columns in the first member's order
         self.genes: list[str] = []
         self.seen: list[str] = []
         self.classes: list[str] = []
-        self.priors: list[np.ndarray] = []
-        self.history: list[dict[str, float]] = []
+        self.priors: list[np.ndarray] = []  # per member: (estimates, K)
+        self.history: list[list[dict[str, float]]] = []  # per member: losses per epoch
         self.timings: dict[str, float] = {}
         self.auto_scores: dict[int, float] = {}
         self.n_types_ = 0
 
-    def _loader(self, source: ExpressionSource, *, train: bool, offset: int) -> MinibatchLoader:
+    def _loader(self, source: ExpressionSource, *, train: bool, seed: int) -> MinibatchLoader:
         bs = self.config.batch_size
         return MinibatchLoader(
             source,
@@ -125,7 +129,7 @@ class OpenWorldAnnotator:
             shuffle=train,
             device=self.device,
             drop_last=train and source.n_obs > bs,
-            seed=self.seed + offset,
+            seed=seed,
         )
 
     def fit(
@@ -156,8 +160,8 @@ class OpenWorldAnnotator:
         self.genes = highly_variable_genes(ref_src, self.config.n_top_genes)
         ref_src = ref_src.with_genes(self.genes)
         tgt_src = prepare(target, genes=self.genes, name="target")
-        ref_eval = self._loader(ref_src, train=False, offset=0)
-        tgt_eval = self._loader(tgt_src, train=False, offset=0)
+        ref_eval = self._loader(ref_src, train=False, seed=self.seed)
+        tgt_eval = self._loader(tgt_src, train=False, seed=self.seed)
         k = self.n_types
         if k == "auto":
             k, self.auto_scores = stage.estimate_n_types(
@@ -167,52 +171,90 @@ class OpenWorldAnnotator:
         if self.n_types_ > tgt_src.n_obs + ref_src.n_obs:
             raise ValueError(f"n_types={k} exceeds the number of cells; lower it")
         labels = np.concatenate([codes, np.full(tgt_src.n_obs, -1)])
+        carried: dict[str, Stateful] = {}
+        fitted = [
+            self._fit_member(
+                member, (ref_src, tgt_src), (ref_eval, tgt_eval), codes, labels, checkpoint, carried
+            )
+            for member in range(self.config.members)
+        ]
+        # read after every member: a resumed run restores earlier members with the last one
+        self.nets = [net for net, _, _ in fitted]
+        self.priors = [np.stack([p.cpu().numpy() for p in h.estimates]) for _, h, _ in fitted]
+        self.history = [history for _, _, history in fitted]
+        preds = [stage.predict(net, tgt_eval, self.config.student_temperature) for net in self.nets]
+        self.slot_orders = [np.arange(self.n_types_)] + [
+            stage.align_novel_slots(preds[0].proba, p.proba, len(self.seen)) for p in preds[1:]
+        ]
+        pred = stage.average_members(preds, self.slot_orders)
+        self.classes = stage.class_names(self.seen, pred.label, self.n_types_)
+        self.timings["fit"] = time.perf_counter() - start
+        return self
 
-        with seeded(self.seed, self.device):
+    def _fit_member(
+        self,
+        member: int,
+        sources: tuple[ExpressionSource, ExpressionSource],
+        evals: tuple[MinibatchLoader, MinibatchLoader],
+        codes: np.ndarray,
+        labels: np.ndarray,
+        checkpoint: Checkpoint | None,
+        carried: dict[str, Stateful],
+    ) -> tuple[AnnotatorNet, PriorHistory, list[dict[str, float]]]:
+        """Train ensemble member ``member`` (seed ``seed + 100 member``); its network and prior
+        estimates are added to ``carried`` (which later members checkpoint with their state).
+        Returns them and its losses per epoch."""
+        seed = self.seed + MEMBER_SEED_STEP * member
+        n_seen, members = len(self.seen), self.config.members
+        priors = PriorHistory()
+        with seeded(seed, self.device):
             net = AnnotatorNet(len(self.genes), self.n_types_).to(self.device)
 
             def estimate_prior(epoch: int) -> torch.Tensor:
-                pairs = [stage.contrastive_features(net, ld) for ld in (ref_eval, tgt_eval)]
+                pairs = [stage.contrastive_features(net, ld) for ld in evals]
                 proj, feats = (torch.cat(part) for part in zip(*pairs, strict=True))
                 clusters, _ = stage.kmeans(
                     proj,
                     self.n_types_,
                     n_iter=self.config.kmeans_iter,
                     n_init=self.config.kmeans_init,
-                    seed=self.seed + epoch // self.config.estimate_every,
+                    seed=seed + epoch // self.config.estimate_every,
                 )
                 clusters = clusters.numpy()
-                mapping = stage.match_clusters(clusters, labels, len(self.seen), self.n_types_)
+                mapping = stage.match_clusters(clusters, labels, n_seen, self.n_types_)
                 if self.config.seed_prototypes:
-                    stage.seed_novel_prototypes(net, feats, clusters, mapping, len(self.seen))
+                    stage.seed_novel_prototypes(net, feats, clusters, mapping, n_seen)
                 return torch.as_tensor(
                     stage.prior_from_clusters(clusters, mapping), dtype=torch.float32
                 )
 
-            self.history, self.priors = train_open_world(
+            history, _ = train_open_world(
                 net,
-                self._loader(ref_src, train=True, offset=1),
+                self._loader(sources[0], train=True, seed=seed + 1),
                 codes,
-                self._loader(tgt_src, train=True, offset=2),
+                self._loader(sources[1], train=True, seed=seed + 2),
                 estimate_prior,
                 self.config,
                 checkpoint=checkpoint,
                 verbose=self.verbose,
+                desc="annotate" if members == 1 else f"annotate {member + 1}/{members}",
+                priors=priors,
+                carried=dict(carried),
             )
-        self.net = net
-        pred = stage.predict(net, tgt_eval, self.config.student_temperature)
-        self.classes = stage.class_names(self.seen, pred.label, self.n_types_)
-        self.timings["fit"] = time.perf_counter() - start
-        return self
+        carried[f"member{member}.net"] = net
+        carried[f"member{member}.priors"] = priors
+        return net, priors, history
 
     def predict(self, target: AnnData) -> Annotation:
         """Annotate ``target``'s cells (streamed in minibatches; ``target`` is not modified)."""
-        if self.net is None:
+        if not self.nets:
             raise RuntimeError("OpenWorldAnnotator: call fit() (or load()) before predict()")
         start = time.perf_counter()
         source = prepare(target, genes=self.genes, name="target")
-        pred = stage.predict(
-            self.net, self._loader(source, train=False, offset=0), self.config.student_temperature
+        loader = self._loader(source, train=False, seed=self.seed)
+        tau = self.config.student_temperature
+        pred = stage.average_members(
+            [stage.predict(net, loader, tau) for net in self.nets], self.slot_orders
         )
         names = np.asarray(self.classes, dtype=object)[pred.label]
         order = self.seen + sorted(set(self.classes) - set(self.seen), key=lambda s: int(s[6:]))
@@ -235,11 +277,11 @@ class OpenWorldAnnotator:
 
     def save(self, folder: str | os.PathLike) -> None:
         """Write the fitted model to ``folder`` (created if needed)."""
-        if self.net is None:
+        if not self.nets:
             raise RuntimeError("OpenWorldAnnotator: nothing to save; call fit() first")
         path = Path(folder)
         path.mkdir(parents=True, exist_ok=True)
-        torch.save(self.net.state_dict(), path / MODEL_FILE)
+        torch.save([net.state_dict() for net in self.nets], path / MODEL_FILE)
         meta = {
             "n_types": self.n_types,
             "n_types_": self.n_types_,
@@ -250,6 +292,7 @@ class OpenWorldAnnotator:
             "classes": self.classes,
             "priors": [p.tolist() for p in self.priors],
             "history": self.history,
+            "slot_orders": [o.tolist() for o in self.slot_orders],
             "auto_scores": {str(k): v for k, v in self.auto_scores.items()},
         }
         (path / META_FILE).write_text(json.dumps(meta))
@@ -263,6 +306,11 @@ class OpenWorldAnnotator:
                 f"{path} holds no saved OpenWorldAnnotator ({META_FILE} missing)"
             )
         meta: dict[str, Any] = json.loads((path / META_FILE).read_text())
+        states = torch.load(path / MODEL_FILE, map_location=device, weights_only=True)
+        if "slot_orders" not in meta:  # saved before ensembles: one network
+            states, meta["priors"], meta["history"] = [states], [meta["priors"]], [meta["history"]]
+            meta["slot_orders"] = [list(range(meta["n_types_"]))]
+            meta["config"]["members"] = 1
         config = meta["config"]
         config["teacher_temperature"] = tuple(config["teacher_temperature"])
         model = cls(
@@ -271,10 +319,10 @@ class OpenWorldAnnotator:
         model.n_types_, model.genes, model.seen = meta["n_types_"], meta["genes"], meta["seen"]
         model.classes, model.history = meta["classes"], meta["history"]
         model.priors = [np.asarray(p) for p in meta["priors"]]
+        model.slot_orders = [np.asarray(o) for o in meta["slot_orders"]]
         model.auto_scores = {int(k): v for k, v in meta["auto_scores"].items()}
-        net = AnnotatorNet(len(model.genes), model.n_types_).to(model.device)
-        net.load_state_dict(
-            torch.load(path / MODEL_FILE, map_location=model.device, weights_only=True)
-        )
-        model.net = net.eval()
+        for state in states:
+            net = AnnotatorNet(len(model.genes), model.n_types_).to(model.device)
+            net.load_state_dict(state)
+            model.nets.append(net.eval())
         return model

@@ -203,6 +203,25 @@ def predict(net: AnnotatorNet, loader: MinibatchLoader, temperature: float) -> P
     return Predictions(features, proba, proba.argmax(1))
 
 
+def align_novel_slots(anchor: np.ndarray, proba: np.ndarray, n_seen: int) -> np.ndarray:
+    """Column order putting ``proba``'s classes in ``anchor``'s order (both ``(cells, K)`` on the
+    same cells): seen classes stay, novel slots (numbered arbitrarily by each network) are
+    matched by the Hungarian algorithm on their co-assignment ``sum_i anchor_ia proba_ib``."""
+    overlap = anchor[:, n_seen:].astype(np.float64).T @ proba[:, n_seen:].astype(np.float64)
+    rows, cols = linear_sum_assignment(-overlap)
+    order = np.arange(anchor.shape[1])
+    order[n_seen + rows] = n_seen + cols
+    return order
+
+
+def average_members(members: list[Predictions], orders: list[np.ndarray]) -> Predictions:
+    """An ensemble's predictions: the first member's features, the mean of the members'
+    probabilities with columns put in the first member's order by ``orders``, its argmax."""
+    proba = np.mean([m.proba[:, o] for m, o in zip(members, orders, strict=True)], axis=0)
+    proba = proba.astype(np.float32)
+    return Predictions(members[0].features, proba, proba.argmax(1))
+
+
 def _principal_components(
     reference: MinibatchLoader, target: MinibatchLoader, seed: int
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -64,6 +64,7 @@ class OpenWorldConfig:
     kmeans_iter: int = 30
     kmeans_init: int = 3
     seed_prototypes: bool = True  # novel prototypes <- their cluster's mean h at each estimate
+    members: int = 2  # networks trained (seeds seed, seed + 100, ...), probabilities averaged
     n_top_genes: int = 3000
     max_retries: int = 3  # divergence guard: restores of the last good state
 
@@ -292,6 +293,8 @@ def train_open_world(
     checkpoint: Checkpoint | None = None,
     verbose: bool = False,
     desc: str = "annotate",
+    priors: PriorHistory | None = None,
+    carried: Mapping[str, Stateful] | None = None,
 ) -> tuple[list[dict[str, float]], list[np.ndarray]]:
     """Train ``net`` on minibatch loaders of the reference and target (see module docstring).
 
@@ -301,15 +304,19 @@ def train_open_world(
     Epochs run under the shared divergence guard (a non-finite loss restores the state before
     the epoch and retries it at half the learning rate). With a ``checkpoint`` the state is
     written every ``checkpoint.every`` epochs, at the end and on Ctrl-C, and a resumed run
-    continues from it to the weights of an uninterrupted one (on the CPU).
+    continues from it to the weights of an uninterrupted one (on the CPU); ``carried`` objects
+    (the networks and ``priors`` of earlier ensemble members, whose finished stages a resumed
+    run skips) are written and restored with it. The estimates are appended to ``priors``.
 
     Returns the per-epoch mean losses and the prior estimates, in order.
     """
     device = next(net.parameters()).device
     labels = torch.as_tensor(reference_labels, dtype=torch.long, device=device)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    ref_batches, priors = CyclingBatches(reference), PriorHistory()
+    ref_batches = CyclingBatches(reference)
+    priors = PriorHistory() if priors is None else priors
     tracked: dict[str, Stateful] = {
+        **(carried or {}),
         "net": net,
         "optimizer": optimizer,
         "reference": ref_batches,

@@ -6,7 +6,10 @@ import numpy as np
 import torch
 
 from acsleuth.stages.annotate import (
+    Predictions,
+    align_novel_slots,
     assign,
+    average_members,
     class_names,
     kmeans,
     match_clusters,
@@ -63,3 +66,26 @@ def test_novel_names_follow_predicted_sizes() -> None:
     predicted = np.array([0, 1, 3, 3, 3, 2, 4, 4])
     assert novel_order(predicted, 2, 5).tolist() == [3, 4, 2]
     assert class_names(["a", "b"], predicted, 5) == ["a", "b", "novel_3", "novel_1", "novel_2"]
+
+
+def test_novel_slots_of_a_second_network_are_aligned_before_averaging() -> None:
+    # 2 seen classes, 3 novel slots; the second network numbers its novel slots 4, 2, 3
+    rng = np.random.default_rng(0)
+    anchor = rng.dirichlet(np.ones(5) * 0.2, size=60).astype(np.float32)
+    other = np.empty_like(anchor)
+    other[:, :2] = anchor[:, :2]
+    other[:, [4, 2, 3]] = anchor[:, [2, 3, 4]]
+    order = align_novel_slots(anchor, other, n_seen=2)
+    np.testing.assert_array_equal(order, [0, 1, 4, 2, 3])
+    np.testing.assert_array_equal(other[:, order], anchor)
+    features = np.zeros((60, 4), dtype=np.float32)
+    members = [
+        Predictions(features, anchor, anchor.argmax(1)),
+        Predictions(features + 1, other, other.argmax(1)),
+    ]
+    mean = average_members(members, [np.arange(5), order])
+    np.testing.assert_allclose(mean.proba, anchor, rtol=1e-6)
+    np.testing.assert_array_equal(mean.label, anchor.argmax(1))
+    assert mean.features is features  # the first member's
+    # without the alignment the average would blur the novel slots
+    assert not np.allclose((anchor + other) / 2, anchor)

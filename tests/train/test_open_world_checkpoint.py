@@ -42,23 +42,40 @@ def _interrupt_at_step(monkeypatch, step: int, error: type[BaseException] = Keyb
 
 
 def _assert_same_model(a: OpenWorldAnnotator, b: OpenWorldAnnotator) -> None:
-    for (name, x), (_, y) in zip(
-        a.net.state_dict().items(), b.net.state_dict().items(), strict=True
-    ):
-        assert torch.equal(x, y), name
+    assert len(a.nets) == len(b.nets) == 2
+    for net_a, net_b in zip(a.nets, b.nets, strict=True):
+        for (name, x), (_, y) in zip(
+            net_a.state_dict().items(), net_b.state_dict().items(), strict=True
+        ):
+            assert torch.equal(x, y), name
     assert a.history == b.history
-    assert len(a.priors) == len(b.priors) == 3
+    assert [p.shape for p in a.priors] == [p.shape for p in b.priors] == [(3, 4)] * 2
     for p, q in zip(a.priors, b.priors, strict=True):
         np.testing.assert_array_equal(p, q)
+    for o, r in zip(a.slot_orders, b.slot_orders, strict=True):
+        np.testing.assert_array_equal(o, r)
 
 
-def test_interrupted_and_resumed_fit_equals_an_uninterrupted_one(data, tmp_path, monkeypatch):
+@pytest.mark.parametrize(
+    ("step", "stage"),
+    [
+        (6, "annotate 1/2"),  # the second step of the first network's epoch 2 (after its estimate)
+        (16, "annotate 2/2"),  # the first network takes steps 1-10: the second's epoch 2
+    ],
+)
+def test_interrupted_and_resumed_fit_equals_an_uninterrupted_one(
+    data, tmp_path, monkeypatch, step, stage
+):
     whole = _fit(data)
-    # step 6 is the second step of epoch 2, after that epoch's prior estimate
     with monkeypatch.context() as patch:
-        _interrupt_at_step(patch, 6)
+        _interrupt_at_step(patch, step)
         with pytest.raises(TrainingInterrupted, match="after 2 complete epoch"):
             _fit(data, Checkpoint(tmp_path / "ckpt"))
+    state = torch.load(tmp_path / "ckpt" / "training.pt", weights_only=True)
+    assert state["stage"] == stage
+    # in the second network's stage the first one's is finished: a resumed run skips it, and its
+    # weights and prior estimates come back with the second's state
+    assert ("member0.net" in state["objects"]) == (stage == "annotate 2/2")
     resumed = _fit(data, Checkpoint(tmp_path / "ckpt", resume=True))
     _assert_same_model(whole, resumed)
     _, tgt = data
