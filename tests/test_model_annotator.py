@@ -48,6 +48,13 @@ def test_n_types_below_reference_types_is_refused_in_one_line(data) -> None:
     assert "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize("members", [0, -1, 1.5])
+def test_a_number_of_networks_below_one_is_refused_in_one_line(members) -> None:
+    with pytest.raises(ValueError, match=r"config\.members") as err:
+        OpenWorldAnnotator(5, config=replace(TINY, members=members))
+    assert "\n" not in str(err.value)
+
+
 def test_missing_label_key_is_refused(data) -> None:
     ref, tgt = data
     with pytest.raises(ValueError, match="no obs column 'celltype'"):

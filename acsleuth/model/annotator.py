@@ -107,6 +107,12 @@ class OpenWorldAnnotator:
             check_n_types(n_types, 1)
         self.n_types = n_types
         self.config = config or OpenWorldConfig()
+        if isinstance(self.config.members, bool) or not isinstance(self.config.members, int):
+            raise ValueError(f"config.members must be an integer >= 1, got {self.config.members!r}")
+        if self.config.members < 1:
+            raise ValueError(
+                f"config.members={self.config.members}: train at least one network (members >= 1)"
+            )
         self.seed = int(seed)
         self.device = torch.device(device)
         self.verbose = verbose
