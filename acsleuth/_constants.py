@@ -59,6 +59,8 @@ N_NEIGHBOURS = 10  # k of the "knn" score: more than 5 ranked mixtures of types 
 N_REFERENCE_PCS = 50  # principal components of the reference the "knn" score measures in
 # null quantiles at which calls without a ratio count normal cells (stages.neighbours)
 COUNT_QUANTILES = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
+# null quantiles over which each batch's null is lifted until the count is flat (stages.neighbours)
+LIFT_QUANTILES = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4)
 SEED = 2024
 KEY_ADDED = "acsleuth"
 # the epochs that ``--epochs`` (and ``run_demo(epochs=...)``) set, in order
@@ -274,6 +276,7 @@ __all__ = [
     "GAMMAS",
     "KERNELS",
     "KINS",
+    "LIFT_QUANTILES",
     "NEEDS_MMD",
     "N_NEIGHBOURS",
     "N_REFERENCE_PCS",

@@ -108,6 +108,11 @@ DEV = [
     _pbmc("batch", TREG, NAIVE8, ratio=0.3, batches=2, sd=1.5),
     _synthetic(3, 0.05),
     _synthetic(3, 0.3, batches=2, sd=1.0),
+    # effects of sd 2 on the development side too (added with the lifted null, 2026-12-06)
+    _pbmc("batch", MONO, CD8, batches=2, sd=2.0),
+    _pbmc("batch", B, NK, ratio=0.1, batches=2, sd=2.0),
+    _synthetic(3, 0.3, batches=2, sd=2.0),
+    _pbmc("batch", TREG, NAIVE8, ratio=0.3, batches=2, sd=2.0),
 ]
 HELDOUT = [
     _pbmc("single", B),

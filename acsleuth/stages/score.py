@@ -98,7 +98,8 @@ def reconstruct_target(
     residuals (when ``keep_residuals``; float16, centred per batch of ``codes`` when given)
     and the ``(n_obs, 256)`` encoder embeddings. ``budget``: bytes the outputs may hold on
     ``device``. With a neighbour index, ``scores["knn folds"]`` holds every cell's
-    ``(n_obs, folds)`` distances to the reference.
+    ``(n_obs, folds)`` distances to the reference and, with ``codes``, ``scores["knn
+    offsets"]`` the ``(folds, batches, d)`` shifts of the batches onto it.
 
     In a distributed run each rank passes over its contiguous shard of cells (see
     :func:`acsleuth.parallel.shard_bounds`) and returns that shard's rows; batch centres
@@ -163,6 +164,8 @@ def reconstruct_target(
     scores = {name: values.cpu() for name, values in scores.items()}
     if folds is not None:
         scores["knn folds"] = folds.cpu()
+    if offsets is not None:
+        scores["knn offsets"] = offsets.cpu()
     residuals = None
     if store is not None:
         residuals = ScaledResiduals(store)
@@ -341,6 +344,7 @@ def score_cells(
             keep_residuals=score in NEEDS_MMD or codes is not None,
             codes=codes,
         )
+    offsets = scores.pop("knn offsets", None)  # the same on every rank
     try:
         if codes is not None:
             with stage_timer(timings, "batch centring"):
@@ -366,7 +370,9 @@ def score_cells(
     folds = scores.pop("knn folds", None)
     if folds is not None:
         scores["knn"] = folds.mean(1)
-        count = count_anomalies(folds.T, detector.neighbours, shifted=codes is not None)
+        count = count_anomalies(
+            folds.T, detector.neighbours, shifted=codes is not None, batches=codes, offsets=offsets
+        )
         if count == folds.shape[0]:  # no cell as near the reference as its null: no foothold
             logger.warning(
                 "every target cell lies farther from the reference than reference "

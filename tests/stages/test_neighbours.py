@@ -7,6 +7,7 @@ import pytest
 import torch
 from _helpers import FastACsleuth
 
+from acsleuth import datasets
 from acsleuth._constants import Params
 from acsleuth.stages.neighbours import (
     NeighbourConfig,
@@ -124,6 +125,47 @@ def test_the_shifted_null_is_what_shifted_normal_cells_score() -> None:
         count_anomalies(distances, neighbours, shifted=flag) for flag in (False, True)
     )
     assert abs(shifted - 100) < abs(plain - 100) and shifted > plain
+
+
+def test_a_batch_moved_far_gets_a_lifted_null_and_a_batch_left_in_place_does_not() -> None:
+    """A per-gene effect of sd 2 in count space (zeros stay zeros, so no shift undoes it)
+    leaves one batch's normal cells farther than the null after the shift onto the
+    reference, and the plain count takes many of them for anomalies; lifting that batch's
+    null brings the count nearer the truth (real PBMCs, 4 seeds). A batch the shift barely
+    moves keeps its plain null."""
+    errors = {"plain": [], "lifted": []}
+    for seed in range(4):
+        ref, tgt = datasets.pbmc_holdout(
+            ["CD19+ B", "CD56+ NK"], anomaly_ratio=0.3, n_batches=2, batch_effect=2.0, seed=seed
+        )
+        reference = ref.X.toarray().astype(np.float32)
+        neighbours = fit_neighbours(
+            lambda rows, r=reference: r[rows], len(reference), NeighbourConfig(), seed=0
+        )
+        codes = np.unique(tgt.obs["batch"].astype(str), return_inverse=True)[1]
+        x = torch.from_numpy(tgt.X.toarray().astype(np.float32))
+        offsets = neighbours.batch_offsets(x, codes, 2)
+        distances = neighbours.distances(x, offsets=offsets[:, torch.from_numpy(codes)])
+        truth = int(tgt.obs["is_anomaly"].sum())
+        for name, given in (("plain", None), ("lifted", offsets)):
+            count = count_anomalies(
+                distances, neighbours, shifted=True, batches=codes, offsets=given
+            )
+            errors[name].append(abs(count - truth))
+    assert np.mean(errors["plain"]) > 60  # measured 94: 1.6-1.8x the truth
+    assert np.mean(errors["lifted"]) < 0.6 * np.mean(errors["plain"])  # measured 38.5
+    # a toy batch left in place: its offsets are noise, so nothing is lifted
+    reference, target = _planted(n_normal=300, n_anomalous=100, seed=2)
+    neighbours = fit_neighbours(
+        lambda rows: reference[rows], len(reference), NeighbourConfig(n_components=10, k=5), seed=0
+    )
+    codes = np.zeros(400, dtype=np.int64)
+    x = torch.from_numpy(target)
+    offsets = neighbours.batch_offsets(x, codes, 1)
+    distances = neighbours.distances(x, offsets=offsets[:, torch.from_numpy(codes)])
+    assert count_anomalies(
+        distances, neighbours, shifted=True, batches=codes, offsets=offsets
+    ) == count_anomalies(distances, neighbours, shifted=True)
 
 
 def test_reference_cells_are_not_their_own_null() -> None:
