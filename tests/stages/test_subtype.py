@@ -75,6 +75,23 @@ def test_auto_k_finds_the_planted_number_and_records_the_curve() -> None:
     assert sorted(curve) == list(range(2, 11)) and max(curve, key=curve.get) == 4
 
 
+def test_auto_k_takes_the_smallest_k_within_the_tolerance_of_the_best() -> None:
+    """Two groups of two near blobs each: k = 4 has the best silhouette, k = 3 and k = 2 a
+    little less; the smallest k within the tolerance of the best is taken."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [0.0, 3.0], [8.0, 0.0], [8.0, 3.0]])
+    z = np.concatenate([c + rng.normal(0.0, 0.3, (50, 2)) for c in centres])
+    k, curve = choose_n_subtypes(z, range(2, 7), n_init=5)
+    assert k == 4 == max(curve, key=curve.get) and curve[2] < curve[3] < curve[4]
+    for tolerance, expected in (
+        (curve[4] - curve[2] + 1e-6, 2),
+        (curve[4] - curve[3] + 1e-6, 3),
+        (curve[4] - curve[3] - 1e-6, 4),
+    ):
+        assert choose_n_subtypes(z, range(2, 7), n_init=5, tolerance=tolerance)[0] == expected
+    assert SubtypeConfig().silhouette_tolerance == 0.01
+
+
 def test_auto_k_guards_small_inputs() -> None:
     assert choose_n_subtypes(np.zeros((2, 3))) == (1, {})
     k, curve = choose_n_subtypes(np.array([[0.0], [0.1], [5.0]]))
