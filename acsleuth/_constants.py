@@ -39,8 +39,8 @@ AnomalyExpression = Literal["shift", "generator"]
 ANOMALY_EXPRESSIONS: tuple[AnomalyExpression, ...] = ("shift", "generator")
 SubtypeEmbedding = Literal["pca", "fusion"]
 SUBTYPE_EMBEDDINGS: tuple[SubtypeEmbedding, ...] = ("pca", "fusion")
-Precision = Literal["fp32", "bf16"]
-PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16")
+Precision = Literal["auto", "fp32", "bf16"]
+PRECISIONS: tuple[Precision, ...] = ("auto", "fp32", "bf16")
 
 # ------------------------------------------------------------------ defaults
 LEARNING_RATE = 1e-4
@@ -60,6 +60,10 @@ N_REFERENCE_PCS = 50  # principal components of the reference the "knn" score me
 # null quantiles at which calls without a ratio count normal cells (stages.neighbours)
 COUNT_QUANTILES = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
 SEED = 2024
+# "auto": bf16 autocast on a CPU with bf16 matrix units (AMX or AVX512-BF16), else float32
+# (acsleuth._precision): module I and the MMD predictor train 1.5-2x faster there at equal
+# quality on the issue-16 development scenarios (benchmarks/RESULTS.md, issue 21)
+PRECISION: Precision = "auto"
 KEY_ADDED = "acsleuth"
 # the epochs that ``--epochs`` (and ``run_demo(epochs=...)``) set, in order
 EPOCH_PARAMS = ("prepare_epochs", "train_epochs", "score_epochs", "style_epochs", "subtype_epochs")
@@ -102,7 +106,7 @@ class Params:
     subtype_epochs: int = 100
     subtype_embedding: SubtypeEmbedding = "pca"
     cache_gb: float | None = None
-    precision: Precision = "fp32"
+    precision: Precision = PRECISION
     device: str = "auto"
     random_state: int = SEED
     verbose: bool = True
@@ -193,6 +197,7 @@ class Params:
             batch_size=self.score_batch_size,
             warm_epochs=self.warm_epochs,
             lr=self.learning_rate,
+            precision=self.precision,
         )
 
     def neighbour_config(self) -> NeighbourConfig:
@@ -220,8 +225,13 @@ class Params:
             reconstruction_weight=self.reconstruction_weight,
             adversarial_weight=self.adversarial_weight,
             gp_weight=self.gp_weight,
-            precision=self.precision,
+            precision=self.after_detection_precision(),
         )
+
+    def after_detection_precision(self) -> Precision:
+        """``precision`` of the stages after detection (embeddings, style transfer): ``"auto"``
+        is float32 there, where bf16 was not measured against quality."""
+        return "fp32" if self.precision == "auto" else self.precision
 
     def subtype_config(self) -> SubtypeConfig:
         """DESC (module IV, docs/method.md §4)."""
@@ -277,6 +287,7 @@ __all__ = [
     "NEEDS_MMD",
     "N_NEIGHBOURS",
     "N_REFERENCE_PCS",
+    "PRECISION",
     "PRECISIONS",
     "SCORE",
     "SCORES",

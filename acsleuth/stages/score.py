@@ -204,7 +204,7 @@ def embed(
     loader = MinibatchLoader(
         source, batch_size=params.eval_batch_size, device=device, rows=rows, resident_bytes=0
     )
-    with autocast(device, params.precision):
+    with autocast(device, params.after_detection_precision()):
         return torch.cat([encoder(x).float() for _, x in loader])
 
 
