@@ -60,9 +60,9 @@ N_REFERENCE_PCS = 50  # principal components of the reference the "knn" score me
 # null quantiles at which calls without a ratio count normal cells (stages.neighbours)
 COUNT_QUANTILES = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
 SEED = 2024
-# "auto": bf16 autocast on a CPU with bf16 matrix units (AMX or AVX512-BF16), else float32
-# (acsleuth._precision): module I and the MMD predictor train 1.5-2x faster there at equal
-# quality on the issue-16 development scenarios (benchmarks/RESULTS.md, issue 21)
+# "auto": module I and the MMD predictor train under bf16 autocast on a CPU with bf16 matrix
+# units (AMX or AVX512-BF16), everything else runs float32 (acsleuth._precision,
+# Params.untrained_precision); benchmarks/RESULTS.md, issue 21
 PRECISION: Precision = "auto"
 KEY_ADDED = "acsleuth"
 # the epochs that ``--epochs`` (and ``run_demo(epochs=...)``) set, in order
@@ -225,12 +225,13 @@ class Params:
             reconstruction_weight=self.reconstruction_weight,
             adversarial_weight=self.adversarial_weight,
             gp_weight=self.gp_weight,
-            precision=self.after_detection_precision(),
+            precision=self.untrained_precision(),
         )
 
-    def after_detection_precision(self) -> Precision:
-        """``precision`` of the stages after detection (embeddings, style transfer): ``"auto"``
-        is float32 there, where bf16 was not measured against quality."""
+    def untrained_precision(self) -> Precision:
+        """``precision`` everywhere but the training of module I and of the MMD predictor
+        (reconstruction, scores, embeddings, style transfer): ``"auto"`` is float32 there, so
+        that scores keep float32 resolution and streamed, sharded and in-memory runs agree."""
         return "fp32" if self.precision == "auto" else self.precision
 
     def subtype_config(self) -> SubtypeConfig:

@@ -21,9 +21,9 @@ def test_auto_is_bf16_only_on_a_cpu_with_bf16_matrix_units(monkeypatch, native: 
     assert y.dtype == (torch.bfloat16 if native else torch.float32)
 
 
-def test_auto_leaves_the_stages_after_detection_in_float32() -> None:
+def test_auto_trains_detection_only_in_bf16() -> None:
     params = Params(precision="auto")
-    assert params.after_detection_precision() == "fp32"
+    assert params.untrained_precision() == "fp32"
     assert params.style_config().precision == "fp32"
     assert params.detector_config().precision == "auto"
     assert params.scorer_config().precision == "auto"

@@ -106,7 +106,7 @@ class ACsleuth(FamiliarAPI, PipelineStages, persist.Persistent):
     precision
         ``"fp32"``, or ``"bf16"``: the networks' forward passes (GANs, embeddings, the MMD
         predictor's training) run under bf16 autocast; losses and scores stay float32.
-        ``"auto"``: bf16 for detection on a CPU with AMX or AVX512-BF16, else float32.
+        ``"auto"``: bf16 training of module I and the predictor on AMX/AVX512-BF16 CPUs.
     device
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
     random_state
