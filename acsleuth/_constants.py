@@ -39,8 +39,8 @@ AnomalyExpression = Literal["shift", "generator"]
 ANOMALY_EXPRESSIONS: tuple[AnomalyExpression, ...] = ("shift", "generator")
 SubtypeEmbedding = Literal["pca", "fusion"]
 SUBTYPE_EMBEDDINGS: tuple[SubtypeEmbedding, ...] = ("pca", "fusion")
-Precision = Literal["fp32", "bf16"]
-PRECISIONS: tuple[Precision, ...] = ("fp32", "bf16")
+Precision = Literal["auto", "fp32", "bf16"]
+PRECISIONS: tuple[Precision, ...] = ("auto", "fp32", "bf16")
 
 # ------------------------------------------------------------------ defaults
 LEARNING_RATE = 1e-4
@@ -62,6 +62,10 @@ COUNT_QUANTILES = (0.3, 0.35, 0.4, 0.45, 0.5, 0.55, 0.6)
 # null quantiles over which each batch's null is lifted until the count is flat (stages.neighbours)
 LIFT_QUANTILES = (0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4)
 SEED = 2024
+# "auto": module I and the MMD predictor train under bf16 autocast on a CPU with bf16 matrix
+# units (AMX or AVX512-BF16), everything else runs float32 (acsleuth._precision,
+# Params.untrained_precision); benchmarks/RESULTS.md, issue 21
+PRECISION: Precision = "auto"
 KEY_ADDED = "acsleuth"
 # the epochs that ``--epochs`` (and ``run_demo(epochs=...)``) set, in order
 EPOCH_PARAMS = ("prepare_epochs", "train_epochs", "score_epochs", "style_epochs", "subtype_epochs")
@@ -104,7 +108,7 @@ class Params:
     subtype_epochs: int = 100
     subtype_embedding: SubtypeEmbedding = "pca"
     cache_gb: float | None = None
-    precision: Precision = "fp32"
+    precision: Precision = PRECISION
     device: str = "auto"
     random_state: int = SEED
     verbose: bool = True
@@ -195,6 +199,7 @@ class Params:
             batch_size=self.score_batch_size,
             warm_epochs=self.warm_epochs,
             lr=self.learning_rate,
+            precision=self.precision,
         )
 
     def neighbour_config(self) -> NeighbourConfig:
@@ -222,8 +227,14 @@ class Params:
             reconstruction_weight=self.reconstruction_weight,
             adversarial_weight=self.adversarial_weight,
             gp_weight=self.gp_weight,
-            precision=self.precision,
+            precision=self.untrained_precision(),
         )
+
+    def untrained_precision(self) -> Precision:
+        """``precision`` everywhere but the training of module I and of the MMD predictor
+        (reconstruction, scores, embeddings, style transfer): ``"auto"`` is float32 there, so
+        that scores keep float32 resolution and streamed, sharded and in-memory runs agree."""
+        return "fp32" if self.precision == "auto" else self.precision
 
     def subtype_config(self) -> SubtypeConfig:
         """DESC (module IV, docs/method.md §4)."""
@@ -280,6 +291,7 @@ __all__ = [
     "NEEDS_MMD",
     "N_NEIGHBOURS",
     "N_REFERENCE_PCS",
+    "PRECISION",
     "PRECISIONS",
     "SCORE",
     "SCORES",

@@ -187,7 +187,8 @@ def test_embed_equals_the_reconstruction_embedding_on_any_rows(fitted, data) -> 
 def test_bf16_autocast_scores_like_fp32(data) -> None:
     reference, target = data
     truth = target.obs["is_anomaly"].to_numpy()
-    fp32 = ACsleuth(**FAST, random_state=7).fit(reference).evaluate(target, score="scaled")
+    fp32 = ACsleuth(**FAST, random_state=7, precision="fp32").fit(reference)
+    fp32 = fp32.evaluate(target, score="scaled")
     model = ACsleuth(**FAST, random_state=7, precision="bf16").fit(reference)
     bf16 = model.evaluate(target, score="scaled")
     assert (

@@ -104,9 +104,9 @@ class ACsleuth(FamiliarAPI, PipelineStages, persist.Persistent):
         ones are streamed from the input or from a temporary file. None: 2 GB on CPU,
         half the free GPU memory on CUDA.
     precision
-        ``"fp32"``, or ``"bf16"``: the GANs' forward passes (training, reconstruction,
-        embedding) run under bf16 autocast (faster on GPUs with bf16 tensor cores); the
-        fused ops, losses and scores stay float32.
+        ``"fp32"``, or ``"bf16"``: the networks' forward passes (GANs, embeddings, the MMD
+        predictor's training) run under bf16 autocast; losses and scores stay float32.
+        ``"auto"``: bf16 training of module I and the predictor on AMX/AVX512-BF16 CPUs.
     device
         ``"auto"``, ``"cpu"`` or ``"cuda"``.
     random_state

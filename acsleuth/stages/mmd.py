@@ -12,10 +12,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .. import parallel
-from .._constants import BETAS, LEARNING_RATE, Gamma, Kernel
+from .._constants import BETAS, LEARNING_RATE, Gamma, Kernel, Precision
 from .._logging import progress, stage_timer
+from .._precision import autocast
 from ..nn import Predictor
 from ..ops import gamma_mmd_loss
+from ..train.optim import adam
 from .residuals import ScaledResiduals
 
 MIN_BATCH = 4  # two cells per group
@@ -31,7 +33,8 @@ class ScorerConfig:
     fits the predictor to pseudo-labels from a ranking (its top ``ratio``, or its top half
     when the ratio is unknown) before the ``epochs`` of MMD training. Reference residuals
     passed as ``anchors`` join every minibatch as known normal cells (``p = 0``), which
-    breaks the symmetry between the two groups of the MMD objective.
+    breaks the symmetry between the two groups of the MMD objective. ``precision="bf16"``
+    runs the predictor's forward passes under bf16 autocast (its losses stay float32).
     """
 
     epochs: int = 20
@@ -41,6 +44,7 @@ class ScorerConfig:
     warm_epochs: int = 0
     lr: float = LEARNING_RATE
     betas: tuple[float, float] = BETAS
+    precision: Precision = "fp32"
 
 
 def pseudo_labels(ranking: Tensor, fraction: float) -> Tensor:
@@ -181,7 +185,7 @@ def fit_predictor(
         raise ValueError("fit_predictor: a distributed run needs an integer batch_size (e.g. 128)")
     predictor = Predictor(n_genes).to(device).train()
     parallel.broadcast_module(predictor, ctx)
-    opt = torch.optim.Adam(predictor.parameters(), lr=config.lr, betas=config.betas)
+    opt = adam(predictor.parameters(), lr=config.lr, betas=config.betas)
     gen = torch.Generator().manual_seed(seed + ctx.rank)
     if config.warm_epochs > 0 and ranking is None:
         raise ValueError("fit_predictor: warm_epochs > 0 needs a ranking")
@@ -217,7 +221,8 @@ def fit_predictor(
                 extra = _anchor_rows(anchors, len(rows), gen)
                 if extra is not None:
                     delta = torch.cat([delta, extra])
-                logits = predictor(delta)
+                with autocast(device, config.precision):
+                    logits = predictor(delta).float()
                 if targets is None:
                     yield rows, delta, logits, None
                     continue
@@ -275,7 +280,8 @@ def _record(
 def predict_logits(
     predictor: Predictor, residuals: Tensor | ScaledResiduals, chunk: int = 8192
 ) -> Tensor:
-    """Anomaly logits of every row, in chunks (on the residuals' device)."""
+    """Anomaly logits of every row, in chunks (on the residuals' device; float32 whatever the
+    training precision: bf16 logits would tie cells in the ranking)."""
     predictor.eval()
     if isinstance(residuals, Tensor):
         residuals = ScaledResiduals.wrap(residuals)

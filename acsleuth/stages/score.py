@@ -75,11 +75,11 @@ def reference_residuals(
         resident_bytes=0,
         rows=parallel.shard_rows(source.n_obs, parallel.context()),
     )
-    scale = residual_scale(generator, loader, precision=params.precision)
+    scale = residual_scale(generator, loader, precision=params.untrained_precision())
     rng = np.random.default_rng(params.random_state)
     rows = np.sort(rng.choice(source.n_obs, min(N_ANCHORS, source.n_obs), replace=False))
     x = torch.as_tensor(source.rows(rows), device=device)
-    with torch.inference_mode(), autocast(device, params.precision):
+    with torch.inference_mode(), autocast(device, params.untrained_precision()):
         x_hat, _ = generator(x, use_memory=True)
     return scale, ((x - x_hat.float()) / scale).clone()
 
@@ -141,7 +141,7 @@ def reconstruct_target(
     if sample is not None and store is not None:
         mine = sample[(sample >= first) & (sample < last)]
         picked = torch.empty((mine.size, n_genes), dtype=RESIDUAL_DTYPE, device=device)
-    for chunk in reconstruct(detector.generator, loader, precision=params.precision):
+    for chunk in reconstruct(detector.generator, loader, precision=params.untrained_precision()):
         start, stop = int(chunk.rows[0]), int(chunk.rows[-1]) + 1
         values = chunk_scores(detector.generator, detector.critic, chunk, detector.scale)
         for name, value in values.items():
@@ -207,7 +207,7 @@ def embed(
     loader = MinibatchLoader(
         source, batch_size=params.eval_batch_size, device=device, rows=rows, resident_bytes=0
     )
-    with autocast(device, params.precision):
+    with autocast(device, params.untrained_precision()):
         return torch.cat([encoder(x).float() for _, x in loader])
 
 

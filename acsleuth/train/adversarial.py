@@ -32,6 +32,7 @@ from .._logging import progress
 from .._precision import autocast
 from .checkpoint import Checkpoint, Stateful, TorchRandomState, snapshot, states_of
 from .guard import DivergenceGuard
+from .optim import adam
 
 
 @dataclass(frozen=True)
@@ -59,12 +60,33 @@ class AdversarialStep(NamedTuple):
     aux: Any = None  # anything else ``after_step`` needs (the encoder embeddings)
 
 
-def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor) -> Tensor:
-    """``E[(||grad C(x_bar)||_2 - 1)^2]`` at ``x_bar = eps x + (1 - eps) x_hat``, eps ~ U(0,1) per cell."""
-    eps = torch.rand(real.shape[0], 1, device=real.device, dtype=real.dtype)
+class CriticTerms(NamedTuple):
+    """``E[C(x)]``, ``E[C(x_hat)]`` and the gradient penalty of one critic update."""
+
+    real: Tensor
+    fake: Tensor
+    gp: Tensor
+
+
+def critic_terms(critic: nn.Module, real: Tensor, fake: Tensor) -> CriticTerms:
+    """The critic's terms from one forward pass over the real, fake and interpolated rows.
+
+    The penalty is ``E[(||grad C(x_bar)||_2 - 1)^2]`` at ``x_bar = eps x + (1 - eps) x_hat``,
+    eps ~ U(0,1) per cell. One pass over the three stacked groups gives what three passes
+    give: the critic has no batch norm, so no row's output depends on another row (and the
+    spectral norm's weight is computed once per update instead of three times).
+    """
+    n = real.shape[0]
+    eps = torch.rand(n, 1, device=real.device, dtype=real.dtype)
     mixed = (eps * real + (1.0 - eps) * fake).requires_grad_(True)
-    (grad,) = torch.autograd.grad(critic(mixed).mean(1).sum(), mixed, create_graph=True)
-    return ((grad.norm(dim=1) - 1.0) ** 2).mean()
+    on_real, on_fake, on_mixed = critic(torch.cat([real, fake, mixed])).mean(1).split(n)
+    (grad,) = torch.autograd.grad(on_mixed.sum(), mixed, create_graph=True)
+    return CriticTerms(on_real.mean(), on_fake.mean(), ((grad.norm(dim=1) - 1.0) ** 2).mean())
+
+
+def gradient_penalty(critic: nn.Module, real: Tensor, fake: Tensor) -> Tensor:
+    """The gradient penalty of :func:`critic_terms` alone."""
+    return critic_terms(critic, real, fake).gp
 
 
 def _cosine_factor(epoch: int, epochs: int) -> float:
@@ -144,8 +166,8 @@ def train_adversarial(
         parallel.broadcast_module(critic, ctx)
         parallel.broadcast_tensors(generator_params, ctx)
     device = generator_params[0].device
-    opt_g = torch.optim.Adam(generator_params, lr=config.lr, betas=config.betas)
-    opt_c = torch.optim.Adam(critic_params, lr=config.lr, betas=config.betas)
+    opt_g = adam(generator_params, lr=config.lr, betas=config.betas)
+    opt_c = adam(critic_params, lr=config.lr, betas=config.betas)
     tracked: dict[str, Stateful] = {
         **(state or {}),
         "critic": critic,
@@ -162,8 +184,8 @@ def train_adversarial(
             fake = out.fake.detach()
             for _ in range(config.critic_steps):
                 with autocast(device, config.precision):
-                    gp = gradient_penalty(critic, out.real, fake)
-                    loss_c = critic(fake).mean() - critic(out.real).mean() + config.gp_weight * gp
+                    terms = critic_terms(critic, out.real, fake)
+                    loss_c = terms.fake - terms.real + config.gp_weight * terms.gp
                 opt_c.zero_grad(set_to_none=True)
                 loss_c.backward()
                 parallel.average_gradients(critic_params, ctx)
@@ -178,7 +200,7 @@ def train_adversarial(
             critic.requires_grad_(True)
             if after_step is not None:
                 after_step(batch, out)
-            losses.append(torch.stack([loss_c, gp, loss_g, out.own_loss]).detach())
+            losses.append(torch.stack([loss_c, terms.gp, loss_g, out.own_loss]).detach())
         if not losses:
             raise ValueError(f"{desc}: an epoch produced no batch; the data set is too small")
         means = torch.stack(losses).float().mean(0)

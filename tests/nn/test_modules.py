@@ -8,6 +8,8 @@ from torch import nn
 
 from acsleuth.nn import Critic, Generator, MemoryBank, Predictor
 from acsleuth.train import AdversarialConfig, AdversarialStep, gradient_penalty, train_adversarial
+from acsleuth.train.adversarial import critic_terms
+from acsleuth.train.optim import adam
 
 
 @pytest.mark.parametrize("use_memory", [True, False])
@@ -115,3 +117,24 @@ def test_train_adversarial_rejects_an_empty_epoch() -> None:
             AdversarialConfig(epochs=1),
             verbose=False,
         )
+
+
+def test_critic_terms_of_one_stacked_pass_equal_three_passes() -> None:
+    # no batch norm in the critic: stacking real, fake and interpolated rows changes nothing
+    torch.manual_seed(0)
+    critic = Critic(6).eval()  # no dropout, so the three separate passes are comparable
+    real, fake = torch.rand(5, 6), torch.rand(5, 6)
+    torch.manual_seed(1)
+    terms = critic_terms(critic, real, fake)
+    torch.manual_seed(1)
+    eps = torch.rand(5, 1)
+    mixed = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(critic(mixed).mean(1).sum(), mixed)
+    assert torch.allclose(terms.gp, ((grad.norm(dim=1) - 1) ** 2).mean(), atol=1e-6)
+    assert torch.allclose(terms.real, critic(real).mean(), atol=1e-6)
+    assert torch.allclose(terms.fake, critic(fake).mean(), atol=1e-6)
+
+
+def test_adam_is_fused_on_cpu() -> None:
+    opt = adam(nn.Linear(3, 2).parameters(), lr=1e-3, betas=(0.5, 0.999))
+    assert opt.param_groups[0]["fused"]

@@ -62,7 +62,7 @@ def _run(data, checkpoint: Checkpoint):
 
 def _interrupt_at(monkeypatch, n_updates: int) -> None:
     """Ctrl-C (KeyboardInterrupt) in the ``n_updates``-th critic update of an adversarial stage."""
-    penalty, calls = adversarial.gradient_penalty, [0]
+    penalty, calls = adversarial.critic_terms, [0]
 
     def interrupted(*args):
         calls[0] += 1
@@ -70,7 +70,7 @@ def _interrupt_at(monkeypatch, n_updates: int) -> None:
             raise KeyboardInterrupt
         return penalty(*args)
 
-    monkeypatch.setattr(adversarial, "gradient_penalty", interrupted)
+    monkeypatch.setattr(adversarial, "critic_terms", interrupted)
 
 
 def _assert_same_results(a, b) -> None:
