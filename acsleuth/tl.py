@@ -158,7 +158,8 @@ def subtype_anomalies(
     model
         A fitted (or loaded) model.
     n_subtypes
-        Number of subtypes, or ``"auto"`` (best silhouette over ``2..10``).
+        Number of subtypes, or ``"auto"`` (the smallest ``k`` in ``2..10`` within 0.01 of the
+        best silhouette).
     key_added
         Prefix of every key read and written.
     copy
