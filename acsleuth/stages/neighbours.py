@@ -377,15 +377,16 @@ def count_anomalies(
     ]
     batches = np.zeros(n, dtype=np.int64) if batches is None else np.asarray(batches)
     spread = torch.stack([_iqr(null) for null in nulls])
+    thresholds = torch.stack([torch.quantile(null, q) for null in nulls])  # (F, quantiles)
     normal = 0.0
     for code in np.unique(batches):
         values = distances[:, torch.from_numpy(batches == code)].double().sort(dim=1).values
         moved = 0.0 if offsets is None else float(offsets[:, code].double().norm(dim=1).mean())
-        lift = null_lift(values, nulls) if moved > LIFT_AFTER * spread.mean() else 0.0
+        lift = null_lift(values, nulls, spread) if moved > LIFT_AFTER * spread.mean() else 0.0
         below = torch.stack(
             [
-                torch.searchsorted(v, torch.quantile(null, q) + lift * iqr, right=True)
-                for v, null, iqr in zip(values, nulls, spread, strict=True)
+                torch.searchsorted(v, t + lift * iqr, right=True)
+                for v, t, iqr in zip(values, thresholds, spread, strict=True)
             ]
         ).double()
         normal += float(torch.clamp(below / q, max=values.shape[1]).mean())
@@ -393,12 +394,16 @@ def count_anomalies(
 
 
 def null_lift(
-    values: Tensor, nulls: Sequence[Tensor], quantiles: Sequence[float] = LIFT_QUANTILES
+    values: Tensor,
+    nulls: Sequence[Tensor],
+    spreads: Tensor,
+    quantiles: Sequence[float] = LIFT_QUANTILES,
 ) -> float:
     """How far, in interquartile ranges, each null must be raised for one batch's Storey
     estimates of its normal cells to agree over the low ``quantiles``.
 
-    ``values``: the batch's ``(F, n)`` sorted fold distances, ``nulls`` each fold's null.
+    ``values``: the batch's ``(F, n)`` sorted fold distances, ``nulls`` each fold's null,
+    ``spreads`` their interquartile ranges.
     The normal cells of a batch with a strong per-gene effect lie farther than any null of
     reference cells after the shift onto the reference (zeros stay zeros, so no shift undoes
     it): the batch's estimates then rise with ``q``, steeply at low ``q``, where anomalies
@@ -413,8 +418,8 @@ def null_lift(
     grid = torch.arange(0, 151, dtype=torch.float64) * 0.02
     below = torch.stack(
         [
-            torch.searchsorted(v, torch.quantile(null, q) + grid[:, None] * _iqr(null), right=True)
-            for v, null in zip(values, nulls, strict=True)
+            torch.searchsorted(v, torch.quantile(null, q) + grid[:, None] * iqr, right=True)
+            for v, null, iqr in zip(values, nulls, spreads, strict=True)
         ]
     ).double()
     estimates = (below / q).mean(0)  # (grid, q), not capped: a lift too high over-counts
