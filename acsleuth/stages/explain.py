@@ -67,6 +67,12 @@ class ExplainConfig:
     n_components: int = 30
     standardize: bool = False
     whiten_floor: float = 0.9
+    ridge: float = 0.0
+    panel: Literal["cells", "path", "cover", "complement", "borda", "rrf"] = "cells"
+    path_genes: int = 20
+    path_ratio: float = 1.5
+    path_steps: int = 24
+    path_iter: int = 20
     seed: int = 0
 
 
@@ -88,11 +94,15 @@ class GroupExplanation:
     n_cells: int
     n_iter: int
     history: list[float] = field(default_factory=list)
+    entry: np.ndarray | None = None
+    entry_size: np.ndarray | None = None
 
     @property
     def order(self) -> np.ndarray:
         """Gene indices, best first: by score, ties by saliency."""
-        return np.lexsort((-self.saliency, -self.score))
+        if self.entry is None:
+            return np.lexsort((-self.saliency, -self.score))
+        return np.lexsort((-self.saliency, -self.score, -self.entry_size, self.entry))
 
     @property
     def direction(self) -> np.ndarray:
@@ -227,6 +237,7 @@ def solve(
     hinge0 = (config.alpha + m0).clamp_min(0.0)
     distance = hinge0 / gmax.clamp_min(1e-12)  # linearised L1 distance to the margin
     step = (distance / (config.steps_to_cross * lam * gmax).clamp_min(1e-12))[:, None]
+    gamma = config.ridge / distance.median().clamp_min(1e-12)
     delta = torch.zeros_like(x)
     previous = delta
     best, best_obj = delta.clone(), lam * hinge0
@@ -238,10 +249,10 @@ def solve(
         y = delta + ((momentum - 1.0) / next_momentum) * (delta - previous)
         m, g = _margin_and_grad(model, x + y, source, target)
         active = (config.alpha + m > 0).float()[:, None]
-        previous, delta = delta, _soft(y - step * lam * active * g, step)
+        previous, delta = delta, _soft(y - step * lam * active * g, step) / (1.0 + step * gamma)
         momentum = next_momentum
         with torch.no_grad():
-            obj = delta.abs().sum(1) + lam * (
+            obj = delta.abs().sum(1) + 0.5 * gamma * (delta**2).sum(1) + lam * (
                 config.alpha + margin(model(x + delta), source, target)
             ).clamp_min(0.0)
         better = obj < best_obj * (1.0 - config.tol) - 1e-12
@@ -251,6 +262,87 @@ def solve(
         if bool((since >= config.patience).all()):
             break
     return best, n_iter, history
+
+
+def path_entry(
+    model: nn.Module,
+    x: Tensor,
+    source: int,
+    target: int | None = None,
+    *,
+    config: ExplainConfig = ExplainConfig(),
+) -> tuple[np.ndarray, np.ndarray]:
+    """The step of the group's lambda path at which each gene enters its shared perturbation.
+
+    One ``delta (G,)`` for all cells ``x (n, G)``: ``||delta||_1 + lam * mean hinge(x + delta)``
+    on ``lam = lam_0 * path_ratio**k`` (``lam_0`` the largest ``lam`` at which ``delta = 0``),
+    FISTA warm-started along the path. Returns the entry step (``path_steps`` where a gene
+    never entered) and ``|delta_g|`` at entry.
+    """
+    n_genes = x.shape[1]
+    entry = np.full(n_genes, config.path_steps, dtype=np.int64)
+    size = np.zeros(n_genes)
+
+    def smooth(d: Tensor) -> tuple[Tensor, Tensor]:
+        m, g = _margin_and_grad(model, x + d, source, target)
+        active = (config.alpha + m > 0).float()[:, None]
+        return (active * g).mean(0, keepdim=True), (config.alpha + m).clamp_min(0.0).mean()
+
+    g0, hinge0 = smooth(torch.zeros(1, n_genes))
+    top = g0.abs().max().clamp_min(1e-12)
+    step = float(hinge0 / top) / config.steps_to_cross
+    delta = torch.zeros(1, n_genes)
+    for k in range(config.path_steps):
+        lam = config.path_ratio**k / top
+        previous, momentum = delta, 1.0
+        for _ in range(config.path_iter):
+            next_momentum = (1.0 + (1.0 + 4.0 * momentum**2) ** 0.5) / 2.0
+            y = delta + ((momentum - 1.0) / next_momentum) * (delta - previous)
+            g, _ = smooth(y)
+            previous, delta = delta, _soft(y - step * lam * g, torch.tensor(step))
+            momentum = next_momentum
+        now = delta[0].abs().numpy()
+        new = (now > 0) & (entry == config.path_steps)
+        entry[new], size[new] = k, now[new]
+        _, hinge = smooth(delta)
+        if (entry < config.path_steps).sum() >= config.path_genes or float(hinge) <= 0.0:
+            break
+    return entry, size
+
+
+def cover_entry(
+    model: nn.Module,
+    x: Tensor,
+    source: int,
+    target: int | None = None,
+    *,
+    config: ExplainConfig = ExplainConfig(),
+    delta: Tensor | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy panel minimising the group's linearised cost of leaving it.
+
+    A cell that may move only the genes of a panel ``P`` leaves at L1 cost
+    ``hinge / max_{g in P} |grad_g margin|`` (the cheapest single gene, linearised), or pays
+    ``lam * hinge`` by staying; the panel grows by the gene that lowers the mean cost most.
+    """
+    point = x if delta is None else x + 0.5 * delta
+    m, g = _margin_and_grad(model, point, source, target)
+    m0, g0 = _margin_and_grad(model, x, source, target)
+    lam = config.lam / g0.abs().amax(1).median().clamp_min(1e-12)
+    hinge = (config.alpha + m0).clamp_min(0.0).double().numpy()
+    reach = g.abs().double().numpy()
+    best = np.full(len(hinge), 1.0 / float(lam))
+    entry = np.full(x.shape[1], config.path_steps, dtype=np.int64)
+    gain_at = np.zeros(x.shape[1])
+    for k in range(min(config.path_genes, x.shape[1])):
+        gain = (hinge[:, None] * (1 / best[:, None] - 1 / np.maximum(reach, best[:, None]))).sum(0)
+        gain[entry < config.path_steps] = -1.0
+        pick = int(np.argmax(gain))
+        if gain[pick] <= 0:
+            break
+        entry[pick], gain_at[pick] = k, gain[pick]
+        best = np.maximum(best, reach[:, pick])
+    return entry, gain_at
 
 
 def explain_group(
@@ -266,6 +358,11 @@ def explain_group(
     _, grad = _margin_and_grad(model, x, source, target)
     with torch.no_grad():
         flipped = model(x + delta).argmax(1) != source
+    entry, size = (None, None)
+    if config.panel == "path":
+        entry, size = path_entry(model, x, source, target, config=config)
+    if config.panel == "cover":
+        entry, size = cover_entry(model, x, source, target, config=config)
     return GroupExplanation(
         score=delta.abs().mean(0).numpy().astype(np.float64),
         mean_delta=delta.mean(0).numpy().astype(np.float64),
@@ -275,6 +372,8 @@ def explain_group(
         n_cells=len(x),
         n_iter=n_iter,
         history=history,
+        entry=entry,
+        entry_size=size,
     )
 
 
