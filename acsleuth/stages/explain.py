@@ -10,6 +10,10 @@ proximal gradient (FISTA) solver minimises
 soft-thresholding step of the L1 term gives exact zeros. Gene ``g``'s score for ``s`` is the
 mean ``|delta_g|`` over the cells; its direction is the sign of ``-mean(delta_g)``: ``delta``
 moves a cell *out of* ``s``, so a gene enriched in ``s`` has a negative mean ``delta``.
+One-vs-rest panels are by default fused with the same cells' panel against the group's
+complement (:func:`complement_model`): the max over ``t != s`` explains a group against its
+nearest group, the complement against all other cells at once, and the first genes of a
+panel need both (benchmarks/RESULTS.md, ACE).
 
 The default embedding is :func:`whitened_embedding`: squared distances in it are Mahalanobis
 distances under the genes' covariance with its eigenvalues floored at a typical gene's
@@ -53,7 +57,10 @@ class ExplainConfig:
     group (a sample seeded by ``seed``); ``n_components`` is the number of principal
     components of the ``"pca"`` embedding, of the z-scored genes with ``standardize``;
     ``whiten_floor`` the quantile of the per-gene variances at which the ``"whitened"``
-    embedding floors its eigenvalues (:func:`whitened_embedding`).
+    embedding floors its eigenvalues (:func:`whitened_embedding`). ``panel="fused"`` (one-vs-rest
+    only) orders the genes by the reciprocal-rank fusion, with constant ``fusion_k``, of the
+    panel against each cell's nearest other group and the panel against the group's
+    complement (:attr:`GroupExplanation.order`); ``"nearest"`` keeps the first alone.
     """
 
     beta: float = 1.0
@@ -67,12 +74,8 @@ class ExplainConfig:
     n_components: int = 30
     standardize: bool = False
     whiten_floor: float = 0.9
-    ridge: float = 0.0
-    panel: Literal["cells", "path", "cover", "complement", "borda", "rrf"] = "cells"
-    path_genes: int = 20
-    path_ratio: float = 1.5
-    path_steps: int = 24
-    path_iter: int = 20
+    panel: Literal["fused", "nearest"] = "fused"
+    fusion_k: float = 10.0
     seed: int = 0
 
 
@@ -94,15 +97,34 @@ class GroupExplanation:
     n_cells: int
     n_iter: int
     history: list[float] = field(default_factory=list)
-    entry: np.ndarray | None = None
-    entry_size: np.ndarray | None = None
+    pooled_order: np.ndarray | None = None
+    fusion_k: float = 10.0
+
+    @property
+    def nearest_order(self) -> np.ndarray:
+        """Gene indices, best first: by score, ties by saliency."""
+        return np.lexsort((-self.saliency, -self.score))
+
+    @property
+    def ranking_score(self) -> np.ndarray:
+        """``(G,)`` what :attr:`order` sorts: ``score``, or with a complement panel
+        ``1 / (fusion_k + rank) + 1 / (fusion_k + pooled rank)`` (ranks from 1)."""
+        if self.pooled_order is None:
+            return self.score
+        rank, pooled = np.empty(len(self.score)), np.empty(len(self.score))
+        rank[self.nearest_order] = np.arange(1, len(rank) + 1)
+        pooled[self.pooled_order] = np.arange(1, len(pooled) + 1)
+        return 1.0 / (self.fusion_k + rank) + 1.0 / (self.fusion_k + pooled)
 
     @property
     def order(self) -> np.ndarray:
-        """Gene indices, best first: by score, ties by saliency."""
-        if self.entry is None:
-            return np.lexsort((-self.saliency, -self.score))
-        return np.lexsort((-self.saliency, -self.score, -self.entry_size, self.entry))
+        """Gene indices, best first: :attr:`nearest_order`, or by the fused score with a
+        complement panel (ties by the nearest-group rank)."""
+        if self.pooled_order is None:
+            return self.nearest_order
+        rank = np.empty(len(self.score))
+        rank[self.nearest_order] = np.arange(len(rank))
+        return np.lexsort((rank, -self.ranking_score))
 
     @property
     def direction(self) -> np.ndarray:
@@ -195,6 +217,17 @@ def kmeans_head(
     return NeuralKMeans(torch.as_tensor(centroids), beta / max(spread, 1e-12))
 
 
+def complement_model(
+    embedding: Embedding, z: np.ndarray, codes: np.ndarray, group: int, beta: float
+) -> nn.Module:
+    """The neuralised k-means of ``group`` (logit 1) against all other cells (logit 0).
+
+    ``z (N, d)`` are the embedded cells with ``codes (N,)``; centroids are the two mean
+    embeddings and ``beta`` is in the unit of :func:`kmeans_head`."""
+    two = (codes == group).astype(np.int64)
+    return cluster_model(embedding, kmeans_head(z, two, group_centroids(z, two, 2), beta))
+
+
 def margin(logits: Tensor, source: int, target: int | None) -> Tensor:
     """``m_s - m_t`` (one-vs-one, ``target`` given) or ``m_s - max_{t != s} m_t``."""
     if target is not None:
@@ -237,7 +270,6 @@ def solve(
     hinge0 = (config.alpha + m0).clamp_min(0.0)
     distance = hinge0 / gmax.clamp_min(1e-12)  # linearised L1 distance to the margin
     step = (distance / (config.steps_to_cross * lam * gmax).clamp_min(1e-12))[:, None]
-    gamma = config.ridge / distance.median().clamp_min(1e-12)
     delta = torch.zeros_like(x)
     previous = delta
     best, best_obj = delta.clone(), lam * hinge0
@@ -249,10 +281,10 @@ def solve(
         y = delta + ((momentum - 1.0) / next_momentum) * (delta - previous)
         m, g = _margin_and_grad(model, x + y, source, target)
         active = (config.alpha + m > 0).float()[:, None]
-        previous, delta = delta, _soft(y - step * lam * active * g, step) / (1.0 + step * gamma)
+        previous, delta = delta, _soft(y - step * lam * active * g, step)
         momentum = next_momentum
         with torch.no_grad():
-            obj = delta.abs().sum(1) + 0.5 * gamma * (delta**2).sum(1) + lam * (
+            obj = delta.abs().sum(1) + lam * (
                 config.alpha + margin(model(x + delta), source, target)
             ).clamp_min(0.0)
         better = obj < best_obj * (1.0 - config.tol) - 1e-12
@@ -262,87 +294,6 @@ def solve(
         if bool((since >= config.patience).all()):
             break
     return best, n_iter, history
-
-
-def path_entry(
-    model: nn.Module,
-    x: Tensor,
-    source: int,
-    target: int | None = None,
-    *,
-    config: ExplainConfig = ExplainConfig(),
-) -> tuple[np.ndarray, np.ndarray]:
-    """The step of the group's lambda path at which each gene enters its shared perturbation.
-
-    One ``delta (G,)`` for all cells ``x (n, G)``: ``||delta||_1 + lam * mean hinge(x + delta)``
-    on ``lam = lam_0 * path_ratio**k`` (``lam_0`` the largest ``lam`` at which ``delta = 0``),
-    FISTA warm-started along the path. Returns the entry step (``path_steps`` where a gene
-    never entered) and ``|delta_g|`` at entry.
-    """
-    n_genes = x.shape[1]
-    entry = np.full(n_genes, config.path_steps, dtype=np.int64)
-    size = np.zeros(n_genes)
-
-    def smooth(d: Tensor) -> tuple[Tensor, Tensor]:
-        m, g = _margin_and_grad(model, x + d, source, target)
-        active = (config.alpha + m > 0).float()[:, None]
-        return (active * g).mean(0, keepdim=True), (config.alpha + m).clamp_min(0.0).mean()
-
-    g0, hinge0 = smooth(torch.zeros(1, n_genes))
-    top = g0.abs().max().clamp_min(1e-12)
-    step = float(hinge0 / top) / config.steps_to_cross
-    delta = torch.zeros(1, n_genes)
-    for k in range(config.path_steps):
-        lam = config.path_ratio**k / top
-        previous, momentum = delta, 1.0
-        for _ in range(config.path_iter):
-            next_momentum = (1.0 + (1.0 + 4.0 * momentum**2) ** 0.5) / 2.0
-            y = delta + ((momentum - 1.0) / next_momentum) * (delta - previous)
-            g, _ = smooth(y)
-            previous, delta = delta, _soft(y - step * lam * g, torch.tensor(step))
-            momentum = next_momentum
-        now = delta[0].abs().numpy()
-        new = (now > 0) & (entry == config.path_steps)
-        entry[new], size[new] = k, now[new]
-        _, hinge = smooth(delta)
-        if (entry < config.path_steps).sum() >= config.path_genes or float(hinge) <= 0.0:
-            break
-    return entry, size
-
-
-def cover_entry(
-    model: nn.Module,
-    x: Tensor,
-    source: int,
-    target: int | None = None,
-    *,
-    config: ExplainConfig = ExplainConfig(),
-    delta: Tensor | None = None,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Greedy panel minimising the group's linearised cost of leaving it.
-
-    A cell that may move only the genes of a panel ``P`` leaves at L1 cost
-    ``hinge / max_{g in P} |grad_g margin|`` (the cheapest single gene, linearised), or pays
-    ``lam * hinge`` by staying; the panel grows by the gene that lowers the mean cost most.
-    """
-    point = x if delta is None else x + 0.5 * delta
-    m, g = _margin_and_grad(model, point, source, target)
-    m0, g0 = _margin_and_grad(model, x, source, target)
-    lam = config.lam / g0.abs().amax(1).median().clamp_min(1e-12)
-    hinge = (config.alpha + m0).clamp_min(0.0).double().numpy()
-    reach = g.abs().double().numpy()
-    best = np.full(len(hinge), 1.0 / float(lam))
-    entry = np.full(x.shape[1], config.path_steps, dtype=np.int64)
-    gain_at = np.zeros(x.shape[1])
-    for k in range(min(config.path_genes, x.shape[1])):
-        gain = (hinge[:, None] * (1 / best[:, None] - 1 / np.maximum(reach, best[:, None]))).sum(0)
-        gain[entry < config.path_steps] = -1.0
-        pick = int(np.argmax(gain))
-        if gain[pick] <= 0:
-            break
-        entry[pick], gain_at[pick] = k, gain[pick]
-        best = np.maximum(best, reach[:, pick])
-    return entry, gain_at
 
 
 def explain_group(
@@ -358,11 +309,6 @@ def explain_group(
     _, grad = _margin_and_grad(model, x, source, target)
     with torch.no_grad():
         flipped = model(x + delta).argmax(1) != source
-    entry, size = (None, None)
-    if config.panel == "path":
-        entry, size = path_entry(model, x, source, target, config=config)
-    if config.panel == "cover":
-        entry, size = cover_entry(model, x, source, target, config=config)
     return GroupExplanation(
         score=delta.abs().mean(0).numpy().astype(np.float64),
         mean_delta=delta.mean(0).numpy().astype(np.float64),
@@ -372,8 +318,6 @@ def explain_group(
         n_cells=len(x),
         n_iter=n_iter,
         history=history,
-        entry=entry,
-        entry_size=size,
     )
 
 
@@ -393,11 +337,15 @@ def explain(
     mode: Mode = "one_vs_rest",
     reference: int | None = None,
     config: ExplainConfig = ExplainConfig(),
+    complement: Callable[[int], nn.Module] | None = None,
 ) -> dict[int, GroupExplanation]:
     """ACE for each group code in ``groups`` (default: all present) of cells ``x (N, G)``.
 
     ``codes (N,)`` are group codes ``0..K-1`` matching the logits of ``model``; with
-    ``mode="one_vs_one"`` every group is moved towards ``reference``.
+    ``mode="one_vs_one"`` every group is moved towards ``reference``. ``complement(k)``
+    (e.g. :func:`complement_model`) gives group ``k``'s two-group model; with
+    ``config.panel="fused"`` and one-vs-rest the same cells are explained in it too and the
+    two panels fused (:attr:`GroupExplanation.order`).
     """
     if mode not in ("one_vs_rest", "one_vs_one"):
         raise ValueError(f"explain: mode must be 'one_vs_rest' or 'one_vs_one', got {mode!r}")
@@ -414,6 +362,9 @@ def explain(
             cells = torch.as_tensor(x[rows], dtype=torch.float32)
             target = reference if mode == "one_vs_one" else None
             out[k] = explain_group(model, cells, k, target, config=config)
+            if complement is not None and config.panel == "fused" and target is None:
+                pooled = explain_group(complement(k), cells, 1, None, config=config)
+                out[k].pooled_order, out[k].fusion_k = pooled.nearest_order, config.fusion_k
     return out
 
 
@@ -446,6 +397,7 @@ __all__ = [
     "NeuralKMeans",
     "StudentTHead",
     "cluster_model",
+    "complement_model",
     "explain",
     "explain_group",
     "fitted_embedding",
