@@ -86,7 +86,9 @@ class GroupExplanation:
     ``score (G,)`` mean ``|delta|``, ``mean_delta (G,)``, ``saliency (G,)`` mean
     ``|grad margin|`` at the cells (it orders genes of equal score), ``flipped`` the fraction
     of cells whose ``argmax m`` left the group, ``l1`` the mean ``||delta||_1``, ``n_cells``
-    explained and ``n_iter`` solver steps run.
+    explained and ``n_iter`` solver steps run; ``mean_grad (G,)`` the signed mean gradient.
+    ``pooled_order`` and ``pooled_sign`` are the complement panel's order and
+    :meth:`signs`, when fused.
     """
 
     score: np.ndarray
@@ -97,7 +99,9 @@ class GroupExplanation:
     n_cells: int
     n_iter: int
     history: list[float] = field(default_factory=list)
+    mean_grad: np.ndarray | None = None
     pooled_order: np.ndarray | None = None
+    pooled_sign: np.ndarray | None = None
     fusion_k: float = 10.0
 
     @property
@@ -126,10 +130,19 @@ class GroupExplanation:
         rank[self.nearest_order] = np.arange(len(rank))
         return np.lexsort((rank, -self.ranking_score))
 
+    def signs(self) -> np.ndarray:
+        """``(G,)`` ``-sign(mean_delta)``; where no cell moved the gene, the sign of the mean
+        gradient (higher expression keeps a cell in the group: enriched), else 0."""
+        grad = np.zeros(len(self.score)) if self.mean_grad is None else np.sign(self.mean_grad)
+        return np.where(self.mean_delta != 0, -np.sign(self.mean_delta), grad)
+
     @property
     def direction(self) -> np.ndarray:
-        """``(G,)`` +1 where the gene is enriched in the group, -1 where depleted."""
-        sign = np.where(self.mean_delta != 0, -np.sign(self.mean_delta), 0.0)
+        """``(G,)`` +1 where the gene is enriched in the group, -1 where depleted: the sign of
+        :meth:`signs`, where it is 0 the complement panel's (``pooled_sign``), else +1."""
+        sign = self.signs()
+        if self.pooled_sign is not None:
+            sign = np.where(self.mean_delta != 0, sign, self.pooled_sign)
         return np.where(sign == 0, 1.0, sign).astype(np.int8)
 
 
@@ -313,6 +326,7 @@ def explain_group(
         score=delta.abs().mean(0).numpy().astype(np.float64),
         mean_delta=delta.mean(0).numpy().astype(np.float64),
         saliency=grad.abs().mean(0).numpy().astype(np.float64),
+        mean_grad=grad.mean(0).numpy().astype(np.float64),
         flipped=float(flipped.float().mean()),
         l1=float(delta.abs().sum(1).mean()),
         n_cells=len(x),
@@ -365,6 +379,7 @@ def explain(
             if complement is not None and config.panel == "fused" and target is None:
                 pooled = explain_group(complement(k), cells, 1, None, config=config)
                 out[k].pooled_order, out[k].fusion_k = pooled.nearest_order, config.fusion_k
+                out[k].pooled_sign = pooled.signs()
     return out
 
 

@@ -218,6 +218,8 @@ def test_complement_panel_leads_with_the_gene_that_separates_the_group_from_all_
 
     fused = ace.explain(x, codes, model, groups=[0], complement=complement)[0]
     assert fused.nearest_order[0] == 0 and fused.pooled_order[0] == 1
+    inside = x[codes == 0].mean(0) - x[codes != 0].mean(0)  # both genes lower in group 0
+    np.testing.assert_array_equal(fused.direction[:2], np.sign(inside[:2]))
     nearest = ace.explain(
         x,
         codes,
@@ -231,3 +233,20 @@ def test_complement_panel_leads_with_the_gene_that_separates_the_group_from_all_
         x, codes, model, groups=[0], mode="one_vs_one", reference=2, complement=complement
     )[0]
     assert one.pooled_order is None  # the complement is a one-vs-rest panel
+
+
+def test_direction_falls_back_to_the_gradient_and_then_the_complement_panel() -> None:
+    found = ace.GroupExplanation(
+        score=np.array([1.0, 0.0, 0.0]),
+        mean_delta=np.array([-1.0, 0.0, 0.0]),  # gene 0 moved down: enriched
+        saliency=np.zeros(3),
+        flipped=1.0,
+        l1=1.0,
+        n_cells=1,
+        n_iter=1,
+        mean_grad=np.array([5.0, -2.0, 3.0]),
+    )
+    np.testing.assert_array_equal(found.signs(), [1, -1, 1])
+    np.testing.assert_array_equal(found.direction, [1, -1, 1])
+    found.pooled_sign = np.array([-1.0, 1.0, 0.0])  # fused: unmoved genes take its sign
+    np.testing.assert_array_equal(found.direction, [1, 1, 1])
