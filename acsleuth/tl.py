@@ -206,7 +206,8 @@ def explain_groups(
     For each cell of a group, the smallest (L1) change of its expression that moves it out
     of its group in ``embedding`` (the neuralised k-means on the groups' mean embeddings);
     a gene's score is its mean ``|delta|`` over the group's cells (at most
-    ``config.max_cells``, a seeded sample).
+    ``config.max_cells``, a seeded sample), its rank fused by default with the rank against
+    the group's complement (``config.panel``, docs/method.md §8.3).
 
     Parameters
     ----------
@@ -248,9 +249,9 @@ def explain_groups(
     ``uns[f"{key_added}_explain"]`` in the layout of ``sc.tl.rank_genes_groups`` (so
     ``sc.get.rank_genes_groups_df(adata, group, key=...)`` reads it):
 
-    - ``names``, ``scores`` (mean ``|delta|``), ``direction`` (+1 enriched, -1 depleted),
-      ``mean_delta``, ``logfoldchanges`` (as scanpy computes them), ``pvals`` and
-      ``pvals_adj`` (NaN: ACE has no test): record arrays with a field per group
+    - ``names``, ``scores`` (fused rank score; mean ``|delta|`` if not fused), ``direction``
+      (+1 enriched, -1 depleted), ``mean_delta``, ``logfoldchanges`` (as scanpy computes
+      them), ``pvals`` and ``pvals_adj`` (NaN: ACE has no test): record arrays, a field per group
     - ``flipped`` and ``mean_l1``: per group, the fraction of cells moved out of the group
       and the mean ``||delta||_1``; ``n_cells`` explained
     - ``params``: ``method="ace"``, ``groupby``, ``reference``, ``mode``, the embedding,

@@ -3,18 +3,22 @@
 Development part: the simulation's seeds 1 and 2 (clean and complex; ``eval_explain.py``
 reports seed 0) and the pbmc68k_reduced groups ``DEV_GROUPS`` of ``eval_explain.py`` (it
 reports the three others separately). For each setting ``EMBEDDING:X:BETA:LAM``
-(``EMBEDDING`` ``pca`` with ``X`` components, or ``whitened`` with ``X`` the floor quantile)
+(``EMBEDDING`` ``pca`` with ``X`` components, or ``whitened`` with ``X`` the floor quantile;
+``EMBEDDING:X:BETA:LAM:fused:K`` fuses the nearest-group and complement panels with
+``fusion_k`` ``K``, without the suffix the nearest-group panel alone)
 it prints the recall of the causal genes in each group's top 20 on the four simulated sets,
 the n <= 20 at which ACE's kNN-Jaccard is below Wilcoxon's, and the pbmc top-8 / top-16
 SVM AUROC and redundancy of the development groups.
 
     OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/tune_explain.py pca:30:1:4 whitened:0.9:1:4
+    OMP_NUM_THREADS=1 PYTHONPATH=. python benchmarks/tune_explain.py whitened:0.9:1:4:fused:10
 """
 
 from __future__ import annotations
 
 import sys
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import scanpy as sc
@@ -31,8 +35,10 @@ NS = (1, 2, 3, 5, 8, 10, 15, 20)
 
 def ace_order(x: np.ndarray, codes: np.ndarray, spec: str) -> list[np.ndarray]:
     """Each group's genes, best first, for the setting ``spec``."""
-    embedding, value, beta, lam = spec.split(":")
-    config = ace.ExplainConfig(beta=float(beta), lam=float(lam))
+    embedding, value, beta, lam, *panel = spec.split(":")
+    config = ace.ExplainConfig(beta=float(beta), lam=float(lam), panel="nearest")
+    if panel:
+        config = replace(config, panel=panel[0], fusion_k=float(panel[1]))
     if embedding == "whitened":
         mapping = ace.whitened_embedding(x, float(value))
     else:
@@ -40,7 +46,13 @@ def ace_order(x: np.ndarray, codes: np.ndarray, spec: str) -> list[np.ndarray]:
     z = mapping(torch.as_tensor(x)).numpy()
     k = int(codes.max()) + 1
     head = ace.kmeans_head(z, codes, ace.group_centroids(z, codes, k), config.beta)
-    found = ace.explain(x, codes, ace.cluster_model(mapping, head), config=config)
+    found = ace.explain(
+        x,
+        codes,
+        ace.cluster_model(mapping, head),
+        config=config,
+        complement=lambda g: ace.complement_model(mapping, z, codes, g, config.beta),
+    )
     return [found[g].order for g in range(k)]
 
 

@@ -23,6 +23,7 @@ from ..stages.explain import (
     ExplainConfig,
     GroupExplanation,
     cluster_model,
+    complement_model,
     explain,
     fitted_embedding,
     group_centroids,
@@ -193,7 +194,9 @@ def write(
     nan = {g: np.full(len(t), np.nan, dtype=np.float32) for g, t in top.items()}
     adata.uns[explain_key(key_added)] = {
         "names": _records({g: gene_names[t].astype(str) for g, t in top.items()}),
-        "scores": _records({g: results[g].score[t].astype(np.float32) for g, t in top.items()}),
+        "scores": _records(
+            {g: results[g].ranking_score[t].astype(np.float32) for g, t in top.items()}
+        ),
         "direction": _records({g: results[g].direction[t] for g, t in top.items()}),
         "mean_delta": _records(
             {g: results[g].mean_delta[t].astype(np.float32) for g, t in top.items()}
@@ -259,6 +262,7 @@ def explain_adata(
             "student_t",
         )
     model = cluster_model(mapping, head)
+    labelled_codes = codes[labelled]
     found = explain(
         x[labelled],
         codes[labelled],
@@ -267,6 +271,7 @@ def explain_adata(
         mode=mode,
         reference=None if reference is None else names.index(reference),
         config=config,
+        complement=lambda k: complement_model(mapping, z, labelled_codes, k, config.beta),
     )
     results = {names[k]: r for k, r in found.items()}
     params = {

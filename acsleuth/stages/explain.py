@@ -10,6 +10,10 @@ proximal gradient (FISTA) solver minimises
 soft-thresholding step of the L1 term gives exact zeros. Gene ``g``'s score for ``s`` is the
 mean ``|delta_g|`` over the cells; its direction is the sign of ``-mean(delta_g)``: ``delta``
 moves a cell *out of* ``s``, so a gene enriched in ``s`` has a negative mean ``delta``.
+One-vs-rest panels are by default fused with the same cells' panel against the group's
+complement (:func:`complement_model`): the max over ``t != s`` explains a group against its
+nearest group, the complement against all other cells at once, and the first genes of a
+panel need both (benchmarks/RESULTS.md, ACE).
 
 The default embedding is :func:`whitened_embedding`: squared distances in it are Mahalanobis
 distances under the genes' covariance with its eigenvalues floored at a typical gene's
@@ -53,7 +57,10 @@ class ExplainConfig:
     group (a sample seeded by ``seed``); ``n_components`` is the number of principal
     components of the ``"pca"`` embedding, of the z-scored genes with ``standardize``;
     ``whiten_floor`` the quantile of the per-gene variances at which the ``"whitened"``
-    embedding floors its eigenvalues (:func:`whitened_embedding`).
+    embedding floors its eigenvalues (:func:`whitened_embedding`). ``panel="fused"`` (one-vs-rest
+    only) orders the genes by the reciprocal-rank fusion, with constant ``fusion_k``, of the
+    panel against each cell's nearest other group and the panel against the group's
+    complement (:attr:`GroupExplanation.order`); ``"nearest"`` keeps the first alone.
     """
 
     beta: float = 1.0
@@ -67,6 +74,8 @@ class ExplainConfig:
     n_components: int = 30
     standardize: bool = False
     whiten_floor: float = 0.9
+    panel: Literal["fused", "nearest"] = "fused"
+    fusion_k: float = 10.0
     seed: int = 0
 
 
@@ -77,7 +86,9 @@ class GroupExplanation:
     ``score (G,)`` mean ``|delta|``, ``mean_delta (G,)``, ``saliency (G,)`` mean
     ``|grad margin|`` at the cells (it orders genes of equal score), ``flipped`` the fraction
     of cells whose ``argmax m`` left the group, ``l1`` the mean ``||delta||_1``, ``n_cells``
-    explained and ``n_iter`` solver steps run.
+    explained and ``n_iter`` solver steps run; ``mean_grad (G,)`` the signed mean gradient.
+    ``pooled_order`` and ``pooled_sign`` are the complement panel's order and
+    :meth:`signs`, when fused.
     """
 
     score: np.ndarray
@@ -88,16 +99,50 @@ class GroupExplanation:
     n_cells: int
     n_iter: int
     history: list[float] = field(default_factory=list)
+    mean_grad: np.ndarray | None = None
+    pooled_order: np.ndarray | None = None
+    pooled_sign: np.ndarray | None = None
+    fusion_k: float = 10.0
 
     @property
-    def order(self) -> np.ndarray:
+    def nearest_order(self) -> np.ndarray:
         """Gene indices, best first: by score, ties by saliency."""
         return np.lexsort((-self.saliency, -self.score))
 
     @property
+    def ranking_score(self) -> np.ndarray:
+        """``(G,)`` what :attr:`order` sorts: ``score``, or with a complement panel
+        ``1 / (fusion_k + rank) + 1 / (fusion_k + pooled rank)`` (ranks from 1)."""
+        if self.pooled_order is None:
+            return self.score
+        rank, pooled = np.empty(len(self.score)), np.empty(len(self.score))
+        rank[self.nearest_order] = np.arange(1, len(rank) + 1)
+        pooled[self.pooled_order] = np.arange(1, len(pooled) + 1)
+        return 1.0 / (self.fusion_k + rank) + 1.0 / (self.fusion_k + pooled)
+
+    @property
+    def order(self) -> np.ndarray:
+        """Gene indices, best first: :attr:`nearest_order`, or by the fused score with a
+        complement panel (ties by the nearest-group rank)."""
+        if self.pooled_order is None:
+            return self.nearest_order
+        rank = np.empty(len(self.score))
+        rank[self.nearest_order] = np.arange(len(rank))
+        return np.lexsort((rank, -self.ranking_score))
+
+    def signs(self) -> np.ndarray:
+        """``(G,)`` ``-sign(mean_delta)``; where no cell moved the gene, the sign of the mean
+        gradient (higher expression keeps a cell in the group: enriched), else 0."""
+        grad = np.zeros(len(self.score)) if self.mean_grad is None else np.sign(self.mean_grad)
+        return np.where(self.mean_delta != 0, -np.sign(self.mean_delta), grad)
+
+    @property
     def direction(self) -> np.ndarray:
-        """``(G,)`` +1 where the gene is enriched in the group, -1 where depleted."""
-        sign = np.where(self.mean_delta != 0, -np.sign(self.mean_delta), 0.0)
+        """``(G,)`` +1 where the gene is enriched in the group, -1 where depleted: the sign of
+        :meth:`signs`, where it is 0 the complement panel's (``pooled_sign``), else +1."""
+        sign = self.signs()
+        if self.pooled_sign is not None:
+            sign = np.where(self.mean_delta != 0, sign, self.pooled_sign)
         return np.where(sign == 0, 1.0, sign).astype(np.int8)
 
 
@@ -185,6 +230,17 @@ def kmeans_head(
     return NeuralKMeans(torch.as_tensor(centroids), beta / max(spread, 1e-12))
 
 
+def complement_model(
+    embedding: Embedding, z: np.ndarray, codes: np.ndarray, group: int, beta: float
+) -> nn.Module:
+    """The neuralised k-means of ``group`` (logit 1) against all other cells (logit 0).
+
+    ``z (N, d)`` are the embedded cells with ``codes (N,)``; centroids are the two mean
+    embeddings and ``beta`` is in the unit of :func:`kmeans_head`."""
+    two = (codes == group).astype(np.int64)
+    return cluster_model(embedding, kmeans_head(z, two, group_centroids(z, two, 2), beta))
+
+
 def margin(logits: Tensor, source: int, target: int | None) -> Tensor:
     """``m_s - m_t`` (one-vs-one, ``target`` given) or ``m_s - max_{t != s} m_t``."""
     if target is not None:
@@ -270,6 +326,7 @@ def explain_group(
         score=delta.abs().mean(0).numpy().astype(np.float64),
         mean_delta=delta.mean(0).numpy().astype(np.float64),
         saliency=grad.abs().mean(0).numpy().astype(np.float64),
+        mean_grad=grad.mean(0).numpy().astype(np.float64),
         flipped=float(flipped.float().mean()),
         l1=float(delta.abs().sum(1).mean()),
         n_cells=len(x),
@@ -294,11 +351,15 @@ def explain(
     mode: Mode = "one_vs_rest",
     reference: int | None = None,
     config: ExplainConfig = ExplainConfig(),
+    complement: Callable[[int], nn.Module] | None = None,
 ) -> dict[int, GroupExplanation]:
     """ACE for each group code in ``groups`` (default: all present) of cells ``x (N, G)``.
 
     ``codes (N,)`` are group codes ``0..K-1`` matching the logits of ``model``; with
-    ``mode="one_vs_one"`` every group is moved towards ``reference``.
+    ``mode="one_vs_one"`` every group is moved towards ``reference``. ``complement(k)``
+    (e.g. :func:`complement_model`) gives group ``k``'s two-group model; with
+    ``config.panel="fused"`` and one-vs-rest the same cells are explained in it too and the
+    two panels fused (:attr:`GroupExplanation.order`).
     """
     if mode not in ("one_vs_rest", "one_vs_one"):
         raise ValueError(f"explain: mode must be 'one_vs_rest' or 'one_vs_one', got {mode!r}")
@@ -315,6 +376,10 @@ def explain(
             cells = torch.as_tensor(x[rows], dtype=torch.float32)
             target = reference if mode == "one_vs_one" else None
             out[k] = explain_group(model, cells, k, target, config=config)
+            if complement is not None and config.panel == "fused" and target is None:
+                pooled = explain_group(complement(k), cells, 1, None, config=config)
+                out[k].pooled_order, out[k].fusion_k = pooled.nearest_order, config.fusion_k
+                out[k].pooled_sign = pooled.signs()
     return out
 
 
@@ -347,6 +412,7 @@ __all__ = [
     "NeuralKMeans",
     "StudentTHead",
     "cluster_model",
+    "complement_model",
     "explain",
     "explain_group",
     "fitted_embedding",

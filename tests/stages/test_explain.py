@@ -172,3 +172,81 @@ def test_whitened_embedding_ranks_causal_genes_over_the_genes_that_sum_them() ->
         hits[name] = [len(causal & set(r.order[:8])) for r in found.values()]
     assert min(hits["whitened"]) >= 4  # of 8; random top-8s of 68 genes hold ~1
     assert all(w > p for w, p in zip(hits["whitened"], hits["pca"], strict=True))
+
+
+def test_fused_order_is_the_reciprocal_rank_fusion_by_hand() -> None:
+    # nearest-group panel ranks genes 0, 1, 2, 3; the complement panel 3, 2, 1, 0
+    found = ace.GroupExplanation(
+        score=np.array([4.0, 3.0, 2.0, 1.0]),
+        mean_delta=np.zeros(4),
+        saliency=np.zeros(4),
+        flipped=1.0,
+        l1=1.0,
+        n_cells=1,
+        n_iter=1,
+        pooled_order=np.array([3, 2, 1, 0]),
+        fusion_k=1.0,
+    )
+    # ranks from 1: gene 0 (1, 4), gene 1 (2, 3), gene 2 (3, 2), gene 3 (4, 1)
+    expected = np.array([1 / 2 + 1 / 5, 1 / 3 + 1 / 4, 1 / 4 + 1 / 3, 1 / 5 + 1 / 2])
+    np.testing.assert_allclose(found.ranking_score, expected)
+    # genes 0 and 3 tie, and 1 and 2: the nearest-group rank breaks the ties
+    np.testing.assert_array_equal(found.order, [0, 3, 1, 2])
+    found.fusion_k = 100.0  # a large constant: the ranks matter less, the ties stay
+    np.testing.assert_array_equal(found.order, [0, 3, 1, 2])
+    found.pooled_order = np.array([1, 0, 2, 3])
+    np.testing.assert_array_equal(found.order, [0, 1, 2, 3])
+    found.pooled_order = None
+    np.testing.assert_array_equal(found.order, [0, 1, 2, 3])
+    np.testing.assert_array_equal(found.ranking_score, found.score)
+
+
+def test_complement_panel_leads_with_the_gene_that_separates_the_group_from_all_others() -> None:
+    # group 0 near (1, 0, 0): its nearest group (1, at (4, 0, 0)) is left through gene 0, but
+    # the rest pooled lies at (2, 2, 0), so against its complement gene 1 separates it most
+    rng = np.random.default_rng(3)
+    centres = np.array([[0.0, 0.0, 0.0], [4.0, 0.0, 0.0], [0.0, 4.0, 0.0]])
+    codes = np.repeat([0, 1, 2], 20)
+    x = (centres[codes] + rng.normal(0, 0.2, (60, 3))).astype(np.float32)
+    x[codes == 0, 0] += 1.0
+    model = ace.cluster_model(
+        nn.Identity(), NeuralKMeans(torch.as_tensor(centres, dtype=torch.float32))
+    )
+
+    def complement(k: int) -> nn.Module:
+        return ace.complement_model(nn.Identity(), x, codes, k, 1.0)
+
+    fused = ace.explain(x, codes, model, groups=[0], complement=complement)[0]
+    assert fused.nearest_order[0] == 0 and fused.pooled_order[0] == 1
+    inside = x[codes == 0].mean(0) - x[codes != 0].mean(0)  # both genes lower in group 0
+    np.testing.assert_array_equal(fused.direction[:2], np.sign(inside[:2]))
+    nearest = ace.explain(
+        x,
+        codes,
+        model,
+        groups=[0],
+        complement=complement,
+        config=ace.ExplainConfig(panel="nearest"),
+    )[0]
+    assert nearest.pooled_order is None and nearest.order[0] == 0
+    one = ace.explain(
+        x, codes, model, groups=[0], mode="one_vs_one", reference=2, complement=complement
+    )[0]
+    assert one.pooled_order is None  # the complement is a one-vs-rest panel
+
+
+def test_direction_falls_back_to_the_gradient_and_then_the_complement_panel() -> None:
+    found = ace.GroupExplanation(
+        score=np.array([1.0, 0.0, 0.0]),
+        mean_delta=np.array([-1.0, 0.0, 0.0]),  # gene 0 moved down: enriched
+        saliency=np.zeros(3),
+        flipped=1.0,
+        l1=1.0,
+        n_cells=1,
+        n_iter=1,
+        mean_grad=np.array([5.0, -2.0, 3.0]),
+    )
+    np.testing.assert_array_equal(found.signs(), [1, -1, 1])
+    np.testing.assert_array_equal(found.direction, [1, -1, 1])
+    found.pooled_sign = np.array([-1.0, 1.0, 0.0])  # fused: unmoved genes take its sign
+    np.testing.assert_array_equal(found.direction, [1, 1, 1])
