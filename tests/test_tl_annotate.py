@@ -121,3 +121,35 @@ def test_cli_annotates_into_out_and_leaves_inputs(data, tmp_path, capsys) -> Non
     assert main([*argv[:7], "--n-types", "2", "--out", str(tmp_path / "p.h5ad")]) == 2
     err = capsys.readouterr().err
     assert "n_types=2 is below the 3 cell types" in err and err.count("\n") == 1
+
+
+def test_cli_members_sets_the_number_of_networks(data, tmp_path, capsys) -> None:
+    import anndata
+
+    ref, tgt = data
+    ref.write_h5ad(tmp_path / "ref.h5ad")
+    tgt.write_h5ad(tmp_path / "tgt.h5ad")
+    argv = [
+        "annotate",
+        "--reference",
+        str(tmp_path / "ref.h5ad"),
+        "--target",
+        str(tmp_path / "tgt.h5ad"),
+        "--label-key",
+        "cell_type",
+        "--n-types",
+        "5",
+        "--epochs",
+        "1",
+    ]
+    assert main([*argv, "--members", "1", "--out", str(tmp_path / "one.h5ad")]) == 0
+    uns = anndata.read_h5ad(tmp_path / "one.h5ad").uns["acsleuth_annot"]
+    assert uns["params"]["members"] == 1 and uns["params"]["epochs"] == 1
+    assert uns["priors"].shape == (1, 1, 5)  # one network, one estimate (epoch 0) of 5 classes
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--members", "0", "--out", str(tmp_path / "zero.h5ad")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--members" in err and "expected a number >= 1, got 0" in err
+    assert not (tmp_path / "zero.h5ad").exists()
