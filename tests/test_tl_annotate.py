@@ -89,26 +89,18 @@ def _digest(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_cli_annotates_into_out_and_leaves_inputs(data, tmp_path, capsys) -> None:
+def _cli_argv(data, folder) -> list[str]:
+    """``acsleuth annotate`` of ``data`` written to ``folder``, one epoch, without ``--out``."""
     ref, tgt = data
-    ref.write_h5ad(tmp_path / "ref.h5ad")
-    tgt.write_h5ad(tmp_path / "tgt.h5ad")
+    ref.write_h5ad(folder / "ref.h5ad")
+    tgt.write_h5ad(folder / "tgt.h5ad")
+    inputs = ["--reference", str(folder / "ref.h5ad"), "--target", str(folder / "tgt.h5ad")]
+    return ["annotate", *inputs, "--label-key", "cell_type", "--n-types", "5", "--epochs", "1"]
+
+
+def test_cli_annotates_into_out_and_leaves_inputs(data, tmp_path, capsys) -> None:
+    argv = [*_cli_argv(data, tmp_path), "--out", str(tmp_path / "o.h5ad")]
     before = _digest(tmp_path / "ref.h5ad"), _digest(tmp_path / "tgt.h5ad")
-    argv = [
-        "annotate",
-        "--reference",
-        str(tmp_path / "ref.h5ad"),
-        "--target",
-        str(tmp_path / "tgt.h5ad"),
-        "--label-key",
-        "cell_type",
-        "--n-types",
-        "5",
-        "--epochs",
-        "1",
-        "--out",
-        str(tmp_path / "o.h5ad"),
-    ]
     assert main(argv) == 0
     assert (_digest(tmp_path / "ref.h5ad"), _digest(tmp_path / "tgt.h5ad")) == before
     import anndata
@@ -126,22 +118,7 @@ def test_cli_annotates_into_out_and_leaves_inputs(data, tmp_path, capsys) -> Non
 def test_cli_members_sets_the_number_of_networks(data, tmp_path, capsys) -> None:
     import anndata
 
-    ref, tgt = data
-    ref.write_h5ad(tmp_path / "ref.h5ad")
-    tgt.write_h5ad(tmp_path / "tgt.h5ad")
-    argv = [
-        "annotate",
-        "--reference",
-        str(tmp_path / "ref.h5ad"),
-        "--target",
-        str(tmp_path / "tgt.h5ad"),
-        "--label-key",
-        "cell_type",
-        "--n-types",
-        "5",
-        "--epochs",
-        "1",
-    ]
+    argv = _cli_argv(data, tmp_path)
     assert main([*argv, "--members", "1", "--out", str(tmp_path / "one.h5ad")]) == 0
     uns = anndata.read_h5ad(tmp_path / "one.h5ad").uns["acsleuth_annot"]
     assert uns["params"]["members"] == 1 and uns["params"]["epochs"] == 1
