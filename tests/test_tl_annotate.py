@@ -89,26 +89,18 @@ def _digest(path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def test_cli_annotates_into_out_and_leaves_inputs(data, tmp_path, capsys) -> None:
+def _cli_argv(data, folder) -> list[str]:
+    """``acsleuth annotate`` of ``data`` written to ``folder``, one epoch, without ``--out``."""
     ref, tgt = data
-    ref.write_h5ad(tmp_path / "ref.h5ad")
-    tgt.write_h5ad(tmp_path / "tgt.h5ad")
+    ref.write_h5ad(folder / "ref.h5ad")
+    tgt.write_h5ad(folder / "tgt.h5ad")
+    inputs = ["--reference", str(folder / "ref.h5ad"), "--target", str(folder / "tgt.h5ad")]
+    return ["annotate", *inputs, "--label-key", "cell_type", "--n-types", "5", "--epochs", "1"]
+
+
+def test_cli_annotates_into_out_and_leaves_inputs(data, tmp_path, capsys) -> None:
+    argv = [*_cli_argv(data, tmp_path), "--out", str(tmp_path / "o.h5ad")]
     before = _digest(tmp_path / "ref.h5ad"), _digest(tmp_path / "tgt.h5ad")
-    argv = [
-        "annotate",
-        "--reference",
-        str(tmp_path / "ref.h5ad"),
-        "--target",
-        str(tmp_path / "tgt.h5ad"),
-        "--label-key",
-        "cell_type",
-        "--n-types",
-        "5",
-        "--epochs",
-        "1",
-        "--out",
-        str(tmp_path / "o.h5ad"),
-    ]
     assert main(argv) == 0
     assert (_digest(tmp_path / "ref.h5ad"), _digest(tmp_path / "tgt.h5ad")) == before
     import anndata
@@ -121,3 +113,20 @@ def test_cli_annotates_into_out_and_leaves_inputs(data, tmp_path, capsys) -> Non
     assert main([*argv[:7], "--n-types", "2", "--out", str(tmp_path / "p.h5ad")]) == 2
     err = capsys.readouterr().err
     assert "n_types=2 is below the 3 cell types" in err and err.count("\n") == 1
+
+
+def test_cli_members_sets_the_number_of_networks(data, tmp_path, capsys) -> None:
+    import anndata
+
+    argv = _cli_argv(data, tmp_path)
+    assert main([*argv, "--members", "1", "--out", str(tmp_path / "one.h5ad")]) == 0
+    uns = anndata.read_h5ad(tmp_path / "one.h5ad").uns["acsleuth_annot"]
+    assert uns["params"]["members"] == 1 and uns["params"]["epochs"] == 1
+    assert uns["priors"].shape == (1, 1, 5)  # one network, one estimate (epoch 0) of 5 classes
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        main([*argv, "--members", "0", "--out", str(tmp_path / "zero.h5ad")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "--members" in err and "expected a number >= 1, got 0" in err
+    assert not (tmp_path / "zero.h5ad").exists()

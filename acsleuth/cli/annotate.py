@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._anndata.annotate import KEY_ADDED
-from . import non_negative, whole_number
+from . import non_negative, positive, whole_number
 
 if TYPE_CHECKING:
     from ..train import Checkpoint
@@ -45,6 +45,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument(
         "--epochs", type=non_negative, help="training epochs (default: the model's)"
+    )
+    parser.add_argument(
+        "--members",
+        type=positive,
+        help="networks trained and averaged (default: the model's, OpenWorldConfig.members)",
     )
     parser.add_argument(
         "--checkpoint-dir",
@@ -111,9 +116,8 @@ def annotate_command(args: argparse.Namespace) -> int:
     if args.model_out is not None:
         check_output_folder(args.model_out, inputs, option="--model-out", overwrite=args.overwrite)
     checkpoint = _checkpoint(args, inputs, out)
-    config = OpenWorldConfig()
-    if args.epochs is not None:
-        config = replace(config, epochs=args.epochs)
+    given = {"epochs": args.epochs, "members": args.members}
+    config = replace(OpenWorldConfig(), **{k: v for k, v in given.items() if v is not None})
     reference, annotated = (
         read(args.reference),
         read(args.target),

@@ -234,7 +234,7 @@ class OpenWorldAnnotator:
                     stage.prior_from_clusters(clusters, mapping), dtype=torch.float32
                 )
 
-            history, _ = train_open_world(
+            history = train_open_world(
                 net,
                 self._loader(sources[0], train=True, seed=seed + 1),
                 codes,

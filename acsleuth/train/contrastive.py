@@ -295,7 +295,7 @@ def train_open_world(
     desc: str = "annotate",
     priors: PriorHistory | None = None,
     carried: Mapping[str, Stateful] | None = None,
-) -> tuple[list[dict[str, float]], list[np.ndarray]]:
+) -> list[dict[str, float]]:
     """Train ``net`` on minibatch loaders of the reference and target (see module docstring).
 
     ``reference_labels`` holds the integer class of every reference row (seen classes first);
@@ -308,7 +308,7 @@ def train_open_world(
     (the networks and ``priors`` of earlier ensemble members, whose finished stages a resumed
     run skips) are written and restored with it. The estimates are appended to ``priors``.
 
-    Returns the per-epoch mean losses and the prior estimates, in order.
+    Returns the per-epoch mean losses.
     """
     device = next(net.parameters()).device
     labels = torch.as_tensor(reference_labels, dtype=torch.long, device=device)
@@ -355,7 +355,7 @@ def train_open_world(
             )
     bar.close()
     net.eval()
-    return history, [p.cpu().numpy() for p in priors.estimates]
+    return history
 
 
 def _train_epoch(
