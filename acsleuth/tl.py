@@ -394,9 +394,9 @@ def classify(
       the cell is called out of distribution)
     - ``obs[f"{key_added}_confidence"]``: max p(y|x)
     - ``obs[f"{key_added}_ood_score"]``: higher = more out of distribution; by default
-      (``ood_score="energy+knn"``) the energy ``-LSE(x)`` plus the distance to the nearest
-      training cells, each standardised on the validation cells; ``ood_score="energy"``:
-      ``-LSE(x)`` alone (docs/method.md §8.1)
+      (``ood_score="energy+softmax+knn"``) the energy ``-LSE(x)``, the negative max softmax
+      and 8x the distance to the nearest training cells, each standardised on the validation
+      cells; ``"energy"``: ``-LSE(x)`` alone (``"energy+knn"``: docs/method.md §8.1)
     - ``obs[f"{key_added}_ood"]``: bool OOD call, score above ``uns[key_added]["threshold"]``
       (the ``ood_quantile``, default 0.95, of the reference's validation cells' scores)
     - ``obsm[f"{key_added}_proba"]``: ``(n_obs, K)`` p(y|x), columns in ``classes`` order

@@ -22,6 +22,7 @@ import argparse
 import time
 import warnings
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -33,6 +34,7 @@ from sklearn.neighbors import NearestNeighbors
 from acsleuth import ACsleuth, CellTypeClassifier, datasets, metrics
 from acsleuth.data import prepare
 from acsleuth.stages.classify import predict_logits
+from acsleuth.stages.classify_ood import TERM_WEIGHTS
 from acsleuth.train import TrainingDiverged
 
 LABEL = "cell_type"
@@ -100,6 +102,10 @@ def run_classifier(
             model.network_, genes, batch_size=4096, device=model.device, index=model.index_
         )
         scores["kNN term only"] = distance
+        for other, weights in TERM_WEIGHTS.items():  # the other index-based scores, same network
+            if other != model.config.ood_score:
+                index = replace(model.index_, weights=weights)
+                scores[other] = index.score(result.energy, result.confidence, distance)
     return [
         {
             "method": f"{name} {score}",
@@ -207,7 +213,9 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--types", nargs="+", default=list(datasets.PBMC_CELL_TYPES))
+    parser.add_argument(
+        "--types", nargs="*", default=list(datasets.PBMC_CELL_TYPES), help="none: synthetic only"
+    )
     parser.add_argument("--no-synthetic", action="store_true")
     parser.add_argument(
         "--skip",

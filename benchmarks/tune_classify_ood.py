@@ -1,7 +1,8 @@
 """The choice of CellTypeClassifier's OOD score (issue 18): candidate scores on the development
 splits of pbmc68k_reduced (split as in eval_classify.py), one classifier per split.
 
-    python benchmarks/tune_classify_ood.py                       # CLAMS defaults
+    python benchmarks/tune_classify_ood.py                       # CLAMS defaults, seeds 0 1
+    python benchmarks/tune_classify_ood.py --seeds 0 1 3 4 5     # energy+softmax+knn's choice
     python benchmarks/tune_classify_ood.py --set generative=False  # the CE-only network
 
 Development splits: held-out types 0 T Reg, 2 CD4+ Memory, 4 CD8+ naive cytotoxic,
@@ -29,6 +30,9 @@ from acsleuth.stages.classify_ood import fit_ood_index
 from acsleuth.stages.neighbours import knn_distance
 
 K = 10
+WEIGHT_GRID = [  # around the chosen (1, 1, 8) of energy+softmax+knn (seeds 0, 1, 3, 4, 5)
+    (we, ws, wd) for we in (0.0, 1.0, 2.0) for ws in (0.0, 1.0, 2.0) for wd in (2.0, 4.0, 8.0, 16.0)
+]
 
 
 def candidates(model: CellTypeClassifier, reference, target, seed: int) -> dict[str, np.ndarray]:
@@ -51,14 +55,18 @@ def candidates(model: CellTypeClassifier, reference, target, seed: int) -> dict[
     terms = {"energy": energy, "max-softmax": softmax}
     terms["genes"] = [knn_distance(z, z_ref[train], K).numpy() for z in (z_tgt, z_ref[val])]
     for d in (50, 200):
-        index = fit_ood_index(z_ref[train], n_components=d, k=K, weight=1.0)
+        index = fit_ood_index(z_ref[train], n_components=d, k=K, weights=(0.0, 0.0, 1.0))
         terms[f"pc{d}"] = [index.distances(z).numpy() for z in (z_tgt, z_ref[val])]
     z = {n: (t - v.mean()) / v.std() for n, (t, v) in terms.items()}
     scores = {n: t for n, (t, _) in terms.items()}
     for combo in ("energy+pc50", "energy+pc200", "energy+genes", "genes+pc50", "energy+genes+pc50"):
         scores[f"z sum {combo}"] = sum(z[n] for n in combo.split("+"))
-    scores["z(energy) + 2 z(pc200) (chosen)"] = z["energy"] + 2 * z["pc200"]
+    scores["z(energy) + 2 z(pc200) (energy+knn)"] = z["energy"] + 2 * z["pc200"]
     scores["z(max-softmax) + z(genes)"] = z["max-softmax"] + z["genes"]
+    for we, ws, wd in WEIGHT_GRID:  # (energy, max-softmax, pc200): the energy+softmax+knn choice
+        scores[f"{we:g} z(energy) + {ws:g} z(max-softmax) + {wd:g} z(pc200)"] = (
+            we * z["energy"] + ws * z["max-softmax"] + wd * z["pc200"]
+        )
     return scores
 
 

@@ -37,7 +37,7 @@ from ..train.sgld import CLIPS
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
-INDEX_FILE = "ood_index.pt"  # the "energy+knn" score's training-cell index
+INDEX_FILE = "ood_index.pt"  # the index-based scores' training-cell index
 
 
 def make_config(**settings: Any) -> ClassifierConfig:
@@ -83,7 +83,7 @@ def _check(config: ClassifierConfig) -> None:
         raise ValueError(
             f"CellTypeClassifier: ood_score must be one of {OOD_SCORES}, got {config.ood_score!r}"
         )
-    if not config.knn_weight >= 0.0:
+    if config.knn_weight is not None and not config.knn_weight >= 0.0:
         raise ValueError(f"CellTypeClassifier: knn_weight must be >= 0, got {config.knn_weight}")
     if t.clip not in CLIPS:
         raise ValueError(f"CellTypeClassifier: clip must be one of {CLIPS}, got {t.clip!r}")
@@ -140,7 +140,7 @@ class CellTypeClassifier:
         cells and, while they are fewer than ``calibration_cells``, the out-of-fold logits of
         every training cell from ``calibration_folds`` networks trained on the other folds.
     index_
-        The training-cell index of the ``"energy+knn"`` OOD score (None for ``"energy"``).
+        The training-cell index of the index-based OOD scores (None for ``"energy"``).
     threshold_
         The OOD call: cells scoring above the ``ood_quantile`` of the validation cells' scores.
     validation_accuracy_, validation_ece_, validation_ece_uncalibrated_
@@ -282,7 +282,7 @@ class CellTypeClassifier:
                 index=self.index_,
             )
             proba, confidence, energy = summarise(logits, self.temperature_)
-            score = combined_score(energy, distance, self.index_)
+            score = combined_score(energy, confidence, distance, self.index_)
         labels = np.asarray(self.classes_, dtype=object)[proba.argmax(1)]
         ood = score > self.threshold_
         return Classification(labels, proba, confidence, score, energy, ood, timings)
@@ -302,8 +302,8 @@ class CellTypeClassifier:
     def score_samples(
         self, target: AnnData | str | os.PathLike, *, layer: str | None = None
     ) -> np.ndarray:
-        """The OOD score (``ood_score``: ``"energy+knn"`` or ``"energy"``, ``-LSE(x)``):
-        higher = more out of distribution."""
+        """The OOD score (``ood_score``: ``"energy+softmax+knn"``, ``"energy+knn"`` or
+        ``"energy"``, ``-LSE(x)``): higher = more out of distribution."""
         return self.classify(target, layer=layer).ood_score
 
     # ------------------------------------------------------------------ persistence
@@ -364,7 +364,7 @@ class CellTypeClassifier:
             torch.load(path / WEIGHTS_FILE, map_location=model.device, weights_only=True)
         )
         model.network_.eval()
-        if model.config.ood_score == "energy+knn":
+        if model.config.ood_score != "energy":
             if not (path / INDEX_FILE).is_file():
                 raise FileNotFoundError(
                     f"{path} is not a saved CellTypeClassifier: {INDEX_FILE} is missing"

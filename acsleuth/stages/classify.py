@@ -22,7 +22,7 @@ from ..data import ExpressionSource, MinibatchLoader
 from ..nn.ebm import EnergyClassifier, ood_score
 from ..train import Checkpoint
 from ..train.jem import JEMConfig, JEMResult, train_jem
-from .classify_ood import OODIndex, OODScore, calibrate, fit_ood_index
+from .classify_ood import OODIndex, OODScore, calibrate, fit_ood_index, term_weights
 
 MIN_CELLS_PER_TYPE = 2
 
@@ -40,13 +40,14 @@ class ClassifierConfig:
     max_value: float | None = 10.0  # clip standardised inputs to [-max_value, max_value]
     validation_fraction: float = 0.1
     ood_quantile: float = 0.95  # the OOD threshold: this quantile of the validation cells' scores
-    # the OOD score: "energy" (CLAMS' -LSE) or, a deliberate deviation (docs/method.md §8.1),
-    # "energy+knn": + knn_weight x the distance to the training cells in knn_components PCs
-    # (chosen on the development types of benchmarks/RESULTS.md)
-    ood_score: OODScore = "energy+knn"
+    # the OOD score: "energy" (CLAMS' -LSE) or, deliberate deviations (docs/method.md §8.1),
+    # "energy+knn" (+ the distance to the training cells in knn_components PCs) and
+    # "energy+softmax+knn" (+ the negative max softmax too), the terms weighted as in
+    # classify_ood.TERM_WEIGHTS (chosen on the development types of benchmarks/RESULTS.md)
+    ood_score: OODScore = "energy+softmax+knn"
     knn_k: int = N_NEIGHBOURS
     knn_components: int = 200
-    knn_weight: float = 2.0
+    knn_weight: float | None = None  # the distance's weight; None: the score's own
     knn_cells: int = 20_000  # training cells indexed (a seeded sample of a larger reference)
     calibrate: bool = True  # fit a softmax temperature (p(y|x) only), see calibration_folds
     # while the validation cells are fewer than calibration_cells, the temperature is fitted on
@@ -79,7 +80,7 @@ class Fitted:
     validation_ece_uncalibrated: float  # at temperature 1
     threshold: float
     temperature: float
-    index: OODIndex | None  # the "energy+knn" score's; None for "energy"
+    index: OODIndex | None  # the index-based scores'; None for "energy"
     calibration_divergences: int  # epochs the guard restored in the cross-fitted networks
 
 
@@ -222,10 +223,11 @@ def summarise(
 
 
 def combined_score(
-    energy: np.ndarray, distance: np.ndarray | None, index: OODIndex | None
+    energy: np.ndarray, confidence: np.ndarray, distance: np.ndarray | None, index: OODIndex | None
 ) -> np.ndarray:
-    """The configured OOD score: the energy alone (no ``index``) or ``"energy+knn"``."""
-    return energy if index is None else index.score(energy, distance)
+    """The configured OOD score: the energy alone (no ``index``) or the index's weighted sum
+    of the standardised energy, negative max softmax ``confidence`` and distance."""
+    return energy if index is None else index.score(energy, confidence, distance)
 
 
 def index_training_cells(
@@ -237,8 +239,8 @@ def index_training_cells(
     seed: int,
     device: torch.device,
 ) -> OODIndex:
-    """The ``"energy+knn"`` index of (at most ``knn_cells``, a seeded sample of) the training
-    cells, standardised as the network sees them."""
+    """The OOD index of (at most ``knn_cells``, a seeded sample of) the training cells,
+    standardised as the network sees them."""
     rng = np.random.default_rng(seed)
     rows = train_rows
     if rows.size > config.knn_cells:
@@ -249,7 +251,10 @@ def index_training_cells(
     with torch.inference_mode():
         z = torch.cat([network.standardise(x) for _, x in loader])
     return fit_ood_index(
-        z, n_components=config.knn_components, k=config.knn_k, weight=config.knn_weight
+        z,
+        n_components=config.knn_components,
+        k=config.knn_k,
+        weights=term_weights(config.ood_score, config.knn_weight),
     )
 
 
@@ -416,7 +421,7 @@ def fit_classifier(
             device=device,
         )
     index = None
-    if config.ood_score == "energy+knn":
+    if config.ood_score != "energy":
         index = index_training_cells(network, source, train_rows, config, seed=seed, device=device)
     logits, distance = predict_logits(
         network,
@@ -456,8 +461,8 @@ def _validated(
     _, raw_confidence, _ = summarise(logits)
     correct = proba.argmax(1) == truth
     if index is not None:
-        calibrate(index, energy, validation.distance)
-    score = combined_score(energy, validation.distance, index)
+        calibrate(index, energy, confidence, validation.distance)
+    score = combined_score(energy, confidence, validation.distance, index)
     return Fitted(
         network,
         result,

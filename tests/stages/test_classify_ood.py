@@ -1,5 +1,6 @@
-"""The classifier's OOD scores: the "energy+knn" default (docs/method.md §8.1, as implemented),
-the energy by name, the index's distances and standardisation, and their orientation."""
+"""The classifier's OOD scores: the "energy+softmax+knn" default and "energy+knn"
+(docs/method.md §8.1, as implemented), the energy by name, the index's distances and
+standardisation, and their orientation."""
 
 from __future__ import annotations
 
@@ -13,36 +14,71 @@ from classify_toy import FAST, toy
 
 from acsleuth import CellTypeClassifier, metrics
 from acsleuth.stages.classify import ClassifierConfig
-from acsleuth.stages.classify_ood import OODIndex, calibrate, fit_ood_index
+from acsleuth.stages.classify_ood import (
+    TERM_WEIGHTS,
+    OODIndex,
+    calibrate,
+    fit_ood_index,
+    term_weights,
+)
 
 DOCS = Path(__file__).parents[2] / "docs" / "method.md"
 
 
 def test_the_default_score_is_the_documented_one() -> None:
-    assert ClassifierConfig().ood_score == "energy+knn"
+    assert ClassifierConfig().ood_score == "energy+softmax+knn"
+    assert TERM_WEIGHTS["energy+softmax+knn"] == (1.0, 1.0, 8.0)
     section = DOCS.read_text().split("### 8.1")[1].split("\n### ")[0]
-    assert re.search(r'default.{0,40}"energy\+knn"', section, re.S)
-    assert 'ood_score="energy"' in section
+    assert re.search(r'default.{0,40}"energy\+softmax\+knn"', section, re.S)
+    assert 'ood_score="energy"' in section and '"energy+knn"' in section
 
 
 def test_the_score_standardises_each_term_on_the_validation_cells() -> None:
-    index = OODIndex(torch.zeros(2), torch.eye(2), torch.zeros(3, 2), 1, torch.zeros(4), weight=2.0)
-    calibrate(index, np.array([0.0, 2.0]), np.array([1.0, 5.0]))  # means 1, 3; sds 1, 2
-    np.testing.assert_allclose(index.moments.numpy(), [1.0, 1.0, 3.0, 2.0])
-    # (3 - 1) / 1 + 2 * (7 - 3) / 2 = 6 by hand
-    np.testing.assert_allclose(index.score(np.array([3.0]), np.array([7.0])), [6.0])
+    index = OODIndex(
+        torch.zeros(2), torch.eye(2), torch.zeros(3, 2), 1, torch.zeros(6), (2.0, 0.5, 3.0)
+    )
+    calibrate(index, np.array([0.0, 2.0]), np.array([0.9, 0.5]), np.array([1.0, 5.0]))
+    # energy: mean 1, sd 1; -confidence: mean -0.7, sd 0.2; distance: mean 3, sd 2
+    np.testing.assert_allclose(index.moments.numpy(), [1.0, 1.0, -0.7, 0.2, 3.0, 2.0])
+    # 2 (3 - 1) / 1 + 0.5 (-0.3 + 0.7) / 0.2 + 3 (7 - 3) / 2 = 4 + 1 + 6 by hand
+    score = index.score(np.array([3.0]), np.array([0.3]), np.array([7.0]))
+    np.testing.assert_allclose(score, [11.0])
+    # a less confident cell is more out of distribution, all else equal
+    assert index.score(np.array([3.0]), np.array([0.2]), np.array([7.0]))[0] > score[0]
+
+
+def test_the_weights_of_each_score_and_an_index_saved_before_the_softmax_term() -> None:
+    assert term_weights("energy+knn", None) == (1.0, 0.0, 2.0)
+    assert term_weights("energy+softmax+knn", 3.0) == (1.0, 1.0, 3.0)
+    old = {  # the two-term "energy+knn" index as saved before
+        "mean": torch.zeros(2),
+        "components": torch.eye(2),
+        "keys": torch.zeros(3, 2),
+        "k": torch.tensor(1),
+        "moments": torch.tensor([1.0, 1.0, 3.0, 2.0], dtype=torch.float64),
+        "weight": torch.tensor(2.0, dtype=torch.float64),
+    }
+    index = OODIndex.from_state_dict(old)
+    assert index.weights == (1.0, 0.0, 2.0)
+    # the old score: (3 - 1) / 1 + 2 (7 - 3) / 2 = 6, whatever the confidence
+    for confidence in (0.1, 0.9):
+        np.testing.assert_allclose(
+            index.score(np.array([3.0]), np.array([confidence]), np.array([7.0])), [6.0]
+        )
+    again = OODIndex.from_state_dict(index.state_dict())
+    assert again.weights == index.weights and torch.equal(again.moments, index.moments)
 
 
 def test_the_index_measures_mean_distances_to_the_nearest_training_cells() -> None:
     gen = torch.Generator().manual_seed(0)
     train = torch.randn(40, 5, generator=gen)
     query = torch.randn(7, 5, generator=gen) * 3
-    index = fit_ood_index(train, n_components=50, k=3, weight=1.0)  # all 5 axes: exact
+    index = fit_ood_index(train, n_components=50, k=3, weights=(0.0, 0.0, 1.0))  # all 5 axes: exact
     assert index.components.shape == (5, 5)
     slow = torch.cdist(query, train).sort(1).values[:, :3].mean(1)
     np.testing.assert_allclose(index.distances(query).numpy(), slow.numpy(), rtol=1e-4)
     with pytest.raises(ValueError, match="too few for knn_k=40"):
-        fit_ood_index(train, n_components=5, k=40, weight=1.0)
+        fit_ood_index(train, n_components=5, k=40, weights=(0.0, 0.0, 1.0))
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +86,7 @@ def data():
     return toy(seed=0), toy(n_per_type=30, types=(0, 1, 2, 3), seed=1)
 
 
-@pytest.mark.parametrize("score", ["energy+knn", "energy"])
+@pytest.mark.parametrize("score", ["energy+softmax+knn", "energy+knn", "energy"])
 def test_a_far_away_cluster_scores_higher_under_either_score(data, score) -> None:
     reference, target = data
     model = CellTypeClassifier(random_state=0, ood_score=score, **FAST)
@@ -67,7 +103,10 @@ def test_a_far_away_cluster_scores_higher_under_either_score(data, score) -> Non
 
 
 def test_bad_score_settings_are_refused_in_one_line() -> None:
-    with pytest.raises(ValueError, match=r"ood_score must be one of \('energy', 'energy\+knn'\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"ood_score must be one of \('energy', 'energy\+knn', 'energy\+softmax\+knn'\)",
+    ):
         CellTypeClassifier(ood_score="knn")
     with pytest.raises(ValueError, match="knn_k must be a positive integer"):
         CellTypeClassifier(knn_k=0)
