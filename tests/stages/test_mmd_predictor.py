@@ -114,3 +114,30 @@ def test_same_seed_same_predictor() -> None:
         )
         outs.append(predict_logits(p, residuals))
     assert torch.equal(outs[0], outs[1])
+
+
+def _fit_counting(monkeypatch, residuals, config: ScorerConfig) -> tuple[int, torch.Tensor]:
+    """The predictor's logits and how many MMD losses its training took."""
+    import acsleuth.stages.mmd as mmd
+
+    calls = []
+    real = mmd.gamma_mmd_loss
+    monkeypatch.setattr(mmd, "gamma_mmd_loss", lambda *a, **k: calls.append(1) or real(*a, **k))
+    torch.manual_seed(1)
+    p = fit_predictor(
+        residuals, ratio=None, config=config, ranking=residuals.norm(dim=1), seed=5, verbose=False
+    )
+    return len(calls), predict_logits(p, residuals)
+
+
+def test_an_epoch_takes_at_most_epoch_cells_worth_of_minibatches(monkeypatch) -> None:
+    residuals, _, _ = _residuals()  # 200 cells: 6 minibatches of 32 and one of the last 8
+    config = ScorerConfig(epochs=3, batch_size=32, warm_epochs=1, epoch_cells=None)
+    steps, _ = _fit_counting(monkeypatch, residuals, config)
+    assert steps == 3 * 7
+    steps, _ = _fit_counting(monkeypatch, residuals, replace(config, epoch_cells=70))
+    assert steps == 3 * 3  # ceil(70 / 32) minibatches per epoch
+    # a target of at most epoch_cells cells trains exactly as without the cap
+    _, capped = _fit_counting(monkeypatch, residuals, replace(config, epoch_cells=200))
+    _, free = _fit_counting(monkeypatch, residuals, config)
+    assert torch.equal(capped, free)
