@@ -102,7 +102,7 @@ class GroupExplanation:
     mean_grad: np.ndarray | None = None
     pooled_order: np.ndarray | None = None
     pooled_sign: np.ndarray | None = None
-    fusion_k: float = 10.0
+    fusion_k: float = ExplainConfig.fusion_k
 
     @property
     def nearest_order(self) -> np.ndarray:
