@@ -392,19 +392,19 @@ def classify(
 
     - ``obs[key_added]``: predicted type (categorical; ``"unassigned"`` where ``reject`` and
       the cell is called out of distribution)
-    - ``obs[f"{key_added}_confidence"]``: max p(y|x)
+    - ``obs[f"{key_added}_confidence"]``: max p(y|x) (of the ensemble, if any: docs/method.md §8.1)
     - ``obs[f"{key_added}_ood_score"]``: higher = more out of distribution; by default
-      (``ood_score="energy+softmax+knn"``) the energy ``-LSE(x)``, the negative max softmax
-      and 8x the distance to the nearest training cells, each standardised on the validation
-      cells; ``"energy"``: ``-LSE(x)`` alone (``"energy+knn"``: docs/method.md §8.1)
+      (``"energy+softmax+knn+type"``) the kept network's standardised energy ``-LSE(x)``,
+      negative max softmax and distances to the training cells and to its predicted type's
+      (docs/method.md §8.1); ``ood_score="energy"``: ``-LSE(x)`` alone
     - ``obs[f"{key_added}_ood"]``: bool OOD call, score above ``uns[key_added]["threshold"]``
       (the ``ood_quantile``, default 0.95, of the reference's validation cells' scores)
     - ``obsm[f"{key_added}_proba"]``: ``(n_obs, K)`` p(y|x), columns in ``classes`` order
     - ``uns[key_added]``: ``classes``, ``validation_accuracy``, ``validation_ece`` (with the
       fitted temperature; ``validation_ece_uncalibrated`` at temperature 1), ``ood_score``,
-      ``threshold``, ``divergences`` (epochs the divergence guard restored, the calibration
-      networks' included), ``best_epoch``, ``reject``, ``input`` (``"X"`` or the layer
-      classified), ``params``, ``version`` and ``timings``
+      ``ensemble_size``, ``threshold``, ``divergences`` (epochs the divergence guard
+      restored, the calibration networks' included), ``best_epoch``, ``reject``, ``input``
+      (``"X"`` or the layer classified), ``params``, ``version`` and ``timings``
     """
     from ._anndata.classify import corrected_layer, write_classification
     from .model import CellTypeClassifier

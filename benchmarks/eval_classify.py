@@ -7,7 +7,8 @@ of it for validation), the target the other 50 % plus every held-out cell. A syn
 (``datasets.synthetic``) plants unknown types the same way. Per run and method: AUROC of the
 OOD score (held-out vs in-distribution target cells), in-distribution accuracy and ECE,
 divergence, seconds. Methods: CLAMS (``CellTypeClassifier`` defaults), JEM without clipping
-or gating, the same network trained with cross-entropy only (max-softmax and energy scores),
+or gating, the same network trained with cross-entropy only (max-softmax and energy scores), CLAMS
+with p(y|x) from its kept network alone (no vote of the cross-fitted networks),
 logistic regression (max-softmax), kNN distance, and the label-free ``ACsleuth`` detector.
 
     python benchmarks/eval_classify.py --out benchmarks/eval_classify.csv
@@ -33,8 +34,8 @@ from sklearn.neighbors import NearestNeighbors
 
 from acsleuth import ACsleuth, CellTypeClassifier, datasets, metrics
 from acsleuth.data import prepare
-from acsleuth.stages.classify import predict_logits
 from acsleuth.stages.classify_ood import TERM_WEIGHTS
+from acsleuth.stages.classify_predict import predict_logits, summarise
 from acsleuth.train import TrainingDiverged
 
 LABEL = "cell_type"
@@ -62,10 +63,25 @@ def standardised(reference: AnnData, target: AnnData) -> tuple[np.ndarray, np.nd
     return (x - mean) / std, (y - mean) / std
 
 
+def ece_floor(confidence: np.ndarray, draws: int = 200, seed: int = 0) -> float:
+    """The mean ECE of a perfectly calibrated classifier with these confidences on as many
+    cells (each right with probability its confidence): what the binned estimate reads from
+    sampling noise alone."""
+    rng = np.random.default_rng(seed)
+    return float(
+        np.mean(
+            [
+                metrics.ece(rng.random(confidence.size) < confidence, confidence)
+                for _ in range(draws)
+            ]
+        )
+    )
+
+
 def quality(
     target: AnnData, predicted: np.ndarray, confidence: np.ndarray, ood: np.ndarray
 ) -> dict:
-    """AUROC of ``ood`` (higher = OOD) and in-distribution accuracy / ECE."""
+    """AUROC of ``ood`` (higher = OOD) and in-distribution accuracy, ECE and its floor."""
     unknown = target.obs["is_anomaly"].to_numpy()
     truth = target.obs[LABEL].astype(str).to_numpy()
     correct = (np.asarray(predicted, dtype=str) == truth)[~unknown]
@@ -73,6 +89,7 @@ def quality(
         "auroc": metrics.auroc(unknown, ood),
         "accuracy": float(correct.mean()),
         "ece": metrics.ece(correct, confidence[~unknown]),
+        "ece_floor": ece_floor(confidence[~unknown]),
     }
 
 
@@ -98,14 +115,18 @@ def run_classifier(
     if model.index_ is not None:
         scores[model.config.ood_score] = result.ood_score
         genes = prepare(target, genes=model.genes_, name="target")
-        _, distance = predict_logits(
+        kept = predict_logits(
             model.network_, genes, batch_size=4096, device=model.device, index=model.index_
         )
-        scores["kNN term only"] = distance
+        kept_confidence = summarise(kept.logits, model.temperature_)[1]  # the OOD score's
+        scores["kNN term only"] = kept.distance
+        scores["type distance only"] = kept.type_distance
         for other, weights in TERM_WEIGHTS.items():  # the other index-based scores, same network
             if other != model.config.ood_score:
                 index = replace(model.index_, weights=weights)
-                scores[other] = index.score(result.energy, result.confidence, distance)
+                scores[other] = index.score(
+                    result.energy, kept_confidence, kept.distance, kept.type_distance
+                )
     return [
         {
             "method": f"{name} {score}",
@@ -157,6 +178,7 @@ def run_baselines(reference: AnnData, target: AnnData, seed: int, skip: set[str]
 
 METHODS: dict[str, dict] = {
     "CLAMS": {},
+    "CLAMS, kept network alone": {"ensemble": False},  # p(y|x) without the cross-fitted vote
     "JEM (no clipping, no gating)": {"clip": "none", "p_on": 1.0},
     "CE only": {"generative": False},
 }
@@ -200,6 +222,7 @@ def summary(frame: pd.DataFrame) -> pd.DataFrame:
         auroc=("auroc", "mean"),
         accuracy=("accuracy", "mean"),
         ece=("ece", "mean"),
+        ece_floor=("ece_floor", "mean"),
         ece_uncalibrated=("ece_uncalibrated", "mean"),
         seconds=("seconds", "mean"),
         cpu_seconds=("cpu_seconds", "mean"),

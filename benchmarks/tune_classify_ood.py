@@ -2,7 +2,7 @@
 splits of pbmc68k_reduced (split as in eval_classify.py), one classifier per split.
 
     python benchmarks/tune_classify_ood.py                       # CLAMS defaults, seeds 0 1
-    python benchmarks/tune_classify_ood.py --seeds 0 1 3 4 5     # energy+softmax+knn's choice
+    python benchmarks/tune_classify_ood.py --seeds 0 1 3 4 5     # the choice of the weights
     python benchmarks/tune_classify_ood.py --set generative=False  # the CE-only network
 
 Development splits: held-out types 0 T Reg, 2 CD4+ Memory, 4 CD8+ naive cytotoxic,
@@ -10,7 +10,9 @@ Development splits: held-out types 0 T Reg, 2 CD4+ Memory, 4 CD8+ naive cytotoxi
 score is oriented higher = more OOD; "z(a) + w z(b)" standardises each term with the
 validation cells' mean and standard deviation (as ``OODIndex.score``). kNN: mean distance to
 the 10 nearest training cells, in all standardised genes ("genes") or in the first d
-principal components of the standardised training cells ("pcD").
+principal components of the standardised training cells ("pcD"); type distance ("typeK"):
+the mean distance in 200 components to the K nearest training cells of the predicted type, in
+units of that type's leave-one-out spread (``OODIndex.type_distances``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ K = 10
 WEIGHT_GRID = [  # around the chosen (1, 1, 8) of energy+softmax+knn (seeds 0, 1, 3, 4, 5)
     (we, ws, wd) for we in (0.0, 1.0, 2.0) for ws in (0.0, 1.0, 2.0) for wd in (2.0, 4.0, 8.0, 16.0)
 ]
+TYPE_KS = (10, 20, 30)  # the type distance's neighbours and weight beside (1, 1, 8): the
+TYPE_WEIGHTS = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0)  # energy+softmax+knn+type choice
 
 
 def candidates(model: CellTypeClassifier, reference, target, seed: int) -> dict[str, np.ndarray]:
@@ -55,8 +59,23 @@ def candidates(model: CellTypeClassifier, reference, target, seed: int) -> dict[
     terms = {"energy": energy, "max-softmax": softmax}
     terms["genes"] = [knn_distance(z, z_ref[train], K).numpy() for z in (z_tgt, z_ref[val])]
     for d in (50, 200):
-        index = fit_ood_index(z_ref[train], n_components=d, k=K, weights=(0.0, 0.0, 1.0))
+        index = fit_ood_index(z_ref[train], n_components=d, k=K, weights=(0.0, 0.0, 1.0, 0.0))
         terms[f"pc{d}"] = [index.distances(z).numpy() for z in (z_tgt, z_ref[val])]
+    for k in TYPE_KS:
+        index = fit_ood_index(
+            z_ref[train],
+            n_components=200,
+            k=K,
+            weights=(0.0, 0.0, 0.0, 1.0),
+            codes=torch.as_tensor(codes[train]),
+            n_types=len(model.classes_),
+            type_k=k,
+        )
+        with torch.inference_mode():
+            terms[f"type{k}"] = [
+                index.type_distances(z, net.logits(z).argmax(1)).numpy()
+                for z in (z_tgt, z_ref[val])
+            ]
     z = {n: (t - v.mean()) / v.std() for n, (t, v) in terms.items()}
     scores = {n: t for n, (t, _) in terms.items()}
     for combo in ("energy+pc50", "energy+pc200", "energy+genes", "genes+pc50", "energy+genes+pc50"):
@@ -67,6 +86,11 @@ def candidates(model: CellTypeClassifier, reference, target, seed: int) -> dict[
         scores[f"{we:g} z(energy) + {ws:g} z(max-softmax) + {wd:g} z(pc200)"] = (
             we * z["energy"] + ws * z["max-softmax"] + wd * z["pc200"]
         )
+    base = z["energy"] + z["max-softmax"] + 8 * z["pc200"]
+    for k in TYPE_KS:
+        scores[f"z(type{k})"] = z[f"type{k}"]
+        for wt in TYPE_WEIGHTS:
+            scores[f"1 : 1 : 8 + {wt:g} z(type{k})"] = base + wt * z[f"type{k}"]
     return scores
 
 

@@ -52,6 +52,7 @@ def test_training_is_deterministic_per_seed(reference, target, fitted) -> None:
 def test_a_saved_classifier_predicts_the_same(fitted, target, tmp_path) -> None:
     fitted.save(tmp_path / "m")
     loaded = CellTypeClassifier.load(tmp_path / "m", device="cpu")
+    assert len(loaded.members_) == len(fitted.members_) == 5  # the ensemble is saved
     assert np.array_equal(loaded.predict(target), fitted.predict(target))
     assert np.array_equal(loaded.predict_proba(target), fitted.predict_proba(target))
     assert np.array_equal(loaded.score_samples(target), fitted.score_samples(target))
@@ -62,6 +63,19 @@ def test_a_saved_classifier_predicts_the_same(fitted, target, tmp_path) -> None:
         FileNotFoundError, match=r"not a saved CellTypeClassifier: config\.json is missing"
     ):
         CellTypeClassifier.load(tmp_path / "nowhere")
+
+
+def test_a_classifier_saved_before_the_ensemble_loads_as_its_kept_network(
+    fitted, target, tmp_path
+) -> None:
+    fitted.save(tmp_path / "m")
+    (tmp_path / "m" / "members.pt").unlink()  # what saves of earlier versions hold
+    loaded = CellTypeClassifier.load(tmp_path / "m", device="cpu")
+    assert loaded.members_ == []
+    assert np.array_equal(loaded.score_samples(target), fitted.score_samples(target))
+    proba = loaded.predict_proba(target)
+    assert np.allclose(proba.sum(1), 1.0, atol=1e-5)
+    assert not np.allclose(proba, fitted.predict_proba(target), atol=1e-3)
 
 
 def test_the_input_is_not_modified(reference) -> None:

@@ -79,6 +79,7 @@ def write_classification(
         "validation_ece": model.validation_ece_,
         "validation_ece_uncalibrated": model.validation_ece_uncalibrated_,
         "ood_score": model.config.ood_score,
+        "ensemble_size": 1 + len(model.members_),
         "threshold": model.threshold_,
         "divergences": model.divergences_,
         "best_epoch": model.best_epoch_,

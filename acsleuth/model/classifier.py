@@ -21,15 +21,10 @@ from .._constants import SEED
 from .._device import resolve_device
 from .._logging import logger, stage_timer
 from ..data import DataError, ExpressionSource, highly_variable_genes, prepare, read
-from ..stages.classify import (
-    ClassifierConfig,
-    combined_score,
-    fit_classifier,
-    predict_logits,
-    reference_labels,
-    summarise,
-)
+from ..nn.ebm import EnergyClassifier
+from ..stages.classify import ClassifierConfig, fit_classifier, reference_labels
 from ..stages.classify_ood import OOD_SCORES, OODIndex
+from ..stages.classify_predict import combined_score, predict_logits, summarise
 from ..train import Checkpoint
 from ..train.checkpoint import fingerprint
 from ..train.jem import JEMConfig
@@ -38,6 +33,7 @@ from ..train.sgld import CLIPS
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.pt"
 INDEX_FILE = "ood_index.pt"  # the index-based scores' training-cell index
+MEMBERS_FILE = "members.pt"  # the ensemble's cross-fitted networks (state dicts), if any
 
 
 def make_config(**settings: Any) -> ClassifierConfig:
@@ -68,6 +64,7 @@ def _check(config: ClassifierConfig) -> None:
         ("eval_batch_size", config.eval_batch_size),
         ("buffer_size", t.buffer_size),
         ("knn_k", config.knn_k),
+        ("type_k", config.type_k),
         ("knn_components", config.knn_components),
         ("knn_cells", config.knn_cells),
     ):
@@ -104,10 +101,10 @@ class Classification:
     """One prediction pass over target cells (a row per cell)."""
 
     labels: np.ndarray  # predicted type names
-    proba: np.ndarray  # (n, K) p(y|x), columns in ``classes_`` order
+    proba: np.ndarray  # (n, K) p(y|x) (the ensemble's, see ``members_``), in ``classes_`` order
     confidence: np.ndarray  # max p(y|x)
     ood_score: np.ndarray  # the configured score (``ood_score``): higher = more OOD
-    energy: np.ndarray  # -LSE(x), CLAMS' energy: higher = more OOD
+    energy: np.ndarray  # -LSE(x) of the kept network, CLAMS' energy: higher = more OOD
     ood: np.ndarray  # ood_score > threshold_
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -139,6 +136,10 @@ class CellTypeClassifier:
         The softmax temperature of least NLL (``calibrate``; 1 without) on the validation
         cells and, while they are fewer than ``calibration_cells``, the out-of-fold logits of
         every training cell from ``calibration_folds`` networks trained on the other folds.
+    members_
+        The ``calibration_folds`` cross-fitted networks when they were trained and
+        ``ensemble`` is on: p(y|x) is then the softmax of the mean logits of the kept network
+        and these (the OOD score stays the kept network's); empty otherwise.
     index_
         The training-cell index of the index-based OOD scores (None for ``"energy"``).
     threshold_
@@ -164,6 +165,7 @@ class CellTypeClassifier:
         self.random_state = int(random_state)
         self.verbose = verbose
         self.network_ = None
+        self.members_: list[EnergyClassifier] = []
         self.classes_: list[str] | None = None
         self.genes_: list[str] | None = None
         self.threshold_ = self.validation_accuracy_ = self.validation_ece_ = float("nan")
@@ -233,6 +235,7 @@ class CellTypeClassifier:
                 checkpoint=checkpoint,
             )
         self.network_, self.classes_, self.genes_ = fitted.network, classes, genes
+        self.members_ = fitted.members
         self.threshold_, self.temperature_ = fitted.threshold, fitted.temperature
         self.index_ = fitted.index
         self.validation_ece_uncalibrated_ = fitted.validation_ece_uncalibrated
@@ -274,15 +277,17 @@ class CellTypeClassifier:
         self._require_fitted()
         timings: dict[str, float] = {}
         with stage_timer(timings, "predict"):
-            logits, distance = predict_logits(
+            predicted = predict_logits(
                 self.network_,
                 self._source(target, layer),
                 batch_size=self.config.eval_batch_size,
                 device=self.device,
                 index=self.index_,
+                members=self.members_,
             )
-            proba, confidence, energy = summarise(logits, self.temperature_)
-            score = combined_score(energy, confidence, distance, self.index_)
+            proba, confidence, _ = summarise(predicted.voted, self.temperature_)
+            _, kept_confidence, energy = summarise(predicted.logits, self.temperature_)
+            score = combined_score(energy, kept_confidence, predicted, self.index_)
         labels = np.asarray(self.classes_, dtype=object)[proba.argmax(1)]
         ood = score > self.threshold_
         return Classification(labels, proba, confidence, score, energy, ood, timings)
@@ -302,8 +307,8 @@ class CellTypeClassifier:
     def score_samples(
         self, target: AnnData | str | os.PathLike, *, layer: str | None = None
     ) -> np.ndarray:
-        """The OOD score (``ood_score``: ``"energy+softmax+knn"``, ``"energy+knn"`` or
-        ``"energy"``, ``-LSE(x)``): higher = more out of distribution."""
+        """The OOD score (``ood_score``: ``"energy+softmax+knn+type"``, ``"energy+softmax+knn"``,
+        ``"energy+knn"`` or ``"energy"``, ``-LSE(x)``): higher = more out of distribution."""
         return self.classify(target, layer=layer).ood_score
 
     # ------------------------------------------------------------------ persistence
@@ -336,6 +341,8 @@ class CellTypeClassifier:
             torch.save(self.network_.state_dict(), tmp / WEIGHTS_FILE)
             if self.index_ is not None:
                 torch.save(self.index_.state_dict(), tmp / INDEX_FILE)
+            if self.members_:
+                torch.save([m.state_dict() for m in self.members_], tmp / MEMBERS_FILE)
         return Path(path)
 
     @classmethod
@@ -364,6 +371,13 @@ class CellTypeClassifier:
             torch.load(path / WEIGHTS_FILE, map_location=model.device, weights_only=True)
         )
         model.network_.eval()
+        if (path / MEMBERS_FILE).is_file():  # absent in saves without an ensemble
+            for state in torch.load(
+                path / MEMBERS_FILE, map_location=model.device, weights_only=True
+            ):
+                member = model.config.network(len(model.genes_), len(model.classes_))
+                member.load_state_dict(state)
+                model.members_.append(member.to(model.device).eval())
         if model.config.ood_score != "energy":
             if not (path / INDEX_FILE).is_file():
                 raise FileNotFoundError(

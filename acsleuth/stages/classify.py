@@ -3,7 +3,8 @@
 The computation behind :class:`~acsleuth.CellTypeClassifier`: reading the labels, the
 stratified validation split, the per-gene standardisation, JEM training with the best
 validation checkpoint, the temperature (cross-fitted on out-of-fold training cells while the
-validation cells are few), the OOD threshold and streamed prediction.
+validation cells are few; the cross-fitted networks then also vote on p(y|x)) and the OOD
+threshold. Streamed prediction is in :mod:`.classify_predict`.
 """
 
 from __future__ import annotations
@@ -19,10 +20,11 @@ from torch import Tensor
 from .. import metrics
 from .._constants import N_NEIGHBOURS
 from ..data import ExpressionSource, MinibatchLoader
-from ..nn.ebm import EnergyClassifier, ood_score
+from ..nn.ebm import EnergyClassifier
 from ..train import Checkpoint
 from ..train.jem import JEMConfig, JEMResult, train_jem
 from .classify_ood import OODIndex, OODScore, calibrate, fit_ood_index, term_weights
+from .classify_predict import Predicted, combined_score, predict_logits, summarise
 
 MIN_CELLS_PER_TYPE = 2
 
@@ -41,11 +43,14 @@ class ClassifierConfig:
     validation_fraction: float = 0.1
     ood_quantile: float = 0.95  # the OOD threshold: this quantile of the validation cells' scores
     # the OOD score: "energy" (CLAMS' -LSE) or, deliberate deviations (docs/method.md §8.1),
-    # "energy+knn" (+ the distance to the training cells in knn_components PCs) and
-    # "energy+softmax+knn" (+ the negative max softmax too), the terms weighted as in
-    # classify_ood.TERM_WEIGHTS (chosen on the development types of benchmarks/RESULTS.md)
-    ood_score: OODScore = "energy+softmax+knn"
+    # "energy+knn" (+ the distance to the training cells in knn_components PCs),
+    # "energy+softmax+knn" (+ the negative max softmax too) and "energy+softmax+knn+type"
+    # (+ the distance to the predicted type's cells in units of its spread), the terms
+    # weighted as in classify_ood.TERM_WEIGHTS (chosen on the development types of
+    # benchmarks/RESULTS.md)
+    ood_score: OODScore = "energy+softmax+knn+type"
     knn_k: int = N_NEIGHBOURS
+    type_k: int = 20  # neighbours of the type distance (chosen with its weight, RESULTS.md)
     knn_components: int = 200
     knn_weight: float | None = None  # the distance's weight; None: the score's own
     knn_cells: int = 20_000  # training cells indexed (a seeded sample of a larger reference)
@@ -55,6 +60,10 @@ class ClassifierConfig:
     # trained on the other folds (docs/method.md §8.1: ~30 validation cells fix it loosely)
     calibration_folds: int = 5
     calibration_cells: int = 1000
+    # while cross-fitted, p(y|x) is the softmax of the mean logits of the kept and the
+    # cross-fitted networks (they are trained anyway; their mean calibrates better); the OOD
+    # score stays the kept network's, on whose terms its weights were chosen
+    ensemble: bool = True
     eval_batch_size: int = 4096
     training: JEMConfig = field(default_factory=JEMConfig)
 
@@ -82,25 +91,26 @@ class Fitted:
     temperature: float
     index: OODIndex | None  # the index-based scores'; None for "energy"
     calibration_divergences: int  # epochs the guard restored in the cross-fitted networks
+    members: list[EnergyClassifier]  # the cross-fitted networks p(y|x) averages (ensemble)
 
 
 @dataclass
 class CrossFit:
-    """Out-of-fold logits of training cells, for the temperature."""
+    """Out-of-fold logits of training cells, for the temperature, and the networks."""
 
     logits: np.ndarray
     truth: np.ndarray
     divergences: int
+    networks: list[EnergyClassifier]
 
 
 @dataclass
 class Validation:
-    """The kept network's logits (and kNN distances) of the validation cells, their labels,
-    and the out-of-fold logits of the training cells when cross-fitted."""
+    """The validation cells' predictions (the kept network's and the ensemble's), their
+    labels, and the out-of-fold logits of the training cells when cross-fitted."""
 
-    logits: np.ndarray
+    predicted: Predicted
     truth: np.ndarray
-    distance: np.ndarray | None
     cross_fit: CrossFit | None
 
 
@@ -184,55 +194,11 @@ def gene_moments(
     return torch.as_tensor(mean, dtype=torch.float32), torch.as_tensor(std, dtype=torch.float32)
 
 
-def predict_logits(
-    network: EnergyClassifier,
-    source: ExpressionSource,
-    *,
-    batch_size: int,
-    device: torch.device,
-    rows: np.ndarray | None = None,
-    index: OODIndex | None = None,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(n, K)`` float32 logits and, with an ``index``, ``(n,)`` distances to the training
-    cells, streamed batch by batch (memory O(batch) besides the outputs)."""
-    loader = MinibatchLoader(
-        source, batch_size=batch_size, device=device, resident_bytes=0, rows=rows
-    )
-    out = np.empty((loader.rows.size, network.body[-1].out_features), dtype=np.float32)
-    distance = None if index is None else np.empty(loader.rows.size, dtype=np.float32)
-    start = 0
-    network.eval()
-    with torch.inference_mode():
-        for _, x in loader:
-            z = network.standardise(x)
-            out[start : start + x.shape[0]] = network.logits(z).float().cpu().numpy()
-            if distance is not None:
-                distance[start : start + x.shape[0]] = index.distances(z).cpu().numpy()
-            start += x.shape[0]
-    return out, distance
-
-
-def summarise(
-    logits: np.ndarray, temperature: float = 1.0
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(proba, confidence, energy)``: ``softmax(f / temperature)``, its max, and ``-LSE(f)``
-    (higher = more OOD; the temperature only calibrates p(y|x))."""
-    t = torch.from_numpy(logits)
-    proba = torch.softmax(t / temperature, dim=1)
-    return proba.numpy(), proba.max(1).values.numpy(), ood_score(t).numpy()
-
-
-def combined_score(
-    energy: np.ndarray, confidence: np.ndarray, distance: np.ndarray | None, index: OODIndex | None
-) -> np.ndarray:
-    """The configured OOD score: the energy alone (no ``index``) or the index's weighted sum
-    of the standardised energy, negative max softmax ``confidence`` and distance."""
-    return energy if index is None else index.score(energy, confidence, distance)
-
-
 def index_training_cells(
     network: EnergyClassifier,
     source: ExpressionSource,
+    codes: np.ndarray,
+    n_classes: int,
     train_rows: np.ndarray,
     config: ClassifierConfig,
     *,
@@ -240,7 +206,7 @@ def index_training_cells(
     device: torch.device,
 ) -> OODIndex:
     """The OOD index of (at most ``knn_cells``, a seeded sample of) the training cells,
-    standardised as the network sees them."""
+    standardised as the network sees them, with their types ``codes[rows]``."""
     rng = np.random.default_rng(seed)
     rows = train_rows
     if rows.size > config.knn_cells:
@@ -255,6 +221,9 @@ def index_training_cells(
         n_components=config.knn_components,
         k=config.knn_k,
         weights=term_weights(config.ood_score, config.knn_weight),
+        codes=torch.as_tensor(codes[rows], device=z.device),
+        n_types=n_classes,
+        type_k=config.type_k,
     )
 
 
@@ -274,7 +243,7 @@ def out_of_fold_logits(
     folds = stratified_folds(codes[train_rows], config.calibration_folds, seed)
     training = replace(config.training, epochs=epochs)
     logits = np.full((train_rows.size, n_classes), np.nan, dtype=np.float32)
-    divergences = 0
+    divergences, networks = 0, []
     for fold in range(config.calibration_folds):
         held = folds == fold
         if not held.any() or held.all():  # no cell to score, or none to train on
@@ -291,10 +260,11 @@ def out_of_fold_logits(
         )
         logits[held] = predict_logits(
             network, source, batch_size=config.eval_batch_size, device=device, rows=train_rows[held]
-        )[0]
+        ).logits
         divergences += result.divergences
+        networks.append(network)
     scored = ~np.isnan(logits).any(1)
-    return CrossFit(logits[scored], codes[train_rows][scored], divergences)
+    return CrossFit(logits[scored], codes[train_rows][scored], divergences, networks)
 
 
 TEMPERATURES = np.exp(np.linspace(np.log(0.1), np.log(10.0), 93))
@@ -346,7 +316,7 @@ def train_network(
                 batch_size=config.eval_batch_size,
                 device=device,
                 rows=validation_rows,
-            )[0]
+            ).logits
             logits = torch.from_numpy(logits)
             accuracy = float((logits.argmax(1) == truth).float().mean())
             return accuracy, -float(torch.nn.functional.cross_entropy(logits, truth))
@@ -422,17 +392,21 @@ def fit_classifier(
         )
     index = None
     if config.ood_score != "energy":
-        index = index_training_cells(network, source, train_rows, config, seed=seed, device=device)
-    logits, distance = predict_logits(
+        index = index_training_cells(
+            network, source, codes, n_classes, train_rows, config, seed=seed, device=device
+        )
+    members = cross_fit.networks if config.ensemble and cross_fit is not None else []
+    predicted = predict_logits(
         network,
         source,
         batch_size=config.eval_batch_size,
         device=device,
         rows=val_rows,
         index=index,
+        members=members,
     )
-    validation = Validation(logits, codes[val_rows], distance, cross_fit)
-    return _validated(network, result, validation, index, config)
+    validation = Validation(predicted, codes[val_rows], cross_fit)
+    return _validated(network, result, validation, index, members, config)
 
 
 def _validated(
@@ -440,12 +414,13 @@ def _validated(
     result: JEMResult,
     validation: Validation,
     index: OODIndex | None,
+    members: list[EnergyClassifier],
     config: ClassifierConfig,
 ) -> Fitted:
-    """What the validation cells say: the temperature (with the out-of-fold training cells
-    when cross-fitted), accuracy and ECE (before and after it), the index's moments and the OOD
-    threshold."""
-    logits, truth, cross_fit = validation.logits, validation.truth, validation.cross_fit
+    """What the validation cells say: the temperature (the kept network's, with the
+    out-of-fold training cells when cross-fitted), the accuracy and ECE of p(y|x) (before and
+    after it), the index's moments and the OOD threshold (both the kept network's)."""
+    logits, truth, cross_fit = validation.predicted.logits, validation.truth, validation.cross_fit
     temperature = 1.0
     if config.calibrate:
         pooled = (
@@ -457,12 +432,14 @@ def _validated(
             )
         )
         temperature = fit_temperature(*pooled)
-    proba, confidence, energy = summarise(logits, temperature)
-    _, raw_confidence, _ = summarise(logits)
+    proba, confidence, _ = summarise(validation.predicted.voted, temperature)
+    _, raw_confidence, _ = summarise(validation.predicted.voted)
     correct = proba.argmax(1) == truth
+    _, kept_confidence, energy = summarise(logits, temperature)
+    predicted = validation.predicted
     if index is not None:
-        calibrate(index, energy, confidence, validation.distance)
-    score = combined_score(energy, confidence, validation.distance, index)
+        calibrate(index, energy, kept_confidence, predicted.distance, predicted.type_distance)
+    score = combined_score(energy, kept_confidence, predicted, index)
     return Fitted(
         network,
         result,
@@ -473,4 +450,5 @@ def _validated(
         temperature,
         index,
         0 if cross_fit is None else cross_fit.divergences,
+        members,
     )

@@ -91,7 +91,11 @@ def test_enough_validation_cells_or_no_folds_fit_the_temperature_on_them_alone(
 def test_prediction_streams_batches_and_matches_one_pass(monkeypatch) -> None:
     source = prepare(toy(n_per_type=40, seed=0), name="target")
     torch.manual_seed(0)
-    net = EnergyClassifier(source.n_genes, 3, widths=(8,), blocks=(1,)).eval()
+    net, *members = [
+        EnergyClassifier(source.n_genes, 3, widths=(8,), blocks=(1,)) for _ in range(3)
+    ]
+    for m in members:  # each member standardises with its own moments
+        m.set_standardisation(torch.rand(source.n_genes), 1.0 + torch.rand(source.n_genes))
     sizes: list[int] = []
     rows = source.rows
 
@@ -101,12 +105,44 @@ def test_prediction_streams_batches_and_matches_one_pass(monkeypatch) -> None:
         return out
 
     monkeypatch.setattr(source, "rows", counted)
-    logits, distance = predict_logits(net, source, batch_size=16, device=torch.device("cpu"))
+    alone = predict_logits(net, source, batch_size=16, device=torch.device("cpu"))
     assert max(sizes) == 16 and sum(sizes) == 120  # never more than a batch in memory
-    assert distance is None  # no index: the energy alone
+    assert alone.distance is None  # no index: the energy alone
+    assert alone.voted is alone.logits  # no members: the kept network's own logits
+    sizes.clear()
+    voted = predict_logits(net, source, batch_size=16, device=torch.device("cpu"), members=members)
+    assert sum(sizes) == 120  # the members ride the same single pass
     with torch.no_grad():
-        expected = net(torch.from_numpy(rows(slice(None)))).numpy()
-    np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-6)
+        x = torch.from_numpy(rows(slice(None)))
+        each = [n.eval()(x).numpy() for n in (net, *members)]
+    np.testing.assert_allclose(alone.logits, each[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(voted.logits, alone.logits)
+    np.testing.assert_allclose(voted.voted, np.mean(each, axis=0), rtol=1e-5, atol=1e-6)
+    assert not np.allclose(voted.voted, alone.logits, atol=1e-3)
+
+
+def test_the_cross_fitted_networks_vote_on_p_y_but_not_on_the_ood_score() -> None:
+    reference, target = toy(n_per_type=20), toy(n_per_type=15, types=(0, 1, 2, 3), seed=1)
+    voting = CellTypeClassifier(random_state=0, **FAST).fit(reference, label_key="cell_type")
+    alone = CellTypeClassifier(random_state=0, ensemble=False, **FAST).fit(
+        reference, label_key="cell_type"
+    )
+    assert len(voting.members_) == 5 and alone.members_ == []
+    both, one = voting.classify(target), alone.classify(target)
+    np.testing.assert_array_equal(both.ood_score, one.ood_score)  # the same kept network
+    np.testing.assert_array_equal(both.energy, one.energy)
+    assert voting.temperature_ == alone.temperature_ and voting.threshold_ == alone.threshold_
+    source = prepare(target, genes=voting.genes_, name="target")
+    with torch.no_grad():
+        x = torch.from_numpy(source.rows(slice(None)))
+        logits = [n.eval()(x) for n in (voting.network_, *voting.members_)]
+    by_hand = torch.softmax(torch.stack(logits).mean(0) / voting.temperature_, 1).numpy()
+    np.testing.assert_allclose(both.proba, by_hand, rtol=1e-4, atol=1e-6)
+    kept = torch.softmax(logits[0] / alone.temperature_, 1).numpy()
+    np.testing.assert_allclose(one.proba, kept, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(both.proba, one.proba, atol=1e-3)
+    without_folds = CellTypeClassifier(random_state=0, calibration_folds=0, **FAST)
+    assert without_folds.fit(reference, label_key="cell_type").members_ == []
 
 
 def test_the_temperature_calibrates_probabilities_but_not_the_ood_score() -> None:
