@@ -145,12 +145,13 @@ def ood_scores(
     show: bool | None = None,
     return_fig: bool = False,
 ) -> Figure | Axes | None:
-    """OOD scores (``-LSE``) of :func:`acsleuth.tl.classify`, a box per predicted type, with the
-    threshold of the OOD call; higher = more out of distribution."""
-    labels, values, threshold = read_scores(adata, key)
+    """OOD scores of :func:`acsleuth.tl.classify` (the score it was run with, named on the
+    axis), a box per predicted type, with the threshold of the OOD call; higher = more out of
+    distribution."""
+    labels, values, threshold, name = read_scores(adata, key)
     groups = [str(g) for g in labels.astype("category").cat.categories]
     data = [values[(labels.astype(str) == g).to_numpy()] for g in groups]
-    fig, ax, own = new_axes(ax, (max(4.0, 0.6 * len(groups) + 2), 3.5))
+    fig, ax, own = new_axes(ax, (max(4.0, 0.6 * len(groups) + 2), 4.5))
     ax.boxplot(data, showfliers=True)
     ax.set_xticks(
         range(1, len(groups) + 1),
@@ -162,7 +163,8 @@ def ood_scores(
     if threshold is not None and np.isfinite(threshold):
         ax.axhline(threshold, color="k", linestyle="--", linewidth=1, label="OOD threshold")
         ax.legend(fontsize="small")
-    ax.set_ylabel("OOD score (-LSE)")
+    ax.set_ylabel("OOD score")
+    ax.set_title(f"{name} (higher: more out of distribution)", fontsize="small")
     ax.set_xlabel("predicted type")
     return finish(fig, ax, own=own, show=show, return_fig=return_fig)
 

@@ -84,6 +84,7 @@ def test_the_ood_plot_draws_a_box_per_predicted_type_and_the_threshold(model) ->
     ax = fig.axes[0]
     assert len(ax.get_xticklabels()) == 3
     assert any(np.allclose(line.get_ydata(), target.uns[KEY]["threshold"]) for line in ax.lines)
+    assert "energy+softmax+knn+type" in ax.get_title()  # the score it was run with
 
 
 @pytest.fixture

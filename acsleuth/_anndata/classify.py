@@ -93,13 +93,16 @@ def write_classification(
     }
 
 
-def read_scores(adata: AnnData, key_added: str) -> tuple[pd.Series, np.ndarray, float | None]:
-    """``(predicted type, OOD score, threshold)`` written under ``key_added``, for plots."""
+def read_scores(adata: AnnData, key_added: str) -> tuple[pd.Series, np.ndarray, float | None, str]:
+    """``(predicted type, OOD score, threshold, the score's name)`` written under
+    ``key_added``, for plots."""
     k = keys(key_added)
     if k["ood_score"] not in adata.obs:
         raise KeyError(
             f"obs[{k['ood_score']!r}] is missing; run acsleuth.tl.classify(adata, reference, "
             f"label_key=..., key_added={key_added!r}) first"
         )
-    threshold = adata.uns.get(k["uns"], {}).get("threshold")
-    return adata.obs[k["label"]], adata.obs[k["ood_score"]].to_numpy(float), threshold
+    record = adata.uns.get(k["uns"], {})
+    values = adata.obs[k["ood_score"]].to_numpy(float)
+    name = str(record.get("ood_score", "OOD score"))
+    return adata.obs[k["label"]], values, record.get("threshold"), name
