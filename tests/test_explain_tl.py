@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import matplotlib
 import numpy as np
 import pandas as pd
@@ -129,7 +131,9 @@ def test_explain_subtypes_uses_desc_centroids_and_lands_in_the_report() -> None:
     with pytest.raises(KeyError, match="subtype_anomalies"):
         acsleuth.tl.explain_subtypes(target, model)
     model.run(reference, target, n_subtypes=2, correct=False)
-    acsleuth.tl.explain_subtypes(target, model, config=FAST, n_genes=6)
+    with warnings.catch_warnings():  # e.g. anndata's "Transforming to str index" reached users
+        warnings.simplefilter("error")
+        acsleuth.tl.explain_subtypes(target, model, config=FAST, n_genes=6)
     uns = target.uns["acsleuth_explain"]
     assert uns["params"]["head"] == "student_t" and uns["params"]["embedding_r2"] > 0.999
     assert uns["params"]["groupby"] == "acsleuth_subtype"

@@ -316,7 +316,10 @@ def explain_subtypes_into(
         x = np.asarray(corrected[rows], dtype=np.float32)
     cells = AnnData(
         X=x,
-        obs=pd.DataFrame({k.subtype: adata.obs[k.subtype].iloc[rows].astype(str).to_numpy()}),
+        obs=pd.DataFrame(  # the cells' own names: a string index, as AnnData wants
+            {k.subtype: adata.obs[k.subtype].iloc[rows].astype(str).to_numpy()},
+            index=adata.obs_names[rows].astype(str),
+        ),
         obsm={k.subtype_embedding: np.asarray(adata.obsm[k.subtype_embedding])[rows]},
     )
     cells.obs[k.subtype] = cells.obs[k.subtype].astype("category")
