@@ -482,7 +482,7 @@ def annotate(
     - ``obs[key_added]``: reference type name for seen cells, ``"novel_1"``, ``"novel_2"``, …
       (by decreasing size) for cells of new types
     - ``obs[f"{key_added}_novel"]``: bool, the cell's type is not in the reference
-    - ``obs[f"{key_added}_confidence"]``: the largest class probability
+    - ``obs[f"{key_added}_confidence"]``: the probability of the label given
     - ``obsm[f"X_{key_added}"]``: the 128-d embedding (of the ensemble's first network)
     - ``obsm[f"{key_added}_proba"]``: class probabilities, the mean over the ensemble's networks
       (columns: ``uns[key_added]["classes"]``)

@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -76,7 +77,8 @@ def test_outputs_are_consistent(data, fitted) -> None:
     out = fitted.predict(tgt)
     assert out.proba.shape == (tgt.n_obs, 5) and out.features.shape == (tgt.n_obs, 128)
     np.testing.assert_allclose(out.proba.sum(1), 1.0, rtol=1e-5)
-    np.testing.assert_allclose(out.confidence, out.proba.max(1))
+    codes = pd.Categorical(out.label, categories=fitted.classes).codes
+    np.testing.assert_allclose(out.confidence, out.proba[np.arange(tgt.n_obs), codes])
     seen = {"type_0", "type_1", "type_2"}
     assert set(fitted.classes[:3]) == seen
     assert set(fitted.classes[3:]) == {"novel_1", "novel_2"}
@@ -99,7 +101,8 @@ def test_prediction_averages_the_members_with_aligned_novel_slots(data, fitted) 
     np.testing.assert_array_equal(fitted.slot_orders[1][:3], np.arange(3))
     assert sorted(fitted.slot_orders[1][3:]) == [3, 4]
     expected = (members[0].proba + members[1].proba[:, fitted.slot_orders[1]]) / 2
-    np.testing.assert_allclose(out.proba, expected, rtol=1e-6, atol=1e-7)
+    novel = expected.argmax(1) >= 3  # the cells scDET calls novel keep the averaged values
+    np.testing.assert_allclose(out.proba[novel], expected[novel], rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(out.features, members[0].features)  # the first member's
     assert not np.array_equal(members[0].proba, members[1].proba)  # two different networks
 
@@ -116,7 +119,7 @@ def test_save_load_round_trip(tmp_path, data, fitted) -> None:
 
 def test_a_model_saved_before_ensembles_loads_as_one_member(tmp_path, data) -> None:
     ref, tgt = data
-    single = replace(TINY, members=1)
+    single = replace(TINY, members=1, seen_labels="scdet")  # no seen labeller then either
     model = OpenWorldAnnotator(5, config=single, seed=0).fit(ref, tgt, label_key="cell_type")
     # the former layout: one state dict, priors a list of estimates, no members or slot orders
     folder = tmp_path / "old"
@@ -126,8 +129,40 @@ def test_a_model_saved_before_ensembles_loads_as_one_member(tmp_path, data) -> N
     meta = json.loads((tmp_path / "new" / META_FILE).read_text())
     meta["priors"], meta["history"] = meta["priors"][0], meta["history"][0]
     del meta["slot_orders"], meta["config"]["members"]
+    del meta["config"]["seen_labels"], meta["config"]["seen_labeller_cells"]
     (folder / META_FILE).write_text(json.dumps(meta))
     loaded = OpenWorldAnnotator.load(folder)
     assert loaded.config == single and len(loaded.nets) == 1
     np.testing.assert_array_equal(loaded.priors[0], model.priors[0])
     np.testing.assert_array_equal(loaded.predict(tgt).proba, model.predict(tgt).proba)
+
+
+def test_seen_cells_are_named_by_the_linear_labeller_and_novel_ones_kept(data) -> None:
+    ref, tgt = data
+    longer = replace(TINY, epochs=6)  # 3 epochs call every target cell novel
+    fitted = OpenWorldAnnotator(5, config=longer, seed=0).fit(ref, tgt, label_key="cell_type")
+    out = fitted.predict(tgt)
+    loader = fitted._loader(prepare(tgt, genes=fitted.genes, name="target"), train=False, seed=0)
+    members = [stage.predict(net, loader, TINY.student_temperature) for net in fitted.nets]
+    scdet = stage.average_members(members, fitted.slot_orders)
+    linear = fitted.seen_labeller.proba(loader)
+    called_seen = scdet.label < 3
+    assert 0 < called_seen.sum() < tgt.n_obs
+    names = np.asarray(out.label, dtype=str)
+    np.testing.assert_array_equal(
+        names[called_seen], np.asarray(fitted.seen, dtype=str)[linear[called_seen].argmax(1)]
+    )
+    np.testing.assert_array_equal(
+        names[~called_seen], np.asarray(fitted.classes, dtype=str)[scdet.label[~called_seen]]
+    )
+    mass = scdet.proba[called_seen, :3].sum(1, keepdims=True)
+    np.testing.assert_allclose(out.proba[called_seen, :3], mass * linear[called_seen], rtol=1e-5)
+    # the seed's rule by name: the averaged networks' argmax
+    by_proto = OpenWorldAnnotator(5, config=replace(longer, seen_labels="scdet"), seed=0)
+    proto = by_proto.fit(*data, label_key="cell_type").predict(tgt)
+    assert by_proto.seen_labeller is None and not np.array_equal(proto.label, out.label)
+    np.testing.assert_array_equal(
+        proto.proba.argmax(1), pd.Categorical(proto.label, categories=by_proto.classes).codes
+    )
+    with pytest.raises(ValueError, match=r"seen_labels must be one of \('linear', 'scdet'\)"):
+        OpenWorldAnnotator(5, config=replace(TINY, seen_labels="knn"))

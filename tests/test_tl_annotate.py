@@ -130,3 +130,16 @@ def test_cli_members_sets_the_number_of_networks(data, tmp_path, capsys) -> None
     err = capsys.readouterr().err
     assert "--members" in err and "expected a number >= 1, got 0" in err
     assert not (tmp_path / "zero.h5ad").exists()
+
+
+def test_cli_seen_labels_picks_who_names_the_seen_cells(data, tmp_path) -> None:
+    import anndata
+
+    argv = _cli_argv(data, tmp_path)
+    for rule in ("scdet", "linear"):
+        assert main([*argv, "--seen-labels", rule, "--out", str(tmp_path / f"{rule}.h5ad")]) == 0
+        uns = anndata.read_h5ad(tmp_path / f"{rule}.h5ad").uns["acsleuth_annot"]
+        assert uns["params"]["seen_labels"] == rule
+    with pytest.raises(SystemExit):
+        main([*argv, "--seen-labels", "knn", "--out", str(tmp_path / "knn.h5ad")])
+    assert not (tmp_path / "knn.h5ad").exists()

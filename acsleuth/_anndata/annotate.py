@@ -4,7 +4,8 @@ Every key is built from ``key_added`` (default ``"acsleuth_annot"``) by :func:`k
 
 - ``obs[key_added]``: a reference type name for seen cells, ``"novel_1"``, ``"novel_2"``, ...
   (by decreasing size) for cells of new types (categorical)
-- ``obs[f"{key_added}_novel"]`` (bool) and ``obs[f"{key_added}_confidence"]`` (max probability)
+- ``obs[f"{key_added}_novel"]`` (bool) and ``obs[f"{key_added}_confidence"]`` (the label's
+  probability)
 - ``obsm[f"X_{key_added}"]``: the 128-d embedding (of the ensemble's first network);
   ``obsm[f"{key_added}_proba"]``: class probabilities (the mean over the networks), columns in
   the order of ``uns[key_added]["classes"]``

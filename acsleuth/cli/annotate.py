@@ -52,6 +52,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="networks trained and averaged (default: the model's, OpenWorldConfig.members)",
     )
     parser.add_argument(
+        "--seen-labels",
+        choices=["linear", "scdet"],
+        help="who names the type of a cell called seen: a logistic regression of the reference "
+        "(linear, the default) or the prototype head (scdet, the seed's rule)",
+    )
+    parser.add_argument(
         "--checkpoint-dir",
         help="write the training state here at the end and on Ctrl-C (off by default; "
         "deleted once --out is written)",
@@ -116,7 +122,7 @@ def annotate_command(args: argparse.Namespace) -> int:
     if args.model_out is not None:
         check_output_folder(args.model_out, inputs, option="--model-out", overwrite=args.overwrite)
     checkpoint = _checkpoint(args, inputs, out)
-    given = {"epochs": args.epochs, "members": args.members}
+    given = {"epochs": args.epochs, "members": args.members, "seen_labels": args.seen_labels}
     config = replace(OpenWorldConfig(), **{k: v for k, v in given.items() if v is not None})
     reference, annotated = (
         read(args.reference),

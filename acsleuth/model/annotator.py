@@ -20,12 +20,15 @@ from ..data import DataError, MinibatchLoader, highly_variable_genes, prepare
 from ..data.source import ExpressionSource
 from ..nn.annotator import AnnotatorNet
 from ..stages import annotate as stage
+from ..stages.annotate_seen import SeenLabeller, fit_seen_labeller, relabel_seen
 from ..train import Checkpoint
 from ..train.checkpoint import Stateful, fingerprint
 from ..train.contrastive import OpenWorldConfig, PriorHistory, train_open_world
 
 MODEL_FILE = "annotator.pt"
 META_FILE = "annotator.json"
+LABELLER_FILE = "seen_labeller.pt"  # with seen_labels="linear"
+SEEN_LABELS = ("linear", "scdet")
 MEMBER_SEED_STEP = 100  # ensemble member i trains with seed + 100 i
 
 
@@ -113,10 +116,15 @@ class OpenWorldAnnotator:
             raise ValueError(
                 f"config.members={self.config.members}: train at least one network (members >= 1)"
             )
+        if self.config.seen_labels not in SEEN_LABELS:
+            raise ValueError(
+                f"config.seen_labels must be one of {SEEN_LABELS}, got {self.config.seen_labels!r}"
+            )
         self.seed = int(seed)
         self.device = torch.device(device)
         self.verbose = verbose
         self.nets: list[AnnotatorNet] = []
+        self.seen_labeller: SeenLabeller | None = None  # with seen_labels="linear"
         self.slot_orders: list[np.ndarray] = []  # member's columns in the first member's order
         self.genes: list[str] = []
         self.seen: list[str] = []
@@ -192,10 +200,25 @@ class OpenWorldAnnotator:
         self.slot_orders = [np.arange(self.n_types_)] + [
             stage.align_novel_slots(preds[0].proba, p.proba, len(self.seen)) for p in preds[1:]
         ]
-        pred = stage.average_members(preds, self.slot_orders)
+        if self.config.seen_labels == "linear":
+            self.seen_labeller = fit_seen_labeller(
+                ref_src,
+                codes,
+                len(self.seen),
+                max_cells=self.config.seen_labeller_cells,
+                seed=self.seed,
+                device=self.device,
+            )
+        pred = self._labelled(stage.average_members(preds, self.slot_orders), tgt_eval)
         self.classes = stage.class_names(self.seen, pred.label, self.n_types_)
         self.timings["fit"] = time.perf_counter() - start
         return self
+
+    def _labelled(self, pred: stage.Predictions, loader: MinibatchLoader) -> stage.Predictions:
+        """``pred`` with its seen-called cells named by the seen labeller, if there is one."""
+        if self.seen_labeller is None:
+            return pred
+        return relabel_seen(pred, self.seen_labeller.proba(loader))
 
     def _fit_member(
         self,
@@ -259,8 +282,11 @@ class OpenWorldAnnotator:
         source = prepare(target, genes=self.genes, name="target")
         loader = self._loader(source, train=False, seed=self.seed)
         tau = self.config.student_temperature
-        pred = stage.average_members(
-            [stage.predict(net, loader, tau) for net in self.nets], self.slot_orders
+        pred = self._labelled(
+            stage.average_members(
+                [stage.predict(net, loader, tau) for net in self.nets], self.slot_orders
+            ),
+            loader,
         )
         names = np.asarray(self.classes, dtype=object)[pred.label]
         order = self.seen + sorted(set(self.classes) - set(self.seen), key=lambda s: int(s[6:]))
@@ -268,7 +294,7 @@ class OpenWorldAnnotator:
         return Annotation(
             label=pd.Categorical(names, categories=order),
             novel=pred.label >= len(self.seen),
-            confidence=pred.proba.max(1),
+            confidence=np.take_along_axis(pred.proba, pred.label[:, None], 1)[:, 0],
             proba=pred.proba,
             features=pred.features,
             classes=list(self.classes),
@@ -288,6 +314,8 @@ class OpenWorldAnnotator:
         path = Path(folder)
         path.mkdir(parents=True, exist_ok=True)
         torch.save([net.state_dict() for net in self.nets], path / MODEL_FILE)
+        if self.seen_labeller is not None:
+            torch.save(self.seen_labeller.state_dict(), path / LABELLER_FILE)
         meta = {
             "n_types": self.n_types,
             "n_types_": self.n_types_,
@@ -319,6 +347,8 @@ class OpenWorldAnnotator:
             meta["config"]["members"] = 1
         config = meta["config"]
         config["teacher_temperature"] = tuple(config["teacher_temperature"])
+        if not (path / LABELLER_FILE).is_file():  # saved before the labeller, or "scdet"
+            config["seen_labels"] = "scdet"
         model = cls(
             meta["n_types"], config=OpenWorldConfig(**config), seed=meta["seed"], device=device
         )
@@ -331,4 +361,7 @@ class OpenWorldAnnotator:
             net = AnnotatorNet(len(model.genes), model.n_types_).to(model.device)
             net.load_state_dict(state)
             model.nets.append(net.eval())
+        if config["seen_labels"] == "linear":
+            state = torch.load(path / LABELLER_FILE, map_location=device, weights_only=True)
+            model.seen_labeller = SeenLabeller.from_state_dict(state)
         return model
