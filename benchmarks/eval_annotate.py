@@ -5,8 +5,8 @@ of every seen type, the target the rest plus every novel cell) and seed, runs
 - ``scdet``: :class:`acsleuth.OpenWorldAnnotator` with the defaults (two networks averaged);
 - ``no_reg``: the same without L_reg; ``hard``: one-hot pseudo-labels in the contrastive loss;
   ``one_net``: the defaults with one network (``members=1``, the method before the ensemble);
-  ``proto_labels``: the defaults with the prototype head naming the seen-called cells
-  (``seen_labels="scdet"``, the seed's rule and the method before the linear labeller);
+  ``linear_labels``: the defaults with a logistic regression of the reference naming the
+  cells scDET calls seen (``seen_labels="linear"``);
 - ``reject_kmeans``: logistic regression on 50 PCs of the reference, target cells with max
   probability < 0.5 rejected, k-means (K - seen clusters) on the rejected cells' PCs;
 - ``kmeans``: k-means with K clusters on all target cells' PCs.
@@ -109,7 +109,7 @@ def run_case(
         "no_reg": replace(config, reg_weight=0.0),
         "hard": replace(config, soft=False),
         "one_net": replace(config, members=1),
-        "proto_labels": replace(config, seen_labels="scdet"),
+        "linear_labels": replace(config, seen_labels="linear"),
     }
     for name, cfg in variants.items():
         if name not in methods:
@@ -153,7 +153,7 @@ def main() -> None:
     parser.add_argument(
         "--methods",
         nargs="+",
-        default=["scdet", "proto_labels", "one_net", "no_reg", "hard", "reject_kmeans", "kmeans"],
+        default=["scdet", "linear_labels", "one_net", "no_reg", "hard", "reject_kmeans", "kmeans"],
     )
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--quick", action="store_true")

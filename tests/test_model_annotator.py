@@ -119,7 +119,7 @@ def test_save_load_round_trip(tmp_path, data, fitted) -> None:
 
 def test_a_model_saved_before_ensembles_loads_as_one_member(tmp_path, data) -> None:
     ref, tgt = data
-    single = replace(TINY, members=1, seen_labels="scdet")  # no seen labeller then either
+    single = replace(TINY, members=1)
     model = OpenWorldAnnotator(5, config=single, seed=0).fit(ref, tgt, label_key="cell_type")
     # the former layout: one state dict, priors a list of estimates, no members or slot orders
     folder = tmp_path / "old"
@@ -137,9 +137,9 @@ def test_a_model_saved_before_ensembles_loads_as_one_member(tmp_path, data) -> N
     np.testing.assert_array_equal(loaded.predict(tgt).proba, model.predict(tgt).proba)
 
 
-def test_seen_cells_are_named_by_the_linear_labeller_and_novel_ones_kept(data) -> None:
+def test_seen_cells_are_named_by_the_linear_labeller_and_novel_ones_kept(data, tmp_path) -> None:
     ref, tgt = data
-    longer = replace(TINY, epochs=6)  # 3 epochs call every target cell novel
+    longer = replace(TINY, epochs=6, seen_labels="linear")  # 3 epochs call every cell novel
     fitted = OpenWorldAnnotator(5, config=longer, seed=0).fit(ref, tgt, label_key="cell_type")
     out = fitted.predict(tgt)
     loader = fitted._loader(prepare(tgt, genes=fitted.genes, name="target"), train=False, seed=0)
@@ -164,5 +164,9 @@ def test_seen_cells_are_named_by_the_linear_labeller_and_novel_ones_kept(data) -
     np.testing.assert_array_equal(
         proto.proba.argmax(1), pd.Categorical(proto.label, categories=by_proto.classes).codes
     )
+    fitted.save(tmp_path / "linear")  # the labeller is saved with the model
+    again = OpenWorldAnnotator.load(tmp_path / "linear")
+    assert again.config.seen_labels == "linear" and again.seen_labeller is not None
+    np.testing.assert_array_equal(again.predict(tgt).proba, out.proba)
     with pytest.raises(ValueError, match=r"seen_labels must be one of \('linear', 'scdet'\)"):
         OpenWorldAnnotator(5, config=replace(TINY, seen_labels="knn"))
