@@ -5,8 +5,9 @@ of every seen type, the target the rest plus every novel cell) and seed, runs
 - ``scdet``: :class:`acsleuth.OpenWorldAnnotator` with the defaults (two networks averaged);
 - ``no_reg``: the same without L_reg; ``hard``: one-hot pseudo-labels in the contrastive loss;
   ``one_net``: the defaults with one network (``members=1``, the method before the ensemble);
-  ``linear_labels``: the defaults with a logistic regression of the reference naming the
-  cells scDET calls seen (``seen_labels="linear"``);
+  ``linear_labels``: a logistic regression of the reference naming every cell scDET calls
+  seen (``seen_labels="linear", seen_override=0``); ``proto_labels``: the prototype head
+  naming them (``seen_labels="scdet"``, the seed's rule);
 - ``reject_kmeans``: logistic regression on 50 PCs of the reference, target cells with max
   probability < 0.5 rejected, k-means (K - seen clusters) on the rejected cells' PCs;
 - ``kmeans``: k-means with K clusters on all target cells' PCs.
@@ -43,6 +44,9 @@ SPLITS: dict[str, tuple[tuple[str, ...], str]] = {
     "Memory+NaiveCyto": (("CD4+/CD45RO+ Memory", "CD8+/CD45RA+ Naive Cytotoxic"), "held-out"),
     "DC+B": (("Dendritic", "CD19+ B"), "held-out"),
     "half": (("CD19+ B", "CD56+ NK", "CD14+ Monocyte", "CD4+/CD25 T Reg", "CD34+"), "held-out"),
+    # added 2026-12-06 after the three above had been looked at for the seen labeller
+    "NK+TReg": (("CD56+ NK", "CD4+/CD25 T Reg"), "held-out (fresh)"),
+    "CD34+CD8": (("CD34+", "CD8+ Cytotoxic T"), "held-out (fresh)"),
 }
 REJECT_BELOW = 0.5
 SYNTHETIC = dict(
@@ -109,7 +113,8 @@ def run_case(
         "no_reg": replace(config, reg_weight=0.0),
         "hard": replace(config, soft=False),
         "one_net": replace(config, members=1),
-        "linear_labels": replace(config, seen_labels="linear"),
+        "linear_labels": replace(config, seen_labels="linear", seen_override=0.0),
+        "proto_labels": replace(config, seen_labels="scdet"),
     }
     for name, cfg in variants.items():
         if name not in methods:
@@ -153,7 +158,16 @@ def main() -> None:
     parser.add_argument(
         "--methods",
         nargs="+",
-        default=["scdet", "linear_labels", "one_net", "no_reg", "hard", "reject_kmeans", "kmeans"],
+        default=[
+            "scdet",
+            "proto_labels",
+            "linear_labels",
+            "one_net",
+            "no_reg",
+            "hard",
+            "reject_kmeans",
+            "kmeans",
+        ],
     )
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--quick", action="store_true")

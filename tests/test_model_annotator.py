@@ -119,7 +119,7 @@ def test_save_load_round_trip(tmp_path, data, fitted) -> None:
 
 def test_a_model_saved_before_ensembles_loads_as_one_member(tmp_path, data) -> None:
     ref, tgt = data
-    single = replace(TINY, members=1)
+    single = replace(TINY, members=1, seen_labels="scdet")  # a model saved before had no labeller
     model = OpenWorldAnnotator(5, config=single, seed=0).fit(ref, tgt, label_key="cell_type")
     # the former layout: one state dict, priors a list of estimates, no members or slot orders
     folder = tmp_path / "old"
@@ -129,7 +129,8 @@ def test_a_model_saved_before_ensembles_loads_as_one_member(tmp_path, data) -> N
     meta = json.loads((tmp_path / "new" / META_FILE).read_text())
     meta["priors"], meta["history"] = meta["priors"][0], meta["history"][0]
     del meta["slot_orders"], meta["config"]["members"]
-    del meta["config"]["seen_labels"], meta["config"]["seen_labeller_cells"]
+    for name in ("seen_labels", "seen_labeller_cells", "seen_override"):
+        del meta["config"][name]
     (folder / META_FILE).write_text(json.dumps(meta))
     loaded = OpenWorldAnnotator.load(folder)
     assert loaded.config == single and len(loaded.nets) == 1
@@ -139,7 +140,7 @@ def test_a_model_saved_before_ensembles_loads_as_one_member(tmp_path, data) -> N
 
 def test_seen_cells_are_named_by_the_linear_labeller_and_novel_ones_kept(data, tmp_path) -> None:
     ref, tgt = data
-    longer = replace(TINY, epochs=6, seen_labels="linear")  # 3 epochs call every cell novel
+    longer = replace(TINY, epochs=6, seen_override=0.0)  # 3 epochs call every cell novel
     fitted = OpenWorldAnnotator(5, config=longer, seed=0).fit(ref, tgt, label_key="cell_type")
     out = fitted.predict(tgt)
     loader = fitted._loader(prepare(tgt, genes=fitted.genes, name="target"), train=False, seed=0)
@@ -168,5 +169,7 @@ def test_seen_cells_are_named_by_the_linear_labeller_and_novel_ones_kept(data, t
     again = OpenWorldAnnotator.load(tmp_path / "linear")
     assert again.config.seen_labels == "linear" and again.seen_labeller is not None
     np.testing.assert_array_equal(again.predict(tgt).proba, out.proba)
+    with pytest.raises(ValueError, match=r"seen_override must be in \[0, 1\), got 1.5"):
+        OpenWorldAnnotator(5, config=replace(TINY, seen_override=1.5))
     with pytest.raises(ValueError, match=r"seen_labels must be one of \('linear', 'scdet'\)"):
         OpenWorldAnnotator(5, config=replace(TINY, seen_labels="knn"))

@@ -116,6 +116,10 @@ class OpenWorldAnnotator:
             raise ValueError(
                 f"config.members={self.config.members}: train at least one network (members >= 1)"
             )
+        if not 0.0 <= self.config.seen_override < 1.0:
+            raise ValueError(
+                f"config.seen_override must be in [0, 1), got {self.config.seen_override!r}"
+            )
         if self.config.seen_labels not in SEEN_LABELS:
             raise ValueError(
                 f"config.seen_labels must be one of {SEEN_LABELS}, got {self.config.seen_labels!r}"
@@ -218,7 +222,8 @@ class OpenWorldAnnotator:
         """``pred`` with its seen-called cells named by the seen labeller, if there is one."""
         if self.seen_labeller is None:
             return pred
-        return relabel_seen(pred, self.seen_labeller.proba(loader))
+        proba = self.seen_labeller.proba(loader)
+        return relabel_seen(pred, proba, self.config.seen_override)
 
     def _fit_member(
         self,

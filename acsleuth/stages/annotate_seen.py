@@ -84,13 +84,15 @@ def fit_seen_labeller(
     return SeenLabeller(tensor(mean), tensor(scale), tensor(weight), tensor(bias))
 
 
-def relabel_seen(pred: Predictions, seen_proba: np.ndarray) -> Predictions:
-    """``pred`` with the cells it calls seen (argmax among the first ``n_seen`` columns)
-    named by ``seen_proba (cells, n_seen)``: their label is its argmax and their seen
-    columns are scDET's seen mass times it; cells called novel keep scDET's label and
-    probabilities."""
+def relabel_seen(
+    pred: Predictions, seen_proba: np.ndarray, min_confidence: float = 0.0
+) -> Predictions:
+    """``pred`` with the cells it calls seen (argmax among the first ``n_seen`` columns) and
+    ``seen_proba (cells, n_seen)`` gives more than ``min_confidence`` named by it: their
+    label is its argmax and their seen columns are scDET's seen mass times it; the other
+    cells keep scDET's label and probabilities."""
     n_seen = seen_proba.shape[1]
-    seen = pred.label < n_seen
+    seen = (pred.label < n_seen) & (seen_proba.max(1) > min_confidence)
     proba = pred.proba.copy()
     mass = proba[seen, :n_seen].sum(1, keepdims=True)
     proba[seen, :n_seen] = mass * seen_proba[seen]

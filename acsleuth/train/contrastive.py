@@ -67,10 +67,11 @@ class OpenWorldConfig:
     members: int = 2  # networks trained (seeds seed, seed + 100, ...), probabilities averaged
     # who names the type of a cell scDET calls seen: "scdet", the prototype head (the seed's
     # rule), or "linear", a logistic regression on the reference's standardised expression
-    # fitted on at most seen_labeller_cells (better seen accuracy, worse novel and overall
-    # accuracy on the held-out splits: RESULTS.md, issue 19)
-    seen_labels: str = "scdet"
+    # fitted on at most seen_labeller_cells, where its probability exceeds seen_override
+    # (RESULTS.md, issue 19)
+    seen_labels: str = "linear"
     seen_labeller_cells: int = 20_000
+    seen_override: float = 0.8
     n_top_genes: int = 3000
     max_retries: int = 3  # divergence guard: restores of the last good state
 

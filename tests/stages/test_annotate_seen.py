@@ -47,3 +47,13 @@ def test_relabelling_names_seen_called_cells_and_keeps_novel_ones() -> None:
     np.testing.assert_allclose(out.proba[1], proba[1])
     np.testing.assert_allclose(out.proba.sum(1), 1.0, rtol=1e-6)
     np.testing.assert_array_equal(pred.label, [0, 2, 1])  # the input is not modified
+
+
+def test_the_labeller_overrides_only_where_it_is_confident() -> None:
+    proba = np.array([[0.5, 0.2, 0.3], [0.45, 0.3, 0.25]], dtype=np.float32)
+    pred = Predictions(np.zeros((2, 2)), proba, proba.argmax(1))  # both called seen type 0
+    seen = np.array([[0.1, 0.9], [0.4, 0.6]], dtype=np.float32)
+    out = relabel_seen(pred, seen, min_confidence=0.8)
+    np.testing.assert_array_equal(out.label, [1, 0])  # only the 0.9 cell is renamed
+    np.testing.assert_allclose(out.proba[1], proba[1])
+    np.testing.assert_array_equal(relabel_seen(pred, seen).label, [1, 1])  # 0: always
