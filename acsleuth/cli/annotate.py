@@ -54,8 +54,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     parser.add_argument(
         "--seen-labels",
         choices=["linear", "scdet"],
-        help="who names the type of a cell called seen: the prototype head (scdet, the seed's "
-        "rule and the default) or a logistic regression of the reference (linear)",
+        help="who names the type of a cell called seen: a logistic regression of the reference "
+        "where it is confident (linear, the default) or the prototype head (scdet, the seed's "
+        "rule)",
     )
     parser.add_argument(
         "--checkpoint-dir",

@@ -1,8 +1,8 @@
-"""The seen types of the open-world annotator's cells, an option (docs/method.md §8.2): scDET
-decides which target cells are of a known type and clusters the others; with
-``seen_labels="linear"`` a multinomial logistic regression on the reference's standardised
-expression names the known type of each cell scDET calls seen (the prototype head's argmax
-with ``"scdet"``, the seed's rule and the default).
+"""The seen types of the open-world annotator's cells (a deliberate deviation, docs/method.md
+§8.2): scDET decides which target cells are of a known type and clusters the others; with
+``seen_labels="linear"`` (the default) a multinomial logistic regression on the reference's
+standardised expression renames each cell scDET calls seen where it is confident (the
+prototype head's argmax with ``"scdet"``, the seed's rule).
 """
 
 from __future__ import annotations
