@@ -67,6 +67,8 @@ SEED = 2024
 # Params.untrained_precision); benchmarks/RESULTS.md, issue 21
 PRECISION: Precision = "auto"
 KEY_ADDED = "acsleuth"
+# the values of OpenWorldConfig.seen_labels: who names a cell the open-world annotator calls seen
+SEEN_LABELS = ("linear", "scdet")
 # the epochs that ``--epochs`` (and ``run_demo(epochs=...)``) set, in order
 EPOCH_PARAMS = ("prepare_epochs", "train_epochs", "score_epochs", "style_epochs", "subtype_epochs")
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .._anndata.annotate import KEY_ADDED
+from .._constants import SEEN_LABELS
 from . import non_negative, positive, whole_number
 
 if TYPE_CHECKING:
@@ -53,7 +54,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
     )
     parser.add_argument(
         "--seen-labels",
-        choices=["linear", "scdet"],
+        choices=SEEN_LABELS,
         help="who names the type of a cell called seen: a logistic regression of the reference "
         "where it is confident (linear, the default) or the prototype head (scdet, the seed's "
         "rule)",

@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 from anndata import AnnData
 
+from .._constants import SEEN_LABELS
 from .._seed import seeded
 from ..data import DataError, MinibatchLoader, highly_variable_genes, prepare
 from ..data.source import ExpressionSource
@@ -28,7 +29,6 @@ from ..train.contrastive import OpenWorldConfig, PriorHistory, train_open_world
 MODEL_FILE = "annotator.pt"
 META_FILE = "annotator.json"
 LABELLER_FILE = "seen_labeller.pt"  # with seen_labels="linear"
-SEEN_LABELS = ("linear", "scdet")
 MEMBER_SEED_STEP = 100  # ensemble member i trains with seed + 100 i
 
 
@@ -213,7 +213,8 @@ class OpenWorldAnnotator:
                 seed=self.seed,
                 device=self.device,
             )
-        pred = self._labelled(stage.average_members(preds, self.slot_orders), tgt_eval)
+        # the novel slots are named by size; the seen labeller never changes a novel label
+        pred = stage.average_members(preds, self.slot_orders)
         self.classes = stage.class_names(self.seen, pred.label, self.n_types_)
         self.timings["fit"] = time.perf_counter() - start
         return self

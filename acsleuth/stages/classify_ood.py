@@ -9,11 +9,12 @@ cells of its predicted type, in units of that type's own spread (the mean and st
 deviation of its training cells' leave-one-out distances to each other), so a cell far from
 a compact type counts as far even where a diffuse type lies at the same distance. Every term
 is standardised with the validation cells' mean and standard deviation, weighted
-(:data:`TERM_WEIGHTS`; the distance's weight can be set as ``knn_weight``) and summed. On pbmc68k_reduced the energy
-ranks held-out types far from every known one (monocytes, NK cells) as *more*
-in-distribution than the reference itself (a ReLU-like network's logits grow along a known
-type's direction), while a distance ranks them first; the energy and, more, the softmax
-still help on held-out types close to a known one (T-cell subsets; benchmarks/RESULTS.md).
+(:data:`TERM_WEIGHTS`; the distance's weight can be set as ``knn_weight``) and summed. On
+pbmc68k_reduced the energy ranks held-out types far from every known one (monocytes, NK
+cells) as *more* in-distribution than the reference itself (a ReLU-like network's logits
+grow along a known type's direction), while a distance ranks them first; the energy and,
+more, the softmax still help on held-out types close to a known one (T-cell subsets;
+benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
