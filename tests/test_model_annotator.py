@@ -12,9 +12,8 @@ import torch
 
 from acsleuth import datasets
 from acsleuth.data import prepare
-from acsleuth.model.annotator import META_FILE, MODEL_FILE, NOVEL_FILE, OpenWorldAnnotator
+from acsleuth.model.annotator import META_FILE, MODEL_FILE, OpenWorldAnnotator
 from acsleuth.stages import annotate as stage
-from acsleuth.stages.annotate_novel import fill_empty_slots
 from acsleuth.train.contrastive import OpenWorldConfig
 
 TINY = OpenWorldConfig(epochs=3, batch_size=64, estimate_every=2, kmeans_iter=5, kmeans_init=1)
@@ -120,8 +119,7 @@ def test_save_load_round_trip(tmp_path, data, fitted) -> None:
 
 def test_a_model_saved_before_ensembles_loads_as_one_member(tmp_path, data) -> None:
     ref, tgt = data
-    # a model saved before had neither the seen labeller nor the search for empty novel slots
-    single = replace(TINY, members=1, seen_labels="scdet", fill_empty_slots=False)
+    single = replace(TINY, members=1, seen_labels="scdet")  # a model saved before had no labeller
     model = OpenWorldAnnotator(5, config=single, seed=0).fit(ref, tgt, label_key="cell_type")
     # the former layout: one state dict, priors a list of estimates, no members or slot orders
     folder = tmp_path / "old"
@@ -131,13 +129,7 @@ def test_a_model_saved_before_ensembles_loads_as_one_member(tmp_path, data) -> N
     meta = json.loads((tmp_path / "new" / META_FILE).read_text())
     meta["priors"], meta["history"] = meta["priors"][0], meta["history"][0]
     del meta["slot_orders"], meta["config"]["members"]
-    for name in (
-        "seen_labels",
-        "seen_labeller_cells",
-        "seen_override",
-        "fill_empty_slots",
-        "novel_search_cells",
-    ):
+    for name in ("seen_labels", "seen_labeller_cells", "seen_override"):
         del meta["config"][name]
     (folder / META_FILE).write_text(json.dumps(meta))
     loaded = OpenWorldAnnotator.load(folder)
@@ -181,35 +173,3 @@ def test_seen_cells_are_named_by_the_linear_labeller_and_novel_ones_kept(data, t
         OpenWorldAnnotator(5, config=replace(TINY, seen_override=1.5))
     with pytest.raises(ValueError, match=r"seen_labels must be one of \('linear', 'scdet'\)"):
         OpenWorldAnnotator(5, config=replace(TINY, seen_labels="knn"))
-
-
-def test_empty_novel_slots_are_filled_and_the_search_is_saved(data, tmp_path) -> None:
-    ref, tgt = data
-    config = replace(TINY, epochs=10)  # a fit that leaves slot novel_2 with 9 cells
-    fitted = OpenWorldAnnotator(5, config=config, seed=0).fit(ref, tgt, label_key="cell_type")
-    out = fitted.predict(tgt)
-    loader = fitted._loader(prepare(tgt, genes=fitted.genes, name="target"), train=False, seed=0)
-    members = [stage.predict(net, loader, TINY.student_temperature) for net in fitted.nets]
-    scdet = stage.average_members(members, fitted.slot_orders)
-    filled = fill_empty_slots(scdet, fitted.novel_search, loader, 3, seed=0)
-    moved = filled.label != scdet.label
-    assert moved.sum() >= 10  # this fit leaves a slot empty and the search fills it
-    assert (scdet.label[moved] < 3).all() and len(set(filled.label[moved])) == 1
-    names = np.asarray(fitted.classes, dtype=str)
-    np.testing.assert_array_equal(
-        np.asarray(out.label, dtype=str)[moved], names[filled.label[moved]]
-    )
-    assert out.novel[moved].all()
-    off = OpenWorldAnnotator(5, config=replace(config, fill_empty_slots=False), seed=0)
-    plain = off.fit(ref, tgt, label_key="cell_type").predict(tgt)
-    assert off.novel_search is None
-    assert plain.novel.sum() == out.novel.sum() - moved.sum()  # the same networks otherwise
-    fitted.save(tmp_path / "m")
-    assert (tmp_path / "m" / NOVEL_FILE).is_file()
-    again = OpenWorldAnnotator.load(tmp_path / "m")
-    assert again.config.fill_empty_slots and again.novel_search is not None
-    np.testing.assert_array_equal(again.predict(tgt).proba, out.proba)
-    (tmp_path / "m" / NOVEL_FILE).unlink()  # as saved before the search: the slots stay
-    older = OpenWorldAnnotator.load(tmp_path / "m")
-    assert not older.config.fill_empty_slots and older.novel_search is None
-    np.testing.assert_array_equal(older.predict(tgt).novel, plain.novel)

@@ -21,7 +21,6 @@ from ..data import DataError, MinibatchLoader, highly_variable_genes, prepare
 from ..data.source import ExpressionSource
 from ..nn.annotator import AnnotatorNet
 from ..stages import annotate as stage
-from ..stages.annotate_novel import NovelSearch, fill_empty_slots, fit_novel_search
 from ..stages.annotate_seen import SeenLabeller, fit_seen_labeller, relabel_seen
 from ..train import Checkpoint
 from ..train.checkpoint import Stateful, fingerprint
@@ -30,7 +29,6 @@ from ..train.contrastive import OpenWorldConfig, PriorHistory, train_open_world
 MODEL_FILE = "annotator.pt"
 META_FILE = "annotator.json"
 LABELLER_FILE = "seen_labeller.pt"  # with seen_labels="linear"
-NOVEL_FILE = "novel_search.pt"  # with fill_empty_slots=True
 MEMBER_SEED_STEP = 100  # ensemble member i trains with seed + 100 i
 
 
@@ -131,7 +129,6 @@ class OpenWorldAnnotator:
         self.verbose = verbose
         self.nets: list[AnnotatorNet] = []
         self.seen_labeller: SeenLabeller | None = None  # with seen_labels="linear"
-        self.novel_search: NovelSearch | None = None  # with fill_empty_slots=True
         self.slot_orders: list[np.ndarray] = []  # member's columns in the first member's order
         self.genes: list[str] = []
         self.seen: list[str] = []
@@ -216,22 +213,11 @@ class OpenWorldAnnotator:
                 seed=self.seed,
                 device=self.device,
             )
-        if self.config.fill_empty_slots:
-            self.novel_search = fit_novel_search(
-                ref_eval, tgt_eval, codes, max_cells=self.config.novel_search_cells, seed=self.seed
-            )
-        # the novel slots are named by size (after filling the empty ones); the seen labeller
-        # never changes a novel label
-        pred = self._filled(stage.average_members(preds, self.slot_orders), tgt_eval)
+        # the novel slots are named by size; the seen labeller never changes a novel label
+        pred = stage.average_members(preds, self.slot_orders)
         self.classes = stage.class_names(self.seen, pred.label, self.n_types_)
         self.timings["fit"] = time.perf_counter() - start
         return self
-
-    def _filled(self, pred: stage.Predictions, loader: MinibatchLoader) -> stage.Predictions:
-        """``pred`` with its empty novel slots filled from its seen-called cells, if asked."""
-        if self.novel_search is None:
-            return pred
-        return fill_empty_slots(pred, self.novel_search, loader, len(self.seen), seed=self.seed)
 
     def _labelled(self, pred: stage.Predictions, loader: MinibatchLoader) -> stage.Predictions:
         """``pred`` with its seen-called cells named by the seen labeller, if there is one."""
@@ -302,9 +288,12 @@ class OpenWorldAnnotator:
         source = prepare(target, genes=self.genes, name="target")
         loader = self._loader(source, train=False, seed=self.seed)
         tau = self.config.student_temperature
-        members = [stage.predict(net, loader, tau) for net in self.nets]
-        pred = self._filled(stage.average_members(members, self.slot_orders), loader)
-        pred = self._labelled(pred, loader)
+        pred = self._labelled(
+            stage.average_members(
+                [stage.predict(net, loader, tau) for net in self.nets], self.slot_orders
+            ),
+            loader,
+        )
         names = np.asarray(self.classes, dtype=object)[pred.label]
         order = self.seen + sorted(set(self.classes) - set(self.seen), key=lambda s: int(s[6:]))
         self.timings["predict"] = time.perf_counter() - start
@@ -333,8 +322,6 @@ class OpenWorldAnnotator:
         torch.save([net.state_dict() for net in self.nets], path / MODEL_FILE)
         if self.seen_labeller is not None:
             torch.save(self.seen_labeller.state_dict(), path / LABELLER_FILE)
-        if self.novel_search is not None:
-            torch.save(self.novel_search.state_dict(), path / NOVEL_FILE)
         meta = {
             "n_types": self.n_types,
             "n_types_": self.n_types_,
@@ -368,8 +355,6 @@ class OpenWorldAnnotator:
         config["teacher_temperature"] = tuple(config["teacher_temperature"])
         if not (path / LABELLER_FILE).is_file():  # saved before the labeller, or "scdet"
             config["seen_labels"] = "scdet"
-        if not (path / NOVEL_FILE).is_file():  # saved before the search, or switched off
-            config["fill_empty_slots"] = False
         model = cls(
             meta["n_types"], config=OpenWorldConfig(**config), seed=meta["seed"], device=device
         )
@@ -385,7 +370,4 @@ class OpenWorldAnnotator:
         if config["seen_labels"] == "linear":
             state = torch.load(path / LABELLER_FILE, map_location=device, weights_only=True)
             model.seen_labeller = SeenLabeller.from_state_dict(state)
-        if config["fill_empty_slots"]:
-            state = torch.load(path / NOVEL_FILE, map_location="cpu", weights_only=True)
-            model.novel_search = NovelSearch.from_state_dict(state)
         return model

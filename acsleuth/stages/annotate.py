@@ -10,7 +10,6 @@ the novel slots by decreasing size.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,9 +19,6 @@ from torch import Tensor
 from ..data import MinibatchLoader
 from ..nn.annotator import AnnotatorNet
 from ..ops import kin_topk
-
-if TYPE_CHECKING:
-    from sklearn.decomposition import IncrementalPCA
 
 KMEANS_INIT_CELLS = 20_000  # k-means++ seeds are drawn from at most this many cells
 AUTO_MAX_NOVEL = 8  # n_types="auto" tries up to 8 novel types
@@ -226,11 +222,14 @@ def average_members(members: list[Predictions], orders: list[np.ndarray]) -> Pre
     return Predictions(members[0].features, proba, proba.argmax(1))
 
 
-def fit_pcs(reference: MinibatchLoader, target: MinibatchLoader) -> IncrementalPCA:
-    """``AUTO_PCS`` principal components (fewer for tiny data), fitted incrementally on the
-    minibatches of both data sets."""
+def _principal_components(
+    reference: MinibatchLoader, target: MinibatchLoader, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """PCs (fitted incrementally on minibatches of both) of at most ``AUTO_CELLS / 2`` random
+    cells of each data set."""
     from sklearn.decomposition import IncrementalPCA
 
+    rng = np.random.default_rng(seed)
     n_total = reference.rows.size + target.rows.size
     n_comp = min(AUTO_PCS, n_total - 1, reference.source.n_genes)
     pca = IncrementalPCA(n_components=n_comp)
@@ -243,16 +242,6 @@ def fit_pcs(reference: MinibatchLoader, target: MinibatchLoader) -> IncrementalP
                 pending = []
     if pending and sum(len(p) for p in pending) >= n_comp:
         pca.partial_fit(np.concatenate(pending))
-    return pca
-
-
-def _principal_components(
-    reference: MinibatchLoader, target: MinibatchLoader, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """PCs (fitted incrementally on minibatches of both) of at most ``AUTO_CELLS / 2`` random
-    cells of each data set."""
-    rng = np.random.default_rng(seed)
-    pca = fit_pcs(reference, target)
     return tuple(  # type: ignore[return-value]
         pca.transform(
             ld.take(ld.rows[np.sort(rng.permutation(ld.rows.size)[: AUTO_CELLS // 2])])

@@ -16,7 +16,6 @@ from torch import Tensor
 from ..data import MinibatchLoader
 from ..data.source import ExpressionSource
 from .annotate import Predictions
-from .annotate_novel import sample_rows
 
 SCALE_FLOOR = 1e-3  # a gene's standard deviation is floored here before standardising
 
@@ -63,7 +62,12 @@ def fit_seen_labeller(
     sample of at most ``max_cells`` cells (one of every type kept) is fitted."""
     from sklearn.linear_model import LogisticRegression
 
-    rows = sample_rows(codes, max_cells, seed)
+    rows = np.arange(codes.size)
+    if rows.size > max_cells:
+        rng = np.random.default_rng(seed)
+        firsts = np.unique(codes, return_index=True)[1]  # one cell of every type
+        rest = rng.choice(np.setdiff1d(rows, firsts), max_cells - firsts.size, replace=False)
+        rows = np.sort(np.concatenate([firsts, rest]))
     x = np.asarray(source.rows(rows), dtype=np.float64)
     mean, scale = x.mean(0), x.std(0) + SCALE_FLOOR
     fitted = LogisticRegression(max_iter=2000).fit((x - mean) / scale, codes[rows])

@@ -72,13 +72,6 @@ class OpenWorldConfig:
     seen_labels: str = "linear"
     seen_labeller_cells: int = 20_000
     seen_override: float = 0.8
-    # novel slots left (almost) empty are filled from the cells called seen: k-means on PCs of
-    # the reference (a sample of at most novel_search_cells) and those cells, and an unmatched
-    # cluster the reference does not explain moves whole into an empty slot
-    # (stages/annotate_novel.py); False: the slots stay as trained. Chosen on the dev splits
-    # (RESULTS.md, issue 19)
-    fill_empty_slots: bool = True
-    novel_search_cells: int = 20_000
     n_top_genes: int = 3000
     max_retries: int = 3  # divergence guard: restores of the last good state
 
