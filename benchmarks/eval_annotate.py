@@ -47,6 +47,15 @@ SPLITS: dict[str, tuple[tuple[str, ...], str]] = {
     # added 2026-12-06 after the three above had been looked at for the seen labeller
     "NK+TReg": (("CD56+ NK", "CD4+/CD25 T Reg"), "held-out (fresh)"),
     "CD34+CD8": (("CD34+", "CD8+ Cytotoxic T"), "held-out (fresh)"),
+    # added 2026-12-06 (later), before a search for empty novel slots (fill_empty_slots, tried
+    # and not adopted: RESULTS.md) ran on any held-out split: the seven above had all been
+    # looked at; new combinations of types
+    "Mono+NaiveCyto": (("CD14+ Monocyte", "CD8+/CD45RA+ Naive Cytotoxic"), "held-out (fresh 2)"),
+    "DC+TReg+NaiveT": (
+        ("Dendritic", "CD4+/CD25 T Reg", "CD4+/CD45RA+/CD25- Naive T"),
+        "held-out (fresh 2)",
+    ),
+    "Memory+DC+NK": (("CD4+/CD45RO+ Memory", "Dendritic", "CD56+ NK"), "held-out (fresh 2)"),
 }
 REJECT_BELOW = 0.5
 SYNTHETIC = dict(
