@@ -95,6 +95,7 @@ class Params:
     warm_epochs: int = 10
     warm_ranking: WarmRanking = "knn"
     anchor: bool = True
+    batch_scale: bool = True
     n_memory: int = N_MEMORY
     memory_temperature: float = MEMORY_TEMPERATURE
     memory_shrink: float = MEMORY_SHRINK

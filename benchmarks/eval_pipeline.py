@@ -178,7 +178,13 @@ def _subtype_config(model: ACsleuth, quick: bool) -> SubtypeConfig:
 
 
 def run(
-    split: str, name: str, seed: int, *, quick: bool, batches: tuple[int, ...] = (1, 2)
+    split: str,
+    name: str,
+    seed: int,
+    *,
+    quick: bool,
+    batches: tuple[int, ...] = (1, 2),
+    batch_scale: bool = True,
 ) -> list[dict]:
     held, ratio = SPLITS[split][name]
     effect = EFFECTS[seed % len(EFFECTS)]
@@ -192,7 +198,9 @@ def run(
         else {}
     )
     start = time.perf_counter()
-    model = ACsleuth(**epochs, device="cpu", random_state=seed, verbose=False).fit(reference)
+    model = ACsleuth(
+        **epochs, batch_scale=batch_scale, device="cpu", random_state=seed, verbose=False
+    ).fit(reference)
     fit_seconds = time.perf_counter() - start
     rows = []
     for n_batches, target in ((1, one_batch), (2, two_batches)):
@@ -240,6 +248,11 @@ def main() -> None:
         "--batches", type=int, nargs="+", choices=(1, 2), default=[1, 2], help="targets to run"
     )
     parser.add_argument("--first-seed", type=int, default=0, help="seeds first..first+seeds-1")
+    parser.add_argument(
+        "--no-batch-scale",
+        action="store_true",
+        help="batch_scale=False: the package before the per-gene batch scale (a same-run baseline)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     rows = []
@@ -248,7 +261,14 @@ def main() -> None:
         names = [n for n in names if n in SPLITS[split]]
         for name in names[:1] if args.quick else names:
             for seed in range(args.first_seed, args.first_seed + (1 if args.quick else args.seeds)):
-                rows += run(split, name, seed, quick=args.quick, batches=tuple(args.batches))
+                rows += run(
+                    split,
+                    name,
+                    seed,
+                    quick=args.quick,
+                    batches=tuple(args.batches),
+                    batch_scale=not args.no_batch_scale,
+                )
                 print(pd.DataFrame(rows[-1:]).round(3).to_string(index=False), flush=True)
                 if args.out:  # after every run: a long evaluation stopped early keeps its rows
                     pd.DataFrame(rows).to_csv(args.out, index=False)

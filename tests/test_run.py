@@ -8,7 +8,9 @@ import pytest
 from _helpers import FAST_RUN
 
 from acsleuth import ACsleuth, datasets, tl
+from acsleuth._anndata import batch_codes
 from acsleuth.data import prepare
+from acsleuth.stages.batch_scale import target_batch_scale
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +76,10 @@ def test_subtypes_and_their_embedding_cover_only_the_anomalies(annotated) -> Non
 
 
 def test_anomalies_get_their_batch_mean_correction(fitted, data, annotated) -> None:
-    x = prepare(data[1], genes=fitted.genes_).rows(np.arange(data[1].n_obs))
+    source = prepare(data[1], genes=fitted.genes_)
+    codes, _ = batch_codes(data[1], "batch")
+    scale = target_batch_scale(fitted.neighbours_, source, codes, fitted.settings, fitted.device)
+    x = source.with_batch_scale(scale, codes).rows(np.arange(data[1].n_obs))  # the start
     delta = annotated.layers["acsleuth_corrected"] - x
     anomaly = annotated.obs["acsleuth_anomaly"].to_numpy()
     batch = annotated.obs["batch"].to_numpy()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import warnings
@@ -59,6 +60,7 @@ class ExpressionSource:
         self.var_names = var_names
         self._reader = reader
         self._scale = scale
+        self._batch_scale: tuple[np.ndarray, np.ndarray] | None = None
         if genes is None:
             self.genes = [str(g) for g in var_names]
             self._columns = self._positions = np.arange(len(var_names))
@@ -106,10 +108,32 @@ class ExpressionSource:
         if self._scale is not None:
             out *= self._scale[index][:, None]
             np.log1p(out, out=out)
+        if self._batch_scale is not None:
+            scales, codes = self._batch_scale
+            np.expm1(out, out=out)
+            out *= np.exp(-scales[codes[index]])
+            np.log1p(out, out=out)
+        return out
+
+    def with_batch_scale(self, scales: np.ndarray, codes: np.ndarray) -> ExpressionSource:
+        """The same cells, each row's expression divided by its batch's per-gene scale as it
+        is read: ``log1p(expm1(x) / exp(scales[codes[i]]))`` for row ``i`` (``scales``:
+        ``(B, n_genes)`` log-scales, ``codes``: one batch per cell; see
+        :mod:`acsleuth.stages.batch_scale`). Zeros stay zeros."""
+        scales = np.asarray(scales, dtype=np.float32)
+        codes = np.asarray(codes)
+        if scales.ndim != 2 or scales.shape[1] != self.n_genes or codes.shape != (self.n_obs,):
+            raise ValueError(
+                f"with_batch_scale: scales must be (batches, {self.n_genes}) and codes "
+                f"({self.n_obs},), got {scales.shape} and {codes.shape}"
+            )
+        out = copy.copy(self)
+        out._batch_scale = (scales, codes)
         return out
 
     def with_genes(self, genes: Sequence[str]) -> ExpressionSource:
-        """The same cells on another panel (matched by name; missing genes are zeros)."""
+        """The same cells on another panel (matched by name; missing genes are zeros), read
+        without any batch scale (:meth:`with_batch_scale` is on this panel's genes)."""
         return ExpressionSource(
             self.adata,
             self._reader,

@@ -85,6 +85,12 @@ class ACsleuth(FamiliarAPI, PipelineStages, persist.Persistent):
         it first spends learning the top half of a ranking, that ranking (``"knn"``, the
         default, or ``"scaled"``; a model without a neighbour index uses ``"scaled"``), and
         whether reference residuals join its minibatches as known normal cells.
+    batch_scale
+        With a ``batch_key``, divide each target batch's per-gene scale against the reference
+        out of what the ``"knn"`` distance measures (so out of the MMD predictor's warm start)
+        and out of the expression the batch correction starts from
+        (:mod:`acsleuth.stages.batch_scale`; needs the neighbour index). The residuals and
+        the count without a ratio read the expression as given.
     n_memory, memory_temperature, memory_shrink
         The memory bank's size, softmax temperature and hard-shrinkage threshold (docs/method.md §1).
     n_critic, style_n_critic
@@ -137,6 +143,7 @@ class ACsleuth(FamiliarAPI, PipelineStages, persist.Persistent):
         warm_epochs: int = DEFAULTS.warm_epochs,
         warm_ranking: WarmRanking = DEFAULTS.warm_ranking,
         anchor: bool = DEFAULTS.anchor,
+        batch_scale: bool = DEFAULTS.batch_scale,
         n_memory: int = DEFAULTS.n_memory,
         memory_temperature: float = DEFAULTS.memory_temperature,
         memory_shrink: float = DEFAULTS.memory_shrink,

@@ -23,7 +23,8 @@ from ..train import Checkpoint
 
 class PipelineStages:
     """Modules II-IV on a fitted module I; :class:`~acsleuth.ACsleuth` provides
-    ``generator_``, ``genes_``, ``settings``, ``device`` and ``_require_fitted``."""
+    ``generator_``, ``genes_``, ``neighbours_``, ``settings``, ``device`` and
+    ``_require_fitted``."""
 
     @with_threads
     def correct(
@@ -53,7 +54,10 @@ class PipelineStages:
         (benchmarks/RESULTS.md, issue 4); ``"generator"`` gives them its output (docs/method.md §3).
         Seconds go to ``timings["kin"]`` and ``timings["style"]``. ``checkpoint`` checkpoints
         and resumes the style transfer's training; its per-epoch losses go to
-        ``history["style"]`` when ``history`` is given.
+        ``history["style"]`` when ``history`` is given. With ``batch_key`` each batch's
+        per-gene scale against the reference is divided out of the target first, as
+        :meth:`evaluate` divides it out of the distance (``batch_scale``, the default;
+        :mod:`acsleuth.stages.batch_scale`).
 
         Returns ``out``, filled chunk by chunk with the float32 ``(n_obs, n_genes_)``
         corrected expression: any array taking row-slice assignment (a numpy array or
@@ -77,6 +81,7 @@ class PipelineStages:
             checkpoint=checkpoint,
             layer=layer,
             history=history,
+            neighbours=self.neighbours_,
         )
 
     def _kin(

@@ -28,6 +28,7 @@ OFFSET_SAMPLE = 2000  # cells per target batch from which its shift onto the ref
 LIFT_MIN_CELLS = 50  # the fewest cells of a batch whose null is lifted (count_anomalies)
 LIFT_AFTER = 1.0  # null IQRs a batch must be moved by before its null is lifted (count_anomalies)
 FOLD_TENSORS = ("mean", "components", "keys", "null", "shifted_null")  # as saved, in order
+PROFILE_DTYPE = torch.float16  # the kept reference rows: log-normalised, ~1e-3 relative error
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,9 @@ class NeighbourConfig:
     did not drop (three synthetic sets of 2,000-3,000 reference cells: 0.996 / 0.991 / 0.991
     on every pool cell, 1.000 / 1.000 / 0.997 on 1,000; benchmarks/RESULTS.md, issue 21).
     The references of the issue-16 evaluation (at most 600 cells) are below it.
+
+    ``profile_cells``: reference cells kept, as expression, to estimate each target batch's
+    per-gene scale from (:mod:`acsleuth.stages.batch_scale`).
     """
 
     n_components: int = N_REFERENCE_PCS
@@ -51,6 +55,7 @@ class NeighbourConfig:
     max_calibration: int = 2000
     pca_cells: int = 20_000
     fold_pca_cells: int = 1_000
+    profile_cells: int = 2_000
     chunk: int = 8192
 
 
@@ -125,10 +130,13 @@ def shift_onto(
 
 @dataclass
 class ReferenceNeighbours:
-    """The fitted folds (:func:`fit_neighbours`) and the number of neighbours averaged."""
+    """The fitted folds (:func:`fit_neighbours`), the number of neighbours averaged and
+    ``profile``, the ``(m, G)`` log-normalised rows of up to ``profile_cells`` reference cells
+    (None in a model saved before it existed: no batch is rescaled then)."""
 
     folds: list[NeighbourFold]
     k: int
+    profile: Tensor | None = None
 
     def distances(self, x: Tensor, chunk: int = 8192, offsets: Tensor | None = None) -> Tensor:
         """``(F, n)`` distances of rows ``x (n, G)`` in each of the ``F`` folds, each fold's
@@ -159,6 +167,8 @@ class ReferenceNeighbours:
             for name in FOLD_TENSORS:
                 if getattr(fold, name) is not None:
                     state[f"{i}.{name}"] = getattr(fold, name)
+        if self.profile is not None:
+            state["profile"] = self.profile
         return state
 
     @classmethod
@@ -167,7 +177,7 @@ class ReferenceNeighbours:
             NeighbourFold(*(state.get(f"{i}.{name}") for name in FOLD_TENSORS))
             for i in range(int(state["n_folds"]))
         ]
-        return cls(folds, int(state["k"]))
+        return cls(folds, int(state["k"]), state.get("profile"))
 
 
 def _augment(q: Tensor, keys: Tensor) -> tuple[Tensor, Tensor]:
@@ -333,7 +343,9 @@ def fit_neighbours(
         folds.append(
             NeighbourFold(mean, components, index, null.sort().values, shifted.sort().values)
         )
-    return ReferenceNeighbours(folds, config.k)
+    kept = order[: config.profile_cells]
+    profile = torch.as_tensor(read(np.sort(kept)), device=ref.device).to(PROFILE_DTYPE)
+    return ReferenceNeighbours(folds, config.k, profile)
 
 
 def count_anomalies(

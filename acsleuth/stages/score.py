@@ -27,6 +27,7 @@ from ..data.checks import check_target_size
 from ..data.store import RowStore
 from ..nn import Critic, Generator
 from ..nn.generator import EMBEDDING
+from .batch_scale import target_batch_scale
 from .detect import chunk_scores, reconstruct, residual_scale
 from .mmd import fit_predictor, predict_logits
 from .neighbours import OFFSET_SAMPLE, ReferenceNeighbours, count_anomalies, rank_average
@@ -48,6 +49,10 @@ class ScoreResult:
     timings: dict[str, float] = field(default_factory=dict)
     history: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     """Per-epoch losses of the stages trained while scoring (the MMD predictor's)."""
+    batch_scale: np.ndarray | None = None
+    """``(B, G)`` per-gene log-scale of each target batch divided out of what the ``"knn"``
+    distance measured (:func:`~acsleuth.stages.batch_scale.target_batch_scale`), None when
+    none was."""
 
 
 @dataclass
@@ -93,13 +98,20 @@ def reconstruct_target(
     budget: int,
     keep_residuals: bool = False,
     codes: np.ndarray | None = None,
+    batch_scale: np.ndarray | None = None,
 ) -> tuple[dict[str, Tensor], ScaledResiduals | None, np.ndarray]:
     """One streamed pass over ``source``: per-cell scores that need no training, the scaled
     residuals (when ``keep_residuals``; float16, centred per batch of ``codes`` when given)
     and the ``(n_obs, 256)`` encoder embeddings. ``budget``: bytes the outputs may hold on
     ``device``. With a neighbour index, ``scores["knn folds"]`` holds every cell's
-    ``(n_obs, folds)`` distances to the reference and, with ``codes``, ``scores["knn
-    offsets"]`` the ``(folds, batches, d)`` shifts of the batches onto it.
+    ``(n_obs, folds)`` distances to the reference (what the count without a ratio reads)
+    and, with ``codes``, ``scores["knn offsets"]`` the ``(folds, batches, d)`` shifts of the
+    batches onto it; ``scores["knn"]`` is their mean over folds or, with ``batch_scale``
+    (``(batches, G)`` log-scales, :func:`~acsleuth.stages.batch_scale.target_batch_scale`),
+    the mean of the distances measured again after dividing each batch's scale out (and
+    shifting it anew). The scale is divided out of what the distance measures only:
+    dividing it out of the rows reconstructed too, and counting on the rescaled distances,
+    scored the development two-batch scenarios worse (benchmarks/RESULTS.md, issue 16).
 
     In a distributed run each rank passes over its contiguous shard of cells (see
     :func:`acsleuth.parallel.shard_bounds`) and returns that shard's rows; batch centres
@@ -131,12 +143,22 @@ def reconstruct_target(
     out_device = device if on_device else torch.device("cpu")
     embedding = torch.empty((n_obs, EMBEDDING), device=out_device)
     scores: dict[str, Tensor] = {}
-    folds = offsets = None
+    folds = offsets = scaled_folds = None
     if detector.neighbours is not None:  # (cells, folds): gathered over ranks by rows
         folds = torch.empty((n_obs, len(detector.neighbours.folds)), device=out_device)
         if codes is not None:  # the same sample, so the same shifts, on every rank
             offsets = reference_offsets(detector.neighbours, source, codes, params, device)
             codes_t = torch.as_tensor(codes, dtype=torch.long, device=device)
+        if batch_scale is not None:
+            scaled_folds = torch.empty_like(folds)
+            scaled_offsets = reference_offsets(
+                detector.neighbours,
+                source.with_batch_scale(batch_scale, codes),
+                codes,
+                params,
+                device,
+            )
+            divisor = torch.exp(-torch.as_tensor(batch_scale, device=device))
     picked = None
     if sample is not None and store is not None:
         mine = sample[(sample >= first) & (sample < last)]
@@ -157,13 +179,20 @@ def reconstruct_target(
                 picked[lo:hi].copy_(scaled[index])
         embedding[start - first : stop - first].copy_(chunk.z)
         if folds is not None:
-            shift = None if offsets is None else offsets[:, codes_t[start:stop]]
+            batches = None if offsets is None else codes_t[start:stop]
+            shift = None if offsets is None else offsets[:, batches]
             folds[start - first : stop - first].copy_(
                 detector.neighbours.distances(chunk.x, offsets=shift).T
+            )
+        if scaled_folds is not None:
+            x = torch.log1p(torch.expm1(chunk.x) * divisor[batches])
+            scaled_folds[start - first : stop - first].copy_(
+                detector.neighbours.distances(x, offsets=scaled_offsets[:, batches]).T
             )
     scores = {name: values.cpu() for name, values in scores.items()}
     if folds is not None:
         scores["knn folds"] = folds.cpu()
+        scores["knn"] = (folds if scaled_folds is None else scaled_folds).mean(1).cpu()
     if offsets is not None:
         scores["knn offsets"] = offsets.cpu()
     residuals = None
@@ -212,9 +241,9 @@ def embed(
 
 
 def warm_ranking(scores: dict[str, Tensor], params: Params) -> Tensor:
-    """This rank's ranking whose top half the MMD predictor first learns: the mean fold
-    distance to the reference (``warm_ranking="knn"``, when the model has a neighbour index)
-    or the scaled residual.
+    """This rank's ranking whose top half the MMD predictor first learns: the ``"knn"``
+    distance to the reference (``warm_ranking="knn"``, when the model has a neighbour index;
+    see :func:`reconstruct_target`) or the scaled residual.
 
     Warm-started from the distance, the predictor ranked issue 16's dev scenarios better than
     from the scaled residual (mean AUROC 0.924 against 0.884 over 15 scenarios x 3 seeds;
@@ -222,9 +251,9 @@ def warm_ranking(scores: dict[str, Tensor], params: Params) -> Tensor:
     distance, shifted batch by batch onto the reference, gives it a start free of the batch
     effect, and the MMD then refines it.
     """
-    folds = scores.get("knn folds")
-    if params.warm_ranking == "knn" and folds is not None:
-        return folds.mean(1).cpu()
+    knn = scores.get("knn")
+    if params.warm_ranking == "knn" and knn is not None:
+        return knn
     return scores["scaled"]
 
 
@@ -283,6 +312,14 @@ def evaluate_target(
         source = prepare(target, genes=genes, name="target", layer=layer)
     check_target_size(source.n_obs, params.score)
     codes, _ = batch_codes(source.adata, batch_key)
+    scale = None
+    neighbours = detector.neighbours
+    if batch_key is not None and params.batch_scale and neighbours is not None:
+        if neighbours.profile is None:  # saved before the profile existed
+            logger.info("the model keeps no reference profile: no per-gene batch scale")
+        else:
+            with stage_timer(timings, "batch scale"):
+                scale = target_batch_scale(neighbours, source, codes, params, device)
     with seeded(params.random_state, device):
         scores, embedding, count = score_cells(
             detector,
@@ -293,6 +330,7 @@ def evaluate_target(
             budget=budget,
             timings=timings,
             history=history,
+            batch_scale=scale,
         )
     chosen = scores[params.score]
     anomaly, threshold = call_anomalies(chosen, params.score, params.anomaly_ratio, count)
@@ -304,6 +342,7 @@ def evaluate_target(
         threshold=threshold,
         timings=timings,
         history=history,
+        batch_scale=scale,
     )
 
 
@@ -317,6 +356,7 @@ def score_cells(
     budget: int,
     timings: dict[str, float],
     history: dict[str, list[dict[str, float]]] | None = None,
+    batch_scale: np.ndarray | None = None,
 ) -> tuple[dict[str, Tensor], np.ndarray | None, int | None]:
     """Every score of every target cell (all ranks' cells), rank 0's embeddings and the
     estimated number of anomalies (None without a neighbour index).
@@ -324,9 +364,10 @@ def score_cells(
     With batch ``codes`` the scaled residuals are centred per batch before the ``"scaled"``
     and ``"mmd"`` scores are taken from them. ``"knn"`` is the mean over folds of the
     distance to the reference (:mod:`acsleuth.stages.neighbours`; with batch ``codes``, after
-    shifting each batch onto the reference, :func:`reference_offsets`); ``"ensemble"`` the rank
-    average of ``"mmd"`` and ``"knn"``. Seconds go to ``timings``, the MMD predictor's
-    losses to ``history``.
+    shifting each batch onto the reference, :func:`reference_offsets`, and with ``batch_scale``
+    after dividing each batch's per-gene scale out, :func:`reconstruct_target`); ``"ensemble"``
+    the rank average of ``"mmd"`` and ``"knn"``. Seconds go to ``timings``, the MMD
+    predictor's losses to ``history``.
     """
     score = params.score
     if score == "knn" and detector.neighbours is None:
@@ -343,6 +384,7 @@ def score_cells(
             budget=budget,
             keep_residuals=score in NEEDS_MMD or codes is not None,
             codes=codes,
+            batch_scale=batch_scale,
         )
     offsets = scores.pop("knn offsets", None)  # the same on every rank
     try:
@@ -369,7 +411,7 @@ def score_cells(
     count = None
     folds = scores.pop("knn folds", None)
     if folds is not None:
-        scores["knn"] = folds.mean(1)
+        scores["knn"] = scores.pop("knn")  # after "mmd", as the documented order has it
         count = count_anomalies(
             folds.T, detector.neighbours, shifted=codes is not None, batches=codes, offsets=offsets
         )

@@ -33,7 +33,9 @@ from ..data import ExpressionSource, MinibatchLoader, prepare
 from ..nn import Critic, Decoder, Encoder, Generator
 from ..nn.generator import EMBEDDING
 from ..train import AdversarialConfig, AdversarialStep, Checkpoint, train_adversarial
+from .batch_scale import target_batch_scale
 from .kin import find_kin
+from .neighbours import ReferenceNeighbours
 
 
 @dataclass(frozen=True)
@@ -357,13 +359,17 @@ def correct_expression(
     checkpoint: Checkpoint | None = None,
     layer: str | None = None,
     history: dict[str, list[dict[str, float]]] | None = None,
+    neighbours: ReferenceNeighbours | None = None,
 ) -> Any:
     """Modules II-III with module I's ``generator``: match the ``normal`` target cells to
     reference kin, train the style transfer on them and correct every target cell on the
     panel ``genes`` (see :meth:`acsleuth.ACsleuth.correct`, which documents the arguments;
     ``layer``: read ``layers[layer]`` of both inputs instead of ``X``).
     Seconds go to ``timings["kin"]`` and ``timings["style"]``; the style transfer's per-epoch
-    losses to ``history["style"]`` when given."""
+    losses to ``history["style"]`` when given. With a ``batch_key``, ``params.batch_scale``
+    and the reference ``neighbours`` (with their profile), each batch's per-gene scale is
+    divided out of the target first, as scoring divides it out of what the distance measures
+    (:func:`~acsleuth.stages.batch_scale.target_batch_scale`: the same seeded estimate)."""
     if kin not in KINS:
         raise ValueError(f"ACsleuth: kin must be 'nearest' or 'learned', got {kin!r}")
     if anomalies not in ANOMALY_EXPRESSIONS:
@@ -385,6 +391,11 @@ def correct_expression(
             f"correct: out has shape {tuple(out.shape)}, expected {shape} (cells x model genes)"
         )
     codes, n_batches = batch_codes(target_source.adata, batch_key)
+    rescale = batch_key is not None and params.batch_scale and neighbours is not None
+    if rescale and neighbours.profile is not None:
+        with stage_timer(timings, "batch scale"):
+            scale = target_batch_scale(neighbours, target_source, codes, params, device)
+        target_source = target_source.with_batch_scale(scale, codes)
     ctx = parallel.context()
     first, last = parallel.shard_bounds(target_source.n_obs, ctx)  # all cells in one process
     normal_rows = np.flatnonzero(normal)
