@@ -86,11 +86,8 @@ class ACsleuth(FamiliarAPI, PipelineStages, persist.Persistent):
         default, or ``"scaled"``; a model without a neighbour index uses ``"scaled"``), and
         whether reference residuals join its minibatches as known normal cells.
     batch_scale
-        With a ``batch_key``, divide each target batch's per-gene scale against the reference
-        out of what the ``"knn"`` distance measures (so out of the MMD predictor's warm start)
-        and out of the expression the batch correction starts from
-        (:mod:`acsleuth.stages.batch_scale`; needs the neighbour index). The residuals and
-        the count without a ratio read the expression as given.
+        With a ``batch_key``, divide each batch's per-gene scale out of the ``"knn"`` distance
+        and the corrected expression (:mod:`acsleuth.stages.batch_scale`; see :meth:`evaluate`).
     n_memory, memory_temperature, memory_shrink
         The memory bank's size, softmax temperature and hard-shrinkage threshold (docs/method.md §1).
     n_critic, style_n_critic
@@ -243,9 +240,7 @@ class ACsleuth(FamiliarAPI, PipelineStages, persist.Persistent):
     # ------------------------------------------------------------------ scoring
     def _require_fitted(self) -> None:
         if not self.is_fitted:
-            raise RuntimeError(
-                "ACsleuth: call fit(reference) (or ACsleuth.load(dir)) before scoring"
-            )
+            raise RuntimeError("ACsleuth: call fit(reference) or ACsleuth.load(dir) first")
 
     def _detector(self) -> Detector:
         return Detector(
@@ -264,16 +259,14 @@ class ACsleuth(FamiliarAPI, PipelineStages, persist.Persistent):
         """Score every target cell and call anomalies; returns every score type computed.
 
         With ``batch_key`` (an ``obs`` column of target batches) the scaled residuals behind
-        the ``"scaled"`` and ``"mmd"`` scores are centred per batch on their per-gene median
-        (over up to 20,000 cells per batch), so that a batch measured unlike the reference is
-        not called anomalous as a whole.
+        ``"scaled"`` and ``"mmd"`` are centred per batch on their per-gene median (over up to
+        20,000 cells per batch), and before the ``"knn"`` distance each batch is shifted onto
+        the reference and (``batch_scale``) has its per-gene scale divided out.
 
-        Target cells are read, reconstructed and scored in chunks of ``eval_batch_size``;
-        the scaled residuals the MMD predictor trains on are kept once, in float16, in
-        memory when they fit ``cache_gb`` and in a temporary file otherwise, so memory
-        grows only with the per-cell outputs. ``layer``: read ``layers[layer]`` instead of ``X``.
-        A cell's ``"mmd"`` score depends on the other cells scored with it (the predictor is
-        trained on this target).
+        Cells are read and scored in chunks of ``eval_batch_size``; the float16 scaled
+        residuals the MMD predictor trains on stay in memory within ``cache_gb``, else in a
+        temporary file. ``layer``: read ``layers[layer]`` instead of ``X``. A cell's ``"mmd"``
+        score depends on the other cells scored with it (the predictor trains on this target).
         """
         self._require_fitted()
         settings = self.settings
