@@ -455,7 +455,6 @@ class ACsleuth(FamiliarAPI, PipelineStages, persist.Persistent):
                 key_added=key_added,
             )
             target.uns[key_added]["device"] = str(self.device)
-        anomaly = result.anomaly
         timings: dict[str, float] = {}
         history = {f"module I {stage}": epochs for stage, epochs in self.history_.items()}
         history |= result.history
@@ -463,7 +462,7 @@ class ACsleuth(FamiliarAPI, PipelineStages, persist.Persistent):
             corrected = self.correct(
                 target,
                 reference,
-                normal=~anomaly,
+                normal=~result.anomaly,
                 batch_key=batch_key,
                 kin=kin,
                 out=corrected_out,
@@ -471,24 +470,25 @@ class ACsleuth(FamiliarAPI, PipelineStages, persist.Persistent):
                 checkpoint=checkpoint,
                 layer=layer,
                 history=history,
+                batch_scale=result.batch_scale,
             )
             if main and corrected_out is None:
                 contract.write_corrected(target, corrected, self.genes_, key_added)
         x = None
         if main and correct and corrected_out is not None:
-            x = np.asarray(corrected_out[np.flatnonzero(anomaly)], dtype=np.float32)
+            x = np.asarray(corrected_out[np.flatnonzero(result.anomaly)], dtype=np.float32)
         elif main:
             x = contract.corrected_expression(
-                target, self.genes_, key_added, np.flatnonzero(anomaly), layer=layer
+                target, self.genes_, key_added, np.flatnonzero(result.anomaly), layer=layer
             )
         # every rank clusters the anomalies (DESC trains on each rank's shard of them)
-        result = self.subtype(
+        subtypes = self.subtype(
             parallel.broadcast_array(x, parallel.context()), n_subtypes=n_subtypes, timings=timings
         )
         if main:
-            contract.write_subtypes(target, anomaly, result, key_added)
+            contract.write_subtypes(target, result.anomaly, subtypes, key_added)
             add_timings(target, key_added, timings)
-            history["subtype desc"] = [] if result is None else result.history
+            history["subtype desc"] = [] if subtypes is None else subtypes.history
             add_history(target, key_added, history)
         return target
 

@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .._constants import Params
+from .._logging import logger, stage_timer
 from ..data import ExpressionSource
 from .neighbours import OFFSET_SAMPLE, ReferenceNeighbours, nearest, shift_onto
 from .residuals import median_sample
@@ -129,4 +130,26 @@ def target_batch_scale(
     return scale.cpu().numpy()
 
 
-__all__ = ["batch_gene_scale", "batch_gene_scales", "target_batch_scale"]
+def batch_scale_or_none(
+    neighbours: ReferenceNeighbours | None,
+    source: ExpressionSource,
+    codes: np.ndarray,
+    params: Params,
+    device: torch.device,
+    *,
+    batch_key: str | None,
+    timings: dict[str, float],
+) -> np.ndarray | None:
+    """:func:`target_batch_scale` when it applies: a ``batch_key``, ``params.batch_scale`` and a
+    neighbour index that keeps the reference profile (models saved before it existed keep
+    none: logged); else None. Seconds go to ``timings["batch scale"]``."""
+    if batch_key is None or not params.batch_scale or neighbours is None:
+        return None
+    if neighbours.profile is None:
+        logger.info("the model keeps no reference profile: no per-gene batch scale")
+        return None
+    with stage_timer(timings, "batch scale"):
+        return target_batch_scale(neighbours, source, codes, params, device)
+
+
+__all__ = ["batch_gene_scale", "batch_gene_scales", "batch_scale_or_none", "target_batch_scale"]

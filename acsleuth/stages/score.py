@@ -27,7 +27,7 @@ from ..data.checks import check_target_size
 from ..data.store import RowStore
 from ..nn import Critic, Generator
 from ..nn.generator import EMBEDDING
-from .batch_scale import target_batch_scale
+from .batch_scale import batch_scale_or_none
 from .detect import chunk_scores, reconstruct, residual_scale
 from .mmd import fit_predictor, predict_logits
 from .neighbours import OFFSET_SAMPLE, ReferenceNeighbours, count_anomalies, rank_average
@@ -312,14 +312,9 @@ def evaluate_target(
         source = prepare(target, genes=genes, name="target", layer=layer)
     check_target_size(source.n_obs, params.score)
     codes, _ = batch_codes(source.adata, batch_key)
-    scale = None
-    neighbours = detector.neighbours
-    if batch_key is not None and params.batch_scale and neighbours is not None:
-        if neighbours.profile is None:  # saved before the profile existed
-            logger.info("the model keeps no reference profile: no per-gene batch scale")
-        else:
-            with stage_timer(timings, "batch scale"):
-                scale = target_batch_scale(neighbours, source, codes, params, device)
+    scale = batch_scale_or_none(
+        detector.neighbours, source, codes, params, device, batch_key=batch_key, timings=timings
+    )
     with seeded(params.random_state, device):
         scores, embedding, count = score_cells(
             detector,

@@ -33,7 +33,7 @@ from ..data import ExpressionSource, MinibatchLoader, prepare
 from ..nn import Critic, Decoder, Encoder, Generator
 from ..nn.generator import EMBEDDING
 from ..train import AdversarialConfig, AdversarialStep, Checkpoint, train_adversarial
-from .batch_scale import target_batch_scale
+from .batch_scale import batch_scale_or_none
 from .kin import find_kin
 from .neighbours import ReferenceNeighbours
 
@@ -360,6 +360,7 @@ def correct_expression(
     layer: str | None = None,
     history: dict[str, list[dict[str, float]]] | None = None,
     neighbours: ReferenceNeighbours | None = None,
+    batch_scale: np.ndarray | None = None,
 ) -> Any:
     """Modules II-III with module I's ``generator``: match the ``normal`` target cells to
     reference kin, train the style transfer on them and correct every target cell on the
@@ -369,7 +370,9 @@ def correct_expression(
     losses to ``history["style"]`` when given. With a ``batch_key``, ``params.batch_scale``
     and the reference ``neighbours`` (with their profile), each batch's per-gene scale is
     divided out of the target first, as scoring divides it out of what the distance measures
-    (:func:`~acsleuth.stages.batch_scale.target_batch_scale`: the same seeded estimate)."""
+    (:func:`~acsleuth.stages.batch_scale.target_batch_scale`: the same seeded estimate);
+    ``batch_scale`` (``(batches, G)``, e.g. scoring's ``ScoreResult.batch_scale``) is used
+    instead of estimating it again when given."""
     if kin not in KINS:
         raise ValueError(f"ACsleuth: kin must be 'nearest' or 'learned', got {kin!r}")
     if anomalies not in ANOMALY_EXPRESSIONS:
@@ -391,11 +394,12 @@ def correct_expression(
             f"correct: out has shape {tuple(out.shape)}, expected {shape} (cells x model genes)"
         )
     codes, n_batches = batch_codes(target_source.adata, batch_key)
-    rescale = batch_key is not None and params.batch_scale and neighbours is not None
-    if rescale and neighbours.profile is not None:
-        with stage_timer(timings, "batch scale"):
-            scale = target_batch_scale(neighbours, target_source, codes, params, device)
-        target_source = target_source.with_batch_scale(scale, codes)
+    if batch_scale is None:
+        batch_scale = batch_scale_or_none(
+            neighbours, target_source, codes, params, device, batch_key=batch_key, timings=timings
+        )
+    if batch_scale is not None:
+        target_source = target_source.with_batch_scale(batch_scale, codes)
     ctx = parallel.context()
     first, last = parallel.shard_bounds(target_source.n_obs, ctx)  # all cells in one process
     normal_rows = np.flatnonzero(normal)

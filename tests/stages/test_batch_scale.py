@@ -131,22 +131,51 @@ def test_the_model_keeps_a_profile_and_measures_the_distance_after_dividing_it_o
     assert model.evaluate(target, batch_key="batch").batch_scale is None
 
 
-def test_the_correction_divides_out_the_scale_scoring_estimated(two_batches, monkeypatch) -> None:
-    from acsleuth.stages import style
+@pytest.fixture
+def estimates(monkeypatch) -> list[np.ndarray]:
+    """Every per-gene scale estimated while the test runs, in order."""
+    from acsleuth.stages import batch_scale
 
-    model, reference, target = two_batches
-    scored = model.evaluate(target, batch_key="batch")
-    estimates = []
+    made = []
+    estimate = batch_scale.target_batch_scale
 
     def recording(*args):
-        estimates.append(style_scale(*args))
-        return estimates[-1]
+        made.append(estimate(*args))
+        return made[-1]
 
-    style_scale = style.target_batch_scale
-    monkeypatch.setattr(style, "target_batch_scale", recording)
+    monkeypatch.setattr(batch_scale, "target_batch_scale", recording)
+    return made
+
+
+def test_the_correction_divides_out_the_scale_scoring_estimated(
+    two_batches, estimates, monkeypatch
+) -> None:
+    model, reference, target = two_batches
+    scored = model.evaluate(target, batch_key="batch")
+    assert len(estimates) == 1
     normal = ~scored.anomaly
     scaled = model.correct(target, reference, normal=normal, batch_key="batch")
-    np.testing.assert_array_equal(estimates[0], scored.batch_scale)
+    np.testing.assert_array_equal(estimates[1], scored.batch_scale)
+    given = model.correct(
+        target, reference, normal=normal, batch_key="batch", batch_scale=scored.batch_scale
+    )
+    assert len(estimates) == 2  # a scale passed in is used, not estimated again
+    np.testing.assert_array_equal(given, scaled)
+    halved = model.correct(
+        target, reference, normal=normal, batch_key="batch", batch_scale=scored.batch_scale / 2
+    )
+    assert len(estimates) == 2 and not np.allclose(halved, scaled, atol=1e-2)
     monkeypatch.setitem(model.params, "batch_scale", False)
     unscaled = model.correct(target, reference, normal=normal, batch_key="batch")
-    assert len(estimates) == 1 and not np.allclose(scaled, unscaled, atol=1e-2)
+    assert len(estimates) == 2 and not np.allclose(scaled, unscaled, atol=1e-2)
+
+
+def test_run_estimates_the_scale_once_and_corrects_with_it(two_batches, estimates) -> None:
+    model, reference, target = two_batches
+    annotated = model.run(reference, target.copy(), batch_key="batch", n_subtypes=2)
+    assert len(estimates) == 1
+    normal = ~annotated.obs["acsleuth_anomaly"].to_numpy(bool)
+    again = model.correct(target, reference, normal=normal, batch_key="batch")
+    assert len(estimates) == 2
+    np.testing.assert_array_equal(estimates[1], estimates[0])
+    np.testing.assert_array_equal(np.asarray(annotated.layers["acsleuth_corrected"]), again)
