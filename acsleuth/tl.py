@@ -63,7 +63,9 @@ def score_anomalies(
     - ``obsm[f"{key_added}_scores"]``: every score type computed (a DataFrame, a column each)
     - ``uns[key_added]``: ``params`` (the model's settings, with this call's ``batch_key`` and
       ``layer``; settings that are None are left out), ``score``, ``threshold``, ``version``,
-      ``backend``, ``device``, ``seed`` and ``timings`` (seconds per stage)
+      ``backend``, ``device``, ``seed`` and ``timings`` (seconds per stage); with a
+      ``batch_key``, ``batch_scale`` (each batch's per-gene log-scale against the reference,
+      batches x panel genes)
 
     A cell's ``"mmd"`` score depends on the other cells of ``target``: the predictor is
     trained on the cells it scores.

@@ -11,7 +11,9 @@ Every key is built from ``key_added`` (default ``"acsleuth"``) by :func:`keys`:
   embedding DESC clustered
 - ``uns[key_added]``: ``params``, ``score``, ``threshold``, ``version``, ``backend``,
   ``seed``, ``timings`` (a nested stage keyed "stage > sub-stage"), ``n_subtypes``,
-  ``silhouette_curve``, ``history`` (per-epoch losses of each trained stage)
+  ``silhouette_curve``, ``history`` (per-epoch losses of each trained stage), and with a
+  ``batch_key`` ``batch_scale``: each batch's per-gene log-scale against the reference
+  (a DataFrame, batches x panel genes; :mod:`acsleuth.stages.batch_scale`)
 """
 
 from __future__ import annotations
@@ -113,6 +115,8 @@ def write_scores(
         "seed": params["random_state"],
         "timings": dict(timings),
     }
+    if result.batch_scale is not None:
+        adata.uns[k.uns]["batch_scale"] = result.batch_scale
 
 
 def corrected_slot(adata: AnnData, genes: Sequence[str]) -> str:

@@ -10,6 +10,7 @@ import os
 from typing import Any, Literal
 
 import numpy as np
+import pandas as pd
 from anndata import AnnData
 
 from .._constants import AnomalyExpression, Kin
@@ -41,7 +42,7 @@ class PipelineStages:
         checkpoint: Checkpoint | None = None,
         layer: str | None = None,
         history: dict[str, list[dict[str, float]]] | None = None,
-        batch_scale: np.ndarray | None = None,
+        batch_scale: pd.DataFrame | np.ndarray | None = None,
     ) -> Any:
         """Batch-corrected expression of every target cell (modules II-III, docs/method.md §2-§3).
 
@@ -58,8 +59,9 @@ class PipelineStages:
         ``history["style"]`` when ``history`` is given. With ``batch_key`` each batch's
         per-gene scale against the reference is divided out of the target first, as
         :meth:`evaluate` divides it out of the distance (``batch_scale``, the default;
-        :mod:`acsleuth.stages.batch_scale`); pass the ``(batches, n_genes_)`` scale scoring
-        estimated (``ScoreResult.batch_scale``) as ``batch_scale`` to skip estimating it again.
+        :mod:`acsleuth.stages.batch_scale`); pass the scale scoring estimated
+        (``ScoreResult.batch_scale``, a batches x genes table) as ``batch_scale`` to skip
+        estimating it again.
 
         Returns ``out``, filled chunk by chunk with the float32 ``(n_obs, n_genes_)``
         corrected expression: any array taking row-slice assignment (a numpy array or

@@ -12,8 +12,12 @@ and the held-out end-to-end F1 x NMI from 0.626 to 0.659 (benchmarks/RESULTS.md,
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
+import pandas as pd
 import torch
+from anndata import AnnData
 from torch import Tensor
 
 from .._constants import Params
@@ -152,4 +156,43 @@ def batch_scale_or_none(
         return target_batch_scale(neighbours, source, codes, params, device)
 
 
-__all__ = ["batch_gene_scale", "batch_gene_scales", "batch_scale_or_none", "target_batch_scale"]
+def batch_names(adata: AnnData, batch_key: str) -> list[str]:
+    """The batches of ``adata.obs[batch_key]`` in the order of their codes (its categories)."""
+    return [str(b) for b in pd.Categorical(adata.obs[batch_key]).categories]
+
+
+def scale_table(scale: np.ndarray, batches: Sequence[str], genes: Sequence[str]) -> pd.DataFrame:
+    """The ``(B, G)`` log-scales labelled: one row per batch, one column per panel gene."""
+    return pd.DataFrame(scale, index=pd.Index(batches, name="batch"), columns=list(genes))
+
+
+def scale_rows(
+    scale: pd.DataFrame | np.ndarray, batches: Sequence[str], genes: Sequence[str]
+) -> np.ndarray:
+    """``(len(batches), len(genes))`` float32 log-scales: a table's rows looked up by batch name
+    and its columns by gene (:func:`scale_table`), an array taken as in that order already.
+    A batch or gene the table lacks is refused with one line."""
+    if not isinstance(scale, pd.DataFrame):
+        return np.asarray(scale, dtype=np.float32)
+    for kind, wanted, have in (("batch", batches, scale.index), ("gene", genes, scale.columns)):
+        missing = pd.Index(wanted).difference(have.astype(str))
+        if len(missing):
+            raise ValueError(
+                f"batch_scale: the table has no {kind} {list(missing[:3])} of this target "
+                f"({len(missing)} missing); pass the batch_scale scored on the same target"
+            )
+    table = scale.set_axis(scale.index.astype(str), axis=0).set_axis(
+        scale.columns.astype(str), axis=1
+    )
+    return table.loc[list(batches), list(genes)].to_numpy(np.float32)
+
+
+__all__ = [
+    "batch_gene_scale",
+    "batch_gene_scales",
+    "batch_names",
+    "batch_scale_or_none",
+    "scale_rows",
+    "scale_table",
+    "target_batch_scale",
+]

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
 import torch
 from anndata import AnnData
 from torch import Tensor
@@ -27,7 +28,7 @@ from ..data.checks import check_target_size
 from ..data.store import RowStore
 from ..nn import Critic, Generator
 from ..nn.generator import EMBEDDING
-from .batch_scale import batch_scale_or_none
+from .batch_scale import batch_names, batch_scale_or_none, scale_table
 from .detect import chunk_scores, reconstruct, residual_scale
 from .mmd import fit_predictor, predict_logits
 from .neighbours import OFFSET_SAMPLE, ReferenceNeighbours, count_anomalies, rank_average
@@ -49,10 +50,10 @@ class ScoreResult:
     timings: dict[str, float] = field(default_factory=dict)
     history: dict[str, list[dict[str, float]]] = field(default_factory=dict)
     """Per-epoch losses of the stages trained while scoring (the MMD predictor's)."""
-    batch_scale: np.ndarray | None = None
-    """``(B, G)`` per-gene log-scale of each target batch divided out of what the ``"knn"``
-    distance measured (:func:`~acsleuth.stages.batch_scale.target_batch_scale`), None when
-    none was."""
+    batch_scale: pd.DataFrame | None = None
+    """Per-gene log-scale of each target batch divided out of what the ``"knn"`` distance
+    measured (:func:`~acsleuth.stages.batch_scale.target_batch_scale`; rows: the batches,
+    columns: the panel genes), None when none was."""
 
 
 @dataclass
@@ -328,6 +329,9 @@ def evaluate_target(
             batch_scale=scale,
         )
     chosen = scores[params.score]
+    table = (
+        None if scale is None else scale_table(scale, batch_names(source.adata, batch_key), genes)
+    )
     anomaly, threshold = call_anomalies(chosen, params.score, params.anomaly_ratio, count)
     return ScoreResult(
         scores={k: v.numpy().astype(np.float64) for k, v in scores.items()},
@@ -337,7 +341,7 @@ def evaluate_target(
         threshold=threshold,
         timings=timings,
         history=history,
-        batch_scale=scale,
+        batch_scale=table,
     )
 
 

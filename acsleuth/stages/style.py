@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.nn.functional as F
 from anndata import AnnData
@@ -33,7 +34,7 @@ from ..data import ExpressionSource, MinibatchLoader, prepare
 from ..nn import Critic, Decoder, Encoder, Generator
 from ..nn.generator import EMBEDDING
 from ..train import AdversarialConfig, AdversarialStep, Checkpoint, train_adversarial
-from .batch_scale import batch_scale_or_none
+from .batch_scale import batch_names, batch_scale_or_none, scale_rows
 from .kin import find_kin
 from .neighbours import ReferenceNeighbours
 
@@ -360,7 +361,7 @@ def correct_expression(
     layer: str | None = None,
     history: dict[str, list[dict[str, float]]] | None = None,
     neighbours: ReferenceNeighbours | None = None,
-    batch_scale: np.ndarray | None = None,
+    batch_scale: pd.DataFrame | np.ndarray | None = None,
 ) -> Any:
     """Modules II-III with module I's ``generator``: match the ``normal`` target cells to
     reference kin, train the style transfer on them and correct every target cell on the
@@ -371,8 +372,9 @@ def correct_expression(
     and the reference ``neighbours`` (with their profile), each batch's per-gene scale is
     divided out of the target first, as scoring divides it out of what the distance measures
     (:func:`~acsleuth.stages.batch_scale.target_batch_scale`: the same seeded estimate);
-    ``batch_scale`` (``(batches, G)``, e.g. scoring's ``ScoreResult.batch_scale``) is used
-    instead of estimating it again when given."""
+    ``batch_scale`` (scoring's ``ScoreResult.batch_scale``, rows matched to the batches by
+    name; or a ``(batches, G)`` array in the order of their codes) is used instead of
+    estimating it again when given (with a ``batch_key``; ignored without one)."""
     if kin not in KINS:
         raise ValueError(f"ACsleuth: kin must be 'nearest' or 'learned', got {kin!r}")
     if anomalies not in ANOMALY_EXPRESSIONS:
@@ -398,6 +400,8 @@ def correct_expression(
         batch_scale = batch_scale_or_none(
             neighbours, target_source, codes, params, device, batch_key=batch_key, timings=timings
         )
+    elif batch_key is not None:
+        batch_scale = scale_rows(batch_scale, batch_names(target_source.adata, batch_key), genes)
     if batch_scale is not None:
         target_source = target_source.with_batch_scale(batch_scale, codes)
     ctx = parallel.context()

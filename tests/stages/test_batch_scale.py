@@ -105,14 +105,16 @@ def test_the_model_keeps_a_profile_and_measures_the_distance_after_dividing_it_o
     assert torch.equal(saved.profile, profile)
 
     scaled = model.evaluate(target, batch_key="batch")
-    assert scaled.batch_scale.shape == (2, len(model.genes_))
+    table = scaled.batch_scale
+    assert list(table.index) == list(target.obs["batch"].cat.categories)
+    assert list(table.columns) == list(model.genes_)
     assert scaled.timings["batch scale"] >= 0
-    spread = np.abs(scaled.batch_scale).mean(1)
+    spread = np.abs(table.to_numpy()).mean(1)
     assert spread[1] > 3 * spread[0]
     # the distance measured exactly the expression with each batch's scale divided out
     codes = target.obs["batch"].cat.codes.to_numpy()
     x = prepare(target, genes=model.genes_).rows(slice(None))
-    divided = np.log1p(np.expm1(x) * np.exp(-scaled.batch_scale[codes])).astype(np.float32)
+    divided = np.log1p(np.expm1(x) * np.exp(-table.to_numpy()[codes])).astype(np.float32)
     by_hand = AnnData(divided, obs=target.obs.copy())
     by_hand.var_names = model.genes_
     monkeypatch.setitem(model.params, "batch_scale", False)
@@ -165,6 +167,15 @@ def test_the_correction_divides_out_the_scale_scoring_estimated(
         target, reference, normal=normal, batch_key="batch", batch_scale=scored.batch_scale / 2
     )
     assert len(estimates) == 2 and not np.allclose(halved, scaled, atol=1e-2)
+    reordered = scored.batch_scale.iloc[::-1, ::-1]  # rows and genes are matched by name
+    by_name = model.correct(
+        target, reference, normal=normal, batch_key="batch", batch_scale=reordered
+    )
+    np.testing.assert_array_equal(by_name, scaled)
+    with pytest.raises(ValueError, match="no batch"):
+        model.correct(
+            target, reference, normal=normal, batch_key="batch", batch_scale=reordered.iloc[:1]
+        )
     monkeypatch.setitem(model.params, "batch_scale", False)
     unscaled = model.correct(target, reference, normal=normal, batch_key="batch")
     assert len(estimates) == 2 and not np.allclose(scaled, unscaled, atol=1e-2)
@@ -174,6 +185,8 @@ def test_run_estimates_the_scale_once_and_corrects_with_it(two_batches, estimate
     model, reference, target = two_batches
     annotated = model.run(reference, target.copy(), batch_key="batch", n_subtypes=2)
     assert len(estimates) == 1
+    written = annotated.uns["acsleuth"]["batch_scale"]  # batches x genes, for the user
+    np.testing.assert_array_equal(written.loc[["target_0", "target_1"]].to_numpy(), estimates[0])
     normal = ~annotated.obs["acsleuth_anomaly"].to_numpy(bool)
     again = model.correct(target, reference, normal=normal, batch_key="batch")
     assert len(estimates) == 2
