@@ -78,6 +78,24 @@ def test_no_correct_and_no_corrected_layer(cli_files) -> None:
     )
 
 
+def test_no_batch_scale_turns_the_scale_off_and_needs_a_batch_key(cli_files, capsys) -> None:
+    scaled = _run(cli_files, "scaled", "--no-correct", "--batch-key", "batch")
+    table = scaled.uns["acsleuth"]["batch_scale"]
+    assert list(table.index) == list(scaled.obs["batch"].cat.categories)
+    unscaled = _run(
+        cli_files, "unscaled", "--no-correct", "--batch-key", "batch", "--no-batch-scale"
+    )
+    assert "batch_scale" not in unscaled.uns["acsleuth"]
+    assert unscaled.uns["acsleuth"]["params"]["batch_scale"] is False
+    knn = [a.obsm["acsleuth_scores"]["knn"].to_numpy() for a in (scaled, unscaled)]
+    assert not np.allclose(*knn)
+    capsys.readouterr()
+    rc = run_in(cli_files, *QUICK, "--no-batch-scale", out="refused")
+    err = capsys.readouterr().err
+    assert rc == 2 and "--no-batch-scale applies to --batch-key only" in err
+    assert err.count("\n") == 1 and not (cli_files / "refused").exists()
+
+
 def test_score_n_top_genes_and_named_epochs(cli_files) -> None:
     annotated = _run(
         cli_files,

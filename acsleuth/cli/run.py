@@ -82,6 +82,13 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
         help="skip batch correction (subtype the uncorrected expression)",
     )
     run.add_argument(
+        "--no-batch-scale",
+        action="store_true",
+        help="with --batch-key: do not divide each batch's per-gene scale against the "
+        "reference out before the distance and the correction (scoring a large target "
+        "takes about 40 %% less time; batch_scale=False)",
+    )
+    run.add_argument(
         "--no-corrected-layer",
         action="store_true",
         help="do not write the dense "
@@ -146,6 +153,8 @@ def _check_branch(args: argparse.Namespace) -> None:
     """Refuse options the branch taken cannot honour, rather than ignore them."""
     if args.model is None and args.reference is None:
         raise ValueError("give --reference (to train) or --model (a saved model)")
+    if args.no_batch_scale and args.batch_key is None:
+        raise ValueError("--no-batch-scale applies to --batch-key only; add --batch-key or drop it")
     if args.model is not None:
         given = [name for name in TRAINING_OPTIONS if getattr(args, name) not in (None, False)]
         if given:
@@ -234,6 +243,8 @@ def _inputs(args: argparse.Namespace, ctx: Context) -> tuple[ACsleuth, Any, AnnD
             for k, v in (("score", args.score), ("anomaly_ratio", args.anomaly_ratio))
             if v is not None
         }
+        if args.no_batch_scale:
+            settings["batch_scale"] = False
         if args.model is not None:
             model = acsleuth.ACsleuth.load(args.model, device=args.device).set_params(**settings)
         else:
