@@ -43,8 +43,7 @@ def score_anomalies(
     score
         Score type; default: the model's.
     batch_key
-        ``obs`` column of target batches: the residuals behind the ``"scaled"`` and
-        ``"mmd"`` scores are centred per batch (see :meth:`ACsleuth.evaluate`).
+        ``obs`` column of target batches (how they are handled: :meth:`ACsleuth.evaluate`).
     layer, use_raw
         Score ``layers[layer]`` (e.g. ``"counts"``), or ``raw.X`` with ``use_raw=True``,
         instead of ``X``.
@@ -63,9 +62,8 @@ def score_anomalies(
     - ``obsm[f"{key_added}_scores"]``: every score type computed (a DataFrame, a column each)
     - ``uns[key_added]``: ``params`` (the model's settings, with this call's ``batch_key`` and
       ``layer``; settings that are None are left out), ``score``, ``threshold``, ``version``,
-      ``backend``, ``device``, ``seed`` and ``timings`` (seconds per stage); with a
-      ``batch_key``, ``batch_scale`` (each batch's per-gene log-scale against the reference,
-      batches x panel genes)
+      ``backend``, ``device``, ``seed``, ``timings`` (seconds per stage) and, with a
+      ``batch_key``, ``batch_scale`` (each batch's per-gene log-scale, batches x genes)
 
     A cell's ``"mmd"`` score depends on the other cells of ``target``: the predictor is
     trained on the cells it scores.

@@ -356,6 +356,7 @@ def count_anomalies(
     shifted: bool = False,
     batches: np.ndarray | None = None,
     offsets: Tensor | None = None,
+    batch_sizes: np.ndarray | None = None,
 ) -> int:
     """Estimated number of anomalies among target cells from their ``(F, n)`` fold distances.
 
@@ -378,6 +379,9 @@ def count_anomalies(
     quantile (0.62-0.65 below the shifted null's), so the count was 0.35-0.5 of the truth.
     Each batch is then counted on its own, and the null of a batch that was moved far
     is lifted (:func:`null_lift`).
+
+    ``batch_sizes`` (cells per batch code): the distances are of a sample of each batch, and
+    each batch's estimate is scaled up to its size; the count is then of all those cells.
     """
     if not quantiles or not all(0.0 < q < 1.0 for q in quantiles):
         raise ValueError(f"count_anomalies: quantiles must be in (0, 1), got {tuple(quantiles)}")
@@ -401,8 +405,11 @@ def count_anomalies(
                 for v, t, iqr in zip(values, thresholds, spread, strict=True)
             ]
         ).double()
-        normal += float(torch.clamp(below / q, max=values.shape[1]).mean())
-    return n - round(normal)
+        estimate = float(torch.clamp(below / q, max=values.shape[1]).mean())
+        normal += (
+            estimate if batch_sizes is None else estimate * batch_sizes[code] / values.shape[1]
+        )
+    return (n if batch_sizes is None else int(np.sum(batch_sizes))) - round(normal)
 
 
 def null_lift(

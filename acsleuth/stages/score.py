@@ -28,7 +28,7 @@ from ..data.checks import check_target_size
 from ..data.store import RowStore
 from ..nn import Critic, Generator
 from ..nn.generator import EMBEDDING
-from .batch_scale import batch_names, batch_scale_or_none, scale_table
+from .batch_scale import batch_names, batch_scale_or_none, counted_rows, scale_table
 from .detect import chunk_scores, reconstruct, residual_scale
 from .mmd import fit_predictor, predict_logits
 from .neighbours import OFFSET_SAMPLE, ReferenceNeighbours, count_anomalies, rank_average
@@ -105,7 +105,8 @@ def reconstruct_target(
     residuals (when ``keep_residuals``; float16, centred per batch of ``codes`` when given)
     and the ``(n_obs, 256)`` encoder embeddings. ``budget``: bytes the outputs may hold on
     ``device``. With a neighbour index, ``scores["knn folds"]`` holds every cell's
-    ``(n_obs, folds)`` distances to the reference (what the count without a ratio reads)
+    ``(n_obs, folds)`` distances to the reference (what the count without a ratio reads;
+    with ``batch_scale``, only the rows of :func:`counted_rows`)
     and, with ``codes``, ``scores["knn offsets"]`` the ``(folds, batches, d)`` shifts of the
     batches onto it; ``scores["knn"]`` is their mean over folds or, with ``batch_scale``
     (``(batches, G)`` log-scales, :func:`~acsleuth.stages.batch_scale.target_batch_scale`),
@@ -137,6 +138,9 @@ def reconstruct_target(
     if keep_residuals:
         store = RowStore(n_obs, n_genes, device=device, dtype=RESIDUAL_DTYPE, budget_bytes=budget)
     sample = None if codes is None else median_sample(codes, seed=params.random_state)
+    counted = counted_rows(codes, batch_scale, params)
+    if counted is not None:
+        counted = counted[(counted >= first) & (counted < last)]
     # Every output is allocated once and filled in place: small per-chunk tensors kept
     # alive between the chunks' large transient buffers fragment the heap, which then
     # grew by ~14 kB per cell (measured: 18 GB peak for 1M cells x 2,000 genes).
@@ -146,12 +150,14 @@ def reconstruct_target(
     scores: dict[str, Tensor] = {}
     folds = offsets = scaled_folds = None
     if detector.neighbours is not None:  # (cells, folds): gathered over ranks by rows
-        folds = torch.empty((n_obs, len(detector.neighbours.folds)), device=out_device)
+        n_folds = len(detector.neighbours.folds)
+        n_counted = n_obs if counted is None else counted.size
+        folds = torch.empty((n_counted, n_folds), device=out_device)
         if codes is not None:  # the same sample, so the same shifts, on every rank
             offsets = reference_offsets(detector.neighbours, source, codes, params, device)
             codes_t = torch.as_tensor(codes, dtype=torch.long, device=device)
         if batch_scale is not None:
-            scaled_folds = torch.empty_like(folds)
+            scaled_folds = torch.empty((n_obs, n_folds), device=out_device)
             scaled_offsets = reference_offsets(
                 detector.neighbours,
                 source.with_batch_scale(batch_scale, codes),
@@ -182,9 +188,16 @@ def reconstruct_target(
         if folds is not None:
             batches = None if offsets is None else codes_t[start:stop]
             shift = None if offsets is None else offsets[:, batches]
-            folds[start - first : stop - first].copy_(
-                detector.neighbours.distances(chunk.x, offsets=shift).T
-            )
+            if counted is None:
+                folds[start - first : stop - first].copy_(
+                    detector.neighbours.distances(chunk.x, offsets=shift).T
+                )
+            else:
+                lo, hi = np.searchsorted(counted, [start, stop])
+                index = torch.from_numpy(counted[lo:hi] - start).to(chunk.x.device)
+                folds[lo:hi].copy_(
+                    detector.neighbours.distances(chunk.x[index], offsets=shift[:, index]).T
+                )
         if scaled_folds is not None:
             x = torch.log1p(torch.expm1(chunk.x) * divisor[batches])
             scaled_folds[start - first : stop - first].copy_(
@@ -411,10 +424,16 @@ def score_cells(
     folds = scores.pop("knn folds", None)
     if folds is not None:
         scores["knn"] = scores.pop("knn")  # after "mmd", as the documented order has it
+        counted = counted_rows(codes, batch_scale, params)
         count = count_anomalies(
-            folds.T, detector.neighbours, shifted=codes is not None, batches=codes, offsets=offsets
+            folds.T,
+            detector.neighbours,
+            shifted=codes is not None,
+            batches=codes if counted is None else codes[counted],
+            offsets=offsets,
+            batch_sizes=None if counted is None else np.bincount(codes),
         )
-        if count == folds.shape[0]:  # no cell as near the reference as its null: no foothold
+        if count == len(scores["knn"]):  # no cell as near the reference as its null: no foothold
             logger.warning(
                 "every target cell lies farther from the reference than reference "
                 "cells do; calls without a ratio fall back to a Gaussian mixture"

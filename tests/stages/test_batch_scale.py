@@ -192,3 +192,29 @@ def test_run_estimates_the_scale_once_and_corrects_with_it(two_batches, estimate
     assert len(estimates) == 2
     np.testing.assert_array_equal(estimates[1], estimates[0])
     np.testing.assert_array_equal(np.asarray(annotated.layers["acsleuth_corrected"]), again)
+
+
+def test_with_a_scale_the_count_reads_a_sample_of_each_large_batch(
+    two_batches, monkeypatch
+) -> None:
+    """Batches larger than the median sample: the distance still covers every cell, and the
+    count, read from the sample, is scaled back to the batches' sizes."""
+    from acsleuth.stages import batch_scale, score
+
+    model, _, target = two_batches
+    full = model.evaluate(target, batch_key="batch")
+    drawn = score.median_sample
+
+    def small(codes, *, cap=60, seed=0):
+        return drawn(codes, cap=cap, seed=seed)
+
+    codes = target.obs["batch"].cat.codes.to_numpy()
+    assert batch_scale.counted_rows(codes, full.batch_scale, model.settings) is None  # whole
+    for module in (score, batch_scale):
+        monkeypatch.setattr(module, "median_sample", small)
+    counted = batch_scale.counted_rows(codes, full.batch_scale, model.settings)
+    assert counted.size == 120 and np.array_equal(counted, np.sort(counted))
+    assert batch_scale.counted_rows(codes, None, model.settings) is None
+    sampled = model.evaluate(target, batch_key="batch")
+    np.testing.assert_array_equal(sampled.scores["knn"], full.scores["knn"])
+    assert abs(int(sampled.anomaly.sum()) - int(full.anomaly.sum())) <= 0.1 * target.n_obs

@@ -65,6 +65,29 @@ def test_anomalies_lie_farther_and_are_counted_without_a_ratio() -> None:
     assert anomaly.sum() == count and score[anomaly].min() == threshold
 
 
+def test_a_count_on_a_sample_of_each_batch_is_scaled_to_the_batch() -> None:
+    """Every cell twice in a batch of 2n counts exactly as the n cells once with the batch's
+    size given; a sample that is the whole batch counts as without sizes."""
+    reference, target = _planted()
+    neighbours = fit_neighbours(
+        lambda rows: reference[rows], len(reference), NeighbourConfig(n_components=10, k=5), seed=0
+    )
+    distances = neighbours.distances(torch.from_numpy(target))
+    batches = np.arange(400) % 2
+    whole = count_anomalies(distances, neighbours, batches=batches)
+    sized = count_anomalies(
+        distances, neighbours, batches=batches, batch_sizes=np.array([200, 200])
+    )
+    assert sized == whole
+    doubled = count_anomalies(distances.repeat(1, 2), neighbours, batches=np.tile(batches, 2))
+    scaled = count_anomalies(
+        distances, neighbours, batches=batches, batch_sizes=np.array([400, 400])
+    )
+    assert scaled == doubled and abs(scaled - 2 * whole) <= 1
+    half = count_anomalies(distances[:, batches == 0], neighbours, batch_sizes=np.array([400]))
+    assert abs(half - 2 * count_anomalies(distances[:, batches == 0], neighbours)) <= 1
+
+
 def test_a_shifted_batch_is_moved_back_onto_the_reference() -> None:
     """A constant shift of one batch's genes (normal and anomalous cells alike) is estimated
     from its cells and removed: its normal cells score as unshifted ones do, its anomalies
