@@ -396,11 +396,13 @@ def correct_expression(
             f"correct: out has shape {tuple(out.shape)}, expected {shape} (cells x model genes)"
         )
     codes, n_batches = batch_codes(target_source.adata, batch_key)
-    if batch_scale is None:
+    if batch_key is None:
+        batch_scale = None  # one batch: nothing to divide out (as scoring does)
+    elif batch_scale is None:
         batch_scale = batch_scale_or_none(
             neighbours, target_source, codes, params, device, batch_key=batch_key, timings=timings
         )
-    elif batch_key is not None:
+    else:
         batch_scale = scale_rows(batch_scale, batch_names(target_source.adata, batch_key), genes)
     if batch_scale is not None:
         target_source = target_source.with_batch_scale(batch_scale, codes)

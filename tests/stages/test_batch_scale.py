@@ -179,6 +179,9 @@ def test_the_correction_divides_out_the_scale_scoring_estimated(
     monkeypatch.setitem(model.params, "batch_scale", False)
     unscaled = model.correct(target, reference, normal=normal, batch_key="batch")
     assert len(estimates) == 2 and not np.allclose(scaled, unscaled, atol=1e-2)
+    one_batch = model.correct(target, reference, normal=normal)  # a scale needs batches
+    ignored = model.correct(target, reference, normal=normal, batch_scale=scored.batch_scale)
+    np.testing.assert_array_equal(ignored, one_batch)
 
 
 def test_run_estimates_the_scale_once_and_corrects_with_it(two_batches, estimates) -> None:
