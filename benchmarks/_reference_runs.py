@@ -24,6 +24,7 @@ import torch
 import torch._dynamo  # torch.optim imports it on first use: imported untimed, for every side
 from anndata import AnnData
 from sklearn.metrics import adjusted_rand_score
+from torch.profiler import ProfilerActivity, profile
 
 from acsleuth.compat.sleuth import evaluate
 
@@ -55,12 +56,21 @@ def seed_all(seed: int) -> None:
 
 
 class Timer:
-    """Seconds and peak memory per stage, in the order the stages ran."""
+    """Seconds and peak memory per stage, in the order the stages ran; with ``flops``, each
+    stage runs under ``torch.profiler`` instead and records the GFLOP of its matrix products
+    (the profiler's count; its overhead makes those runs' seconds meaningless)."""
 
-    def __init__(self) -> None:
+    def __init__(self, flops: bool = False) -> None:
+        self.flops = flops
         self.stages: dict[str, dict[str, float]] = {}
 
     def __call__(self, name: str, fn: Callable[[], Any]) -> Any:
+        if self.flops:
+            with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+                out = fn()
+            counted = sum(e.flops for e in prof.key_averages() if e.flops)
+            self.stages[name] = {"gflop": counted / 1e9, "peak_gb": peak_gb()}
+            return out
         start = time.perf_counter()
         out = fn()
         self.stages[name] = {"seconds": time.perf_counter() - start, "peak_gb": peak_gb()}
@@ -214,7 +224,7 @@ def main() -> None:
     spec = json.loads(sys.argv[1])
     torch.set_num_threads(spec["threads"])
     ref, tgt = load(spec["data"])
-    timer = Timer()
+    timer = Timer(flops=spec.get("flops", False))
     runner = run_acsleuth if spec["side"] == "acsleuth" else run_library
     quality = runner(spec, ref, tgt, timer)
     print("RESULT " + json.dumps({"stages": timer.stages, "quality": quality}), flush=True)

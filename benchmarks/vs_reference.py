@@ -5,6 +5,7 @@ Usage::
     PYTHONPATH=. python benchmarks/vs_reference.py --reference-lib ../shared/reference/ACSleuth
     PYTHONPATH=. python benchmarks/vs_reference.py --reference-lib PATH --sets pbmc 1000 \\
         --epochs 1 1 2 --repeats 1                                   # smoke run
+    PYTHONPATH=. python benchmarks/vs_reference.py --reference-lib PATH --flops  # + GFLOP
 
 Every run is its own process (``benchmarks/_reference_runs.py``), so that its peak memory is
 its own; the runs of one data set go in turns (reference as shipped, compat, reference
@@ -25,6 +26,9 @@ types). The reference's scorer builds about 18 dense N x N float32 matrices (for
 backward); a run whose estimate passes ``--max-gb`` is not started, and the table gives the
 target size at which it would pass 24 GB. ``--pipeline N`` adds the whole pipeline on a
 two-batch synthetic set (the reference's style block takes one batch: it runs with one).
+``--flops`` adds one run per side (DataLoaders in-process) under ``torch.profiler``, whose
+table gives each stage's GFLOP of matrix products: at equal epochs, the work a speed-up
+must come from.
 """
 
 from __future__ import annotations
@@ -176,6 +180,23 @@ def table(title: str, runs: dict[str, list[dict]], n_target: int, stages: list[s
     return "\n".join(lines)
 
 
+def flop_table(title: str, runs: dict[str, dict], stages: list[str]) -> str:
+    """Markdown: per side the GFLOP of each stage's matrix products and their sum."""
+    lines = [
+        f"\n**{title}: GFLOP of matrix products (torch.profiler, one run per side)**\n",
+        "| run | " + " | ".join(f"{s} GFLOP" for s in stages) + " | all stages |",
+        "|---" * (len(stages) + 2) + "|",
+    ]
+    for label, run in runs.items():
+        if "stages" not in run:
+            lines.append(f"| {label} | {run.get('error', 'not run')} |")
+            continue
+        got = [run["stages"].get(s, {}).get("gflop") for s in stages]
+        cells = ["-" if g is None else f"{g:.0f}" for g in got]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {sum(g or 0 for g in got):.0f} |")
+    return "\n".join(lines)
+
+
 def parse() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reference-lib", required=True, help="folder holding the sleuth package")
@@ -191,6 +212,11 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-gb", type=float, default=6.0, help="no reference run above this")
     parser.add_argument("--seed", type=int, default=2024)
+    parser.add_argument(
+        "--flops",
+        action="store_true",
+        help="after the timed rounds, one run per side under torch.profiler: GFLOP per stage",
+    )
     return parser.parse_args()
 
 
@@ -238,6 +264,13 @@ def main() -> None:
                     print(label, json.dumps(runs[label][-1]), flush=True)
                 # after every round, so that an interrupted run still leaves its tables
                 print(table(f"{title}, {repeat + 1} round(s)", runs, n_tgt, stages), flush=True)
+            if args.flops:
+                counted = {
+                    label: child({**spec, "side": side, "workers": workers, "flops": True})
+                    for label, side, workers in SIDES
+                    if workers == 0 and not (side == "reference" and too_big)
+                }
+                print(flop_table(title, counted, stages), flush=True)
 
 
 if __name__ == "__main__":

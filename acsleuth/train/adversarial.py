@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.nn.utils import parametrize
 
 from .. import parallel
 from .._constants import ADVERSARIAL_WEIGHT, BETAS, GP_WEIGHT, LEARNING_RATE, N_CRITIC, Precision
@@ -69,17 +70,20 @@ class CriticTerms(NamedTuple):
 
 
 def critic_terms(critic: nn.Module, real: Tensor, fake: Tensor) -> CriticTerms:
-    """The critic's terms from one forward pass over the real, fake and interpolated rows.
+    """The critic's terms of one update: ``E[C(x)]``, ``E[C(x_hat)]`` and the gradient penalty.
 
     The penalty is ``E[(||grad C(x_bar)||_2 - 1)^2]`` at ``x_bar = eps x + (1 - eps) x_hat``,
-    eps ~ U(0,1) per cell. One pass over the three stacked groups gives what three passes
-    give: the critic has no batch norm, so no row's output depends on another row (and the
-    spectral norm's weight is computed once per update instead of three times).
+    eps ~ U(0,1) per cell. The real and fake rows share one forward pass (the critic has no
+    batch norm, so no row's output depends on another row); the interpolated rows get their
+    own, so that the penalty's double backward runs over those rows only, not over zeros for
+    the others. The spectral-normalised weights are computed once for both passes.
     """
     n = real.shape[0]
     eps = torch.rand(n, 1, device=real.device, dtype=real.dtype)
     mixed = (eps * real + (1.0 - eps) * fake).requires_grad_(True)
-    on_real, on_fake, on_mixed = critic(torch.cat([real, fake, mixed])).mean(1).split(n)
+    with parametrize.cached():
+        on_real, on_fake = critic(torch.cat([real, fake])).mean(1).split(n)
+        on_mixed = critic(mixed).mean(1)
     (grad,) = torch.autograd.grad(on_mixed.sum(), mixed, create_graph=True)
     return CriticTerms(on_real.mean(), on_fake.mean(), ((grad.norm(dim=1) - 1.0) ** 2).mean())
 

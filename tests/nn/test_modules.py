@@ -119,8 +119,8 @@ def test_train_adversarial_rejects_an_empty_epoch() -> None:
         )
 
 
-def test_critic_terms_of_one_stacked_pass_equal_three_passes() -> None:
-    # no batch norm in the critic: stacking real, fake and interpolated rows changes nothing
+def test_critic_terms_equal_three_separate_passes() -> None:
+    # no batch norm in the critic: stacking real and fake rows, and caching the spectral weights, change nothing
     torch.manual_seed(0)
     critic = Critic(6).eval()  # no dropout, so the three separate passes are comparable
     real, fake = torch.rand(5, 6), torch.rand(5, 6)
