@@ -213,7 +213,12 @@ def run_acsleuth(spec: dict[str, Any], ref: AnnData, tgt: AnnData, timer: Timer)
     out["own timings"] = {k: round(v, 2) for k, v in {**model.timings_, **result.timings}.items()}
     if not pipeline:
         return out
-    x = timer("adapt", lambda: model.correct(tgt, ref, normal=~result.anomaly, batch_key=batch_key))
+    x = timer(  # the batch scale scoring estimated, passed on as ``run`` does
+        "adapt",
+        lambda: model.correct(
+            tgt, ref, normal=~result.anomaly, batch_key=batch_key, batch_scale=result.batch_scale
+        ),
+    )
     anomalous = label.astype(bool)
     sub = timer("subtype", lambda: model.subtype(x[anomalous], n_subtypes=spec["n_types"]))
     out["ari"] = subtype_ari(sub.labels, tgt, anomalous)

@@ -180,6 +180,23 @@ def table(title: str, runs: dict[str, list[dict]], n_target: int, stages: list[s
     return "\n".join(lines)
 
 
+def matmul_gflops(threads: int, repeats: int = 50) -> float:
+    """This machine's float32 matrix-product rate at ``threads`` torch threads, in GFLOP/s: a
+    128 x 2,000 by 2,000 x 512 product, module I's largest (the best of ``repeats``)."""
+    import time
+
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(128, 2000), torch.randn(2000, 512)
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * 128 * 2000 * 512 / best / 1e9
+
+
 def flop_table(title: str, runs: dict[str, dict], stages: list[str]) -> str:
     """Markdown: per side the GFLOP of each stage's matrix products and their sum."""
     lines = [
@@ -226,6 +243,10 @@ def main() -> None:
     if not (Path(lib) / "sleuth" / "__init__.py").is_file():
         sys.exit(f"--reference-lib {lib} holds no sleuth/__init__.py; pass the ACSleuth folder")
     print("command: PYTHONPATH=. python " + shlex.join(sys.argv))
+    if args.flops:
+        print(
+            f"float32 matrix products here: {matmul_gflops(args.threads):.0f} GFLOP/s", flush=True
+        )
     jobs = [(name, "detect", 1) for name in args.sets]
     if args.pipeline:
         jobs.append((str(args.pipeline), "pipeline", 2))
