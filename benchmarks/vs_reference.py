@@ -6,6 +6,7 @@ Usage::
     PYTHONPATH=. python benchmarks/vs_reference.py --reference-lib PATH --sets pbmc 1000 \\
         --epochs 1 1 2 --repeats 1                                   # smoke run
     PYTHONPATH=. python benchmarks/vs_reference.py --reference-lib PATH --flops  # + GFLOP
+    PYTHONPATH=. python benchmarks/vs_reference.py --reference-lib PATH --device cuda  # a GPU
 
 Every run is its own process (``benchmarks/_reference_runs.py``), so that its peak memory is
 its own; the runs of one data set go in turns (reference as shipped, compat, reference
@@ -180,19 +181,22 @@ def table(title: str, runs: dict[str, list[dict]], n_target: int, stages: list[s
     return "\n".join(lines)
 
 
-def matmul_gflops(threads: int, repeats: int = 50) -> float:
-    """This machine's float32 matrix-product rate at ``threads`` torch threads, in GFLOP/s: a
-    128 x 2,000 by 2,000 x 512 product, module I's largest (the best of ``repeats``)."""
+def matmul_gflops(threads: int, device: str = "cpu", repeats: int = 50) -> float:
+    """This machine's float32 matrix-product rate at ``threads`` torch threads (or on the GPU),
+    in GFLOP/s: a 128 x 2,000 by 2,000 x 512 product, module I's largest (the best of
+    ``repeats``)."""
     import time
 
     import torch
 
     torch.set_num_threads(threads)
-    a, b = torch.randn(128, 2000), torch.randn(2000, 512)
+    a, b = torch.randn(128, 2000, device=device), torch.randn(2000, 512, device=device)
     best = math.inf
-    for _ in range(repeats):
+    for _ in range(repeats + 1):  # the first call warms the device up
         start = time.perf_counter()
         a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
         best = min(best, time.perf_counter() - start)
     return 2 * 128 * 2000 * 512 / best / 1e9
 
@@ -229,6 +233,9 @@ def parse() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--max-gb", type=float, default=6.0, help="no reference run above this")
     parser.add_argument("--seed", type=int, default=2024)
+    parser.add_argument(
+        "--device", default="cpu", choices=["cpu", "cuda"], help="where every side trains"
+    )
     parser.add_argument(
         "--flops",
         action="store_true",
@@ -280,6 +287,7 @@ def main() -> None:
                         n_types=2,
                         seed=args.seed,
                         reference_lib=lib,
+                        device=args.device,
                     )
                     runs.setdefault(label, []).append(child(spec))
                     print(label, json.dumps(runs[label][-1]), flush=True)
