@@ -43,6 +43,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -185,9 +186,7 @@ def matmul_gflops(threads: int, device: str = "cpu", repeats: int = 50) -> float
     """This machine's float32 matrix-product rate at ``threads`` torch threads (or on the GPU),
     in GFLOP/s: a 128 x 2,000 by 2,000 x 512 product, module I's largest (the best of
     ``repeats``)."""
-    import time
-
-    import torch
+    import torch  # the parent process needs torch for this measurement only
 
     torch.set_num_threads(threads)
     a, b = torch.randn(128, 2000, device=device), torch.randn(2000, 512, device=device)
@@ -270,32 +269,33 @@ def main() -> None:
                 + (" (over --max-gb: not run)" if too_big else "")
                 + f"; it passes {MACHINE_GB:.0f} GB above {ceiling(MACHINE_GB)} target cells"
             )
+
+            base = dict(  # every child run of this data set and task; each adds its side
+                data=path,
+                task=task,
+                threads=args.threads,
+                epochs=list(args.epochs),
+                adapt_epochs=args.adapt_epochs,
+                subtype_epochs=args.subtype_epochs,
+                n_types=2,
+                seed=args.seed,
+                reference_lib=lib,
+                device=args.device,
+            )
             for repeat in range(args.repeats):
                 for label, side, workers in SIDES:
                     if side == "reference" and too_big:
                         runs[label] = [{"error": "not run: its scorer needs more than --max-gb"}]
                         continue
-                    spec = dict(
-                        data=path,
-                        side=side,
-                        workers=workers,
-                        task=task,
-                        threads=args.threads,
-                        epochs=list(args.epochs),
-                        adapt_epochs=args.adapt_epochs,
-                        subtype_epochs=args.subtype_epochs,
-                        n_types=2,
-                        seed=args.seed,
-                        reference_lib=lib,
-                        device=args.device,
+                    runs.setdefault(label, []).append(
+                        child({**base, "side": side, "workers": workers})
                     )
-                    runs.setdefault(label, []).append(child(spec))
                     print(label, json.dumps(runs[label][-1]), flush=True)
                 # after every round, so that an interrupted run still leaves its tables
                 print(table(f"{title}, {repeat + 1} round(s)", runs, n_tgt, stages), flush=True)
             if args.flops:
                 counted = {
-                    label: child({**spec, "side": side, "workers": workers, "flops": True})
+                    label: child({**base, "side": side, "workers": workers, "flops": True})
                     for label, side, workers in SIDES
                     if workers == 0 and not (side == "reference" and too_big)
                 }
